@@ -1,0 +1,52 @@
+//! Command line: one binary, several roles.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gantry",
+    version,
+    about = "One secure, observable endpoint in front of many MCP servers"
+)]
+pub struct Cli {
+    /// Configuration file (default: ./gantry.toml when present). Also GANTRY_CONFIG.
+    #[arg(long, short, global = true, env = "GANTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// All-in-one on embedded defaults, with the built-in demo upstream when no server is
+    /// configured (the default command)
+    Serve(ServeArgs),
+    /// The MCP data plane alone (production role; needs configured API keys)
+    Gateway(ServeArgs),
+    /// Apply database migrations, then exit
+    Migrate,
+    /// Exit 0 when the local instance is ready, 1 otherwise (for container healthchecks)
+    Healthcheck {
+        /// Address to probe (default: server.listen from configuration)
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Run the built-in demo MCP server on stdio (echo, add, time, key-value store)
+    DemoUpstream,
+    /// Generate an API key and print it with the SHA-256 digest to put in auth.api_keys
+    Keygen,
+    /// Print the version and the MCP protocol versions spoken
+    Version,
+}
+
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// Listen address, overriding server.listen (e.g. 127.0.0.1:0 for a random port)
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Write the bound address to this file once ready (for supervisors and tests)
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+}

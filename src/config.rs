@@ -1,0 +1,433 @@
+//! Layered configuration: defaults < `gantry.toml` < `GANTRY_*` environment.
+//!
+//! Every struct denies unknown fields so a typo is an error at start-up rather than a
+//! setting silently ignored. Errors name the key and the file it came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A configuration value that must never appear in logs or error messages.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub gateway: GatewayConfig,
+    pub log: LogConfig,
+    /// Upstream MCP servers by name. A BTreeMap keeps aggregation order deterministic.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            gateway: GatewayConfig::default(),
+            log: LogConfig::default(),
+            upstreams: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Largest accepted request body; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Host header values accepted besides loopback names (DNS-rebinding protection).
+    /// `["*"]` accepts any host. Empty means: loopback only when bound to loopback, any
+    /// host otherwise.
+    pub allowed_hosts: Vec<String>,
+    /// Origins accepted from browsers, e.g. `https://app.example.com`. Loopback origins are
+    /// accepted when the gateway is bound to loopback.
+    pub allowed_origins: Vec<String>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 4 * 1024 * 1024,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// API keys accepted on `/mcp`, stored as SHA-256 hex digests (`gantry hash-key` makes one).
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Base64 of 32 random bytes sealing session ids. Every replica behind one load
+    /// balancer needs the same key; without one, a random key is made per process.
+    pub session_key: Option<Secret>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    pub sha256: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PrefixMode {
+    /// Every name becomes `{server}{separator}{name}`.
+    #[default]
+    Always,
+    /// Names stay as they are unless two servers share one.
+    OnConflict,
+    /// Names stay as they are; a real conflict is a start-up error.
+    Never,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub prefix_mode: PrefixMode,
+    pub separator: String,
+    /// Run the built-in demo upstream when no upstream is configured.
+    pub demo_upstream: bool,
+    /// How long one upstream may take to answer a list request during aggregation before
+    /// it is left out of the result.
+    pub list_timeout_ms: u64,
+    /// How long upstream catalogues (tools, prompts, resources) are cached.
+    pub catalog_ttl_secs: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            prefix_mode: PrefixMode::Always,
+            separator: "__".into(),
+            demo_upstream: true,
+            list_timeout_ms: 5_000,
+            catalog_ttl_secs: 300,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportKind {
+    /// A child process speaking newline-delimited JSON-RPC on stdin/stdout.
+    Stdio,
+    /// A remote server speaking Streamable HTTP (2025-03-26 and later).
+    StreamableHttp,
+    /// A remote server speaking the deprecated HTTP+SSE transport (2024-11-05).
+    Sse,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub transport: TransportKind,
+    #[serde(default)]
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment for a stdio child. Values may be `env:NAME` or `file:/path` references,
+    /// resolved when the child is launched, so keys stay out of the config file.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Extra HTTP headers for remote upstreams; values accept the same references as `env`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_timeout_secs() -> u64 {
+    60
+}
+fn default_max_concurrency() -> usize {
+    64
+}
+fn default_true() -> bool {
+    true
+}
+
+impl UpstreamConfig {
+    pub fn stdio(command: impl Into<String>, args: Vec<String>) -> Self {
+        Self {
+            transport: TransportKind::Stdio,
+            command: Some(command.into()),
+            args,
+            env: BTreeMap::new(),
+            cwd: None,
+            url: None,
+            headers: BTreeMap::new(),
+            timeout_secs: default_timeout_secs(),
+            max_concurrency: default_max_concurrency(),
+            enabled: true,
+        }
+    }
+}
+
+/// Why configuration could not be loaded. Displayed once, then the process exits 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Parse(Box<figment::Error>),
+    #[error("invalid configuration: {key}: {message}{}", source_suffix(.file))]
+    Invalid {
+        key: String,
+        message: String,
+        file: Option<PathBuf>,
+    },
+}
+
+fn source_suffix(file: &Option<PathBuf>) -> String {
+    file.as_ref()
+        .map(|p| format!(" (in {})", p.display()))
+        .unwrap_or_default()
+}
+
+/// Where configuration comes from: an explicit file, or `gantry.toml` in the working
+/// directory when present.
+pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    let file = match explicit {
+        Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.to_path_buf())),
+        Some(path) => Some(path.to_path_buf()),
+        None => Some(PathBuf::from("gantry.toml")).filter(|p| p.exists()),
+    };
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = &file {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    // GANTRY_CONFIG names the file itself; it is not a setting.
+    figment = figment.merge(Env::prefixed("GANTRY_").split("__").ignore(&["config"]));
+    let config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    validate(&config).map_err(|(key, message)| ConfigError::Invalid {
+        key,
+        message,
+        file: file.clone(),
+    })?;
+    Ok(config)
+}
+
+/// Checks that serde cannot express: cross-field rules and value formats.
+pub fn validate(config: &Config) -> Result<(), (String, String)> {
+    config.server.listen.parse::<SocketAddr>().map_err(|e| {
+        (
+            "server.listen".into(),
+            format!("{e} (expected e.g. 127.0.0.1:8080)"),
+        )
+    })?;
+    if config.server.max_body_bytes < 1024 {
+        return Err((
+            "server.max_body_bytes".into(),
+            "must be at least 1024".into(),
+        ));
+    }
+    if config.gateway.separator.is_empty() {
+        return Err(("gateway.separator".into(), "must not be empty".into()));
+    }
+    for (i, key) in config.auth.api_keys.iter().enumerate() {
+        let valid = key.sha256.len() == 64 && key.sha256.chars().all(|c| c.is_ascii_hexdigit());
+        if !valid {
+            return Err((
+                format!("auth.api_keys[{i}].sha256"),
+                "must be 64 hex characters (the SHA-256 of the key; `gantry hash-key` prints it)"
+                    .into(),
+            ));
+        }
+    }
+    if let Some(key) = &config.auth.session_key {
+        crate::gateway::session::decode_key(key.expose())
+            .map_err(|m| ("auth.session_key".to_string(), m.to_string()))?;
+    }
+    for (name, upstream) in &config.upstreams {
+        validate_upstream(name, upstream)?;
+    }
+    Ok(())
+}
+
+fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), (String, String)> {
+    let key = |field: &str| format!("upstreams.{name}.{field}");
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !name_ok {
+        return Err((
+            format!("upstreams.{name}"),
+            "server names are 1-64 characters of [A-Za-z0-9_-]".into(),
+        ));
+    }
+    match u.transport {
+        TransportKind::Stdio => {
+            if u.command.as_deref().is_none_or(str::is_empty) {
+                return Err((key("command"), "required when transport = \"stdio\"".into()));
+            }
+            if u.url.is_some() {
+                return Err((key("url"), "not used when transport = \"stdio\"".into()));
+            }
+        }
+        TransportKind::StreamableHttp | TransportKind::Sse => {
+            let Some(url) = &u.url else {
+                return Err((key("url"), "required for remote transports".into()));
+            };
+            let parsed = reqwest::Url::parse(url).map_err(|e| (key("url"), e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err((key("url"), "must be an http:// or https:// URL".into()));
+            }
+            if u.command.is_some() {
+                return Err((
+                    key("command"),
+                    "only used when transport = \"stdio\"".into(),
+                ));
+            }
+        }
+    }
+    if u.timeout_secs == 0 {
+        return Err((key("timeout_secs"), "must be at least 1".into()));
+    }
+    if u.max_concurrency == 0 {
+        return Err((key("max_concurrency"), "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Resolves `env:NAME` and `file:/path` references in upstream environment and header
+/// values. Plain values are used as they are.
+pub fn resolve_reference(value: &str) -> Result<String, String> {
+    if let Some(var) = value.strip_prefix("env:") {
+        std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+    } else if let Some(path) = value.strip_prefix("file:") {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|e| format!("cannot read {path}: {e}"))
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_in_file_is_an_error_naming_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gantry.toml");
+        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("gantry.toml"), "{err}");
+    }
+
+    #[test]
+    fn stdio_upstream_without_command_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "[upstreams.time]\ntransport = \"stdio\"\n").unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("upstreams.time.command"), "{err}");
+        assert!(err.contains("g.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_hash_is_rejected() {
+        let mut config = Config::default();
+        config.auth.api_keys.push(ApiKeyConfig {
+            name: "k".into(),
+            sha256: "abc".into(),
+        });
+        let (key, _) = validate(&config).unwrap_err();
+        assert_eq!(key, "auth.api_keys[0].sha256");
+    }
+
+    #[test]
+    fn secret_debug_hides_value() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn references_resolve_from_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "from-file\n").unwrap();
+        assert_eq!(
+            resolve_reference(&format!("file:{}", path.display())).unwrap(),
+            "from-file"
+        );
+        assert_eq!(resolve_reference("plain").unwrap(), "plain");
+        assert!(
+            resolve_reference("env:GANTRY_TEST_SURELY_UNSET_VAR")
+                .unwrap_err()
+                .contains("GANTRY_TEST_SURELY_UNSET_VAR")
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! `/mcp`: the gateway as one MCP server made of every upstream the caller may use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::Response;
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use super::Gateway;
+use super::catalog::{self, Merged};
+use super::era;
+use super::http::{Ctx, json_response};
+use super::jsonrpc;
+use super::relay::{self, finish};
+use crate::config::PrefixMode;
+use crate::upstream::{ListKind, Upstream};
+
+fn capabilities() -> Value {
+    json!({
+        "tools": { "listChanged": true },
+        "prompts": { "listChanged": true },
+        "resources": { "subscribe": true, "listChanged": true },
+        "logging": {},
+        "completions": {},
+    })
+}
+
+fn instructions(gw: &Gateway) -> String {
+    let names: Vec<&str> = gw.upstreams.iter().map(|u| u.name.as_str()).collect();
+    let naming = match gw.config.gateway.prefix_mode {
+        PrefixMode::Always => format!(
+            "Names are prefixed with their server: {{server}}{}{{name}}.",
+            gw.config.gateway.separator
+        ),
+        PrefixMode::OnConflict => {
+            "Names shared by several servers are prefixed with their server.".into()
+        }
+        PrefixMode::Never => "Names are the servers' own.".into(),
+    };
+    format!(
+        "Gantry gateway in front of {} MCP server(s): {}. {naming}",
+        names.len(),
+        names.join(", ")
+    )
+}
+
+fn server_info_object() -> Value {
+    json!({ "name": "gantry", "title": "Gantry MCP gateway", "version": env!("CARGO_PKG_VERSION") })
+}
+
+pub fn server_info(gw: &Gateway, version: &str) -> Value {
+    json!({
+        "protocolVersion": version,
+        "capabilities": capabilities(),
+        "serverInfo": server_info_object(),
+        "instructions": instructions(gw),
+    })
+}
+
+pub fn discover(gw: &Gateway) -> Value {
+    json!({
+        "supportedVersions": era::all_versions(),
+        "capabilities": capabilities(),
+        "serverInfo": server_info_object(),
+        "instructions": instructions(gw),
+    })
+}
+
+/// Every up upstream's list, in name order; one that fails or is slow is left out and
+/// logged — it never fails the whole list.
+pub async fn lists(gw: &Gateway, kind: ListKind) -> Vec<(String, Arc<Vec<Value>>)> {
+    let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
+    let fetches = gw.upstreams.iter().map(|u| async move {
+        let outcome = tokio::time::timeout(wait, u.list(kind, wait)).await;
+        match outcome {
+            Ok(Ok(items)) => Some((u.name.clone(), items)),
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %u.name, error = %e, list = kind.method(), "left out of the aggregated list");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %u.name, list = kind.method(), "left out of the aggregated list: too slow");
+                None
+            }
+        }
+    });
+    futures::future::join_all(fetches)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+pub async fn merged(gw: &Gateway, kind: ListKind) -> Merged {
+    let lists = lists(gw, kind).await;
+    let merged = catalog::merge(
+        kind,
+        &lists,
+        gw.config.gateway.prefix_mode,
+        &gw.config.gateway.separator,
+    );
+    for (name, kept, dropped) in &merged.conflicts {
+        tracing::warn!(
+            name,
+            kept,
+            dropped,
+            "name conflict under prefix_mode = \"never\": the second server's entry is hidden"
+        );
+    }
+    merged
+}
+
+/// The server and original name behind an exposed tool or prompt name.
+async fn resolve(gw: &Gateway, kind: ListKind, exposed: &str) -> Option<(Arc<Upstream>, String)> {
+    if gw.config.gateway.prefix_mode == PrefixMode::Always {
+        let (server, name) = catalog::split_prefixed(
+            exposed,
+            &gw.config.gateway.separator,
+            gw.upstreams.iter().map(|u| u.name.as_str()),
+        )?;
+        return Some((Arc::clone(gw.upstreams.get(server)?), name.to_string()));
+    }
+    let merged = merged(gw, kind).await;
+    let (server, name) = merged.names.get(exposed)?;
+    Some((Arc::clone(gw.upstreams.get(server)?), name.clone()))
+}
+
+async fn resolve_uri(gw: &Gateway, uri: &str) -> Option<Arc<Upstream>> {
+    let (resources, templates) = tokio::join!(
+        lists(gw, ListKind::Resources),
+        lists(gw, ListKind::ResourceTemplates)
+    );
+    let server = catalog::server_for_uri(uri, &resources, &templates)?;
+    gw.upstreams.get(&server).cloned()
+}
+
+fn set_param(body: &mut Map<String, Value>, key: &str, value: Value) {
+    if let Some(Value::Object(params)) = body.get_mut("params") {
+        params.insert(key.into(), value);
+    }
+}
+
+fn param_str<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    jsonrpc::params(body)
+        .and_then(|p| p.get(key))
+        .and_then(Value::as_str)
+}
+
+pub async fn handle(
+    gw: Arc<Gateway>,
+    ctx: Ctx,
+    id: Value,
+    method: String,
+    mut body: Map<String, Value>,
+) -> Response {
+    if let Some(kind) = ListKind::from_method(&method) {
+        let merged = merged(&gw, kind).await;
+        let mut result = Map::new();
+        result.insert(kind.result_key().into(), Value::Array(merged.items));
+        return finish(&ctx, jsonrpc::result_response(&id, Value::Object(result)));
+    }
+    match method.as_str() {
+        "ping" => finish(&ctx, jsonrpc::result_response(&id, json!({}))),
+        "tools/call" | "prompts/get" => {
+            let kind = if method == "tools/call" {
+                ListKind::Tools
+            } else {
+                ListKind::Prompts
+            };
+            let Some(exposed) = param_str(&body, "name").map(String::from) else {
+                return invalid_params(&id, "params.name is required");
+            };
+            let Some((upstream, name)) = resolve(&gw, kind, &exposed).await else {
+                let what = if kind == ListKind::Tools {
+                    "tool"
+                } else {
+                    "prompt"
+                };
+                return invalid_params(&id, &format!("Unknown {what}: {exposed}"));
+            };
+            set_param(&mut body, "name", Value::String(name));
+            relay::relay(gw, ctx, upstream, id, body).await
+        }
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            let Some(uri) = param_str(&body, "uri").map(String::from) else {
+                return invalid_params(&id, "params.uri is required");
+            };
+            match resolve_uri(&gw, &uri).await {
+                Some(upstream) => relay::relay(gw, ctx, upstream, id, body).await,
+                None => finish(
+                    &ctx,
+                    jsonrpc::error_response(
+                        &id,
+                        -32002,
+                        "Resource not found",
+                        Some(json!({ "uri": uri })),
+                    ),
+                ),
+            }
+        }
+        "completion/complete" => {
+            let reference = jsonrpc::params(&body)
+                .and_then(|p| p.get("ref"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            let target = match reference.get("type").and_then(Value::as_str) {
+                Some("ref/prompt") => {
+                    let exposed = reference
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    resolve(&gw, ListKind::Prompts, exposed)
+                        .await
+                        .map(|(u, name)| {
+                            let mut reference = reference.clone();
+                            reference["name"] = Value::String(name);
+                            (u, reference)
+                        })
+                }
+                Some("ref/resource") => {
+                    let uri = reference
+                        .get("uri")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    resolve_uri(&gw, uri).await.map(|u| (u, reference.clone()))
+                }
+                _ => return invalid_params(&id, "params.ref must be a ref/prompt or ref/resource"),
+            };
+            match target {
+                Some((upstream, reference)) => {
+                    set_param(&mut body, "ref", reference);
+                    relay::relay(gw, ctx, upstream, id, body).await
+                }
+                None => invalid_params(&id, "Unknown prompt or resource in params.ref"),
+            }
+        }
+        "logging/setLevel" => {
+            let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
+            let sends = gw.upstreams.iter().map(|u| {
+                let body = Value::Object(body.clone());
+                async move {
+                    let conn = u.connection(Duration::ZERO).await.ok()?;
+                    if !conn.init()?.has_capability("logging") {
+                        return None;
+                    }
+                    u.request(&conn, body, wait).await.ok()
+                }
+            });
+            futures::future::join_all(sends).await;
+            finish(&ctx, jsonrpc::result_response(&id, json!({})))
+        }
+        _ => finish(
+            &ctx,
+            jsonrpc::error_response(
+                &id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!(
+                    "Method not found: {method} (use /mcp/{{server}} to reach one server directly)"
+                ),
+                None,
+            ),
+        ),
+    }
+}
+
+fn invalid_params(id: &Value, message: &str) -> Response {
+    json_response(
+        StatusCode::OK,
+        &jsonrpc::error_response(id, jsonrpc::INVALID_PARAMS, message, None),
+    )
+}

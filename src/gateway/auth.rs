@@ -1,0 +1,155 @@
+//! Who is calling `/mcp`. Today: API keys from configuration, compared by SHA-256 digest
+//! in constant time. The control plane plugs its own [`Authenticator`] in here.
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::AuthConfig;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Stable identifier for logs, audit and session binding, e.g. `key:default`.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("invalid bearer token")]
+    Invalid,
+}
+
+pub trait Authenticator: Send + Sync {
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError>;
+}
+
+pub struct ConfigKeys {
+    keys: Vec<(String, [u8; 32])>,
+}
+
+pub fn sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ConfigKeys {
+    pub fn from_config(config: &AuthConfig) -> Self {
+        let keys = config
+            .api_keys
+            .iter()
+            .filter_map(|k| {
+                let bytes: Vec<u8> = (0..k.sha256.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&k.sha256[i..i + 2], 16))
+                    .collect::<Result<_, _>>()
+                    .ok()?;
+                Some((k.name.clone(), bytes.try_into().ok()?))
+            })
+            .collect();
+        Self { keys }
+    }
+
+    pub fn add(&mut self, name: &str, token: &str) {
+        self.keys.push((name.to_string(), sha256(token)));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The bearer token of an `Authorization` header, if well formed.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl Authenticator for ConfigKeys {
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+        let token = bearer(headers).ok_or(AuthError::Missing)?;
+        let digest = sha256(token);
+        // Every key is compared so timing reveals neither which key matched nor how much.
+        let mut found = None;
+        for (name, key) in &self.keys {
+            if bool::from(key.ct_eq(&digest)) {
+                found = Some(name);
+            }
+        }
+        found
+            .map(|name| Principal {
+                id: format!("key:{name}"),
+            })
+            .ok_or(AuthError::Invalid)
+    }
+}
+
+/// A fresh API key: `gty_` and 256 random bits, URL-safe.
+pub fn generate_key() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "gty_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ApiKeyConfig;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, auth.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn accepts_configured_key_by_digest_only() {
+        let key = generate_key();
+        let config = AuthConfig {
+            api_keys: vec![ApiKeyConfig {
+                name: "ci".into(),
+                sha256: hex(&sha256(&key)),
+            }],
+            session_key: None,
+        };
+        let auth = ConfigKeys::from_config(&config);
+        assert_eq!(
+            auth.authenticate(&headers(&format!("Bearer {key}")))
+                .unwrap()
+                .id,
+            "key:ci"
+        );
+        assert_eq!(
+            auth.authenticate(&headers("Bearer gty_wrong")),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            auth.authenticate(&headers(&format!("Basic {key}"))),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            auth.authenticate(&HeaderMap::new()),
+            Err(AuthError::Missing)
+        );
+    }
+
+    #[test]
+    fn generated_keys_are_distinct_and_prefixed() {
+        let (a, b) = (generate_key(), generate_key());
+        assert!(a.starts_with("gty_") && a.len() == 47);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,319 @@
+//! Protocol eras on one endpoint: the session-based revisions (2024-11-05 … 2025-11-25,
+//! `initialize` + `Mcp-Session-Id`) and the stateless 2026-07-28 revision (per-request
+//! `_meta`, `Mcp-Method`/`Mcp-Name` headers). This module decides which one a request
+//! speaks and validates the modern request metadata.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::HeaderMap;
+use serde_json::{Map, Value, json};
+
+use super::jsonrpc::{HEADER_MISMATCH, INVALID_PARAMS, UNSUPPORTED_PROTOCOL_VERSION};
+
+pub const MODERN_VERSIONS: &[&str] = &["2026-07-28"];
+pub const LEGACY_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+pub const LATEST_LEGACY: &str = "2025-11-25";
+/// Assumed for a session request without `MCP-Protocol-Version` (the spec allows it for
+/// clients older than 2025-06-18).
+pub const DEFAULT_UNVERSIONED: &str = "2025-03-26";
+
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+
+pub const HEADER_PROTOCOL_VERSION: &str = "mcp-protocol-version";
+pub const HEADER_SESSION_ID: &str = "mcp-session-id";
+pub const HEADER_METHOD: &str = "mcp-method";
+pub const HEADER_NAME: &str = "mcp-name";
+
+pub fn all_versions() -> Vec<&'static str> {
+    MODERN_VERSIONS
+        .iter()
+        .chain(LEGACY_VERSIONS)
+        .copied()
+        .collect()
+}
+
+/// The version answered to a legacy `initialize`: the client's when we speak it, else
+/// the latest session-based revision (a client asking for 2026-07-28 through
+/// `initialize` gets 2025-11-25, as the spec requires).
+pub fn negotiate_legacy(requested: Option<&str>) -> &'static str {
+    requested
+        .and_then(|r| LEGACY_VERSIONS.iter().find(|v| **v == r))
+        .copied()
+        .unwrap_or(LATEST_LEGACY)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Era {
+    Legacy,
+    Modern,
+}
+
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn meta(body: &Map<String, Value>) -> Option<&Map<String, Value>> {
+    body.get("params")?.get("_meta")?.as_object()
+}
+
+/// Which era a request speaks. `initialize` always opens a legacy session; a request
+/// with modern `_meta`, or without a session and with a version header that is not a
+/// legacy one, is modern.
+pub fn detect(method: &str, body: &Map<String, Value>, headers: &HeaderMap) -> Era {
+    if method == "initialize" {
+        return Era::Legacy;
+    }
+    if meta(body).is_some_and(|m| m.contains_key(META_PROTOCOL_VERSION)) {
+        return Era::Modern;
+    }
+    let has_session = headers.contains_key(HEADER_SESSION_ID);
+    match header_str(headers, HEADER_PROTOCOL_VERSION) {
+        Some(v) if !has_session && !LEGACY_VERSIONS.contains(&v) => Era::Modern,
+        _ => Era::Legacy,
+    }
+}
+
+/// A request refused before it reaches an upstream: HTTP 400 with this JSON-RPC error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModernError {
+    pub code: i64,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+fn mismatch(message: String) -> ModernError {
+    ModernError {
+        code: HEADER_MISMATCH,
+        message: format!("Header mismatch: {message}"),
+        data: None,
+    }
+}
+
+/// Validates a 2026-07-28 request's metadata and mirrored headers; returns the version.
+pub fn validate_modern(
+    method: &str,
+    body: &Map<String, Value>,
+    headers: &HeaderMap,
+) -> Result<String, ModernError> {
+    let header_version = header_str(headers, HEADER_PROTOCOL_VERSION);
+    let meta = meta(body);
+    let body_version = meta
+        .and_then(|m| m.get(META_PROTOCOL_VERSION))
+        .and_then(Value::as_str);
+    let requested = body_version.or(header_version).unwrap_or_default();
+    if !MODERN_VERSIONS.contains(&requested) {
+        return Err(ModernError {
+            code: UNSUPPORTED_PROTOCOL_VERSION,
+            message: "Unsupported protocol version".into(),
+            data: Some(json!({ "supported": all_versions(), "requested": requested })),
+        });
+    }
+    match (header_version, body_version) {
+        (None, _) => return Err(mismatch("MCP-Protocol-Version header is required".into())),
+        (Some(_), None) => {
+            return Err(mismatch(format!(
+                "_meta is missing {META_PROTOCOL_VERSION}"
+            )));
+        }
+        (Some(h), Some(b)) if h != b => {
+            return Err(mismatch(format!(
+                "MCP-Protocol-Version header value '{h}' does not match body value '{b}'"
+            )));
+        }
+        _ => {}
+    }
+    if !meta.is_some_and(|m| {
+        m.get(META_CLIENT_CAPABILITIES)
+            .is_some_and(Value::is_object)
+    }) {
+        return Err(ModernError {
+            code: INVALID_PARAMS,
+            message: format!("Invalid params: _meta must carry {META_CLIENT_CAPABILITIES}"),
+            data: None,
+        });
+    }
+    match header_str(headers, HEADER_METHOD) {
+        None => return Err(mismatch("Mcp-Method header is required".into())),
+        Some(h) if h != method => {
+            return Err(mismatch(format!(
+                "Mcp-Method header value '{h}' does not match body value '{method}'"
+            )));
+        }
+        _ => {}
+    }
+    let name_field = match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => None,
+    };
+    if let Some(field) = name_field {
+        let body_name = body
+            .get("params")
+            .and_then(|p| p.get(field))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let raw = headers
+            .get(HEADER_NAME)
+            .ok_or_else(|| mismatch("Mcp-Name header is required".into()))?;
+        let raw = raw
+            .to_str()
+            .map_err(|_| mismatch("Mcp-Name header has invalid characters".into()))?;
+        let header_name = decode_header_value(raw)
+            .ok_or_else(|| mismatch("Mcp-Name header has an invalid Base64 value".into()))?;
+        if header_name != body_name {
+            return Err(mismatch(format!(
+                "Mcp-Name header value '{header_name}' does not match body value '{body_name}'"
+            )));
+        }
+    }
+    Ok(requested.to_string())
+}
+
+/// Decodes the `=?base64?…?=` sentinel form of `Mcp-Name` / `Mcp-Param-*` values.
+pub fn decode_header_value(raw: &str) -> Option<String> {
+    match raw
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
+        Some(encoded) => String::from_utf8(STANDARD.decode(encoded).ok()?).ok(),
+        None => Some(raw.to_string()),
+    }
+}
+
+/// Removes the modern envelope keys before a request goes to an upstream session: they
+/// describe the client-to-gateway hop, not the gateway-to-upstream one.
+pub fn strip_modern_meta(body: &mut Map<String, Value>) {
+    if let Some(Value::Object(meta)) = body.get_mut("params").and_then(|p| p.get_mut("_meta")) {
+        meta.remove(META_PROTOCOL_VERSION);
+        meta.remove(META_CLIENT_CAPABILITIES);
+        meta.remove(META_CLIENT_INFO);
+        if meta.is_empty() {
+            if let Some(Value::Object(params)) = body.get_mut("params") {
+                params.remove("_meta");
+            }
+        }
+    }
+}
+
+/// Modern results say whether they are complete.
+pub fn mark_complete(response: &mut Value) {
+    if let Some(Value::Object(result)) = response.get_mut("result") {
+        result
+            .entry("resultType")
+            .or_insert_with(|| Value::String("complete".into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn modern_body(method: &str, name: Option<&str>) -> Map<String, Value> {
+        let mut params = json!({ "_meta": {
+            META_PROTOCOL_VERSION: "2026-07-28",
+            META_CLIENT_CAPABILITIES: {},
+        }});
+        if let Some(n) = name {
+            params["name"] = json!(n);
+        }
+        json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn detects_eras() {
+        let body = modern_body("tools/list", None);
+        assert_eq!(detect("tools/list", &body, &HeaderMap::new()), Era::Modern);
+        assert_eq!(detect("initialize", &body, &HeaderMap::new()), Era::Legacy);
+        let plain = json!({"jsonrpc":"2.0","id":1,"method":"tools/list"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let h = headers(&[
+            ("mcp-protocol-version", "2025-06-18"),
+            ("mcp-session-id", "x"),
+        ]);
+        assert_eq!(detect("tools/list", &plain, &h), Era::Legacy);
+    }
+
+    #[test]
+    fn accepts_matching_headers_including_base64_names() {
+        let body = modern_body("tools/call", Some("héllo"));
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            (
+                "mcp-name",
+                &format!("=?base64?{}?=", STANDARD.encode("héllo")),
+            ),
+        ]);
+        assert_eq!(
+            validate_modern("tools/call", &body, &h).unwrap(),
+            "2026-07-28"
+        );
+    }
+
+    #[test]
+    fn rejects_mismatches_and_missing_headers() {
+        let body = modern_body("tools/call", Some("echo"));
+        let cases = [
+            headers(&[("mcp-method", "tools/call"), ("mcp-name", "echo")]),
+            headers(&[("mcp-protocol-version", "2026-07-28"), ("mcp-name", "echo")]),
+            headers(&[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"),
+                ("mcp-name", "echo"),
+            ]),
+            headers(&[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+            ]),
+            headers(&[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "add"),
+            ]),
+        ];
+        for h in cases {
+            assert_eq!(
+                validate_modern("tools/call", &body, &h).unwrap_err().code,
+                HEADER_MISMATCH,
+                "{h:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_version_lists_supported_ones() {
+        let mut body = modern_body("tools/list", None);
+        body["params"]["_meta"][META_PROTOCOL_VERSION] = json!("1900-01-01");
+        let h = headers(&[
+            ("mcp-protocol-version", "1900-01-01"),
+            ("mcp-method", "tools/list"),
+        ]);
+        let err = validate_modern("tools/list", &body, &h).unwrap_err();
+        assert_eq!(err.code, UNSUPPORTED_PROTOCOL_VERSION);
+        assert_eq!(err.data.unwrap()["requested"], "1900-01-01");
+    }
+
+    #[test]
+    fn negotiates_legacy_versions() {
+        assert_eq!(negotiate_legacy(Some("2025-03-26")), "2025-03-26");
+        assert_eq!(negotiate_legacy(Some("2026-07-28")), LATEST_LEGACY);
+        assert_eq!(negotiate_legacy(None), LATEST_LEGACY);
+    }
+}

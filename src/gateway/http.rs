@@ -1,0 +1,535 @@
+//! Streamable HTTP front-end: checks (host, auth, body, era, session) in the order the
+//! spec implies, then hands the message to the pass-through or the aggregate.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde_json::{Map, Value, json};
+
+use super::era::{self, Era};
+use super::jsonrpc::{self, Message};
+use super::session::{ClientCaps, SessionClaims, new_session_id};
+use super::{Gateway, Route, aggregate, relay, streams};
+use crate::gateway::auth::{AuthError, Principal};
+
+/// Everything known about a request once it passed the checks.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub route: Route,
+    pub principal: Principal,
+    pub era: Era,
+    /// Negotiated (legacy) or declared (modern) protocol version.
+    pub version: String,
+    pub session: Option<SessionClaims>,
+    pub caps: ClientCaps,
+    pub accepts_sse: bool,
+}
+
+impl Ctx {
+    /// Key for per-session bookkeeping; modern requests have none and use the principal.
+    pub fn session_key(&self) -> String {
+        self.session
+            .as_ref()
+            .map(|s| s.sid.clone())
+            .unwrap_or_else(|| format!("modern:{}", self.principal.id))
+    }
+}
+
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = (
+        status,
+        serde_json::to_vec(body).expect("JSON values serialize"),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub fn rpc_error(
+    status: StatusCode,
+    id: &Value,
+    code: i64,
+    message: &str,
+    data: Option<Value>,
+) -> Response {
+    json_response(status, &jsonrpc::error_response(id, code, message, data))
+}
+
+fn unauthorized(error: AuthError) -> Response {
+    let mut response = rpc_error(
+        StatusCode::UNAUTHORIZED,
+        &Value::Null,
+        jsonrpc::INVALID_REQUEST,
+        &format!("Unauthorized: {error}"),
+        None,
+    );
+    let challenge = match error {
+        AuthError::Missing => r#"Bearer realm="gantry""#,
+        AuthError::Invalid => r#"Bearer realm="gantry", error="invalid_token""#,
+    };
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// Host/Origin, then authentication: shared by every method on the MCP endpoint.
+fn admit(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, Response> {
+    gw.hosts.check(headers).map_err(|reason| {
+        rpc_error(
+            StatusCode::FORBIDDEN,
+            &Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            &format!("Forbidden: {reason}"),
+            None,
+        )
+    })?;
+    gw.auth.authenticate(headers).map_err(unauthorized)
+}
+
+fn route_for(gw: &Gateway, server: Option<String>) -> Result<Route, Response> {
+    match server {
+        None => Ok(Route::Aggregate),
+        Some(name) if gw.upstreams.get(&name).is_some() => Ok(Route::Server(name)),
+        Some(name) => Err(rpc_error(
+            StatusCode::NOT_FOUND,
+            &Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            &format!("no MCP server named '{name}' is configured"),
+            None,
+        )),
+    }
+}
+
+fn accepts_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream") || v.contains("*/*"))
+}
+
+fn caps_from(capabilities: Option<&Value>) -> ClientCaps {
+    let has = |k: &str| {
+        capabilities
+            .and_then(|c| c.get(k))
+            .is_some_and(|v| !v.is_null())
+    };
+    ClientCaps {
+        sampling: has("sampling"),
+        elicitation: has("elicitation"),
+        roots: has("roots"),
+    }
+}
+
+/// Opens and checks the session of a legacy request.
+fn legacy_session(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    route: &Route,
+    principal: &Principal,
+    id: &Value,
+) -> Result<SessionClaims, Response> {
+    let Some(raw) = era::header_str(headers, era::HEADER_SESSION_ID) else {
+        return Err(rpc_error(
+            StatusCode::BAD_REQUEST,
+            id,
+            jsonrpc::INVALID_REQUEST,
+            "Bad Request: Mcp-Session-Id header is required (send initialize first, or use protocol 2026-07-28 with per-request _meta)",
+            None,
+        ));
+    };
+    let not_found = || {
+        rpc_error(
+            StatusCode::NOT_FOUND,
+            id,
+            jsonrpc::INVALID_REQUEST,
+            "Session not found",
+            None,
+        )
+    };
+    let claims = gw.sessions.open(raw).ok_or_else(not_found)?;
+    let valid = claims.srv.as_deref() == route.server()
+        && claims.sub == principal.id
+        && !gw.revoked.lock().unwrap().contains(&claims.sid);
+    if !valid {
+        return Err(not_found());
+    }
+    if let Some(v) = era::header_str(headers, era::HEADER_PROTOCOL_VERSION) {
+        if v != claims.ver {
+            return Err(rpc_error(
+                StatusCode::BAD_REQUEST,
+                id,
+                jsonrpc::INVALID_REQUEST,
+                &format!(
+                    "Bad Request: MCP-Protocol-Version '{v}' does not match the session's '{}'",
+                    claims.ver
+                ),
+                Some(json!({ "supported": era::all_versions() })),
+            ));
+        }
+    }
+    Ok(claims)
+}
+
+pub async fn post_aggregate(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    post(gw, None, headers, body).await
+}
+
+pub async fn post_server(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    post(gw, Some(server), headers, body).await
+}
+
+async fn post(
+    gw: Arc<Gateway>,
+    server: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let principal = match admit(&gw, &headers) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let route = match route_for(&gw, server) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let message = match jsonrpc::parse(&body) {
+        Ok(m) => m,
+        Err(rejection) => {
+            return rpc_error(
+                StatusCode::BAD_REQUEST,
+                &rejection.id,
+                rejection.code,
+                &rejection.message,
+                None,
+            );
+        }
+    };
+    match message {
+        Message::Request { id, method, body } => {
+            request(gw, route, principal, headers, id, method, body).await
+        }
+        Message::Notification { method, body } => {
+            notification(&gw, &route, &principal, &headers, &method, body)
+        }
+        Message::Response { id, body } => {
+            client_response(&gw, &principal, &headers, &route, id, body)
+        }
+    }
+}
+
+async fn request(
+    gw: Arc<Gateway>,
+    route: Route,
+    principal: Principal,
+    headers: HeaderMap,
+    id: Value,
+    method: String,
+    mut body: Map<String, Value>,
+) -> Response {
+    let sse = accepts_sse(&headers);
+    match era::detect(&method, &body, &headers) {
+        Era::Legacy if method == "initialize" => initialize(&gw, route, principal, id, &body).await,
+        Era::Legacy => {
+            let claims = match legacy_session(&gw, &headers, &route, &principal, &id) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            let ctx = Ctx {
+                route,
+                principal,
+                era: Era::Legacy,
+                version: claims.ver.clone(),
+                caps: claims.caps,
+                session: Some(claims),
+                accepts_sse: sse,
+            };
+            dispatch(gw, ctx, id, method, body).await
+        }
+        Era::Modern => {
+            let version = match era::validate_modern(&method, &body, &headers) {
+                Ok(v) => v,
+                Err(e) => {
+                    return rpc_error(StatusCode::BAD_REQUEST, &id, e.code, &e.message, e.data);
+                }
+            };
+            let caps = caps_from(
+                body.get("params")
+                    .and_then(|p| p.get("_meta"))
+                    .and_then(|m| m.get(era::META_CLIENT_CAPABILITIES)),
+            );
+            era::strip_modern_meta(&mut body);
+            let ctx = Ctx {
+                route,
+                principal,
+                era: Era::Modern,
+                version,
+                session: None,
+                caps,
+                accepts_sse: sse,
+            };
+            dispatch(gw, ctx, id, method, body).await
+        }
+    }
+}
+
+async fn initialize(
+    gw: &Gateway,
+    route: Route,
+    principal: Principal,
+    id: Value,
+    body: &Map<String, Value>,
+) -> Response {
+    let params = jsonrpc::params(body);
+    let requested = params
+        .and_then(|p| p.get("protocolVersion"))
+        .and_then(Value::as_str);
+    let version = era::negotiate_legacy(requested);
+    let caps = caps_from(params.and_then(|p| p.get("capabilities")));
+    let result = match &route {
+        Route::Aggregate => aggregate::server_info(gw, version),
+        Route::Server(name) => {
+            let upstream = gw.upstreams.get(name).expect("route checked");
+            match upstream.connection(upstream.timeout()).await {
+                Ok(conn) => {
+                    let init = conn.init().expect("connections are initialized before use");
+                    let mut result = init.result.clone();
+                    result.insert("protocolVersion".into(), json!(version));
+                    Value::Object(result)
+                }
+                Err(e) => return relay::upstream_error_response(&id, &e, StatusCode::OK),
+            }
+        }
+    };
+    let claims = SessionClaims {
+        sid: new_session_id(),
+        ver: version.to_string(),
+        srv: route.server().map(String::from),
+        sub: principal.id.clone(),
+        caps,
+        iat: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+    };
+    tracing::info!(session = %claims.sid, principal = %principal.id, server = route.server().unwrap_or("*"), version, "session initialized");
+    let mut response = json_response(StatusCode::OK, &jsonrpc::result_response(&id, result));
+    let sealed = gw.sessions.seal(&claims);
+    response.headers_mut().insert(
+        era::HEADER_SESSION_ID,
+        HeaderValue::from_str(&sealed).expect("base64url is a valid header value"),
+    );
+    response
+}
+
+async fn dispatch(
+    gw: Arc<Gateway>,
+    ctx: Ctx,
+    id: Value,
+    method: String,
+    body: Map<String, Value>,
+) -> Response {
+    match (method.as_str(), &ctx.era) {
+        ("server/discover", Era::Modern) => {
+            return match &ctx.route {
+                Route::Aggregate => relay::finish(
+                    &ctx,
+                    jsonrpc::result_response(&id, aggregate::discover(&gw)),
+                ),
+                Route::Server(name) => relay::discover_server(&gw, &ctx, name, &id).await,
+            };
+        }
+        ("subscriptions/listen", Era::Modern) => return streams::listen(gw, ctx, id, body).await,
+        _ => {}
+    }
+    match ctx.route.clone() {
+        Route::Server(name) => {
+            let upstream = Arc::clone(gw.upstreams.get(&name).expect("route checked"));
+            relay::relay(gw, ctx, upstream, id, body).await
+        }
+        Route::Aggregate => aggregate::handle(gw, ctx, id, method, body).await,
+    }
+}
+
+fn notification(
+    gw: &Gateway,
+    route: &Route,
+    principal: &Principal,
+    headers: &HeaderMap,
+    method: &str,
+    body: Map<String, Value>,
+) -> Response {
+    let session = match era::header_str(headers, era::HEADER_SESSION_ID) {
+        Some(_) => match legacy_session(gw, headers, route, principal, &Value::Null) {
+            Ok(claims) => Some(claims),
+            Err(r) => return r,
+        },
+        None => None,
+    };
+    match method {
+        "notifications/cancelled" => {
+            let request_id = jsonrpc::params(&body)
+                .and_then(|p| p.get("requestId"))
+                .map(Value::to_string);
+            let key = session
+                .as_ref()
+                .map(|s| s.sid.clone())
+                .unwrap_or_else(|| format!("modern:{}", principal.id));
+            if let Some(request_id) = request_id {
+                if let Some(token) = gw.in_flight.lock().unwrap().remove(&(key, request_id)) {
+                    token.cancel();
+                }
+            }
+        }
+        "notifications/roots/list_changed" => {
+            let targets: Vec<_> = match route {
+                Route::Server(name) => gw.upstreams.get(name).into_iter().collect(),
+                Route::Aggregate => gw.upstreams.iter().collect(),
+            };
+            for upstream in targets {
+                if let crate::upstream::State::Up(conn) = upstream.state() {
+                    conn.notify(body.clone());
+                }
+            }
+        }
+        _ => {}
+    }
+    StatusCode::ACCEPTED.into_response()
+}
+
+/// A client answering a server-to-client request we relayed.
+fn client_response(
+    gw: &Gateway,
+    principal: &Principal,
+    headers: &HeaderMap,
+    route: &Route,
+    id: Value,
+    body: Map<String, Value>,
+) -> Response {
+    if era::header_str(headers, era::HEADER_SESSION_ID).is_some() {
+        if let Err(r) = legacy_session(gw, headers, route, principal, &Value::Null) {
+            return r;
+        }
+    }
+    let key = id.as_str().unwrap_or_default();
+    match gw.server_requests.lock().unwrap().remove(key) {
+        Some((conn, upstream_id)) => {
+            conn.respond(upstream_id, body);
+            StatusCode::ACCEPTED.into_response()
+        }
+        None => rpc_error(
+            StatusCode::BAD_REQUEST,
+            &Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            "Bad Request: no pending server request has this id",
+            None,
+        ),
+    }
+}
+
+pub async fn get_aggregate(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    get(gw, None, headers).await
+}
+
+pub async fn get_server(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    get(gw, Some(server), headers).await
+}
+
+/// The 2025-era standalone stream. Without a session (the 2026-07-28 era), 405.
+async fn get(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) -> Response {
+    let principal = match admit(&gw, &headers) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let route = match route_for(&gw, server) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if !headers.contains_key(era::HEADER_SESSION_ID) {
+        return method_not_allowed();
+    }
+    let claims = match legacy_session(&gw, &headers, &route, &principal, &Value::Null) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !accepts_sse(&headers) {
+        return rpc_error(
+            StatusCode::NOT_ACCEPTABLE,
+            &Value::Null,
+            jsonrpc::INVALID_REQUEST,
+            "Not Acceptable: the GET stream needs Accept: text/event-stream",
+            None,
+        );
+    }
+    streams::session_stream(gw, route, claims)
+}
+
+pub async fn delete_aggregate(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    delete(gw, None, headers).await
+}
+
+pub async fn delete_server(
+    State(gw): State<Arc<Gateway>>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    delete(gw, Some(server), headers).await
+}
+
+async fn delete(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) -> Response {
+    let principal = match admit(&gw, &headers) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let route = match route_for(&gw, server) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if !headers.contains_key(era::HEADER_SESSION_ID) {
+        return method_not_allowed();
+    }
+    match legacy_session(&gw, &headers, &route, &principal, &Value::Null) {
+        Ok(claims) => {
+            gw.subscriptions.lock().unwrap().remove(&claims.sid);
+            gw.revoked.lock().unwrap().insert(claims.sid.clone());
+            tracing::info!(session = %claims.sid, "session terminated by client");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+fn method_not_allowed() -> Response {
+    let mut response = rpc_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &Value::Null,
+        jsonrpc::INVALID_REQUEST,
+        "Method Not Allowed: GET and DELETE need an Mcp-Session-Id (protocol 2025-11-25 and earlier)",
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+    response
+}

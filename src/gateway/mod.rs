@@ -1,0 +1,98 @@
+//! The MCP data plane: `/mcp` (every server, aggregated) and `/mcp/{server}` (one server,
+//! passed through), speaking the session-based and the stateless protocol eras.
+//! See `README.md` beside this file for the protocol decisions.
+
+pub mod aggregate;
+pub mod auth;
+pub mod catalog;
+pub mod era;
+pub mod host_policy;
+pub mod http;
+pub mod jsonrpc;
+pub mod relay;
+pub mod session;
+pub mod streams;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::upstream::{Connection, Upstreams};
+use auth::Authenticator;
+use host_policy::HostPolicy;
+use session::SessionCodec;
+
+/// Which endpoint a request came in on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Aggregate,
+    Server(String),
+}
+
+impl Route {
+    pub fn server(&self) -> Option<&str> {
+        match self {
+            Route::Aggregate => None,
+            Route::Server(s) => Some(s),
+        }
+    }
+}
+
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub upstreams: Upstreams,
+    pub sessions: SessionCodec,
+    pub auth: Arc<dyn Authenticator>,
+    pub hosts: HostPolicy,
+    /// Server-to-client requests relayed to a client, by the id the client sees.
+    pub server_requests: Mutex<HashMap<String, (Arc<Connection>, Value)>>,
+    /// Calls in flight, by (session, client request id), so `notifications/cancelled`
+    /// from a client reaches the right call.
+    pub in_flight: Mutex<HashMap<(String, String), CancellationToken>>,
+    /// Sessions ended with DELETE on this process.
+    pub revoked: Mutex<HashSet<String>>,
+    /// Resource subscriptions per session, to filter `notifications/resources/updated`.
+    pub subscriptions: Mutex<HashMap<String, HashSet<String>>>,
+    pub shutdown: CancellationToken,
+    next_server_request: std::sync::atomic::AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(
+        config: Arc<Config>,
+        upstreams: Upstreams,
+        sessions: SessionCodec,
+        auth: Arc<dyn Authenticator>,
+        hosts: HostPolicy,
+    ) -> Self {
+        Self {
+            config,
+            upstreams,
+            sessions,
+            auth,
+            hosts,
+            server_requests: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            revoked: Mutex::new(HashSet::new()),
+            subscriptions: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            next_server_request: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// Registers a server request for relaying and returns the id the client will see.
+    pub fn register_server_request(&self, conn: &Arc<Connection>, upstream_id: Value) -> String {
+        let n = self
+            .next_server_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("gantry-{}-{n}", conn.name());
+        self.server_requests
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (Arc::clone(conn), upstream_id));
+        id
+    }
+}

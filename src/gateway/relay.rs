@@ -1,0 +1,313 @@
+//! Relaying one client request to one upstream and its answer back: plain JSON when the
+//! upstream answers straight away, an SSE stream when it first sends progress, logs or
+//! requests of its own.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Gateway;
+use super::era::{self, Era};
+use super::http::{Ctx, json_response};
+use super::jsonrpc;
+use crate::telemetry::metrics as m;
+use crate::upstream::{CallEvent, Upstream, UpstreamError};
+
+/// Final touches for the client's era.
+pub fn finish(ctx: &Ctx, mut response: Value) -> Response {
+    let mut status = StatusCode::OK;
+    if ctx.era == Era::Modern {
+        era::mark_complete(&mut response);
+        // 2026-07-28: an unimplemented method is an HTTP 404 carrying -32601.
+        if response.pointer("/error/code").and_then(Value::as_i64)
+            == Some(jsonrpc::METHOD_NOT_FOUND)
+        {
+            status = StatusCode::NOT_FOUND;
+        }
+    }
+    json_response(status, &response)
+}
+
+pub fn upstream_error(id: &Value, error: &UpstreamError) -> Value {
+    let (code, server) = match error {
+        UpstreamError::Unavailable(s, _) => (jsonrpc::UPSTREAM_UNAVAILABLE, s),
+        UpstreamError::Timeout(s, _) => (jsonrpc::REQUEST_TIMEOUT, s),
+        UpstreamError::Rejected(s, _) => (jsonrpc::INTERNAL_ERROR, s),
+    };
+    jsonrpc::error_response(
+        id,
+        code,
+        &error.to_string(),
+        Some(json!({ "server": server })),
+    )
+}
+
+pub fn upstream_error_response(id: &Value, error: &UpstreamError, status: StatusCode) -> Response {
+    json_response(status, &upstream_error(id, error))
+}
+
+fn outcome_label(response: &Value) -> &'static str {
+    match response.pointer("/error/code").and_then(Value::as_i64) {
+        None => "ok",
+        Some(jsonrpc::REQUEST_TIMEOUT) => "timeout",
+        Some(jsonrpc::UPSTREAM_UNAVAILABLE) => "unavailable",
+        Some(_) => "error",
+    }
+}
+
+fn record(server: &str, method: &str, started: Instant, outcome: &'static str) {
+    let method = metric_method(method);
+    metrics::counter!(m::MCP_REQUESTS, "server" => server.to_string(), "method" => method, "outcome" => outcome).increment(1);
+    metrics::histogram!(m::MCP_DURATION, "server" => server.to_string(), "method" => method)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Method names are client input: only known ones become label values, so a hostile
+/// client cannot blow up the metric cardinality.
+pub fn metric_method(method: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "prompts/list",
+        "prompts/get",
+        "resources/list",
+        "resources/read",
+        "resources/templates/list",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "completion/complete",
+        "logging/setLevel",
+        "server/discover",
+        "subscriptions/listen",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// 2026-07-28 `server/discover` for one server, from its initialize result.
+pub async fn discover_server(gw: &Gateway, ctx: &Ctx, name: &str, id: &Value) -> Response {
+    let upstream = gw.upstreams.get(name).expect("route checked");
+    match upstream.connection(upstream.timeout()).await {
+        Ok(conn) => {
+            let init = conn.init().expect("initialized");
+            let mut result = Map::new();
+            result.insert("supportedVersions".into(), json!(era::all_versions()));
+            for key in ["capabilities", "serverInfo", "instructions"] {
+                if let Some(v) = init.result.get(key) {
+                    result.insert(key.into(), v.clone());
+                }
+            }
+            finish(ctx, jsonrpc::result_response(id, Value::Object(result)))
+        }
+        Err(e) => upstream_error_response(id, &e, StatusCode::OK),
+    }
+}
+
+/// Relays a request to `upstream`, under the upstream's timeout and concurrency cap.
+pub async fn relay(
+    gw: Arc<Gateway>,
+    ctx: Ctx,
+    upstream: Arc<Upstream>,
+    id: Value,
+    mut body: Map<String, Value>,
+) -> Response {
+    let started = Instant::now();
+    let method = body
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let timeout = upstream.timeout();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let permit = match upstream.permit(timeout).await {
+        Ok(p) => p,
+        Err(e) => {
+            record(&upstream.name, &method, started, "timeout");
+            return upstream_error_response(&id, &e, StatusCode::OK);
+        }
+    };
+    let conn = match upstream
+        .connection(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            record(&upstream.name, &method, started, "unavailable");
+            return upstream_error_response(&id, &e, StatusCode::OK);
+        }
+    };
+    let subscribe_uri = (method == "resources/subscribe")
+        .then(|| {
+            jsonrpc::params(&body)
+                .and_then(|p| p.get("uri"))
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .flatten();
+    body.insert("id".into(), id.clone());
+    let mut call = conn.start_call(body);
+    let cancel = CancellationToken::new();
+    let in_flight_key = (ctx.session_key(), id.to_string());
+    gw.in_flight
+        .lock()
+        .unwrap()
+        .insert(in_flight_key.clone(), cancel.clone());
+    let server = upstream.name.clone();
+
+    // Fast path: most calls answer with nothing in between, and get plain JSON.
+    let first = tokio::select! {
+        event = call.next() => event,
+        _ = tokio::time::sleep_until(deadline) => None,
+        _ = cancel.cancelled() => Some(CallEvent::Failed("cancelled by the client".into())),
+    };
+    let first = match first {
+        Some(CallEvent::Response(response)) => {
+            gw.in_flight.lock().unwrap().remove(&in_flight_key);
+            record(&server, &method, started, outcome_label(&response));
+            if let (Some(uri), Some(_)) = (subscribe_uri, response.get("result")) {
+                remember_subscription(&gw, &ctx, uri);
+            }
+            return finish(&ctx, response);
+        }
+        Some(CallEvent::Failed(reason)) => {
+            gw.in_flight.lock().unwrap().remove(&in_flight_key);
+            let error = UpstreamError::Unavailable(server.clone(), reason);
+            record(&server, &method, started, "unavailable");
+            return upstream_error_response(&id, &error, StatusCode::OK);
+        }
+        None => {
+            gw.in_flight.lock().unwrap().remove(&in_flight_key);
+            let error = UpstreamError::Timeout(server.clone(), timeout.as_millis());
+            record(&server, &method, started, "timeout");
+            return upstream_error_response(&id, &error, StatusCode::OK);
+        }
+        Some(event) => event,
+    };
+
+    // Something arrives before the answer: stream it, then the answer, over SSE.
+    let (tx, rx) = mpsc::channel::<Value>(64);
+    let stream_gw = Arc::clone(&gw);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut minted: Vec<String> = Vec::new();
+        let mut event = Some(first);
+        let outcome = loop {
+            let current = match event.take() {
+                Some(e) => Some(e),
+                None => tokio::select! {
+                    e = call.next() => e,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let error = UpstreamError::Timeout(server.clone(), timeout.as_millis());
+                        let _ = tx.send(upstream_error(&id, &error)).await;
+                        break "timeout";
+                    }
+                    _ = cancel.cancelled() => break "cancelled",
+                    _ = tx.closed() => break "cancelled",
+                },
+            };
+            match current {
+                Some(CallEvent::Notification(n)) => {
+                    if tx.send(n).await.is_err() {
+                        break "cancelled";
+                    }
+                }
+                Some(CallEvent::ServerRequest {
+                    upstream_id,
+                    mut msg,
+                }) => {
+                    let method = msg
+                        .get("method")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    if ctx.era == Era::Legacy && ctx.accepts_sse && client_can_answer(&ctx, method)
+                    {
+                        let relayed = stream_gw.register_server_request(&conn, upstream_id);
+                        msg["id"] = Value::String(relayed.clone());
+                        minted.push(relayed);
+                        if tx.send(msg).await.is_err() {
+                            break "cancelled";
+                        }
+                    } else {
+                        conn.answer_unrouted(&upstream_id, &msg);
+                    }
+                }
+                Some(CallEvent::Response(mut response)) => {
+                    let label = outcome_label(&response);
+                    if ctx.era == Era::Modern {
+                        era::mark_complete(&mut response);
+                    }
+                    let _ = tx.send(response).await;
+                    break label;
+                }
+                Some(CallEvent::Failed(reason)) => {
+                    let error = UpstreamError::Unavailable(server.clone(), reason);
+                    let _ = tx.send(upstream_error(&id, &error)).await;
+                    break "unavailable";
+                }
+                None => break "unavailable",
+            }
+        };
+        stream_gw.in_flight.lock().unwrap().remove(&in_flight_key);
+        let mut pending = stream_gw.server_requests.lock().unwrap();
+        for id in minted {
+            pending.remove(&id);
+        }
+        drop(pending);
+        record(&server, &method, started, outcome);
+    });
+    sse_response(rx, None)
+}
+
+fn client_can_answer(ctx: &Ctx, method: &str) -> bool {
+    match method {
+        "sampling/createMessage" => ctx.caps.sampling,
+        "elicitation/create" => ctx.caps.elicitation,
+        "roots/list" => ctx.caps.roots,
+        "ping" => true,
+        _ => false,
+    }
+}
+
+fn remember_subscription(gw: &Gateway, ctx: &Ctx, uri: String) {
+    gw.subscriptions
+        .lock()
+        .unwrap()
+        .entry(ctx.session_key())
+        .or_default()
+        .insert(uri);
+}
+
+/// An SSE response of JSON-RPC messages; `keep_alive` for long-lived streams.
+pub fn sse_response(rx: mpsc::Receiver<Value>, keep_alive: Option<Duration>) -> Response {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let msg = rx.recv().await?;
+        let event = Event::default()
+            .event("message")
+            .data(serde_json::to_string(&msg).expect("JSON values serialize"));
+        Some((Ok::<_, Infallible>(event), rx))
+    });
+    let sse = Sse::new(stream);
+    let mut response = match keep_alive {
+        Some(interval) => sse
+            .keep_alive(KeepAlive::new().interval(interval).text(""))
+            .into_response(),
+        None => sse.into_response(),
+    };
+    // Tells nginx (and similar proxies) not to buffer the stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}

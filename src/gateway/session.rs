@@ -1,0 +1,176 @@
+//! Sealed session ids: everything a replica needs to continue a 2025-era session travels
+//! inside the id itself, encrypted and authenticated (AES-256-GCM), so any gantry process
+//! holding the same key can serve any session without a shared store.
+
+use aes_gcm::aead::{Aead, KeyInit, OsRng, rand_core::RngCore};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+
+/// Session ids longer than this are rejected before any decoding work.
+const MAX_SESSION_ID_LEN: usize = 2048;
+const NONCE_LEN: usize = 12;
+/// Binds ciphertexts to their purpose so a key shared with another use cannot be confused.
+const AAD: &[u8] = b"gantry-session-v1";
+
+/// What a session carries between replicas.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionClaims {
+    /// Random id of this session, for logs and revocation.
+    pub sid: String,
+    /// Negotiated protocol version.
+    pub ver: String,
+    /// The upstream this session is bound to; `None` for the aggregate endpoint.
+    pub srv: Option<String>,
+    /// The authenticated principal that created the session.
+    pub sub: String,
+    /// Which server-to-client requests the client can answer.
+    #[serde(default)]
+    pub caps: ClientCaps,
+    /// Unix seconds at creation.
+    pub iat: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientCaps {
+    #[serde(default)]
+    pub sampling: bool,
+    #[serde(default)]
+    pub elicitation: bool,
+    #[serde(default)]
+    pub roots: bool,
+}
+
+#[derive(Clone)]
+pub struct SessionCodec {
+    cipher: Aes256Gcm,
+}
+
+pub fn decode_key(encoded: &str) -> Result<[u8; 32], &'static str> {
+    let bytes = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| "must be base64 (e.g. `openssl rand -base64 32`)")?;
+    bytes
+        .try_into()
+        .map_err(|_| "must decode to exactly 32 bytes (e.g. `openssl rand -base64 32`)")
+}
+
+impl SessionCodec {
+    pub fn new(key: [u8; 32]) -> Self {
+        Self {
+            cipher: Aes256Gcm::new(&key.into()),
+        }
+    }
+
+    pub fn random() -> Self {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        Self::new(key)
+    }
+
+    pub fn seal(&self, claims: &SessionClaims) -> String {
+        let plaintext = serde_json::to_vec(claims).expect("claims serialize");
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng.fill_bytes(&mut nonce);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                aes_gcm::aead::Payload {
+                    msg: &plaintext,
+                    aad: AAD,
+                },
+            )
+            .expect("AES-GCM encryption cannot fail for small inputs");
+        let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// Opens a session id; any tampering, truncation or foreign key yields `None`.
+    pub fn open(&self, session_id: &str) -> Option<SessionClaims> {
+        if session_id.len() > MAX_SESSION_ID_LEN {
+            return None;
+        }
+        let raw = URL_SAFE_NO_PAD.decode(session_id).ok()?;
+        if raw.len() <= NONCE_LEN {
+            return None;
+        }
+        let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
+        let plaintext = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(nonce),
+                aes_gcm::aead::Payload {
+                    msg: ciphertext,
+                    aad: AAD,
+                },
+            )
+            .ok()?;
+        serde_json::from_slice(&plaintext).ok()
+    }
+}
+
+pub fn new_session_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn claims() -> SessionClaims {
+        SessionClaims {
+            sid: new_session_id(),
+            ver: "2025-11-25".into(),
+            srv: Some("demo".into()),
+            sub: "key:default".into(),
+            caps: ClientCaps {
+                sampling: true,
+                ..Default::default()
+            },
+            iat: 1,
+        }
+    }
+
+    #[test]
+    fn round_trips_with_the_same_key() {
+        let key = [7u8; 32];
+        let id = SessionCodec::new(key).seal(&claims());
+        let other_process = SessionCodec::new(key);
+        assert_eq!(
+            other_process.open(&id).unwrap().srv.as_deref(),
+            Some("demo")
+        );
+    }
+
+    #[test]
+    fn foreign_key_and_tampering_are_rejected() {
+        let id = SessionCodec::new([1u8; 32]).seal(&claims());
+        assert!(SessionCodec::new([2u8; 32]).open(&id).is_none());
+        let codec = SessionCodec::new([1u8; 32]);
+        let mut bytes = id.clone().into_bytes();
+        let last = bytes.len() - 5;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        assert!(codec.open(std::str::from_utf8(&bytes).unwrap()).is_none());
+        assert!(codec.open(&id[..id.len() - 3]).is_none());
+    }
+
+    #[test]
+    fn key_must_be_32_bytes_of_base64() {
+        assert!(decode_key("not base64!").is_err());
+        assert!(decode_key(&STANDARD.encode([0u8; 16])).is_err());
+        assert!(decode_key(&STANDARD.encode([0u8; 32])).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_session_ids_never_panic(s in ".{0,3000}") {
+            let codec = SessionCodec::new([3u8; 32]);
+            prop_assert!(codec.open(&s).is_none());
+        }
+    }
+}

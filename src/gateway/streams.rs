@@ -1,0 +1,218 @@
+//! Long-lived streams of messages that belong to no request: the 2025-era GET stream of a
+//! session, and the 2026-07-28 `subscriptions/listen` stream.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::Response;
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use super::era;
+use super::http::{Ctx, json_response};
+use super::jsonrpc;
+use super::relay::sse_response;
+use super::session::SessionClaims;
+use super::{Gateway, Route};
+use crate::upstream::{State, Upstream};
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+fn upstreams_of<'a>(gw: &'a Gateway, route: &Route) -> Vec<&'a Arc<Upstream>> {
+    match route {
+        Route::Server(name) => gw.upstreams.get(name).into_iter().collect(),
+        Route::Aggregate => gw.upstreams.iter().collect(),
+    }
+}
+
+/// Subscribes to each upstream's unsolicited messages, following reconnects, and feeds
+/// the ones `keep` accepts into `tx` until the client leaves or the gateway stops.
+fn forward(
+    gw: &Arc<Gateway>,
+    route: &Route,
+    tx: mpsc::Sender<Value>,
+    keep: Arc<dyn Fn(&Value) -> Option<Value> + Send + Sync>,
+) {
+    for upstream in upstreams_of(gw, route) {
+        let upstream = Arc::clone(upstream);
+        let tx = tx.clone();
+        let keep = Arc::clone(&keep);
+        let shutdown = gw.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let conn = tokio::select! {
+                    c = upstream.connection(Duration::from_secs(3600)) => c,
+                    _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => return,
+                };
+                let Ok(conn) = conn else { continue };
+                let mut events = conn.subscribe();
+                loop {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = shutdown.cancelled() => return,
+                        _ = conn.closed().cancelled() => break,
+                        event = events.recv() => match event {
+                            Ok(event) => {
+                                if let Some(out) = keep(&event) {
+                                    if tx.send(out).await.is_err() { return; }
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::warn!(upstream = %upstream.name, skipped = n, "slow stream client missed notifications");
+                            }
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn method_of(v: &Value) -> &str {
+    v.get("method").and_then(Value::as_str).unwrap_or_default()
+}
+
+/// GET on a 2025-era session: list changes, resource updates for subscribed URIs, and
+/// log messages of the session's server(s).
+pub fn session_stream(gw: Arc<Gateway>, route: Route, claims: SessionClaims) -> Response {
+    let (tx, rx) = mpsc::channel(64);
+    let sid = claims.sid.clone();
+    let filter_gw = Arc::clone(&gw);
+    let keep = Arc::new(move |event: &Value| -> Option<Value> {
+        if method_of(event) == "notifications/resources/updated" {
+            let uri = event.pointer("/params/uri").and_then(Value::as_str)?;
+            let subscribed = filter_gw
+                .subscriptions
+                .lock()
+                .unwrap()
+                .get(&sid)
+                .is_some_and(|uris| uris.contains(uri));
+            return subscribed.then(|| event.clone());
+        }
+        Some(event.clone())
+    });
+    forward(&gw, &route, tx, keep);
+    sse_response(rx, Some(KEEP_ALIVE))
+}
+
+/// 2026-07-28 `subscriptions/listen`: acknowledge what is honored, then deliver the
+/// chosen change notifications tagged with the subscription id.
+pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Value>) -> Response {
+    let requested = jsonrpc::params(&body)
+        .and_then(|p| p.get("notifications"))
+        .cloned()
+        .unwrap_or(json!({}));
+    if !requested.is_object() {
+        return json_response(
+            http::StatusCode::BAD_REQUEST,
+            &jsonrpc::error_response(
+                &id,
+                jsonrpc::INVALID_PARAMS,
+                "params.notifications must be an object",
+                None,
+            ),
+        );
+    }
+    let flag = |k: &str| requested.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let upstreams = upstreams_of(&gw, &ctx.route);
+    let any_capability = |cap: &str, sub: &str| {
+        ctx.route == Route::Aggregate
+            || upstreams.iter().any(|u| match u.state() {
+                State::Up(c) => c.init().is_some_and(|i| {
+                    i.capabilities()
+                        .pointer(&format!("/{cap}/{sub}"))
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                }),
+                _ => false,
+            })
+    };
+    let tools = flag("toolsListChanged") && any_capability("tools", "listChanged");
+    let prompts = flag("promptsListChanged") && any_capability("prompts", "listChanged");
+    let resources = flag("resourcesListChanged") && any_capability("resources", "listChanged");
+    let wanted_uris: Vec<String> = requested
+        .get("resourceSubscriptions")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Ask the upstream(s) to send updates for the URIs; keep those that were accepted.
+    let mut honored_uris = Vec::new();
+    for uri in wanted_uris {
+        for upstream in &upstreams {
+            let Ok(conn) = upstream.connection(Duration::ZERO).await else {
+                continue;
+            };
+            if !conn.init().is_some_and(|i| {
+                i.capabilities()
+                    .pointer("/resources/subscribe")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+            }) {
+                continue;
+            }
+            let request = json!({ "jsonrpc": "2.0", "id": 0, "method": "resources/subscribe", "params": { "uri": uri } });
+            if upstream
+                .request(&conn, request, upstream.timeout())
+                .await
+                .is_ok()
+            {
+                honored_uris.push(uri.clone());
+                break;
+            }
+        }
+    }
+    let mut honored = Map::new();
+    for (key, on) in [
+        ("toolsListChanged", tools),
+        ("promptsListChanged", prompts),
+        ("resourcesListChanged", resources),
+    ] {
+        if on {
+            honored.insert(key.into(), json!(true));
+        }
+    }
+    if !honored_uris.is_empty() {
+        honored.insert("resourceSubscriptions".into(), json!(honored_uris));
+    }
+    let ack = jsonrpc::notification(
+        "notifications/subscriptions/acknowledged",
+        json!({ "_meta": { era::META_SUBSCRIPTION_ID: id }, "notifications": honored }),
+    );
+    let (tx, rx) = mpsc::channel(64);
+    let _ = tx.send(ack).await;
+    let uris: HashSet<String> = honored_uris.into_iter().collect();
+    let keep = Arc::new(move |event: &Value| -> Option<Value> {
+        let wanted = match method_of(event) {
+            "notifications/tools/list_changed" => tools,
+            "notifications/prompts/list_changed" => prompts,
+            "notifications/resources/list_changed" => resources,
+            "notifications/resources/updated" => event
+                .pointer("/params/uri")
+                .and_then(Value::as_str)
+                .is_some_and(|u| uris.contains(u)),
+            _ => false,
+        };
+        if !wanted {
+            return None;
+        }
+        let mut out = event.clone();
+        if !out.get("params").is_some_and(Value::is_object) {
+            out["params"] = json!({});
+        }
+        let params = out["params"].as_object_mut().expect("object");
+        let meta = params.entry("_meta").or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert(era::META_SUBSCRIPTION_ID.into(), id.clone());
+        }
+        Some(out)
+    });
+    forward(&gw, &ctx.route, tx, keep);
+    sse_response(rx, Some(KEEP_ALIVE))
+}

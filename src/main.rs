@@ -1,0 +1,151 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use gantry::cli::{Cli, Command, ServeArgs};
+use gantry::config;
+use gantry::startup::{Application, Role, StartupError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    match command {
+        Command::Version => {
+            println!("gantry {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "MCP protocol versions: {}",
+                gantry::gateway::era::all_versions().join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Command::DemoUpstream => match gantry::demo_upstream::run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("demo-upstream: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Keygen => {
+            let key = gantry::gateway::auth::generate_key();
+            let digest = gantry::gateway::auth::hex(&gantry::gateway::auth::sha256(&key));
+            println!("API key (shown once, give it to the client): {key}");
+            println!(
+                "Add to gantry.toml:\n\n[[auth.api_keys]]\nname = \"my-client\"\nsha256 = \"{digest}\""
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Healthcheck { addr } => {
+            let addr = match addr {
+                Some(a) => a,
+                None => match config::load(cli.config.as_deref()) {
+                    Ok(c) => c.server.listen,
+                    Err(e) => return config_error(e.to_string()),
+                },
+            };
+            if gantry::healthcheck::run(&addr).await {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Migrate => {
+            let config = match config::load(cli.config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return config_error(e.to_string()),
+            };
+            gantry::telemetry::init(&config.log);
+            // The gateway keeps no relational state; the control plane brings the stores.
+            println!("nothing to migrate: this build keeps no relational data");
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => serve(cli.config, args, Role::Serve).await,
+        Command::Gateway(args) => serve(cli.config, args, Role::Gateway).await,
+    }
+}
+
+fn config_error(message: String) -> ExitCode {
+    eprintln!("gantry: {message}");
+    ExitCode::from(2)
+}
+
+async fn serve(config_path: Option<std::path::PathBuf>, args: ServeArgs, role: Role) -> ExitCode {
+    let mut config = match config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return config_error(e.to_string()),
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+        if let Err((key, message)) = config::validate(&config) {
+            return config_error(format!(
+                "invalid configuration: {key} (from --listen): {message}"
+            ));
+        }
+    }
+    gantry::telemetry::init(&config.log);
+    let app = match Application::build(config, role).await {
+        Ok(app) => app,
+        Err(e @ StartupError::Config(_)) => return config_error(e.to_string()),
+        Err(e) => {
+            eprintln!("gantry: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = app.wait_ready().await {
+        app.gateway().upstreams.shutdown().await;
+        return config_error(e.to_string());
+    }
+    print_banner(&app);
+    match app.run(args.ready_file, None).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gantry: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_banner(app: &Application) {
+    let addr = app.local_addr();
+    let host = gantry::healthcheck::probe_address(&addr.to_string());
+    let url = format!("http://{host}/mcp");
+    let servers: Vec<String> = app
+        .gateway()
+        .upstreams
+        .iter()
+        .map(|u| format!("{} ({})", u.name, if u.is_up() { "up" } else { "down" }))
+        .collect();
+    let key_line = match &app.generated_key {
+        Some(key) => format!(
+            "{key}\n                  (generated for this run; `gantry keygen` makes a lasting one)"
+        ),
+        None => "one of the keys in auth.api_keys".into(),
+    };
+    let key = app.generated_key.as_deref().unwrap_or("$GANTRY_API_KEY");
+    println!(
+        r#"
+Gantry {version} is ready.
+  MCP endpoint:   {url}   (one server: {url}/<name>)
+  Servers:        {servers}
+  API key:        {key_line}
+  Metrics:        http://{host}/metrics
+
+Call a tool with curl (2026-07-28, stateless):
+  curl -s {url} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+    -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2026-07-28' \
+    -H 'Mcp-Method: tools/call' -H 'Mcp-Name: demo__echo' \
+    -d '{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"demo__echo","arguments":{{"message":"hello"}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}'
+
+Claude Desktop / Cursor (mcpServers entry):
+  "gantry": {{ "url": "{url}", "headers": {{ "Authorization": "Bearer {key}" }} }}
+
+Python SDK:
+  async with Client("{url}", ...)  # with httpx2.AsyncClient(headers={{"Authorization": "Bearer {key}"}})
+"#,
+        version = env!("CARGO_PKG_VERSION"),
+        servers = servers.join(", "),
+    );
+}

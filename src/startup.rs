@@ -1,0 +1,313 @@
+//! Builds and runs the HTTP application: routes, middleware, start-up checks, and the
+//! orderly shutdown (stop accepting, drain, end every upstream).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderName, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::{Config, PrefixMode, UpstreamConfig};
+use crate::gateway::auth::{self, ConfigKeys};
+use crate::gateway::host_policy::HostPolicy;
+use crate::gateway::session::{SessionCodec, decode_key};
+use crate::gateway::{self, Gateway, aggregate};
+use crate::telemetry::metrics as m;
+use crate::upstream::{ListKind, State as UpState, Upstreams};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Which role is running; `serve` adds the embedded defaults a first run needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Gateway,
+}
+
+/// Start-up failures that are the operator's to fix: exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+}
+
+#[derive(Clone)]
+struct AppState {
+    gateway: Arc<Gateway>,
+    metrics: PrometheusHandle,
+}
+
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    metrics: PrometheusHandle,
+    grace: Duration,
+    /// The key generated for this run when none is configured (printed in the banner).
+    pub generated_key: Option<String>,
+}
+
+impl Application {
+    pub async fn build(mut config: Config, role: Role) -> Result<Self, StartupError> {
+        if role == Role::Serve && config.upstreams.is_empty() && config.gateway.demo_upstream {
+            let exe = std::env::current_exe().map_err(|e| {
+                StartupError::Config(format!("cannot locate the gantry binary: {e}"))
+            })?;
+            config.upstreams.insert(
+                "demo".into(),
+                UpstreamConfig::stdio(exe.to_string_lossy(), vec!["demo-upstream".into()]),
+            );
+        }
+        let mut keys = ConfigKeys::from_config(&config.auth);
+        let generated_key = match (keys.is_empty(), role) {
+            (true, Role::Serve) => {
+                let key = auth::generate_key();
+                keys.add("generated", &key);
+                Some(key)
+            }
+            (true, Role::Gateway) => {
+                return Err(StartupError::Config(
+                    "invalid configuration: auth.api_keys: the gateway role needs at least one API key (`gantry keygen` makes one)".into(),
+                ));
+            }
+            _ => None,
+        };
+        let sessions = match &config.auth.session_key {
+            Some(key) => SessionCodec::new(
+                decode_key(key.expose())
+                    .map_err(|e| StartupError::Config(format!("auth.session_key: {e}")))?,
+            ),
+            None => {
+                tracing::warn!(
+                    "auth.session_key is not set: sessions will not survive a restart or move between replicas"
+                );
+                SessionCodec::random()
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(&config.server.listen)
+            .await
+            .map_err(|e| StartupError::Bind(config.server.listen.clone(), e))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| StartupError::Bind(config.server.listen.clone(), e))?;
+        let metrics = m::install();
+        let config = Arc::new(config);
+        let hosts = HostPolicy::new(&config.server, bound);
+        let upstreams = Upstreams::start(&config);
+        let gateway = Arc::new(Gateway::new(
+            Arc::clone(&config),
+            upstreams,
+            sessions,
+            Arc::new(keys),
+            hosts,
+        ));
+        Ok(Self {
+            listener,
+            grace: Duration::from_secs(config.server.shutdown_grace_secs),
+            gateway,
+            metrics,
+            generated_key,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// Waits for every upstream's first connection attempt, then enforces start-up rules
+    /// that need the upstreams' answers.
+    pub async fn wait_ready(&self) -> Result<(), StartupError> {
+        let wait = self
+            .gateway
+            .upstreams
+            .iter()
+            .map(|u| u.timeout())
+            .max()
+            .unwrap_or_default()
+            + Duration::from_secs(1);
+        self.gateway.upstreams.wait_attempted(wait).await;
+        if self.gateway.config.gateway.prefix_mode == PrefixMode::Never {
+            for kind in [ListKind::Tools, ListKind::Prompts] {
+                let merged = aggregate::merged(&self.gateway, kind).await;
+                if let Some((name, a, b)) = merged.conflicts.first() {
+                    return Err(StartupError::Config(format!(
+                        "invalid configuration: gateway.prefix_mode: \"never\", but {} '{name}' is offered by both '{a}' and '{b}' (use \"on-conflict\" or \"always\")",
+                        if kind == ListKind::Tools {
+                            "tool"
+                        } else {
+                            "prompt"
+                        }
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn router(&self) -> Router {
+        let state = AppState {
+            gateway: Arc::clone(&self.gateway),
+            metrics: self.metrics.clone(),
+        };
+        let mcp = Router::new()
+            .route(
+                "/mcp",
+                axum::routing::post(gateway::http::post_aggregate)
+                    .get(gateway::http::get_aggregate)
+                    .delete(gateway::http::delete_aggregate),
+            )
+            .route(
+                "/mcp/{server}",
+                axum::routing::post(gateway::http::post_server)
+                    .get(gateway::http::get_server)
+                    .delete(gateway::http::delete_server),
+            )
+            .with_state(Arc::clone(&self.gateway));
+        Router::new()
+            .merge(mcp)
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .route("/metrics", get(render_metrics))
+            .with_state(state)
+            .route_layer(middleware::from_fn(track_http))
+            .layer(DefaultBodyLimit::max(self.gateway.config.server.max_body_bytes))
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                    let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                }),
+            )
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+    }
+
+    /// Serves until SIGTERM/SIGINT (or `stop`), then drains for at most the grace
+    /// period and ends every upstream.
+    pub async fn run(
+        self,
+        ready_file: Option<PathBuf>,
+        stop: Option<tokio_util::sync::CancellationToken>,
+    ) -> anyhow::Result<()> {
+        let router = self.router();
+        let addr = self.local_addr();
+        if let Some(path) = ready_file {
+            std::fs::write(&path, addr.to_string())?;
+        }
+        let gateway = Arc::clone(&self.gateway);
+        let shutdown = gateway.shutdown.clone();
+        let signal_token = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal(stop).await;
+            tracing::info!("shutdown requested: no new connections, draining in-flight requests");
+            signal_token.cancel();
+        });
+        let server = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = tokio::spawn(async move { server.await });
+        shutdown.cancelled().await;
+        let started = Instant::now();
+        match tokio::time::timeout(self.grace, server).await {
+            Ok(_) => tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "in-flight requests drained"
+            ),
+            Err(_) => tracing::warn!(
+                grace_secs = self.grace.as_secs(),
+                "grace period over: abandoning remaining requests"
+            ),
+        }
+        gateway.upstreams.shutdown().await;
+        tracing::info!("all upstreams stopped; bye");
+        Ok(())
+    }
+}
+
+async fn wait_for_signal(stop: Option<tokio_util::sync::CancellationToken>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    let external = async {
+        match stop {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = external => {}
+    }
+}
+
+async fn track_http(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(m::HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!(m::HTTP_DURATION, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+/// Ready once every upstream had its first connection attempt and while not shutting
+/// down. A down upstream does not make the gateway unready: it degrades, and says so.
+async fn ready(State(state): State<AppState>) -> Response {
+    let gw = &state.gateway;
+    let upstreams: serde_json::Map<String, serde_json::Value> = gw
+        .upstreams
+        .iter()
+        .map(|u| {
+            let status = match u.state() {
+                UpState::Up(_) => json!({ "status": "up", "restarts": u.restarts() }),
+                UpState::Starting => json!({ "status": "starting", "restarts": u.restarts() }),
+                UpState::Down(reason) => {
+                    json!({ "status": "down", "reason": reason, "restarts": u.restarts() })
+                }
+            };
+            (u.name.clone(), status)
+        })
+        .collect();
+    let is_ready = gw.upstreams.all_attempted() && !gw.shutdown.is_cancelled();
+    let status = if is_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body =
+        json!({ "status": if is_ready { "ready" } else { "starting" }, "upstreams": upstreams });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

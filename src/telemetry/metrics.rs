@@ -1,0 +1,60 @@
+//! Metric names (the alert rules and dashboards use them verbatim) and the recorder.
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+pub const MCP_REQUESTS: &str = "mcp_requests_total";
+pub const MCP_DURATION: &str = "mcp_request_duration_seconds";
+pub const UPSTREAM_UP: &str = "mcp_upstream_up";
+pub const UPSTREAM_RESTARTS: &str = "mcp_upstream_restarts_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide recorder once; later calls return the same handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS)
+                .expect("buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).expect("metrics recorder installed once");
+            let upkeep = handle.clone();
+            // Histograms drain their buffers during upkeep; without it memory grows.
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("thread spawns");
+            metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
+            metrics::describe_histogram!(
+                HTTP_DURATION,
+                metrics::Unit::Seconds,
+                "HTTP request duration"
+            );
+            metrics::describe_counter!(MCP_REQUESTS, "MCP requests by server, method and outcome");
+            metrics::describe_histogram!(
+                MCP_DURATION,
+                metrics::Unit::Seconds,
+                "MCP request duration by server and method"
+            );
+            metrics::describe_gauge!(UPSTREAM_UP, "1 when the upstream MCP server is connected");
+            metrics::describe_counter!(
+                UPSTREAM_RESTARTS,
+                "Upstream restarts after a crash or disconnect"
+            );
+            handle
+        })
+        .clone()
+}

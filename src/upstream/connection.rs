@@ -1,0 +1,382 @@
+//! One MCP client session to one upstream, shared by every downstream caller.
+//!
+//! Downstream requests are multiplexed onto it: each gets a fresh upstream id (and its
+//! progress token is rewritten to that id), and whatever the upstream sends back is
+//! routed to the call it belongs to — its response, its progress, and any request the
+//! server makes of the client while the call runs (sampling, elicitation, roots).
+//! Messages that belong to no call (list changes, resource updates) are broadcast.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::jsonrpc::{self, Message};
+
+/// What a transport delivers to the connection.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A message from the upstream; `related` names the upstream request id whose HTTP
+    /// response carried it, when the transport knows.
+    Message { msg: Value, related: Option<u64> },
+    /// The transport is gone (process exited, stream ended, session expired).
+    Closed(String),
+}
+
+/// What a caller sees while its request is in flight.
+#[derive(Debug)]
+pub enum CallEvent {
+    /// A notification related to the call (progress with the caller's own token, logging).
+    Notification(Value),
+    /// The server asks the client something; answer with [`Connection::respond`].
+    ServerRequest { upstream_id: Value, msg: Value },
+    /// The final response, with the caller's original id restored.
+    Response(Value),
+    /// The upstream went away before answering.
+    Failed(String),
+}
+
+struct Pending {
+    tx: mpsc::UnboundedSender<CallEvent>,
+    original_id: Value,
+    original_token: Option<Value>,
+}
+
+/// Result of the upstream's `initialize`.
+#[derive(Debug, Clone)]
+pub struct ServerInit {
+    pub protocol_version: String,
+    pub result: Map<String, Value>,
+}
+
+impl ServerInit {
+    pub fn capabilities(&self) -> Value {
+        self.result
+            .get("capabilities")
+            .cloned()
+            .unwrap_or_else(|| json!({}))
+    }
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.result
+            .get("capabilities")
+            .and_then(|c| c.get(name))
+            .is_some_and(|v| !v.is_null())
+    }
+}
+
+pub struct Connection {
+    name: Arc<str>,
+    tx: mpsc::UnboundedSender<Value>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    events: broadcast::Sender<Arc<Value>>,
+    closed: CancellationToken,
+    close_reason: Mutex<Option<String>>,
+    init: std::sync::OnceLock<ServerInit>,
+}
+
+/// A request in flight. Dropping it before the response cancels the upstream request.
+pub struct Call {
+    id: u64,
+    conn: Arc<Connection>,
+    rx: mpsc::UnboundedReceiver<CallEvent>,
+    finished: bool,
+}
+
+impl Call {
+    pub async fn next(&mut self) -> Option<CallEvent> {
+        let event = self.rx.recv().await;
+        if matches!(
+            event,
+            Some(CallEvent::Response(_)) | Some(CallEvent::Failed(_)) | None
+        ) {
+            self.finished = true;
+        }
+        event
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.abandon(self.id);
+        }
+    }
+}
+
+impl Connection {
+    /// Starts routing messages from `inbound`; `tx` carries messages to the upstream.
+    pub fn start(
+        name: &str,
+        tx: mpsc::UnboundedSender<Value>,
+        mut inbound: mpsc::UnboundedReceiver<Inbound>,
+    ) -> Arc<Self> {
+        let (events, _) = broadcast::channel(256);
+        let conn = Arc::new(Self {
+            name: Arc::from(name),
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            events,
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            init: std::sync::OnceLock::new(),
+        });
+        let weak = Arc::downgrade(&conn);
+        tokio::spawn(async move {
+            let reason = loop {
+                let Some(item) = inbound.recv().await else {
+                    break "transport ended".to_string();
+                };
+                let Some(conn) = weak.upgrade() else { return };
+                match item {
+                    Inbound::Message { msg, related } => conn.route(msg, related),
+                    Inbound::Closed(reason) => break reason,
+                }
+            };
+            if let Some(conn) = weak.upgrade() {
+                conn.close(reason);
+            }
+        });
+        conn
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn init(&self) -> Option<&ServerInit> {
+        self.init.get()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Value>> {
+        self.events.subscribe()
+    }
+
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    pub fn close_reason(&self) -> String {
+        self.close_reason
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| "closed".into())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.pending.lock().unwrap().len()
+    }
+
+    /// Runs the MCP handshake; the gateway declares every client capability so the
+    /// upstream will use them, and answers on behalf of clients that lack one.
+    pub async fn initialize(self: &Arc<Self>, client_name: &str) -> Result<(), String> {
+        let request = json!({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {
+                "protocolVersion": crate::gateway::era::LATEST_LEGACY,
+                "capabilities": { "sampling": {}, "elicitation": {}, "roots": { "listChanged": true } },
+                "clientInfo": { "name": client_name, "version": env!("CARGO_PKG_VERSION") }
+            }
+        });
+        let Value::Object(body) = request else {
+            unreachable!()
+        };
+        let mut call = self.start_call(body);
+        let response = loop {
+            match call.next().await {
+                Some(CallEvent::Response(r)) => break r,
+                Some(CallEvent::Failed(e)) => return Err(e),
+                None => return Err("connection closed during initialize".into()),
+                Some(CallEvent::ServerRequest { upstream_id, msg }) => {
+                    self.answer_unrouted(&upstream_id, &msg);
+                }
+                Some(CallEvent::Notification(_)) => {}
+            }
+        };
+        let result = match response.get("result") {
+            Some(Value::Object(r)) => r.clone(),
+            _ => {
+                let err = response.get("error").cloned().unwrap_or(Value::Null);
+                return Err(format!("initialize failed: {err}"));
+            }
+        };
+        let protocol_version = result
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(crate::gateway::era::LATEST_LEGACY)
+            .to_string();
+        let _ = self.init.set(ServerInit {
+            protocol_version,
+            result,
+        });
+        self.send(jsonrpc::notification(
+            "notifications/initialized",
+            json!({}),
+        ));
+        Ok(())
+    }
+
+    /// Sends a request upstream under a fresh id; the caller's id and progress token are
+    /// restored on everything routed back.
+    pub fn start_call(self: &Arc<Self>, mut body: Map<String, Value>) -> Call {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let original_id = body.insert("id".into(), json!(id)).unwrap_or(Value::Null);
+        let original_token = body
+            .get_mut("params")
+            .and_then(|p| p.get_mut("_meta"))
+            .and_then(Value::as_object_mut)
+            .and_then(|meta| meta.insert("progressToken".into(), json!(id)));
+        let call = Call {
+            id,
+            conn: Arc::clone(self),
+            rx,
+            finished: false,
+        };
+        if self.closed.is_cancelled() {
+            let _ = tx.send(CallEvent::Failed(self.close_reason()));
+            return call;
+        }
+        self.pending.lock().unwrap().insert(
+            id,
+            Pending {
+                tx,
+                original_id,
+                original_token,
+            },
+        );
+        self.send(Value::Object(body));
+        call
+    }
+
+    /// Relays a notification from a client (cancellation, roots change) upstream.
+    pub fn notify(&self, body: Map<String, Value>) {
+        self.send(Value::Object(body));
+    }
+
+    /// Answers a server-to-client request with the client's result or error.
+    pub fn respond(&self, upstream_id: Value, mut body: Map<String, Value>) {
+        body.insert("id".into(), upstream_id);
+        self.send(Value::Object(body));
+    }
+
+    fn send(&self, msg: Value) {
+        let _ = self.tx.send(msg);
+    }
+
+    fn abandon(&self, id: u64) {
+        if self.pending.lock().unwrap().remove(&id).is_some() && !self.closed.is_cancelled() {
+            self.send(jsonrpc::notification(
+                "notifications/cancelled",
+                json!({ "requestId": id, "reason": "client went away" }),
+            ));
+        }
+    }
+
+    fn close(&self, reason: String) {
+        *self.close_reason.lock().unwrap() = Some(reason.clone());
+        self.closed.cancel();
+        let pending: Vec<Pending> = self
+            .pending
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for p in pending {
+            let _ = p.tx.send(CallEvent::Failed(reason.clone()));
+        }
+    }
+
+    fn route(&self, msg: Value, related: Option<u64>) {
+        let message = match jsonrpc::classify(msg) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(upstream = %self.name, error = %e.message, "upstream sent an invalid message");
+                return;
+            }
+        };
+        match message {
+            Message::Response { id, mut body } => {
+                let Some(n) = id.as_u64() else { return };
+                let Some(p) = self.pending.lock().unwrap().remove(&n) else {
+                    return;
+                };
+                body.insert("id".into(), p.original_id);
+                let _ = p.tx.send(CallEvent::Response(Value::Object(body)));
+            }
+            Message::Notification { method, mut body } => {
+                if method == "notifications/progress" {
+                    let token = jsonrpc::params(&body)
+                        .and_then(|p| p.get("progressToken"))
+                        .and_then(Value::as_u64);
+                    let pending = self.pending.lock().unwrap();
+                    if let Some(p) = token.and_then(|t| pending.get(&t)) {
+                        if let Some(Value::Object(params)) = body.get_mut("params") {
+                            params.insert(
+                                "progressToken".into(),
+                                p.original_token.clone().unwrap_or(Value::Null),
+                            );
+                        }
+                        let _ = p.tx.send(CallEvent::Notification(Value::Object(body)));
+                    }
+                    return;
+                }
+                if let Some(r) = related {
+                    if let Some(p) = self.pending.lock().unwrap().get(&r) {
+                        let _ = p.tx.send(CallEvent::Notification(Value::Object(body)));
+                        return;
+                    }
+                }
+                let _ = self.events.send(Arc::new(Value::Object(body)));
+            }
+            Message::Request { id, body, .. } => {
+                let msg = Value::Object(body);
+                let pending = self.pending.lock().unwrap();
+                // Over stdio nothing ties a server request to the call that caused it;
+                // the most recent call in flight is the one that is waiting on it.
+                let target = related
+                    .and_then(|r| pending.get(&r))
+                    .or_else(|| pending.iter().max_by_key(|(k, _)| **k).map(|(_, p)| p));
+                match target {
+                    Some(p) => {
+                        let _ = p.tx.send(CallEvent::ServerRequest {
+                            upstream_id: id,
+                            msg,
+                        });
+                    }
+                    None => {
+                        drop(pending);
+                        self.answer_unrouted(&id, &msg);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a server request that no client can take: pings succeed, roots are empty,
+    /// anything else is refused.
+    pub fn answer_unrouted(&self, id: &Value, msg: &Value) {
+        let method = msg
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let reply = match method {
+            "ping" => jsonrpc::result_response(id, json!({})),
+            "roots/list" => jsonrpc::result_response(id, json!({ "roots": [] })),
+            _ => jsonrpc::error_response(
+                id,
+                jsonrpc::METHOD_NOT_FOUND,
+                &format!("no client connected through the gateway can answer {method}"),
+                None,
+            ),
+        };
+        self.send(reply);
+    }
+}

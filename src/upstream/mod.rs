@@ -1,0 +1,445 @@
+//! Upstream MCP servers: one supervised connection each, whatever the transport.
+
+pub mod connection;
+pub mod sse;
+pub mod stdio;
+pub mod streamable_http;
+pub mod transport;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{Map, Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, TransportKind, UpstreamConfig};
+use crate::telemetry::metrics as m;
+pub use connection::{Call, CallEvent, Connection};
+
+const BACKOFF_START: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Most pages fetched from one upstream for one list.
+const MAX_LIST_PAGES: usize = 100;
+
+#[derive(Clone)]
+pub enum State {
+    Starting,
+    Up(Arc<Connection>),
+    Down(String),
+}
+
+/// The four listable things a server offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl ListKind {
+    pub const ALL: [ListKind; 4] = [
+        Self::Tools,
+        Self::Prompts,
+        Self::Resources,
+        Self::ResourceTemplates,
+    ];
+
+    pub fn from_method(method: &str) -> Option<Self> {
+        Some(match method {
+            "tools/list" => Self::Tools,
+            "prompts/list" => Self::Prompts,
+            "resources/list" => Self::Resources,
+            "resources/templates/list" => Self::ResourceTemplates,
+            _ => return None,
+        })
+    }
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Tools => "tools/list",
+            Self::Prompts => "prompts/list",
+            Self::Resources => "resources/list",
+            Self::ResourceTemplates => "resources/templates/list",
+        }
+    }
+    pub fn result_key(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::Prompts => "prompts",
+            Self::Resources => "resources",
+            Self::ResourceTemplates => "resourceTemplates",
+        }
+    }
+    /// The server capability that says the list exists.
+    pub fn capability(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::Prompts => "prompts",
+            Self::Resources | Self::ResourceTemplates => "resources",
+        }
+    }
+    fn changed_notification(self) -> &'static str {
+        match self {
+            Self::Tools => "notifications/tools/list_changed",
+            Self::Prompts => "notifications/prompts/list_changed",
+            Self::Resources | Self::ResourceTemplates => "notifications/resources/list_changed",
+        }
+    }
+}
+
+/// Why an upstream could not serve a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream '{0}' is unavailable: {1}")]
+    Unavailable(String, String),
+    #[error("upstream '{0}' timed out after {1} ms")]
+    Timeout(String, u128),
+    #[error("upstream '{0}' returned an error: {1}")]
+    Rejected(String, String),
+}
+
+pub struct Upstream {
+    pub name: String,
+    pub config: UpstreamConfig,
+    state: watch::Sender<State>,
+    attempted: watch::Sender<bool>,
+    permits: Arc<Semaphore>,
+    restarts: AtomicU64,
+    catalog: Mutex<HashMap<ListKind, (Instant, Arc<Vec<Value>>)>>,
+    catalog_ttl: Duration,
+    stop: CancellationToken,
+}
+
+impl Upstream {
+    fn new(name: String, config: UpstreamConfig, catalog_ttl: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(config.max_concurrency)),
+            name,
+            config,
+            state: watch::Sender::new(State::Starting),
+            attempted: watch::Sender::new(false),
+            restarts: AtomicU64::new(0),
+            catalog: Mutex::new(HashMap::new()),
+            catalog_ttl,
+            stop: CancellationToken::new(),
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.config.timeout_secs)
+    }
+
+    pub fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(*self.state.borrow(), State::Up(_))
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// The live connection, waiting up to `wait` while the upstream is (re)starting.
+    pub async fn connection(&self, wait: Duration) -> Result<Arc<Connection>, UpstreamError> {
+        let mut rx = self.state.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let last_error = match &*rx.borrow_and_update() {
+                State::Up(conn) if !conn.closed().is_cancelled() => return Ok(Arc::clone(conn)),
+                State::Up(conn) => conn.close_reason(),
+                State::Starting => "starting".to_string(),
+                State::Down(reason) => reason.clone(),
+            };
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(UpstreamError::Unavailable(self.name.clone(), last_error)),
+            }
+        }
+    }
+
+    /// A concurrency slot, waiting at most until `deadline`.
+    pub async fn permit(&self, wait: Duration) -> Result<OwnedSemaphorePermit, UpstreamError> {
+        match tokio::time::timeout(wait, Arc::clone(&self.permits).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(UpstreamError::Timeout(self.name.clone(), wait.as_millis())),
+        }
+    }
+
+    /// One complete list (every page), cached until the server says it changed.
+    pub async fn list(
+        &self,
+        kind: ListKind,
+        wait: Duration,
+    ) -> Result<Arc<Vec<Value>>, UpstreamError> {
+        if let Some((at, items)) = self.catalog.lock().unwrap().get(&kind) {
+            if at.elapsed() < self.catalog_ttl {
+                return Ok(Arc::clone(items));
+            }
+        }
+        let conn = self.connection(wait).await?;
+        if !conn
+            .init()
+            .is_some_and(|i| i.has_capability(kind.capability()))
+        {
+            return Ok(Arc::new(Vec::new()));
+        }
+        let mut items = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut params = Map::new();
+            if let Some(c) = cursor.take() {
+                params.insert("cursor".into(), c);
+            }
+            let body =
+                json!({ "jsonrpc": "2.0", "id": 0, "method": kind.method(), "params": params });
+            let response = self.request(&conn, body, wait).await?;
+            let result = response.get("result").cloned().unwrap_or(Value::Null);
+            if let Some(Value::Array(page)) = result.get(kind.result_key()) {
+                items.extend(page.iter().cloned());
+            }
+            match result.get("nextCursor") {
+                Some(c) if !c.is_null() => cursor = Some(c.clone()),
+                _ => break,
+            }
+        }
+        let items = Arc::new(items);
+        self.catalog
+            .lock()
+            .unwrap()
+            .insert(kind, (Instant::now(), Arc::clone(&items)));
+        Ok(items)
+    }
+
+    /// A gateway-originated request (lists, fan-out), answered whole.
+    pub async fn request(
+        &self,
+        conn: &Arc<Connection>,
+        body: Value,
+        wait: Duration,
+    ) -> Result<Value, UpstreamError> {
+        let Value::Object(body) = body else {
+            unreachable!("requests are objects")
+        };
+        let _permit = self.permit(wait).await?;
+        let mut call = conn.start_call(body);
+        let outcome = tokio::time::timeout(wait, async {
+            loop {
+                match call.next().await {
+                    Some(CallEvent::Response(r)) => return Ok(r),
+                    Some(CallEvent::Failed(e)) => {
+                        return Err(UpstreamError::Unavailable(self.name.clone(), e));
+                    }
+                    None => {
+                        return Err(UpstreamError::Unavailable(
+                            self.name.clone(),
+                            "closed".into(),
+                        ));
+                    }
+                    Some(CallEvent::ServerRequest { upstream_id, msg }) => {
+                        conn.answer_unrouted(&upstream_id, &msg)
+                    }
+                    Some(CallEvent::Notification(_)) => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(UpstreamError::Timeout(self.name.clone(), wait.as_millis())))?;
+        if let Some(error) = outcome.get("error") {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("error")
+                .to_string();
+            return Err(UpstreamError::Rejected(self.name.clone(), message));
+        }
+        Ok(outcome)
+    }
+
+    fn invalidate(&self, notification: &Value) {
+        let method = notification
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut catalog = self.catalog.lock().unwrap();
+        catalog.retain(|kind, _| kind.changed_notification() != method);
+    }
+
+    /// Keeps the upstream connected: connect, initialize, watch, and after a failure
+    /// restart with exponential backoff and jitter.
+    async fn supervise(self: Arc<Self>) {
+        let mut failures: u32 = 0;
+        loop {
+            self.state.send_replace(State::Starting);
+            match self.connect_once().await {
+                Ok((conn, shutdown)) => {
+                    failures = 0;
+                    self.catalog.lock().unwrap().clear();
+                    metrics::gauge!(m::UPSTREAM_UP, "server" => self.name.clone()).set(1.0);
+                    tracing::info!(upstream = %self.name, protocol = conn.init().map(|i| i.protocol_version.as_str()).unwrap_or("?"), "upstream connected");
+                    self.state.send_replace(State::Up(Arc::clone(&conn)));
+                    self.attempted.send_replace(true);
+                    let mut events = conn.subscribe();
+                    let stopped = loop {
+                        tokio::select! {
+                            _ = self.stop.cancelled() => break true,
+                            _ = conn.closed().cancelled() => break false,
+                            event = events.recv() => if let Ok(event) = event { self.invalidate(&event) },
+                        }
+                    };
+                    metrics::gauge!(m::UPSTREAM_UP, "server" => self.name.clone()).set(0.0);
+                    shutdown().await;
+                    if stopped {
+                        self.state
+                            .send_replace(State::Down("gateway shutting down".into()));
+                        return;
+                    }
+                    let reason = conn.close_reason();
+                    tracing::warn!(upstream = %self.name, %reason, "upstream went away; restarting");
+                    self.restarts.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(m::UPSTREAM_RESTARTS, "server" => self.name.clone())
+                        .increment(1);
+                    self.state.send_replace(State::Down(reason));
+                }
+                Err(reason) => {
+                    metrics::gauge!(m::UPSTREAM_UP, "server" => self.name.clone()).set(0.0);
+                    tracing::warn!(upstream = %self.name, %reason, "upstream failed to start");
+                    self.state.send_replace(State::Down(reason));
+                    self.attempted.send_replace(true);
+                }
+            }
+            failures = failures.saturating_add(1);
+            let delay = backoff(failures);
+            tokio::select! {
+                _ = self.stop.cancelled() => {
+                    self.state.send_replace(State::Down("gateway shutting down".into()));
+                    return;
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn connect_once(
+        &self,
+    ) -> Result<
+        (
+            Arc<Connection>,
+            Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>,
+        ),
+        String,
+    > {
+        let handle = match self.config.transport {
+            TransportKind::Stdio => stdio::connect(&self.name, &self.config).await?,
+            TransportKind::StreamableHttp => {
+                streamable_http::connect(&self.name, &self.config).await?
+            }
+            TransportKind::Sse => sse::connect(&self.name, &self.config).await?,
+        };
+        let transport::TransportHandle {
+            tx, rx, shutdown, ..
+        } = handle;
+        let conn = Connection::start(&self.name, tx, rx);
+        let init = tokio::time::timeout(self.timeout(), conn.initialize("gantry")).await;
+        match init {
+            Ok(Ok(())) => Ok((conn, shutdown)),
+            Ok(Err(e)) => {
+                shutdown().await;
+                Err(e)
+            }
+            Err(_) => {
+                shutdown().await;
+                Err(format!(
+                    "no initialize answer within {} s",
+                    self.config.timeout_secs
+                ))
+            }
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let exp = BACKOFF_START.saturating_mul(1u32 << failures.min(8).saturating_sub(1));
+    let base = exp.min(BACKOFF_MAX);
+    // Jitter spreads restarts of many gateways after a shared outage.
+    base.mul_f64(rand::rng().random_range(0.5..1.5))
+}
+
+/// Every configured upstream, in name order.
+pub struct Upstreams {
+    map: BTreeMap<String, Arc<Upstream>>,
+}
+
+impl Upstreams {
+    pub fn start(config: &Config) -> Self {
+        let ttl = Duration::from_secs(config.gateway.catalog_ttl_secs);
+        let map: BTreeMap<_, _> = config
+            .upstreams
+            .iter()
+            .filter(|(_, u)| u.enabled)
+            .map(|(name, u)| (name.clone(), Upstream::new(name.clone(), u.clone(), ttl)))
+            .collect();
+        for upstream in map.values() {
+            metrics::gauge!(m::UPSTREAM_UP, "server" => upstream.name.clone()).set(0.0);
+            metrics::counter!(m::UPSTREAM_RESTARTS, "server" => upstream.name.clone()).absolute(0);
+            tokio::spawn(Arc::clone(upstream).supervise());
+        }
+        Self { map }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.map.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.map.values()
+    }
+
+    /// True once every upstream has had its first connection attempt.
+    pub fn all_attempted(&self) -> bool {
+        self.map.values().all(|u| *u.attempted.borrow())
+    }
+
+    pub async fn wait_attempted(&self, wait: Duration) {
+        for upstream in self.map.values() {
+            let mut rx = upstream.attempted.subscribe();
+            let _ = tokio::time::timeout(wait, rx.wait_for(|a| *a)).await;
+        }
+    }
+
+    /// Stops supervision and ends every upstream (process groups included).
+    pub async fn shutdown(&self) {
+        for upstream in self.map.values() {
+            upstream.stop.cancel();
+        }
+        for upstream in self.map.values() {
+            let mut rx = upstream.state.subscribe();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                rx.wait_for(|s| matches!(s, State::Down(r) if r == "gateway shutting down")),
+            )
+            .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for _ in 0..50 {
+            let first = backoff(1);
+            assert!(first >= BACKOFF_START.mul_f64(0.5) && first <= BACKOFF_START.mul_f64(1.5));
+            assert!(backoff(30) <= BACKOFF_MAX.mul_f64(1.5));
+        }
+        assert!(backoff(6) > backoff(1).mul_f64(3.0) || backoff(6) > BACKOFF_START * 4);
+    }
+}

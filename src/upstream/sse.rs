@@ -1,0 +1,121 @@
+//! Remote HTTP+SSE upstream (2024-11-05, deprecated but still deployed): a GET opens an
+//! event stream whose first `endpoint` event names the URL to POST messages to; every
+//! answer arrives on the stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use serde_json::{Value, json};
+use sse_stream::SseStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::Inbound;
+use super::streamable_http::{configured_headers, http_client, without_url};
+use super::transport::TransportHandle;
+use crate::config::UpstreamConfig;
+use crate::gateway::jsonrpc;
+
+pub async fn connect(name: &str, config: &UpstreamConfig) -> Result<TransportHandle, String> {
+    let url = reqwest::Url::parse(config.url.as_deref().unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    let client = http_client();
+    let headers = configured_headers(config)?;
+    let response = client
+        .get(url.clone())
+        .headers(headers.clone())
+        .header(ACCEPT, "text/event-stream")
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {}", without_url(&e)))?;
+    if !response.status().is_success() {
+        return Err(format!("SSE endpoint answered HTTP {}", response.status()));
+    }
+    let mut events = SseStream::from_bytes_stream(response.bytes_stream());
+    let endpoint = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.next().await {
+            let event = event.map_err(|e| e.to_string())?;
+            if event.event.as_deref() == Some("endpoint") {
+                let data = event.data.unwrap_or_default();
+                return url
+                    .join(data.trim())
+                    .map_err(|e| format!("bad endpoint event: {e}"));
+            }
+        }
+        Err("stream ended before the endpoint event".to_string())
+    })
+    .await
+    .map_err(|_| "no endpoint event within 10 s".to_string())??;
+    if endpoint.origin() != url.origin() {
+        return Err(format!("endpoint {endpoint} is not on the server's origin"));
+    }
+
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
+    let (in_tx, in_rx) = mpsc::unbounded_channel::<Inbound>();
+    let stop = CancellationToken::new();
+    let name = Arc::<str>::from(name);
+
+    let reader_tx = in_tx.clone();
+    let reader_stop = stop.clone();
+    let reader_name = Arc::clone(&name);
+    tokio::spawn(async move {
+        let reason = loop {
+            tokio::select! {
+                _ = reader_stop.cancelled() => return,
+                event = events.next() => match event {
+                    Some(Ok(event)) => {
+                        let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
+                        match serde_json::from_str::<Value>(&data) {
+                            Ok(msg) => { let _ = reader_tx.send(Inbound::Message { msg, related: None }); }
+                            Err(_) => tracing::warn!(upstream = %reader_name, "upstream sent a non-JSON SSE event"),
+                        }
+                    }
+                    Some(Err(e)) => break format!("SSE stream broke: {e}"),
+                    None => break "SSE stream ended".to_string(),
+                }
+            }
+        };
+        let _ = reader_tx.send(Inbound::Closed(reason));
+    });
+
+    tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            let request = client
+                .post(endpoint.clone())
+                .headers(headers.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .json(&msg);
+            let in_tx = in_tx.clone();
+            let name = Arc::clone(&name);
+            tokio::spawn(async move {
+                let failure = match request.send().await {
+                    Ok(r) if r.status().is_success() => None,
+                    Ok(r) => Some(format!("upstream answered HTTP {}", r.status())),
+                    Err(e) => Some(without_url(&e)),
+                };
+                let id = msg.get("id").filter(|_| msg.get("method").is_some());
+                if let (Some(reason), Some(id)) = (failure, id) {
+                    let error = jsonrpc::error_response(
+                        id,
+                        jsonrpc::UPSTREAM_UNAVAILABLE,
+                        &format!("upstream '{name}': {reason}"),
+                        Some(json!({ "server": &*name })),
+                    );
+                    let _ = in_tx.send(Inbound::Message {
+                        msg: error,
+                        related: None,
+                    });
+                }
+            });
+        }
+    });
+
+    Ok(TransportHandle {
+        tx: out_tx,
+        rx: in_rx,
+        shutdown: Box::new(move || Box::pin(async move { stop.cancel() })),
+        pid: None,
+    })
+}

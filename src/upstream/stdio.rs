@@ -1,0 +1,154 @@
+//! stdio upstream: a child process speaking newline-delimited JSON-RPC.
+//!
+//! The child leads its own process group so that shutdown ends it together with every
+//! process it started (`npx` → `node`, `uvx` → `python`), leaving no orphans.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::StreamExt;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, LinesCodec};
+
+use super::connection::Inbound;
+use super::transport::TransportHandle;
+use crate::config::{UpstreamConfig, resolve_reference};
+
+/// Longest line accepted from a child; a larger message closes the transport.
+const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+const STDERR_LINE_LIMIT: usize = 4096;
+
+pub async fn connect(name: &str, config: &UpstreamConfig) -> Result<TransportHandle, String> {
+    let command = config.command.as_deref().unwrap_or_default();
+    let mut cmd = Command::new(command);
+    cmd.args(&config.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    // The child inherits the environment minus gantry's own settings, which can hold
+    // secrets (session keys, tokens) that are none of the child's business.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("GANTRY_") {
+            cmd.env_remove(&key);
+        }
+    }
+    for (key, value) in &config.env {
+        let resolved = resolve_reference(value).map_err(|e| format!("env {key}: {e}"))?;
+        cmd.env(key, resolved);
+    }
+    if let Some(cwd) = &config.cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+    let pid = child.id().ok_or("child exited immediately")? as i32;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Value>();
+    let (in_tx, in_rx) = mpsc::unbounded_channel::<Inbound>();
+
+    tokio::spawn(write_loop(stdin, out_rx));
+    tokio::spawn(log_stderr(name.to_string(), stderr));
+    tokio::spawn(read_loop(name.to_string(), stdout, child, in_tx));
+
+    Ok(TransportHandle {
+        tx: out_tx,
+        rx: in_rx,
+        shutdown: Box::new(move || Box::pin(terminate_group(pid))),
+        pid: Some(pid as u32),
+    })
+}
+
+async fn write_loop(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::UnboundedReceiver<Value>) {
+    while let Some(msg) = rx.recv().await {
+        let mut line = serde_json::to_vec(&msg).expect("JSON values serialize");
+        line.push(b'\n');
+        if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn read_loop(
+    name: String,
+    stdout: tokio::process::ChildStdout,
+    mut child: Child,
+    tx: mpsc::UnboundedSender<Inbound>,
+) {
+    let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+    let mut failure = None;
+    while let Some(line) = lines.next().await {
+        match line {
+            Ok(line) if line.trim().is_empty() => {}
+            Ok(line) => match serde_json::from_str::<Value>(&line) {
+                Ok(msg) => {
+                    let _ = tx.send(Inbound::Message { msg, related: None });
+                }
+                Err(_) => {
+                    tracing::warn!(upstream = %name, line = %truncate(&line), "upstream wrote a non-JSON line to stdout");
+                }
+            },
+            Err(e) => {
+                failure = Some(format!("unreadable output: {e}"));
+                break;
+            }
+        }
+    }
+    // Reap the child so its exit status names the cause; a child that closed stdout but
+    // lingers is killed rather than waited on forever.
+    let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+        Ok(Ok(status)) => status.to_string(),
+        _ => {
+            let _ = child.start_kill();
+            "closed its stdout".into()
+        }
+    };
+    let reason = failure.unwrap_or_else(|| format!("process {status}"));
+    let _ = tx.send(Inbound::Closed(reason));
+}
+
+async fn log_stderr(name: String, stderr: tokio::process::ChildStderr) {
+    let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(STDERR_LINE_LIMIT));
+    while let Some(line) = lines.next().await {
+        match line {
+            Ok(line) => tracing::info!(upstream = %name, stream = "stderr", "{}", line),
+            Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => {
+                tracing::info!(upstream = %name, stream = "stderr", "(line longer than {STDERR_LINE_LIMIT} bytes skipped)");
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(200);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// SIGTERM to the whole group, then SIGKILL to whatever is left after a grace period.
+pub async fn terminate_group(pgid: i32) {
+    let group = Pid::from_raw(pgid);
+    if killpg(group, Signal::SIGTERM).is_err() {
+        return; // the group is already gone
+    }
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if killpg(group, None).is_err() {
+            return;
+        }
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+}
