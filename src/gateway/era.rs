@@ -198,12 +198,30 @@ pub fn strip_modern_meta(body: &mut Map<String, Value>) {
     }
 }
 
-/// Modern results say whether they are complete.
-pub fn mark_complete(response: &mut Value) {
+/// Results that carry caching directives in 2026-07-28 (both fields required).
+const CACHEABLE: &[&str] = &[
+    "server/discover",
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+];
+
+/// Completes a result for a modern client: `resultType`, and for cacheable results the
+/// caching directives. The defaults (immediately stale, private) are the safe ones: what
+/// a caller sees depends on who the caller is.
+pub fn mark_complete(response: &mut Value, method: &str) {
     if let Some(Value::Object(result)) = response.get_mut("result") {
         result
             .entry("resultType")
             .or_insert_with(|| Value::String("complete".into()));
+        if CACHEABLE.contains(&method) {
+            result.entry("ttlMs").or_insert_with(|| json!(0));
+            result
+                .entry("cacheScope")
+                .or_insert_with(|| json!("private"));
+        }
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Ctx {
     pub session: Option<SessionClaims>,
     pub caps: ClientCaps,
     pub accepts_sse: bool,
+    /// The JSON-RPC method being served.
+    pub method: String,
 }
 
 impl Ctx {
@@ -260,6 +262,7 @@ async fn request(
                 caps: claims.caps,
                 session: Some(claims),
                 accepts_sse: sse,
+                method: method.clone(),
             };
             dispatch(gw, ctx, id, method, body).await
         }
@@ -284,6 +287,7 @@ async fn request(
                 session: None,
                 caps,
                 accepts_sse: sse,
+                method: method.clone(),
             };
             dispatch(gw, ctx, id, method, body).await
         }

@@ -24,7 +24,7 @@ use crate::upstream::{CallEvent, Upstream, UpstreamError};
 pub fn finish(ctx: &Ctx, mut response: Value) -> Response {
     let mut status = StatusCode::OK;
     if ctx.era == Era::Modern {
-        era::mark_complete(&mut response);
+        era::mark_complete(&mut response, &ctx.method);
         // 2026-07-28: an unimplemented method is an HTTP 404 carrying -32601.
         if response.pointer("/error/code").and_then(Value::as_i64)
             == Some(jsonrpc::METHOD_NOT_FOUND)
@@ -246,7 +246,7 @@ pub async fn relay(
                 Some(CallEvent::Response(mut response)) => {
                     let label = outcome_label(&response);
                     if ctx.era == Era::Modern {
-                        era::mark_complete(&mut response);
+                        era::mark_complete(&mut response, &ctx.method);
                     }
                     let _ = tx.send(response).await;
                     break label;

@@ -1,0 +1,231 @@
+"""Black-box harness: starts the real `gantry` binary on a random loopback port with a
+config written per test, and real MCP servers and clients around it.
+
+Environment (set by scripts/test.sh):
+  GANTRY_BIN     the gantry binary under test
+  GANTRY_TOOLS   cache holding the npm and PyPI test dependencies
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx2
+import pytest
+
+BIN = os.environ.get("GANTRY_BIN", "/var/tmp/gantry-target/debug/gantry")
+TOOLS = Path(os.environ.get("GANTRY_TOOLS", "/var/tmp/gantry-tools"))
+EVERYTHING_JS = TOOLS / "npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+INSPECTOR_CLI = TOOLS / "npm/node_modules/.bin/mcp-inspector-cli"
+TIME_SERVER = TOOLS / "venv/bin/mcp-server-time"
+MODERN = "2026-07-28"
+ACCEPT = "application/json, text/event-stream"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def to_toml(config: dict) -> str:
+    """Enough TOML for gantry configs: tables of scalars, arrays and inline tables,
+    `upstreams` as named sub-tables and `auth.api_keys` as an array of tables."""
+    lines = []
+    for section, body in config.items():
+        if section == "upstreams":
+            for name, up in body.items():
+                lines.append(f"[upstreams.{name}]")
+                lines += [f"{k} = {toml_value(v)}" for k, v in up.items()]
+            continue
+        lines.append(f"[{section}]")
+        for k, v in body.items():
+            if section == "auth" and k == "api_keys":
+                continue
+            lines.append(f"{k} = {toml_value(v)}")
+        for key in body.get("api_keys", []) if section == "auth" else []:
+            lines.append("[[auth.api_keys]]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in key.items()]
+    return "\n".join(lines) + "\n"
+
+
+def everything_stdio(**extra) -> dict:
+    return {"transport": "stdio", "command": "node", "args": [str(EVERYTHING_JS), "stdio"], **extra}
+
+
+def demo_stdio(**extra) -> dict:
+    return {"transport": "stdio", "command": BIN, "args": ["demo-upstream"], **extra}
+
+
+class Gantry:
+    """One running gantry process."""
+
+    def __init__(self, tmp: Path, config: dict, args=(), env=None, session_key=None, role="serve"):
+        self.key = "gty_" + secrets.token_urlsafe(32)
+        config = json.loads(json.dumps(config))
+        config.setdefault("auth", {}).setdefault("api_keys", []).append(
+            {"name": "test", "sha256": hashlib.sha256(self.key.encode()).hexdigest()}
+        )
+        if session_key:
+            config["auth"]["session_key"] = session_key
+        config.setdefault("log", {}).setdefault("level", "info,gantry=debug")
+        self.dir = tmp
+        self.config_path = tmp / f"gantry-{secrets.token_hex(4)}.toml"
+        self.config_path.write_text(to_toml(config))
+        self.ready_file = tmp / f"ready-{secrets.token_hex(4)}"
+        self.log_path = tmp / f"gantry-{secrets.token_hex(4)}.log"
+        self.stdout_path = tmp / f"stdout-{secrets.token_hex(4)}.log"
+        env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(
+            [BIN, "--config", str(self.config_path), role, "--listen", "127.0.0.1:0",
+             "--ready-file", str(self.ready_file), *args],
+            stdout=open(self.stdout_path, "wb"),
+            stderr=open(self.log_path, "wb"),
+            env=env,
+            cwd=tmp,
+        )
+        deadline = time.time() + 60
+        while not self.ready_file.exists() or not self.ready_file.read_text():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gantry exited {self.proc.returncode}: {self.logs()}")
+            if time.time() > deadline:
+                raise RuntimeError(f"gantry not ready in 60 s: {self.logs()}")
+            time.sleep(0.05)
+        self.addr = self.ready_file.read_text().strip()
+        self.base = f"http://{self.addr}"
+        self.url = f"{self.base}/mcp"
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def auth(self, extra=None) -> dict:
+        return {"Authorization": f"Bearer {self.key}", **(extra or {})}
+
+    def post(self, body, path="/mcp", headers=None, **kw) -> httpx2.Response:
+        h = {"Content-Type": "application/json", "Accept": ACCEPT, **self.auth(), **(headers or {})}
+        content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return httpx2.post(self.base + path, content=content, headers=h, timeout=kw.pop("timeout", 30), **kw)
+
+    def modern(self, method, params=None, path="/mcp", headers=None, id=1, name=None, **kw) -> httpx2.Response:
+        params = dict(params or {})
+        params["_meta"] = {
+            **params.get("_meta", {}),
+            "io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": {"name": "pytest", "version": "1"},
+        }
+        h = {"MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+        n = name or params.get("name") or params.get("uri")
+        if n and method in ("tools/call", "prompts/get", "resources/read"):
+            h["Mcp-Name"] = n
+        h.update(headers or {})
+        return self.post({"jsonrpc": "2.0", "id": id, "method": method, "params": params}, path=path, headers=h, **kw)
+
+    def initialize(self, path="/mcp", version="2025-11-25", capabilities=None) -> tuple[str, dict]:
+        r = self.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": version, "capabilities": capabilities or {},
+            "clientInfo": {"name": "pytest", "version": "1"}}}, path=path)
+        assert r.status_code == 200, r.text
+        sid = r.headers["mcp-session-id"]
+        self.post({"jsonrpc": "2.0", "method": "notifications/initialized"}, path=path,
+                  headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": r.json()["result"]["protocolVersion"]})
+        return sid, r.json()["result"]
+
+    def metrics(self) -> str:
+        return httpx2.get(self.base + "/metrics", timeout=10).text
+
+    def metric(self, name: str, **labels) -> float | None:
+        want = {k: str(v) for k, v in labels.items()}
+        for line in self.metrics().splitlines():
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            label_part = head[len(name):]
+            if label_part and not label_part.startswith("{"):
+                continue
+            got = dict(kv.split("=", 1) for kv in label_part.strip("{}").split(",") if kv)
+            got = {k: v.strip('"') for k, v in got.items()}
+            if all(got.get(k) == v for k, v in want.items()):
+                return float(value)
+        return None
+
+    def stop(self, sig=signal.SIGTERM, timeout=30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def gantry(tmp_path):
+    started: list[Gantry] = []
+
+    def start(config: dict | None = None, **kw) -> Gantry:
+        g = Gantry(tmp_path, config or {}, **kw)
+        started.append(g)
+        return g
+
+    yield start
+    for g in started:
+        g.stop()
+
+
+def sse_messages(response: httpx2.Response) -> list[dict]:
+    """JSON-RPC messages of a JSON or SSE response body."""
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return [response.json()]
+    out = []
+    for line in response.text.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            out.append(json.loads(line[5:].strip()))
+    return out
+
+
+@asynccontextmanager
+async def sdk_client(g: Gantry, path="/mcp", mode="legacy", **kw):
+    """The official Python SDK's high-level client, authenticated with the test key."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx2.AsyncClient(headers=g.auth(), timeout=httpx2.Timeout(60.0))
+    async with http:
+        transport = streamable_http_client(g.base + path, http_client=http)
+        async with Client(transport, mode=mode, **kw) as client:
+            yield client
+
+
+def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")

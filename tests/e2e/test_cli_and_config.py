@@ -1,0 +1,79 @@
+"""The binary, its subcommands and layered configuration."""
+
+import os
+import subprocess
+
+from conftest import BIN, Gantry, demo_stdio, free_port
+
+
+def run(*args, cwd=None, env=None, timeout=30):
+    return subprocess.run([BIN, *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def test_help_lists_the_subcommands():
+    out = run("--help").stdout
+    for sub in ["serve", "gateway", "migrate", "healthcheck", "demo-upstream", "version"]:
+        assert f"  {sub}" in out, out
+
+
+def test_version_names_every_protocol_era():
+    out = run("version").stdout
+    assert "2026-07-28" in out and "2025-03-26" in out
+
+
+def test_unknown_key_exits_2_naming_key_and_file(tmp_path):
+    cfg = tmp_path / "gantry.toml"
+    cfg.write_text('[server]\nlisten = "127.0.0.1:0"\nmax_bdy_bytes = 10\n')
+    r = run("--config", str(cfg), "serve")
+    assert r.returncode == 2
+    assert "max_bdy_bytes" in r.stderr and "gantry.toml" in r.stderr
+    assert r.stderr.count("\n") <= 2, "one clear message, not a backtrace"
+
+
+def test_bad_value_exits_2_naming_key_and_file(tmp_path):
+    cfg = tmp_path / "custom.toml"
+    cfg.write_text('[upstreams.web]\ntransport = "streamable-http"\nurl = "ftp://x"\n')
+    r = run("--config", str(cfg), "serve")
+    assert r.returncode == 2
+    assert "upstreams.web.url" in r.stderr and "custom.toml" in r.stderr
+
+
+def test_missing_explicit_file_exits_2(tmp_path):
+    r = run("--config", str(tmp_path / "nope.toml"), "serve")
+    assert r.returncode == 2 and "nope.toml" in r.stderr
+
+
+def test_environment_overrides_file_and_unknown_env_key_is_an_error(tmp_path):
+    port = free_port()
+    cfg = tmp_path / "gantry.toml"
+    cfg.write_text('[server]\nlisten = "127.0.0.1:1"\n')
+    # The environment layer wins over the file: the healthcheck probes the env address.
+    r = run("healthcheck", cwd=tmp_path, env={"GANTRY_SERVER__LISTEN": f"127.0.0.1:{port}"})
+    assert r.returncode == 1 and str(port) in r.stderr
+    r = run("healthcheck", cwd=tmp_path, env={"GANTRY_SERVER__LISTN": "x"})
+    assert r.returncode == 2 and "listn" in r.stderr.lower()
+
+
+def test_healthcheck_exits_0_when_ready_and_1_when_not(gantry):
+    g = gantry({"upstreams": {"demo": demo_stdio()}})
+    assert run("healthcheck", "--addr", g.addr).returncode == 0
+    g.stop()
+    assert run("healthcheck", "--addr", g.addr).returncode == 1
+
+
+def test_gateway_role_refuses_to_run_without_api_keys(tmp_path):
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[server]\nlisten = "127.0.0.1:0"\n')
+    r = run("--config", str(cfg), "gateway")
+    assert r.returncode == 2 and "auth.api_keys" in r.stderr
+
+
+def test_prefix_never_with_a_real_conflict_is_a_startup_error(tmp_path):
+    try:
+        Gantry(tmp_path, {"gateway": {"prefix_mode": "never"},
+                          "upstreams": {"a": demo_stdio(), "b": demo_stdio()}})
+    except RuntimeError as e:
+        assert "exited 2" in str(e) and "prefix_mode" in str(e) and "'a'" in str(e) and "'b'" in str(e)
+    else:
+        raise AssertionError("gantry started despite a name conflict under prefix_mode = never")

@@ -1,0 +1,214 @@
+"""Client-facing protocol: both eras on one endpoint, each MUST of the spec for servers."""
+
+import asyncio
+import json
+import subprocess
+
+import httpx2
+import pytest
+
+from conftest import ACCEPT, INSPECTOR_CLI, MODERN, demo_stdio, sdk_client, sse_messages
+
+
+@pytest.fixture
+def g(gantry):
+    return gantry({"upstreams": {"demo": demo_stdio()}})
+
+
+# ---- session-based eras (2025-03-26, 2025-06-18, 2025-11-25) ----------------------------
+
+@pytest.mark.parametrize("version", ["2025-03-26", "2025-06-18", "2025-11-25"])
+def test_initialize_negotiates_each_legacy_version_and_mints_a_session(g, version):
+    sid, result = g.initialize(version=version)
+    assert result["protocolVersion"] == version
+    assert sid and all(c.isalnum() or c in "-_" for c in sid)
+    r = g.post({"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+               headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": version})
+    assert r.status_code == 200
+    assert "demo__echo" in [t["name"] for t in r.json()["result"]["tools"]]
+
+
+def test_initialize_asking_for_the_modern_version_gets_the_latest_legacy_one(g):
+    _, result = g.initialize(version=MODERN)
+    assert result["protocolVersion"] == "2025-11-25"
+
+
+def test_request_without_session_is_400(g):
+    r = g.post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers={"MCP-Protocol-Version": "2025-11-25"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == -32600
+
+
+def test_unknown_or_tampered_session_is_404(g):
+    sid, _ = g.initialize()
+    for bad in ["nonsense", sid[:-4] + ("AAAA" if not sid.endswith("AAAA") else "BBBB"), "x" * 5000]:
+        r = g.post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, headers={"Mcp-Session-Id": bad})
+        assert r.status_code == 404, bad[:20]
+
+
+def test_protocol_version_header_must_match_the_session(g):
+    sid, _ = g.initialize(version="2025-06-18")
+    r = g.post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+               headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-03-26"})
+    assert r.status_code == 400
+    r = g.post({"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+               headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": "1999-01-01"})
+    assert r.status_code == 400
+
+
+def test_missing_version_header_is_accepted_as_2025_03_26_behaviour(g):
+    sid, _ = g.initialize(version="2025-03-26")
+    r = g.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={"Mcp-Session-Id": sid})
+    assert r.status_code == 200 and r.json()["result"] == {}
+
+
+def test_notifications_get_202_and_delete_ends_the_session(g):
+    sid, _ = g.initialize()
+    h = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    r = g.post({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}, headers=h)
+    assert r.status_code == 202 and r.content == b""
+    r = httpx2.delete(g.url, headers={**g.auth(), **h})
+    assert r.status_code == 204
+    r = g.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=h)
+    assert r.status_code == 404
+
+
+def test_get_stream_needs_a_session_and_sse(g):
+    r = httpx2.get(g.url, headers={**g.auth(), "Accept": "text/event-stream"})
+    assert r.status_code == 405
+    sid, _ = g.initialize()
+    r = httpx2.get(g.url, headers={**g.auth(), "Accept": "application/json", "Mcp-Session-Id": sid})
+    assert r.status_code == 406
+    with httpx2.stream("GET", g.url, headers={**g.auth(), "Accept": "text/event-stream", "Mcp-Session-Id": sid},
+                       timeout=10) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+
+
+def test_session_bound_to_one_endpoint_is_not_valid_on_another(g):
+    sid, _ = g.initialize(path="/mcp/demo")
+    r = g.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={"Mcp-Session-Id": sid})
+    assert r.status_code == 404
+
+
+# ---- the stateless 2026-07-28 era ---------------------------------------------------------
+
+def test_discover_lists_every_supported_version(g):
+    r = g.modern("server/discover")
+    assert r.status_code == 200
+    result = r.json()["result"]
+    assert result["supportedVersions"][0] == MODERN and "2025-03-26" in result["supportedVersions"]
+    assert result["resultType"] == "complete" and result["serverInfo"]["name"] == "gantry"
+    r = g.modern("server/discover", path="/mcp/demo")
+    assert r.json()["result"]["serverInfo"]["name"] == "gantry-demo"
+
+
+def test_modern_call_needs_no_session_and_mints_none(g):
+    r = g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "hi"}})
+    assert r.status_code == 200, r.text
+    assert "mcp-session-id" not in r.headers
+    assert r.json()["result"]["content"][0]["text"] == "hi"
+    assert r.json()["result"]["resultType"] == "complete"
+
+
+@pytest.mark.parametrize("headers", [
+    {"Mcp-Method": "tools/list"},
+    {"Mcp-Name": "demo__add"},
+    {"Mcp-Name": "=?base64?ZGVtb19fYWRk?="},  # base64 of demo__add
+    {"MCP-Protocol-Version": "2025-11-25"},
+])
+def test_header_body_mismatch_is_400_header_mismatch(g, headers):
+    r = g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "x"}}, headers=headers)
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] in (-32020, -32022)
+    if "MCP-Protocol-Version" not in headers:
+        assert r.json()["error"]["code"] == -32020
+
+
+def test_base64_encoded_name_header_is_decoded(g):
+    r = g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "b64"}},
+                 headers={"Mcp-Name": "=?base64?ZGVtb19fZWNobw==?="})
+    assert r.status_code == 200, r.text
+
+
+def test_missing_required_headers_are_rejected(g):
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}}}
+    r = g.post(body)  # neither MCP-Protocol-Version nor Mcp-Method
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32020
+    r = g.post(body, headers={"MCP-Protocol-Version": MODERN})
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32020
+
+
+def test_unsupported_version_lists_supported_ones(g):
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2099-01-01", "io.modelcontextprotocol/clientCapabilities": {}}}}
+    r = g.post(body, headers={"MCP-Protocol-Version": "2099-01-01", "Mcp-Method": "tools/list"})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == -32022 and MODERN in err["data"]["supported"] and err["data"]["requested"] == "2099-01-01"
+
+
+def test_unknown_method_is_404_with_method_not_found(g):
+    r = g.modern("no/such/method")
+    assert r.status_code == 404 and r.json()["error"]["code"] == -32601
+    r = g.modern("no/such/method", path="/mcp/demo")
+    assert r.status_code == 404 and r.json()["error"]["code"] == -32601
+
+
+def test_modern_get_and_delete_are_405(g):
+    assert httpx2.get(g.url, headers={**g.auth(), "Accept": "text/event-stream"}).status_code == 405
+    assert httpx2.delete(g.url, headers=g.auth()).status_code == 405
+
+
+def test_subscriptions_listen_acknowledges_with_the_subscription_id(g):
+    body = {"jsonrpc": "2.0", "id": "sub-1", "method": "subscriptions/listen", "params": {
+        "notifications": {"toolsListChanged": True},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                  "io.modelcontextprotocol/clientCapabilities": {}}}}
+    h = {**g.auth(), "Content-Type": "application/json", "Accept": ACCEPT,
+         "MCP-Protocol-Version": MODERN, "Mcp-Method": "subscriptions/listen"}
+    with httpx2.stream("POST", g.url, content=json.dumps(body), headers=h, timeout=10) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                ack = json.loads(line[5:])
+                break
+    assert ack["method"] == "notifications/subscriptions/acknowledged"
+    assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == "sub-1"
+    assert ack["params"]["notifications"] == {"toolsListChanged": True}
+
+
+# ---- real clients --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["legacy", MODERN, "auto"])
+def test_python_sdk_in_every_mode(g, mode):
+    async def use():
+        async with sdk_client(g, mode=mode) as client:
+            tools = await client.list_tools()
+            assert "demo__kv_set" in [t.name for t in tools.tools]
+            await client.call_tool("demo__kv_set", {"key": "k", "value": mode})
+            got = await client.call_tool("demo__kv_get", {"key": "k"})
+            assert got.content[0].text == mode
+        async with sdk_client(g, path="/mcp/demo", mode=mode) as client:
+            got = await client.call_tool("kv_get", {"key": "k"})
+            assert got.content[0].text == mode, "the demo's key-value store is shared by both endpoints"
+    asyncio.run(use())
+
+
+def inspector(g, *args, path="/mcp"):
+    cmd = [str(INSPECTOR_CLI), "--cli", g.base + path, "--transport", "http",
+           "--header", f"Authorization: Bearer {g.key}", *args]
+    # inspector-cli 1.0.x checks for its package.json relative to the working directory
+    # (fs.existsSync) but imports it relative to its module: run it from its build folder.
+    cwd = INSPECTOR_CLI.resolve().parent
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=cwd)
+    assert r.returncode == 0, r.stderr + r.stdout
+    return json.loads(r.stdout)
+
+
+def test_inspector_cli_lists_and_calls_tools(g):
+    tools = inspector(g, "--method", "tools/list")
+    assert "demo__echo" in [t["name"] for t in tools["tools"]]
+    result = inspector(g, "--method", "tools/call", "--tool-name", "echo", "--tool-arg", "message=inspected", path="/mcp/demo")
+    assert result["content"][0]["text"] == "inspected"
