@@ -1,0 +1,170 @@
+"""Aggregation under failure, sessions across replicas, supervision and shutdown."""
+
+import base64
+import os
+import secrets
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx2
+
+from conftest import BIN, EVERYTHING_JS, demo_stdio, everything_stdio, wait_until
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out += [int(c) for c in text]
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = children(p)
+        except FileNotFoundError:
+            continue
+        found += kids
+        todo += kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+        return state != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_aggregate_names_order_and_routing(gantry):
+    g = gantry({"upstreams": {"zeta": demo_stdio(), "alpha": demo_stdio()}})
+    r = g.modern("tools/list")
+    names = [t["name"] for t in r.json()["result"]["tools"]]
+    alpha = [n for n in names if n.startswith("alpha__")]
+    zeta = [n for n in names if n.startswith("zeta__")]
+    assert names == alpha + zeta, "servers in name order"
+    assert names == [t["name"] for t in g.modern("tools/list").json()["result"]["tools"]], "deterministic"
+    g.modern("tools/call", {"name": "zeta__kv_set", "arguments": {"key": "where", "value": "zeta"}})
+    r = g.modern("tools/call", {"name": "alpha__kv_get", "arguments": {"key": "where"}})
+    assert r.json()["result"]["isError"] is True, "calls reach the server named by the prefix"
+    r = g.modern("tools/call", {"name": "zeta__kv_get", "arguments": {"key": "where"}})
+    assert r.json()["result"]["content"][0]["text"] == "zeta"
+
+
+def test_on_conflict_prefixes_only_shared_names(gantry):
+    g = gantry({"gateway": {"prefix_mode": "on-conflict"},
+                "upstreams": {"demo": demo_stdio(), "everything": everything_stdio()}})
+    names = [t["name"] for t in g.modern("tools/list").json()["result"]["tools"]]
+    assert "demo__echo" in names and "everything__echo" in names and "echo" not in names
+    assert "kv_set" in names and "get-sum" in names
+    r = g.modern("tools/call", {"name": "get-sum", "arguments": {"a": 1, "b": 2}})
+    assert "3" in r.json()["result"]["content"][0]["text"]
+
+
+def test_broken_upstream_is_left_out_logged_and_reported_down(gantry, tmp_path):
+    g = gantry({"gateway": {"list_timeout_ms": 1000}, "upstreams": {
+        "demo": demo_stdio(),
+        "broken": {"transport": "stdio", "command": "sh", "args": ["-c", "echo not-json; exit 3"], "timeout_secs": 2},
+        "missing": {"transport": "stdio", "command": str(tmp_path / "no-such-binary"), "timeout_secs": 2},
+        "unreachable": {"transport": "streamable-http", "url": "http://127.0.0.1:9/mcp", "timeout_secs": 2},
+    }})
+    r = g.modern("tools/list")
+    assert r.status_code == 200
+    names = [t["name"] for t in r.json()["result"]["tools"]]
+    assert names and all(n.startswith("demo__") for n in names)
+    for server in ["broken", "missing", "unreachable"]:
+        assert g.metric("mcp_upstream_up", server=server) == 0.0
+    assert g.metric("mcp_upstream_up", server="demo") == 1.0
+    assert "not-json" in g.logs() or "non-JSON" in g.logs()
+    r = g.modern("tools/call", {"name": "missing__x", "arguments": {}}, timeout=30)
+    err = r.json()["error"]
+    assert "missing" in err["message"] and err["data"]["server"] == "missing"
+
+
+def test_session_continues_on_a_second_process_with_the_same_key(gantry):
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    first = gantry({"upstreams": {"demo": demo_stdio()}}, session_key=key)
+    # A second replica on the same configuration file: same API keys, same session key.
+    replica = subprocess_gantry(first.config_path, first.dir)
+    try:
+        sid, _ = first.initialize(path="/mcp/demo")
+        h = {**first.auth(), "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25",
+             "Accept": "application/json, text/event-stream"}
+        body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"message": "replica"}}}
+        r = httpx2.post(f"http://{replica}/mcp/demo", json=body, headers=h, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["result"]["content"][0]["text"] == "replica"
+        foreign = gantry({"upstreams": {"demo": demo_stdio()}})
+        r = httpx2.post(f"{foreign.base}/mcp/demo", json=body,
+                        headers={**h, **foreign.auth()}, timeout=30)
+        assert r.status_code == 404, "a session sealed with another key is unknown"
+    finally:
+        replica.stop()
+
+
+class subprocess_gantry(str):
+    """A second gantry process on the same config file (same keys, same session key)."""
+
+    def __new__(cls, config: Path, tmp: Path):
+        ready = tmp / f"ready-{secrets.token_hex(4)}"
+        import subprocess
+        proc = subprocess.Popen([BIN, "--config", str(config), "serve", "--listen", "127.0.0.1:0",
+                                 "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: ready.exists() and ready.read_text(), what="replica ready")
+        self = super().__new__(cls, ready.read_text().strip())
+        self.proc = proc
+        return self
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def test_crash_mid_call_is_reported_restarted_and_counted(gantry):
+    g = gantry({"upstreams": {"demo": demo_stdio()}})
+    child = children(g.proc.pid)[0]
+    result = {}
+
+    def slow_call():
+        result["r"] = g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 60000}}, timeout=60)
+    t = threading.Thread(target=slow_call)
+    t.start()
+    # The child itself offers no "call started" signal; half a second is ample for a local pipe.
+    time.sleep(0.5)
+    os.kill(child, signal.SIGKILL)
+    t.join(timeout=30)
+    err = result["r"].json()["error"]
+    assert "demo" in err["message"] and err["data"]["server"] == "demo"
+    wait_until(lambda: g.metric("mcp_upstream_up", server="demo") == 1.0, what="restart")
+    assert g.metric("mcp_upstream_restarts_total", server="demo") == 1.0
+    r = g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "back"}})
+    assert r.json()["result"]["content"][0]["text"] == "back"
+    assert children(g.proc.pid)[0] != child
+
+
+def test_sigterm_drains_in_flight_calls_and_leaves_no_descendant(gantry):
+    npx = {"transport": "stdio", "command": "npx",
+           "args": ["--prefix", str(EVERYTHING_JS.parents[4]), "--no-install", "mcp-server-everything", "stdio"]}
+    g = gantry({"server": {"shutdown_grace_secs": 10}, "upstreams": {"demo": demo_stdio(), "npx": npx}})
+    wait_until(lambda: g.metric("mcp_upstream_up", server="npx") == 1.0, what="npx upstream")
+    tree = descendants(g.proc.pid)
+    assert len(tree) >= 3, f"expected gantry → demo and npx → node, got {tree}"
+    result = {}
+
+    def slow_call():
+        result["r"] = g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 1500}}, timeout=30)
+    t = threading.Thread(target=slow_call)
+    t.start()
+    time.sleep(0.5)
+    g.proc.send_signal(signal.SIGTERM)
+    t.join(timeout=30)
+    assert result["r"].json()["result"]["content"][0]["text"] == "slept 1500 ms", "in-flight call drained"
+    assert g.proc.wait(timeout=30) == 0
+    wait_until(lambda: not any(alive(p) for p in tree), timeout=10, what="every descendant gone")

@@ -1,0 +1,147 @@
+"""Upstream transports against real servers, and the transparent single-server path."""
+
+import asyncio
+import os
+import subprocess
+import time
+
+import httpx2
+import pytest
+from mcp import types
+
+from conftest import EVERYTHING_JS, TIME_SERVER, demo_stdio, everything_stdio, free_port, sdk_client, wait_until
+
+
+def start_everything_http(mode: str):
+    port = free_port()
+    proc = subprocess.Popen(["node", str(EVERYTHING_JS), mode], env={**os.environ, "PORT": str(port)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def listening():
+        try:
+            httpx2.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return True
+        except httpx2.TransportError:
+            return False
+    wait_until(listening, timeout=30, what=f"server-everything {mode}")
+    return proc, port
+
+
+@pytest.fixture
+def everything_http():
+    procs = []
+    def start(mode):
+        proc, port = start_everything_http(mode)
+        procs.append(proc)
+        return port
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def test_stdio_http_and_sse_upstreams_side_by_side(gantry, everything_http):
+    http_port = everything_http("streamableHttp")
+    sse_port = everything_http("sse")
+    g = gantry({"upstreams": {
+        "everything": everything_stdio(),
+        "remote": {"transport": "streamable-http", "url": f"http://127.0.0.1:{http_port}/mcp"},
+        "legacy": {"transport": "sse", "url": f"http://127.0.0.1:{sse_port}/sse"},
+        "time": {"transport": "stdio", "command": str(TIME_SERVER), "args": ["--local-timezone", "UTC"]},
+    }})
+
+    async def use():
+        async with sdk_client(g) as client:
+            names = [t.name for t in (await client.list_tools()).tools]
+            for server in ["everything", "remote", "legacy", "time"]:
+                assert any(n.startswith(server + "__") for n in names), (server, names)
+            for server in ["everything", "remote", "legacy"]:
+                r = await client.call_tool(f"{server}__echo", {"message": server})
+                assert server in r.content[0].text
+            r = await client.call_tool("time__get_current_time", {"timezone": "UTC"})
+            assert "UTC" in r.content[0].text
+    asyncio.run(use())
+    for server in ["everything", "remote", "legacy", "time"]:
+        assert g.metric("mcp_upstream_up", server=server) == 1.0
+
+
+def test_stdio_child_gets_command_args_env_and_cwd(gantry, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    g = gantry({"upstreams": {"everything": everything_stdio(
+        env={"FROM_CONFIG": "plain", "FROM_REFERENCE": "env:PARENT_SECRET_SOURCE"}, cwd=str(work))}},
+        env={"PARENT_SECRET_SOURCE": "from-parent-env", "GANTRY_LOG__FORMAT": "json"})
+
+    async def use():
+        async with sdk_client(g, path="/mcp/everything") as client:
+            r = await client.call_tool("get-env", {})
+            text = r.content[0].text
+            assert '"FROM_CONFIG": "plain"' in text or '"FROM_CONFIG":"plain"' in text
+            assert "from-parent-env" in text
+            assert "GANTRY_LOG__FORMAT" not in text, "gantry's own variables stay out of children"
+    asyncio.run(use())
+
+
+def test_passthrough_relays_sampling_elicitation_progress_and_completion(gantry):
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    seen = {"sampling": 0, "elicitation": 0, "progress": [], "logs": 0}
+
+    async def sampling(context, params):
+        seen["sampling"] += 1
+        assert params.messages[0].content.text.endswith("gateway?")
+        return types.CreateMessageResult(role="assistant", model="test-model",
+                                         content=types.TextContent(type="text", text="sampled-through-gantry"))
+
+    async def elicitation(context, params):
+        seen["elicitation"] += 1
+        return types.ElicitResult(action="accept", content={"name": "Ada Lovelace"})
+
+    async def progress(p, total, message):
+        seen["progress"].append(p)
+
+    async def logging_cb(params):
+        seen["logs"] += 1
+
+    async def use():
+        async with sdk_client(g, path="/mcp/everything", sampling_callback=sampling,
+                              elicitation_callback=elicitation, logging_callback=logging_cb) as client:
+            names = [t.name for t in (await client.list_tools()).tools]
+            assert "trigger-sampling-request" in names and "echo" in names, "names pass unchanged"
+            r = await client.call_tool("trigger-sampling-request", {"prompt": "through the gateway?"})
+            assert "sampled-through-gantry" in str(r.content)
+            r = await client.call_tool("trigger-elicitation-request", {})
+            assert "Ada Lovelace" in str(r.content)
+            r = await client.call_tool("trigger-long-running-operation", {"duration": 1, "steps": 3},
+                                       progress_callback=progress)
+            assert "completed" in str(r.content).lower()
+            await client.set_logging_level("debug")
+            r = await client.call_tool("toggle-simulated-logging", {})
+            await asyncio.sleep(0)  # the log messages arrive on the GET stream
+            prompts = await client.list_prompts()
+            assert prompts.prompts
+            resources = await client.list_resources()
+            assert resources.resources
+            first = resources.resources[0]
+            read = await client.read_resource(first.uri)
+            assert read.contents
+            completion = await client.complete(
+                types.PromptReference(type="ref/prompt", name="completable-prompt"),
+                argument={"name": "department", "value": "En"})
+            assert completion.completion.values
+    asyncio.run(use())
+    assert seen["sampling"] == 1 and seen["elicitation"] == 1
+    assert seen["progress"] == sorted(seen["progress"]) and len(seen["progress"]) >= 3
+
+
+def test_unknown_fields_pass_through_untouched(gantry):
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    sid, _ = g.initialize(path="/mcp/everything")
+    h = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    r = g.post({"jsonrpc": "2.0", "id": "x-1", "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"message": "m"}, "_meta": {"vendor/custom": {"a": 1}},
+                           "extraField": True}}, path="/mcp/everything", headers=h)
+    body = r.json()
+    assert body["id"] == "x-1", "the client's id comes back as sent (string)"
+    assert body["result"]["content"][0]["text"].endswith("m")
+    tools = g.post({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, path="/mcp/everything", headers=h).json()
+    echo = next(t for t in tools["result"]["tools"] if t["name"] == "echo")
+    assert "inputSchema" in echo and "description" in echo
