@@ -14,8 +14,9 @@ use axum::routing::get;
 use http::{HeaderName, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
+use tower_http::LatencyUnit;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::config::{Config, PrefixMode, UpstreamConfig};
 use crate::gateway::auth::{self, ConfigKeys};
@@ -189,10 +190,13 @@ impl Application {
             .route_layer(middleware::from_fn(track_http))
             .layer(DefaultBodyLimit::max(self.gateway.config.server.max_body_bytes))
             .layer(
-                TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                    let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
-                }),
+                TraceLayer::new_for_http()
+                    .make_span_with(|request: &Request| {
+                        let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                        tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                    })
+                    // One access-log line per request, carrying the request id via its span.
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO).latency_unit(LatencyUnit::Micros)),
             )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

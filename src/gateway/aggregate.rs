@@ -119,7 +119,19 @@ async fn resolve(gw: &Gateway, kind: ListKind, exposed: &str) -> Option<(Arc<Ups
             &gw.config.gateway.separator,
             gw.upstreams.iter().map(|u| u.name.as_str()),
         )?;
-        return Some((Arc::clone(gw.upstreams.get(server)?), name.to_string()));
+        let upstream = Arc::clone(gw.upstreams.get(server)?);
+        // The cached catalogue makes an unknown name the gateway's own clear error; an
+        // upstream that cannot list right now still gets the call (and reports itself).
+        let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
+        if let Ok(items) = upstream.list(kind, wait).await {
+            if !items
+                .iter()
+                .any(|i| i.get("name").and_then(Value::as_str) == Some(name))
+            {
+                return None;
+            }
+        }
+        return Some((upstream, name.to_string()));
     }
     let merged = merged(gw, kind).await;
     let (server, name) = merged.names.get(exposed)?;

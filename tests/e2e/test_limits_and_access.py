@@ -1,0 +1,120 @@
+"""Limits, bad input, access control and observability."""
+
+import json
+import threading
+
+import httpx2
+import pytest
+
+from conftest import demo_stdio
+
+
+@pytest.fixture
+def g(gantry):
+    return gantry({"server": {"max_body_bytes": 64 * 1024},
+                   "upstreams": {"demo": demo_stdio(), "slow": demo_stdio(timeout_secs=1, max_concurrency=1)}})
+
+
+def test_missing_and_wrong_keys_get_401_with_a_challenge(g):
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    for headers in [{}, {"Authorization": "Bearer gty_wrong"}, {"Authorization": "Basic abc"}]:
+        r = httpx2.post(g.url, content=body, headers={"Content-Type": "application/json", **headers})
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert g.key not in r.text
+
+
+def test_oversized_body_is_413(g):
+    big = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * 100_000}})
+    assert g.post(big).status_code == 413
+
+
+def test_malformed_json_is_parse_error(g):
+    r = g.post(b'{"jsonrpc": "2.0", "id": 1, "method": ')
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32700 and r.json()["id"] is None
+
+
+@pytest.mark.parametrize("body", [
+    {"jsonrpc": "1.0", "id": 1, "method": "ping"},
+    {"jsonrpc": "2.0", "id": {"nested": True}, "method": "ping"},
+    {"jsonrpc": "2.0", "id": 1, "method": 42},
+    {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": "not-an-object"},
+    [{"jsonrpc": "2.0", "id": 1, "method": "ping"}],
+    json.dumps("a JSON string, not an object"),
+])
+def test_invalid_requests_are_32600(g, body):
+    r = g.post(body)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32600
+
+
+def test_unknown_tool_is_a_clear_invalid_params_error(g):
+    r = g.modern("tools/call", {"name": "demo__nope", "arguments": {}})
+    assert r.json()["error"]["code"] == -32602 and "demo__nope" in r.json()["error"]["message"]
+    r = g.modern("tools/call", {"name": "nosuchserver__echo", "arguments": {}})
+    assert r.json()["error"]["code"] == -32602
+    r = g.modern("tools/call", {"name": "nope", "arguments": {}}, path="/mcp/demo")
+    assert "error" in r.json() or r.json()["result"].get("isError"), r.text
+
+
+def test_unknown_server_path_is_404(g):
+    assert g.modern("tools/list", path="/mcp/nosuch").status_code == 404
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "https://evil.example"}, {"Host": "evil.example"}])
+def test_dns_rebinding_origin_and_host_are_refused(g, headers):
+    r = g.modern("tools/list", headers=headers)
+    assert r.status_code == 403
+
+
+def test_loopback_origin_is_accepted(g):
+    assert g.modern("tools/list", headers={"Origin": "http://localhost:6274"}).status_code == 200
+
+
+def test_per_upstream_timeout_answers_and_frees_the_slot(g):
+    r = g.modern("tools/call", {"name": "slow__sleep", "arguments": {"ms": 5000}}, timeout=30)
+    err = r.json()["error"]
+    assert err["code"] == -32001 and "slow" in err["message"]
+    r = g.modern("tools/call", {"name": "slow__echo", "arguments": {"message": "free"}})
+    assert r.json()["result"]["content"][0]["text"] == "free", "the timed-out call gave its slot back"
+    assert g.metric("mcp_requests_total", server="slow", method="tools/call", outcome="timeout") >= 1
+
+
+def test_concurrency_cap_queues_then_times_out(g):
+    results = []
+    def call(ms):
+        results.append(g.modern("tools/call", {"name": "slow__sleep", "arguments": {"ms": ms}}, timeout=30).json())
+    threads = [threading.Thread(target=call, args=(800,)), threading.Thread(target=call, args=(800,))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = [r for r in results if "result" in r]
+    late = [r for r in results if "error" in r]
+    assert len(ok) == 1 and len(late) == 1, results
+    assert late[0]["error"]["code"] == -32001, "the second waited for the single slot and ran out of time"
+
+
+def test_metrics_and_health_endpoints(g):
+    g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "m"}})
+    text = g.metrics()
+    for name in ["http_requests_total", "http_request_duration_seconds_bucket", "mcp_requests_total",
+                 "mcp_request_duration_seconds_bucket", "mcp_upstream_up", "mcp_upstream_restarts_total"]:
+        assert name in text, name
+    assert g.metric("http_requests_total", method="POST", route="/mcp", status="200") >= 1
+    assert g.metric("mcp_requests_total", server="demo", method="tools/call", outcome="ok") == 1
+    assert httpx2.get(g.base + "/health").json() == {"status": "ok"}
+    ready = httpx2.get(g.base + "/ready").json()
+    assert ready["status"] == "ready" and ready["upstreams"]["demo"]["status"] == "up"
+
+
+def test_hostile_method_names_do_not_become_metric_labels(g):
+    g.modern("x" * 200, id=9)
+    assert "x" * 200 not in g.metrics()
+
+
+def test_logs_are_json_with_request_ids_and_never_contain_the_key(g):
+    r = g.modern("tools/list")
+    request_id = r.headers["x-request-id"]
+    lines = [json.loads(l) for l in g.logs().splitlines() if l.startswith("{")]
+    assert any(l.get("span", {}).get("request_id") == request_id for l in lines)
+    assert g.key not in g.logs()
