@@ -32,7 +32,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -41,18 +41,6 @@ pub struct Config {
     pub log: LogConfig,
     /// Upstream MCP servers by name. A BTreeMap keeps aggregation order deterministic.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            auth: AuthConfig::default(),
-            gateway: GatewayConfig::default(),
-            log: LogConfig::default(),
-            upstreams: BTreeMap::new(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -335,3 +335,40 @@ mod tests {
         assert_eq!(negotiate_legacy(None), LATEST_LEGACY);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use http::{HeaderName, HeaderValue};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_headers_and_meta_never_panic(
+            method in ".{0,30}",
+            version in ".{0,20}",
+            header_version in proptest::option::of("[ -~]{0,20}"),
+            header_method in proptest::option::of("[ -~]{0,30}"),
+            header_name in proptest::option::of("[ -~]{0,40}"),
+            name in ".{0,20}",
+        ) {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {
+                "name": name, "uri": name,
+                "_meta": { META_PROTOCOL_VERSION: version, META_CLIENT_CAPABILITIES: {} }
+            }}).as_object().unwrap().clone();
+            let mut headers = HeaderMap::new();
+            for (k, v) in [(HEADER_PROTOCOL_VERSION, header_version), (HEADER_METHOD, header_method), (HEADER_NAME, header_name)] {
+                if let Some(v) = v.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                    headers.insert(HeaderName::from_static(k), v);
+                }
+            }
+            let _ = detect(&method, &body, &headers);
+            let _ = validate_modern(&method, &body, &headers);
+            let _ = decode_header_value(header_name_or_empty(&headers));
+        }
+    }
+
+    fn header_name_or_empty(h: &HeaderMap) -> &str {
+        header_str(h, HEADER_NAME).unwrap_or("=?base64?!!?=")
+    }
+}

@@ -28,9 +28,9 @@ fn host_without_port(host: &str) -> &str {
 impl HostPolicy {
     pub fn new(config: &ServerConfig, bound: SocketAddr) -> Self {
         let loopback = bound.ip().is_loopback();
-        let hosts = if config.allowed_hosts.iter().any(|h| h == "*") {
-            None
-        } else if config.allowed_hosts.is_empty() && !loopback {
+        let any_host = config.allowed_hosts.iter().any(|h| h == "*")
+            || (config.allowed_hosts.is_empty() && !loopback);
+        let hosts = if any_host {
             None
         } else {
             let mut hosts: Vec<String> = config
@@ -62,7 +62,7 @@ impl HostPolicy {
                 .and_then(|h| h.to_str().ok())
                 .map(|h| host_without_port(h).to_ascii_lowercase());
             match host {
-                Some(h) if hosts.iter().any(|a| *a == h) => {}
+                Some(h) if hosts.contains(&h) => {}
                 Some(h) => return Err(format!("Host '{h}' is not allowed")),
                 None => return Err("missing Host header".into()),
             }
@@ -72,7 +72,7 @@ impl HostPolicy {
                 .to_str()
                 .map_err(|_| "invalid Origin header".to_string())?;
             let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-            let allowed = self.origins.iter().any(|o| *o == origin)
+            let allowed = self.origins.contains(&origin)
                 || (self.loopback_origins && is_loopback_origin(&origin));
             if !allowed {
                 return Err(format!("Origin '{origin}' is not allowed"));

@@ -19,6 +19,9 @@ use crate::upstream::{State, Upstream};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// Decides whether (and as what) an upstream notification reaches a stream.
+type Filter = Arc<dyn Fn(&Value) -> Option<Value> + Send + Sync>;
+
 fn upstreams_of<'a>(gw: &'a Gateway, route: &Route) -> Vec<&'a Arc<Upstream>> {
     match route {
         Route::Server(name) => gw.upstreams.get(name).into_iter().collect(),
@@ -28,12 +31,7 @@ fn upstreams_of<'a>(gw: &'a Gateway, route: &Route) -> Vec<&'a Arc<Upstream>> {
 
 /// Subscribes to each upstream's unsolicited messages, following reconnects, and feeds
 /// the ones `keep` accepts into `tx` until the client leaves or the gateway stops.
-fn forward(
-    gw: &Arc<Gateway>,
-    route: &Route,
-    tx: mpsc::Sender<Value>,
-    keep: Arc<dyn Fn(&Value) -> Option<Value> + Send + Sync>,
-) {
+fn forward(gw: &Arc<Gateway>, route: &Route, tx: mpsc::Sender<Value>, keep: Filter) {
     for upstream in upstreams_of(gw, route) {
         let upstream = Arc::clone(upstream);
         let tx = tx.clone();
@@ -81,7 +79,7 @@ pub fn session_stream(gw: Arc<Gateway>, route: Route, claims: SessionClaims) -> 
     let (tx, rx) = mpsc::channel(64);
     let sid = claims.sid.clone();
     let filter_gw = Arc::clone(&gw);
-    let keep = Arc::new(move |event: &Value| -> Option<Value> {
+    let keep: Filter = Arc::new(move |event: &Value| -> Option<Value> {
         if method_of(event) == "notifications/resources/updated" {
             let uri = event.pointer("/params/uri").and_then(Value::as_str)?;
             let subscribed = filter_gw
@@ -188,7 +186,7 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
     let (tx, rx) = mpsc::channel(64);
     let _ = tx.send(ack).await;
     let uris: HashSet<String> = honored_uris.into_iter().collect();
-    let keep = Arc::new(move |event: &Value| -> Option<Value> {
+    let keep: Filter = Arc::new(move |event: &Value| -> Option<Value> {
         let wanted = match method_of(event) {
             "notifications/tools/list_changed" => tools,
             "notifications/prompts/list_changed" => prompts,

@@ -103,6 +103,9 @@ pub enum UpstreamError {
     Rejected(String, String),
 }
 
+/// Cached lists by kind, with the time they were fetched.
+type Catalog = HashMap<ListKind, (Instant, Arc<Vec<Value>>)>;
+
 pub struct Upstream {
     pub name: String,
     pub config: UpstreamConfig,
@@ -110,7 +113,7 @@ pub struct Upstream {
     attempted: watch::Sender<bool>,
     permits: Arc<Semaphore>,
     restarts: AtomicU64,
-    catalog: Mutex<HashMap<ListKind, (Instant, Arc<Vec<Value>>)>>,
+    catalog: Mutex<Catalog>,
     catalog_ttl: Duration,
     stop: CancellationToken,
 }

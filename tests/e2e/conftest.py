@@ -2,8 +2,8 @@
 config written per test, and real MCP servers and clients around it.
 
 Environment (set by scripts/test.sh):
-  GANTRY_BIN     the gantry binary under test
-  GANTRY_TOOLS   cache holding the npm and PyPI test dependencies
+  E2E_GANTRY_BIN     the gantry binary under test
+  E2E_TOOLS_DIR   cache holding the npm and PyPI test dependencies
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-BIN = os.environ.get("GANTRY_BIN", "/var/tmp/gantry-target/debug/gantry")
-TOOLS = Path(os.environ.get("GANTRY_TOOLS", "/var/tmp/gantry-tools"))
+BIN = os.environ.get("E2E_GANTRY_BIN", "/var/tmp/gantry-target/debug/gantry")
+TOOLS = Path(os.environ.get("E2E_TOOLS_DIR", "/var/tmp/gantry-tools"))
 EVERYTHING_JS = TOOLS / "npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 INSPECTOR_CLI = TOOLS / "npm/node_modules/.bin/mcp-inspector-cli"
 TIME_SERVER = TOOLS / "venv/bin/mcp-server-time"

@@ -1,0 +1,187 @@
+"""Gateway overhead benchmark: direct to an upstream vs through gantry, in the same run.
+
+For each concurrency, fresh processes are started (server-everything keeps every SSE event
+in memory, so it is restarted between runs), wrk drives JSON-RPC tools/call requests with
+unique ids and checks every body, and /proc gives CPU time and RSS. Results are printed
+as ratios against the direct baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+
+HERE = Path(__file__).resolve().parent
+GANTRY = os.environ.get("BENCH_GANTRY_BIN", "/var/tmp/gantry-target/release/gantry")
+TOOLS = Path(os.environ.get("E2E_TOOLS_DIR", "/var/tmp/gantry-tools"))
+EVERYTHING = TOOLS / "npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+DURATION = os.environ.get("BENCH_DURATION", "5s")
+CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,16,64").split(",")]
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_mb(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 1e6
+
+
+def wait_port(port: int, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start_everything_http():
+    port = free_port()
+    proc = subprocess.Popen(["node", str(EVERYTHING), "streamableHttp"], env={**os.environ, "PORT": str(port)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+class Gantry:
+    def __init__(self, upstreams: str, tmp: Path):
+        self.key = "gty_" + secrets.token_urlsafe(32)
+        cfg = tmp / f"bench-{secrets.token_hex(3)}.toml"
+        ready = tmp / f"ready-{secrets.token_hex(3)}"
+        cfg.write_text(
+            '[log]\nlevel = "warn"\n[[auth.api_keys]]\nname = "bench"\n'
+            f'sha256 = "{hashlib.sha256(self.key.encode()).hexdigest()}"\n{upstreams}'
+        )
+        started = time.perf_counter()
+        self.proc = subprocess.Popen([GANTRY, "--config", str(cfg), "serve", "--listen", "127.0.0.1:0",
+                                      "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not (ready.exists() and ready.read_text()):
+            if self.proc.poll() is not None:
+                raise RuntimeError("gantry exited")
+            time.sleep(0.005)
+        self.startup_ms = (time.perf_counter() - started) * 1000
+        self.addr = ready.read_text().strip()
+        self.port = int(self.addr.rsplit(":", 1)[1])
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+def initialize(port: int, path: str, auth: str | None) -> str | None:
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if auth:
+        headers["Authorization"] = f"Bearer {auth}"
+    r = httpx2.post(f"http://127.0.0.1:{port}{path}", headers=headers, timeout=30, content=json.dumps(
+        {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}}))
+    r.raise_for_status()
+    sid = r.headers.get("mcp-session-id")
+    headers.update({"Mcp-Session-Id": sid or "", "MCP-Protocol-Version": "2025-11-25"})
+    httpx2.post(f"http://127.0.0.1:{port}{path}", headers=headers, timeout=30,
+                content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+    return sid
+
+
+def wrk(port: int, path: str, tool: str, conc: int, auth=None, session=None, watch=()):
+    env = {**os.environ, "BENCH_PATH": path, "BENCH_TOOL": tool, "BENCH_AUTH": auth or "",
+           "BENCH_SESSION": session or "", "BENCH_VERSION": "2025-11-25"}
+    before = {pid: cpu_seconds(pid) for pid in watch}
+    peak = {pid: rss_mb(pid) for pid in watch}
+    proc = subprocess.Popen(["wrk", "-t", str(min(conc, 2)), "-c", str(conc), "-d", DURATION, "--latency",
+                             "-s", str(HERE / "mcp_call.lua"), f"http://127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    while proc.poll() is None:
+        for pid in watch:
+            peak[pid] = max(peak[pid], rss_mb(pid))
+        time.sleep(0.2)
+    out = proc.stdout.read()
+    line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out}")
+    result = json.loads(line[len("RESULT "):])
+    if result["bad"] or result["socket_errors"]:
+        raise RuntimeError(f"{result['bad']} bad responses, {result['socket_errors']} socket errors: {result}")
+    result["cpu_ms_per_req"] = {pid: (cpu_seconds(pid) - before[pid]) * 1000 / max(result["requests"], 1) for pid in watch}
+    result["peak_rss_mb"] = peak
+    return result
+
+
+def main():
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"gantry-bench-{secrets.token_hex(3)}"
+    tmp.mkdir(parents=True)
+    rows = []
+    startup = []
+    idle_rss = []
+    for conc in CONCURRENCY:
+        # Baseline: straight to server-everything over Streamable HTTP.
+        upstream, port = start_everything_http()
+        sid = initialize(port, "/mcp", None)
+        direct = wrk(port, "/mcp", "echo", conc, session=sid, watch=(upstream.pid,))
+        upstream.terminate(); upstream.wait()
+
+        # Through gantry to a fresh server-everything over Streamable HTTP.
+        upstream, port = start_everything_http()
+        g = Gantry(f'[upstreams.everything]\ntransport = "streamable-http"\nurl = "http://127.0.0.1:{port}/mcp"\n', tmp)
+        startup.append(g.startup_ms)
+        idle_rss.append(rss_mb(g.proc.pid))
+        gsid = initialize(g.port, "/mcp/everything", g.key)
+        via = wrk(g.port, "/mcp/everything", "echo", conc, auth=g.key, session=gsid, watch=(g.proc.pid, upstream.pid))
+        g.stop(); upstream.terminate(); upstream.wait()
+
+        # Through gantry to server-everything over stdio, and to the built-in demo over stdio.
+        g = Gantry(f'[upstreams.everything]\ntransport = "stdio"\ncommand = "node"\nargs = ["{EVERYTHING}", "stdio"]\n'
+                   f'[upstreams.demo]\ntransport = "stdio"\ncommand = "{GANTRY}"\nargs = ["demo-upstream"]\n', tmp)
+        gsid = initialize(g.port, "/mcp/everything", g.key)
+        stdio = wrk(g.port, "/mcp/everything", "echo", conc, auth=g.key, session=gsid, watch=(g.proc.pid,))
+        dsid = initialize(g.port, "/mcp/demo", g.key)
+        demo = wrk(g.port, "/mcp/demo", "echo", conc, auth=g.key, session=dsid, watch=(g.proc.pid,))
+        g.stop()
+
+        rows.append({"c": conc, "direct": direct, "via_http": via, "via_stdio": stdio, "demo_stdio": demo})
+
+    print("\nserver-everything (echo), direct over Streamable HTTP vs through gantry, same run")
+    print(f"{'conc':>4} {'direct rps':>10} {'gantry rps':>10} {'ratio':>6} {'p50 direct':>10} {'p50 gantry':>10} "
+          f"{'+p50 ms':>8} {'gantry CPU ms/req':>17} {'upstream CPU ms/req':>19} {'gantry peak RSS':>15}")
+    for r in rows:
+        d, v = r["direct"], r["via_http"]
+        gpid, upid = list(v["cpu_ms_per_req"])
+        print(f"{r['c']:>4} {d['rps']:>10.0f} {v['rps']:>10.0f} {v['rps'] / d['rps']:>6.2f} {d['p50_ms']:>10.3f} "
+              f"{v['p50_ms']:>10.3f} {v['p50_ms'] - d['p50_ms']:>8.3f} {v['cpu_ms_per_req'][gpid]:>17.3f} "
+              f"{list(d['cpu_ms_per_req'].values())[0]:>19.3f} {v['peak_rss_mb'][gpid]:>13.1f}MB")
+    print("\nthrough gantry over stdio (no HTTP hop to the upstream); ratio against the direct HTTP baseline above")
+    print(f"{'conc':>4} {'everything rps':>14} {'ratio':>6} {'p50 ms':>7} {'demo rps':>9} {'demo p50 ms':>11} {'gantry CPU ms/req (demo)':>24}")
+    for r in rows:
+        s, dm, d = r["via_stdio"], r["demo_stdio"], r["direct"]
+        print(f"{r['c']:>4} {s['rps']:>14.0f} {s['rps'] / d['rps']:>6.2f} {s['p50_ms']:>7.3f} {dm['rps']:>9.0f} "
+              f"{dm['p50_ms']:>11.3f} {list(dm['cpu_ms_per_req'].values())[0]:>24.3f}")
+    print(f"\ngantry start-up to ready (with one upstream): {min(startup):.0f} ms (best of {len(startup)})")
+    print(f"gantry idle RSS after start-up: {min(idle_rss):.1f} MB")
+    json.dump(rows, open(tmp / "results.json", "w"), indent=1, default=str)
+    print(f"raw results: {tmp / 'results.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
