@@ -3,6 +3,8 @@
 import os
 import subprocess
 
+import pytest
+
 from conftest import BIN, Gantry, demo_stdio, free_port
 
 
@@ -22,21 +24,18 @@ def test_version_names_every_protocol_era():
     assert "2026-07-28" in out and "2025-03-26" in out
 
 
-def test_unknown_key_exits_2_naming_key_and_file(tmp_path):
-    cfg = tmp_path / "gantry.toml"
-    cfg.write_text('[server]\nlisten = "127.0.0.1:0"\nmax_bdy_bytes = 10\n')
+@pytest.mark.parametrize("filename, text, key", [
+    ("gantry.toml", '[server]\nlisten = "127.0.0.1:0"\nmax_bdy_bytes = 10\n', "max_bdy_bytes"),
+    ("custom.toml", '[upstreams.web]\ntransport = "streamable-http"\nurl = "ftp://x"\n', "upstreams.web.url"),
+    ("stdio.toml", '[upstreams.t]\ntransport = "stdio"\n', "upstreams.t.command"),
+])
+def test_bad_config_exits_2_with_one_message_naming_key_and_file(tmp_path, filename, text, key):
+    cfg = tmp_path / filename
+    cfg.write_text(text)
     r = run("--config", str(cfg), "serve")
     assert r.returncode == 2
-    assert "max_bdy_bytes" in r.stderr and "gantry.toml" in r.stderr
+    assert key in r.stderr and filename in r.stderr
     assert r.stderr.count("\n") <= 2, "one clear message, not a backtrace"
-
-
-def test_bad_value_exits_2_naming_key_and_file(tmp_path):
-    cfg = tmp_path / "custom.toml"
-    cfg.write_text('[upstreams.web]\ntransport = "streamable-http"\nurl = "ftp://x"\n')
-    r = run("--config", str(cfg), "serve")
-    assert r.returncode == 2
-    assert "upstreams.web.url" in r.stderr and "custom.toml" in r.stderr
 
 
 def test_missing_explicit_file_exits_2(tmp_path):

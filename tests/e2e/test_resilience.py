@@ -42,6 +42,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def in_background(call) -> tuple[threading.Thread, dict]:
+    """Runs `call` in a thread; its return value lands in the dict under "r"."""
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=call()))
+    thread.start()
+    return thread, result
+
+
 def test_aggregate_names_order_and_routing(gantry):
     g = gantry({"upstreams": {"zeta": demo_stdio(), "alpha": demo_stdio()}})
     r = g.modern("tools/list")
@@ -130,12 +138,8 @@ class subprocess_gantry(str):
 def test_crash_mid_call_is_reported_restarted_and_counted(gantry):
     g = gantry({"upstreams": {"demo": demo_stdio()}})
     child = children(g.proc.pid)[0]
-    result = {}
-
-    def slow_call():
-        result["r"] = g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 60000}}, timeout=60)
-    t = threading.Thread(target=slow_call)
-    t.start()
+    t, result = in_background(
+        lambda: g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 60000}}, timeout=60))
     # The child itself offers no "call started" signal; half a second is ample for a local pipe.
     time.sleep(0.5)
     os.kill(child, signal.SIGKILL)
@@ -156,12 +160,8 @@ def test_sigterm_drains_in_flight_calls_and_leaves_no_descendant(gantry):
     wait_until(lambda: g.metric("mcp_upstream_up", server="npx") == 1.0, what="npx upstream")
     tree = descendants(g.proc.pid)
     assert len(tree) >= 3, f"expected gantry → demo and npx → node, got {tree}"
-    result = {}
-
-    def slow_call():
-        result["r"] = g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 1500}}, timeout=30)
-    t = threading.Thread(target=slow_call)
-    t.start()
+    t, result = in_background(
+        lambda: g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 1500}}, timeout=30))
     time.sleep(0.5)
     g.proc.send_signal(signal.SIGTERM)
     t.join(timeout=30)
