@@ -58,6 +58,10 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Threads serving requests. 1 (the default) runs everything on one thread: no
+    /// cross-thread wake-ups, the lowest CPU per request, about 20k requests/s per
+    /// process on a small machine. Raise it on large machines, or run more replicas.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +72,7 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             shutdown_grace_secs: 10,
+            worker_threads: 1,
         }
     }
 }
@@ -271,6 +276,12 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
             format!("{e} (expected e.g. 127.0.0.1:8080)"),
         )
     })?;
+    if config.server.worker_threads == 0 || config.server.worker_threads > 1024 {
+        return Err((
+            "server.worker_threads".into(),
+            "must be between 1 and 1024".into(),
+        ));
+    }
     if config.server.max_body_bytes < 1024 {
         return Err((
             "server.max_body_bytes".into(),

@@ -7,12 +7,27 @@ use gantry::startup::{Application, Role, StartupError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
-    runtime.block_on(run(cli))
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    match command {
+        Command::Serve(args) => serve(cli.config, args, Role::Serve),
+        Command::Gateway(args) => serve(cli.config, args, Role::Gateway),
+        other => runtime(1).block_on(run(cli.config, other)),
+    }
 }
 
-async fn run(cli: Cli) -> ExitCode {
-    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+/// One worker runs a current-thread runtime; more run the multi-threaded scheduler.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build().expect("tokio runtime starts")
+}
+
+async fn run(config_path: Option<std::path::PathBuf>, command: Command) -> ExitCode {
     match command {
         Command::Version => {
             println!("gantry {}", env!("CARGO_PKG_VERSION"));
@@ -41,7 +56,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Healthcheck { addr } => {
             let addr = match addr {
                 Some(a) => a,
-                None => match config::load(cli.config.as_deref()) {
+                None => match config::load(config_path.as_deref()) {
                     Ok(c) => c.server.listen,
                     Err(e) => return config_error(e.to_string()),
                 },
@@ -53,7 +68,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Migrate => {
-            let config = match config::load(cli.config.as_deref()) {
+            let config = match config::load(config_path.as_deref()) {
                 Ok(c) => c,
                 Err(e) => return config_error(e.to_string()),
             };
@@ -62,8 +77,7 @@ async fn run(cli: Cli) -> ExitCode {
             println!("nothing to migrate: this build keeps no relational data");
             ExitCode::SUCCESS
         }
-        Command::Serve(args) => serve(cli.config, args, Role::Serve).await,
-        Command::Gateway(args) => serve(cli.config, args, Role::Gateway).await,
+        Command::Serve(_) | Command::Gateway(_) => unreachable!("served by main"),
     }
 }
 
@@ -72,12 +86,12 @@ fn config_error(message: String) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn serve(config_path: Option<std::path::PathBuf>, args: ServeArgs, role: Role) -> ExitCode {
+fn serve(config_path: Option<std::path::PathBuf>, args: ServeArgs, role: Role) -> ExitCode {
     let mut config = match config::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => return config_error(e.to_string()),
     };
-    if let Some(listen) = args.listen {
+    if let Some(listen) = args.listen.clone() {
         config.server.listen = listen;
         if let Err((key, message)) = config::validate(&config) {
             return config_error(format!(
@@ -85,6 +99,10 @@ async fn serve(config_path: Option<std::path::PathBuf>, args: ServeArgs, role: R
             ));
         }
     }
+    runtime(config.server.worker_threads).block_on(serve_with(config, args, role))
+}
+
+async fn serve_with(config: config::Config, args: ServeArgs, role: Role) -> ExitCode {
     gantry::telemetry::init(&config.log);
     let app = match Application::build(config, role).await {
         Ok(app) => app,

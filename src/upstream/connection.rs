@@ -7,25 +7,16 @@
 //! Messages that belong to no call (list changes, resource updates) are broadcast.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::transport::{Inbox, Outbox};
 use crate::gateway::jsonrpc::{self, Message};
-
-/// What a transport delivers to the connection.
-#[derive(Debug)]
-pub enum Inbound {
-    /// A message from the upstream; `related` names the upstream request id whose HTTP
-    /// response carried it, when the transport knows.
-    Message { msg: Value, related: Option<u64> },
-    /// The transport is gone (process exited, stream ended, session expired).
-    Closed(String),
-}
 
 /// What a caller sees while its request is in flight.
 #[derive(Debug)]
@@ -70,13 +61,13 @@ impl ServerInit {
 
 pub struct Connection {
     name: Arc<str>,
-    tx: mpsc::UnboundedSender<Value>,
+    outbox: OnceLock<Arc<dyn Outbox>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
     events: broadcast::Sender<Arc<Value>>,
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
-    init: std::sync::OnceLock<ServerInit>,
+    init: OnceLock<ServerInit>,
 }
 
 /// A request in flight. Dropping it before the response cancels the upstream request.
@@ -85,11 +76,23 @@ pub struct Call {
     conn: Arc<Connection>,
     rx: mpsc::UnboundedReceiver<CallEvent>,
     finished: bool,
+    /// The transport's exchange for this request, driven by whoever awaits the call, so
+    /// the request's own I/O runs in the caller's task.
+    exchange: Option<BoxFuture<'static, ()>>,
 }
 
 impl Call {
     pub async fn next(&mut self) -> Option<CallEvent> {
-        let event = self.rx.recv().await;
+        let event = loop {
+            match self.exchange.as_mut() {
+                Some(exchange) => tokio::select! {
+                    biased;
+                    event = self.rx.recv() => break event,
+                    () = exchange => self.exchange = None,
+                },
+                None => break self.rx.recv().await,
+            }
+        };
         if matches!(
             event,
             Some(CallEvent::Response(_)) | Some(CallEvent::Failed(_)) | None
@@ -109,40 +112,26 @@ impl Drop for Call {
 }
 
 impl Connection {
-    /// Starts routing messages from `inbound`; `tx` carries messages to the upstream.
-    pub fn start(
-        name: &str,
-        tx: mpsc::UnboundedSender<Value>,
-        mut inbound: mpsc::UnboundedReceiver<Inbound>,
-    ) -> Arc<Self> {
+    /// A connection not yet wired to a transport; give the [`Inbox`] to the transport,
+    /// then [`attach`](Self::attach) its outbox.
+    pub fn new(name: &str) -> (Arc<Self>, Inbox) {
         let (events, _) = broadcast::channel(256);
         let conn = Arc::new(Self {
             name: Arc::from(name),
-            tx,
+            outbox: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             events,
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
-            init: std::sync::OnceLock::new(),
+            init: OnceLock::new(),
         });
-        let weak = Arc::downgrade(&conn);
-        tokio::spawn(async move {
-            let reason = loop {
-                let Some(item) = inbound.recv().await else {
-                    break "transport ended".to_string();
-                };
-                let Some(conn) = weak.upgrade() else { return };
-                match item {
-                    Inbound::Message { msg, related } => conn.route(msg, related),
-                    Inbound::Closed(reason) => break reason,
-                }
-            };
-            if let Some(conn) = weak.upgrade() {
-                conn.close(reason);
-            }
-        });
-        conn
+        let inbox = Inbox::new(Arc::downgrade(&conn));
+        (conn, inbox)
+    }
+
+    pub fn attach(&self, outbox: Arc<dyn Outbox>) {
+        let _ = self.outbox.set(outbox);
     }
 
     pub fn name(&self) -> &str {
@@ -233,11 +222,12 @@ impl Connection {
             .and_then(|p| p.get_mut("_meta"))
             .and_then(Value::as_object_mut)
             .and_then(|meta| meta.insert("progressToken".into(), json!(id)));
-        let call = Call {
+        let mut call = Call {
             id,
             conn: Arc::clone(self),
             rx,
             finished: false,
+            exchange: None,
         };
         if self.closed.is_cancelled() {
             let _ = tx.send(CallEvent::Failed(self.close_reason()));
@@ -251,7 +241,7 @@ impl Connection {
                 original_token,
             },
         );
-        self.send(Value::Object(body));
+        call.exchange = self.outbox.get().map(|o| o.exchange(Value::Object(body)));
         call
     }
 
@@ -267,7 +257,9 @@ impl Connection {
     }
 
     fn send(&self, msg: Value) {
-        let _ = self.tx.send(msg);
+        if let Some(outbox) = self.outbox.get() {
+            outbox.send(msg);
+        }
     }
 
     fn abandon(&self, id: u64) {
@@ -279,7 +271,7 @@ impl Connection {
         }
     }
 
-    fn close(&self, reason: String) {
+    pub(super) fn close(&self, reason: String) {
         *self.close_reason.lock().unwrap() = Some(reason.clone());
         self.closed.cancel();
         let pending: Vec<Pending> = self
@@ -294,7 +286,7 @@ impl Connection {
         }
     }
 
-    fn route(&self, msg: Value, related: Option<u64>) {
+    pub(super) fn route(&self, msg: Value, related: Option<u64>) {
         let message = match jsonrpc::classify(msg) {
             Ok(m) => m,
             Err(e) => {

@@ -338,17 +338,18 @@ impl Upstream {
         ),
         String,
     > {
+        let (conn, inbox) = Connection::new(&self.name);
         let handle = match self.config.transport {
-            TransportKind::Stdio => stdio::connect(&self.name, &self.config).await?,
+            TransportKind::Stdio => stdio::connect(&self.name, &self.config, inbox).await?,
             TransportKind::StreamableHttp => {
-                streamable_http::connect(&self.name, &self.config).await?
+                streamable_http::connect(&self.name, &self.config, inbox).await?
             }
-            TransportKind::Sse => sse::connect(&self.name, &self.config).await?,
+            TransportKind::Sse => sse::connect(&self.name, &self.config, inbox).await?,
         };
         let transport::TransportHandle {
-            tx, rx, shutdown, ..
+            outbox, shutdown, ..
         } = handle;
-        let conn = Connection::start(&self.name, tx, rx);
+        conn.attach(outbox);
         let init = tokio::time::timeout(self.timeout(), conn.initialize("gantry")).await;
         match init {
             Ok(Ok(())) => Ok((conn, shutdown)),

@@ -6,19 +6,69 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{Value, json};
 use sse_stream::SseStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::Inbound;
 use super::streamable_http::{configured_headers, http_client, without_url};
-use super::transport::TransportHandle;
+use super::transport::{Inbox, Outbox, TransportHandle};
 use crate::config::UpstreamConfig;
 use crate::gateway::jsonrpc;
 
-pub async fn connect(name: &str, config: &UpstreamConfig) -> Result<TransportHandle, String> {
+/// Messages are POSTed to the endpoint the stream named; answers arrive on the stream.
+struct PostOutbox {
+    client: reqwest::Client,
+    endpoint: reqwest::Url,
+    headers: reqwest::header::HeaderMap,
+    name: Arc<str>,
+    inbox: Inbox,
+}
+
+impl PostOutbox {
+    fn post(&self, msg: Value) -> BoxFuture<'static, ()> {
+        let request = self
+            .client
+            .post(self.endpoint.clone())
+            .headers(self.headers.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .json(&msg);
+        let (name, inbox) = (Arc::clone(&self.name), self.inbox.clone());
+        Box::pin(async move {
+            let failure = match request.send().await {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("upstream answered HTTP {}", r.status())),
+                Err(e) => Some(without_url(&e)),
+            };
+            let id = msg.get("id").filter(|_| msg.get("method").is_some());
+            if let (Some(reason), Some(id)) = (failure, id) {
+                let error = jsonrpc::error_response(
+                    id,
+                    jsonrpc::UPSTREAM_UNAVAILABLE,
+                    &format!("upstream '{name}': {reason}"),
+                    Some(json!({ "server": &*name })),
+                );
+                inbox.deliver(error, None);
+            }
+        })
+    }
+}
+
+impl Outbox for PostOutbox {
+    fn send(&self, msg: Value) {
+        tokio::spawn(self.post(msg));
+    }
+    fn exchange(&self, msg: Value) -> BoxFuture<'static, ()> {
+        self.post(msg)
+    }
+}
+
+pub async fn connect(
+    name: &str,
+    config: &UpstreamConfig,
+    inbox: Inbox,
+) -> Result<TransportHandle, String> {
     let url = reqwest::Url::parse(config.url.as_deref().unwrap_or_default())
         .map_err(|e| e.to_string())?;
     let client = http_client();
@@ -52,12 +102,10 @@ pub async fn connect(name: &str, config: &UpstreamConfig) -> Result<TransportHan
         return Err(format!("endpoint {endpoint} is not on the server's origin"));
     }
 
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
-    let (in_tx, in_rx) = mpsc::unbounded_channel::<Inbound>();
     let stop = CancellationToken::new();
     let name = Arc::<str>::from(name);
 
-    let reader_tx = in_tx.clone();
+    let reader_inbox = inbox.clone();
     let reader_stop = stop.clone();
     let reader_name = Arc::clone(&name);
     tokio::spawn(async move {
@@ -68,7 +116,7 @@ pub async fn connect(name: &str, config: &UpstreamConfig) -> Result<TransportHan
                     Some(Ok(event)) => {
                         let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
                         match serde_json::from_str::<Value>(&data) {
-                            Ok(msg) => { let _ = reader_tx.send(Inbound::Message { msg, related: None }); }
+                            Ok(msg) => reader_inbox.deliver(msg, None),
                             Err(_) => tracing::warn!(upstream = %reader_name, "upstream sent a non-JSON SSE event"),
                         }
                     }
@@ -77,44 +125,17 @@ pub async fn connect(name: &str, config: &UpstreamConfig) -> Result<TransportHan
                 }
             }
         };
-        let _ = reader_tx.send(Inbound::Closed(reason));
-    });
-
-    tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            let request = client
-                .post(endpoint.clone())
-                .headers(headers.clone())
-                .header(CONTENT_TYPE, "application/json")
-                .json(&msg);
-            let in_tx = in_tx.clone();
-            let name = Arc::clone(&name);
-            tokio::spawn(async move {
-                let failure = match request.send().await {
-                    Ok(r) if r.status().is_success() => None,
-                    Ok(r) => Some(format!("upstream answered HTTP {}", r.status())),
-                    Err(e) => Some(without_url(&e)),
-                };
-                let id = msg.get("id").filter(|_| msg.get("method").is_some());
-                if let (Some(reason), Some(id)) = (failure, id) {
-                    let error = jsonrpc::error_response(
-                        id,
-                        jsonrpc::UPSTREAM_UNAVAILABLE,
-                        &format!("upstream '{name}': {reason}"),
-                        Some(json!({ "server": &*name })),
-                    );
-                    let _ = in_tx.send(Inbound::Message {
-                        msg: error,
-                        related: None,
-                    });
-                }
-            });
-        }
+        reader_inbox.close(reason);
     });
 
     Ok(TransportHandle {
-        tx: out_tx,
-        rx: in_rx,
+        outbox: Arc::new(PostOutbox {
+            client,
+            endpoint,
+            headers,
+            name,
+            inbox,
+        }),
         shutdown: Box::new(move || Box::pin(async move { stop.cancel() })),
         pid: None,
     })

@@ -4,26 +4,59 @@
 //! process it started (`npx` → `node`, `uvx` → `python`), leaving no orphans.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::Mutex;
 use tokio_util::codec::{FramedRead, LinesCodec};
 
-use super::connection::Inbound;
-use super::transport::TransportHandle;
+use super::transport::{Inbox, Outbox, TransportHandle};
 use crate::config::{UpstreamConfig, resolve_reference};
 
 /// Longest line accepted from a child; a larger message closes the transport.
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 const STDERR_LINE_LIMIT: usize = 4096;
 
-pub async fn connect(name: &str, config: &UpstreamConfig) -> Result<TransportHandle, String> {
+/// Writes lines to the child's stdin; the lock keeps each message's line whole.
+struct StdinOutbox {
+    stdin: Arc<Mutex<ChildStdin>>,
+}
+
+impl StdinOutbox {
+    fn write(&self, msg: Value) -> BoxFuture<'static, ()> {
+        let stdin = Arc::clone(&self.stdin);
+        Box::pin(async move {
+            let mut line = serde_json::to_vec(&msg).expect("JSON values serialize");
+            line.push(b'\n');
+            let mut stdin = stdin.lock().await;
+            // A failed write means the child is gone; the reader reports why.
+            let _ = stdin.write_all(&line).await;
+            let _ = stdin.flush().await;
+        })
+    }
+}
+
+impl Outbox for StdinOutbox {
+    fn send(&self, msg: Value) {
+        tokio::spawn(self.write(msg));
+    }
+    fn exchange(&self, msg: Value) -> BoxFuture<'static, ()> {
+        self.write(msg)
+    }
+}
+
+pub async fn connect(
+    name: &str,
+    config: &UpstreamConfig,
+    inbox: Inbox,
+) -> Result<TransportHandle, String> {
     let command = config.command.as_deref().unwrap_or_default();
     let mut cmd = Command::new(command);
     cmd.args(&config.args)
@@ -54,36 +87,23 @@ pub async fn connect(name: &str, config: &UpstreamConfig) -> Result<TransportHan
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
 
-    let (out_tx, out_rx) = mpsc::unbounded_channel::<Value>();
-    let (in_tx, in_rx) = mpsc::unbounded_channel::<Inbound>();
-
-    tokio::spawn(write_loop(stdin, out_rx));
     tokio::spawn(log_stderr(name.to_string(), stderr));
-    tokio::spawn(read_loop(name.to_string(), stdout, child, in_tx));
+    tokio::spawn(read_loop(name.to_string(), stdout, child, inbox));
 
     Ok(TransportHandle {
-        tx: out_tx,
-        rx: in_rx,
+        outbox: Arc::new(StdinOutbox {
+            stdin: Arc::new(Mutex::new(stdin)),
+        }),
         shutdown: Box::new(move || Box::pin(terminate_group(pid))),
         pid: Some(pid as u32),
     })
-}
-
-async fn write_loop(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::UnboundedReceiver<Value>) {
-    while let Some(msg) = rx.recv().await {
-        let mut line = serde_json::to_vec(&msg).expect("JSON values serialize");
-        line.push(b'\n');
-        if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
-            break;
-        }
-    }
 }
 
 async fn read_loop(
     name: String,
     stdout: tokio::process::ChildStdout,
     mut child: Child,
-    tx: mpsc::UnboundedSender<Inbound>,
+    inbox: Inbox,
 ) {
     let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
     let mut failure = None;
@@ -91,9 +111,7 @@ async fn read_loop(
         match line {
             Ok(line) if line.trim().is_empty() => {}
             Ok(line) => match serde_json::from_str::<Value>(&line) {
-                Ok(msg) => {
-                    let _ = tx.send(Inbound::Message { msg, related: None });
-                }
+                Ok(msg) => inbox.deliver(msg, None),
                 Err(_) => {
                     tracing::warn!(upstream = %name, line = %truncate(&line), "upstream wrote a non-JSON line to stdout");
                 }
@@ -114,7 +132,7 @@ async fn read_loop(
         }
     };
     let reason = failure.unwrap_or_else(|| format!("process {status}"));
-    let _ = tx.send(Inbound::Closed(reason));
+    inbox.close(reason);
 }
 
 async fn log_stderr(name: String, stderr: tokio::process::ChildStderr) {

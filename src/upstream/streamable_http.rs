@@ -5,14 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use sse_stream::SseStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::Inbound;
-use super::transport::TransportHandle;
+use super::transport::{Inbox, Outbox, TransportHandle};
 use crate::config::{UpstreamConfig, resolve_reference};
 use crate::gateway::era::{HEADER_PROTOCOL_VERSION, HEADER_SESSION_ID};
 use crate::gateway::jsonrpc;
@@ -30,8 +29,19 @@ struct Shared {
     client: reqwest::Client,
     headers: HeaderMap,
     state: Mutex<SessionState>,
-    inbound: mpsc::UnboundedSender<Inbound>,
+    inbox: Inbox,
     stop: CancellationToken,
+}
+
+struct HttpOutbox(Arc<Shared>);
+
+impl Outbox for HttpOutbox {
+    fn send(&self, msg: Value) {
+        tokio::spawn(Arc::clone(&self.0).post(msg));
+    }
+    fn exchange(&self, msg: Value) -> BoxFuture<'static, ()> {
+        Box::pin(Arc::clone(&self.0).post(msg))
+    }
 }
 
 pub fn configured_headers(config: &UpstreamConfig) -> Result<HeaderMap, String> {
@@ -52,35 +62,32 @@ pub fn http_client() -> reqwest::Client {
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
+        // Proxy matching per request costs more than the rest of the client work; an
+        // upstream behind an egress proxy is configured with its full URL instead.
+        .no_proxy()
         .build()
         .expect("HTTP client builds")
 }
 
-pub async fn connect(name: &str, config: &UpstreamConfig) -> Result<TransportHandle, String> {
+pub async fn connect(
+    name: &str,
+    config: &UpstreamConfig,
+    inbox: Inbox,
+) -> Result<TransportHandle, String> {
     let url = reqwest::Url::parse(config.url.as_deref().unwrap_or_default())
         .map_err(|e| e.to_string())?;
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
-    let (in_tx, in_rx) = mpsc::unbounded_channel::<Inbound>();
     let shared = Arc::new(Shared {
         name: name.to_string(),
         url,
         client: http_client(),
         headers: configured_headers(config)?,
         state: Mutex::new(SessionState::default()),
-        inbound: in_tx,
+        inbox,
         stop: CancellationToken::new(),
-    });
-    let writer = Arc::clone(&shared);
-    tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            let shared = Arc::clone(&writer);
-            tokio::spawn(async move { shared.post(msg).await });
-        }
     });
     let closer = Arc::clone(&shared);
     Ok(TransportHandle {
-        tx: out_tx,
-        rx: in_rx,
+        outbox: Arc::new(HttpOutbox(shared)),
         shutdown: Box::new(move || Box::pin(async move { closer.terminate().await })),
         pid: None,
     })
@@ -135,7 +142,7 @@ impl Shared {
             Err(e) => {
                 let reason = format!("cannot reach {}: {}", self.url, without_url(&e));
                 self.fail(id.as_ref(), &reason);
-                let _ = self.inbound.send(Inbound::Closed(reason));
+                self.inbox.close(reason);
                 return;
             }
         };
@@ -151,9 +158,7 @@ impl Shared {
             && self.state.lock().unwrap().session_id.is_some()
         {
             self.fail(id.as_ref(), "upstream session expired");
-            let _ = self
-                .inbound
-                .send(Inbound::Closed("upstream session expired (404)".into()));
+            self.inbox.close("upstream session expired (404)".into());
             return;
         }
         if !status.is_success() {
@@ -171,37 +176,58 @@ impl Shared {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        if is_sse {
-            self.read_sse(response, related).await;
+        let answered = if is_sse {
+            self.read_sse(response, related, id.as_ref()).await
         } else {
             match response.json::<Value>().await {
-                Ok(body) => self.deliver(body, related),
-                Err(e) => self.fail(
-                    id.as_ref(),
-                    &format!("unreadable upstream response: {}", without_url(&e)),
-                ),
+                Ok(body) => {
+                    let answers = answers(&body, id.as_ref());
+                    self.deliver(body, related);
+                    answers
+                }
+                Err(e) => {
+                    let reason = format!("unreadable upstream response: {}", without_url(&e));
+                    self.fail(id.as_ref(), &reason);
+                    true
+                }
             }
+        };
+        if !answered && !self.stop.is_cancelled() {
+            self.fail(id.as_ref(), "the response stream ended before the answer");
         }
     }
 
-    async fn read_sse(&self, response: reqwest::Response, related: Option<u64>) {
+    /// Delivers every message of an SSE stream; true once the answer to `request_id` came
+    /// (the stream is then done with), false if the stream ended without it.
+    async fn read_sse(
+        &self,
+        response: reqwest::Response,
+        related: Option<u64>,
+        request_id: Option<&Value>,
+    ) -> bool {
         let mut events = SseStream::from_bytes_stream(response.bytes_stream());
         loop {
             tokio::select! {
-                _ = self.stop.cancelled() => return,
+                _ = self.stop.cancelled() => return false,
                 event = events.next() => match event {
                     Some(Ok(event)) => {
                         let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
                         match serde_json::from_str::<Value>(&data) {
-                            Ok(msg) => self.deliver(msg, related),
+                            Ok(msg) => {
+                                let done = answers(&msg, request_id);
+                                self.deliver(msg, related);
+                                if done {
+                                    return true;
+                                }
+                            }
                             Err(_) => tracing::warn!(upstream = %self.name, "upstream sent a non-JSON SSE event"),
                         }
                     }
                     Some(Err(e)) => {
                         tracing::warn!(upstream = %self.name, error = %e, "upstream SSE stream broke");
-                        return;
+                        return false;
                     }
-                    None => return,
+                    None => return false,
                 }
             }
         }
@@ -218,7 +244,7 @@ impl Shared {
                 state.initialize_id = None;
             }
         }
-        let _ = self.inbound.send(Inbound::Message { msg, related });
+        self.inbox.deliver(msg, related);
     }
 
     /// Answers a request the upstream failed at the HTTP level, so the caller is not left
@@ -231,7 +257,7 @@ impl Shared {
                 &format!("upstream '{}': {reason}", self.name),
                 Some(json!({ "server": self.name })),
             );
-            let _ = self.inbound.send(Inbound::Message { msg, related: None });
+            self.inbox.deliver(msg, None);
         }
     }
 
@@ -251,7 +277,7 @@ impl Shared {
                 match response {
                     Ok(r) if r.status().is_success() => {
                         failures = 0;
-                        self.read_sse(r, None).await;
+                        self.read_sse(r, None, None).await;
                     }
                     Ok(r) if r.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => return,
                     _ => failures += 1,
@@ -278,6 +304,11 @@ impl Shared {
             .await;
         }
     }
+}
+
+/// Whether `msg` is the response to the request with `id`.
+fn answers(msg: &Value, id: Option<&Value>) -> bool {
+    id.is_some() && msg.get("id") == id && msg.get("method").is_none()
 }
 
 /// reqwest errors embed the URL, which can carry credentials in its query.

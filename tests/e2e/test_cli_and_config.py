@@ -28,6 +28,7 @@ def test_version_names_every_protocol_era():
     ("gantry.toml", '[server]\nlisten = "127.0.0.1:0"\nmax_bdy_bytes = 10\n', "max_bdy_bytes"),
     ("custom.toml", '[upstreams.web]\ntransport = "streamable-http"\nurl = "ftp://x"\n', "upstreams.web.url"),
     ("stdio.toml", '[upstreams.t]\ntransport = "stdio"\n', "upstreams.t.command"),
+    ("threads.toml", '[server]\nworker_threads = 0\n', "server.worker_threads"),
 ])
 def test_bad_config_exits_2_with_one_message_naming_key_and_file(tmp_path, filename, text, key):
     cfg = tmp_path / filename
@@ -76,3 +77,9 @@ def test_prefix_never_with_a_real_conflict_is_a_startup_error(tmp_path):
         assert "exited 2" in str(e) and "prefix_mode" in str(e) and "'a'" in str(e) and "'b'" in str(e)
     else:
         raise AssertionError("gantry started despite a name conflict under prefix_mode = never")
+
+
+def test_multi_threaded_runtime_serves_too(gantry):
+    g = gantry({"server": {"worker_threads": 3}, "upstreams": {"demo": demo_stdio()}})
+    r = g.modern("tools/call", {"name": "demo__add", "arguments": {"a": 1, "b": 2}})
+    assert r.json()["result"]["content"][0]["text"] == "3"
