@@ -204,7 +204,7 @@ pub async fn handle(
                     &ctx,
                     jsonrpc::error_response(
                         &id,
-                        -32002,
+                        jsonrpc::RESOURCE_NOT_FOUND,
                         "Resource not found",
                         Some(json!({ "uri": uri })),
                     ),

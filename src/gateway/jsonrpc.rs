@@ -10,8 +10,13 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// Used by the MCP SDKs for a request that timed out.
 pub const REQUEST_TIMEOUT: i64 = -32001;
+/// The client cancelled the request (`notifications/cancelled`); the code LSP uses.
+pub const REQUEST_CANCELLED: i64 = -32800;
 /// The upstream server is down, crashed mid-call, or refused the connection.
-pub const UPSTREAM_UNAVAILABLE: i64 = -32002;
+/// (-32002 is MCP's "Resource not found", so this takes a code of its own.)
+pub const UPSTREAM_UNAVAILABLE: i64 = -32010;
+/// MCP: the resource URI is unknown.
+pub const RESOURCE_NOT_FOUND: i64 = -32002;
 /// 2026-07-28: HTTP headers disagree with the body.
 pub const HEADER_MISMATCH: i64 = -32020;
 /// 2026-07-28: the requested protocol version is not supported.

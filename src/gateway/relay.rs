@@ -17,8 +17,9 @@ use super::Gateway;
 use super::era::{self, Era};
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
+use super::session::ClientCaps;
 use crate::telemetry::metrics as m;
-use crate::upstream::{CallEvent, Upstream, UpstreamError};
+use crate::upstream::{CallEvent, Connection, Upstream, UpstreamError};
 
 /// Final touches for the client's era.
 pub fn finish(ctx: &Ctx, mut response: Value) -> Response {
@@ -170,7 +171,13 @@ pub async fn relay(
     let first = tokio::select! {
         event = call.next() => event,
         _ = tokio::time::sleep_until(deadline) => None,
-        _ = cancel.cancelled() => Some(CallEvent::Failed("cancelled by the client".into())),
+        _ = cancel.cancelled() => {
+            // Dropping the call tells the upstream (notifications/cancelled).
+            drop(call);
+            record(&server, &method, started, "cancelled");
+            let response = jsonrpc::error_response(&id, jsonrpc::REQUEST_CANCELLED, "Request cancelled by the client", None);
+            return json_response(StatusCode::OK, &response);
+        }
     };
     let first = match first {
         Some(CallEvent::Response(response)) => {
@@ -201,7 +208,7 @@ pub async fn relay(
     let stream_gw = Arc::clone(&gw);
     tokio::spawn(async move {
         let _permit = permit;
-        let mut minted: Vec<String> = Vec::new();
+        let mut minted = MintedIds::new(&stream_gw);
         let mut event = Some(first);
         let outcome = loop {
             let current = match event.take() {
@@ -231,11 +238,11 @@ pub async fn relay(
                         .get("method")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    if ctx.era == Era::Legacy && ctx.accepts_sse && client_can_answer(&ctx, method)
+                    if ctx.era == Era::Legacy
+                        && ctx.accepts_sse
+                        && client_can_answer(&ctx.caps, method)
                     {
-                        let relayed = stream_gw.register_server_request(&conn, upstream_id);
-                        msg["id"] = Value::String(relayed.clone());
-                        minted.push(relayed);
+                        msg["id"] = Value::String(minted.mint(&conn, upstream_id));
                         if tx.send(msg).await.is_err() {
                             break "cancelled";
                         }
@@ -260,23 +267,51 @@ pub async fn relay(
             }
         };
         stream_gw.in_flight.lock().unwrap().remove(&in_flight_key);
-        let mut pending = stream_gw.server_requests.lock().unwrap();
-        for id in minted {
-            pending.remove(&id);
-        }
-        drop(pending);
+        drop(minted);
         record(&server, &method, started, outcome);
     });
     sse_response(rx, None)
 }
 
-fn client_can_answer(ctx: &Ctx, method: &str) -> bool {
+/// Whether a client with these capabilities can answer a server request.
+pub fn client_can_answer(caps: &ClientCaps, method: &str) -> bool {
     match method {
-        "sampling/createMessage" => ctx.caps.sampling,
-        "elicitation/create" => ctx.caps.elicitation,
-        "roots/list" => ctx.caps.roots,
+        "sampling/createMessage" => caps.sampling,
+        "elicitation/create" => caps.elicitation,
+        "roots/list" => caps.roots,
         "ping" => true,
         _ => false,
+    }
+}
+
+/// Gateway ids given to server requests relayed on one stream; they are forgotten when
+/// the stream ends, answered or not.
+pub struct MintedIds {
+    gw: Arc<Gateway>,
+    ids: Vec<String>,
+}
+
+impl MintedIds {
+    pub fn new(gw: &Arc<Gateway>) -> Self {
+        Self {
+            gw: Arc::clone(gw),
+            ids: Vec::new(),
+        }
+    }
+
+    pub fn mint(&mut self, conn: &Arc<Connection>, upstream_id: Value) -> String {
+        let id = self.gw.register_server_request(conn, upstream_id);
+        self.ids.push(id.clone());
+        id
+    }
+}
+
+impl Drop for MintedIds {
+    fn drop(&mut self) {
+        let mut pending = self.gw.server_requests.lock().unwrap();
+        for id in &self.ids {
+            pending.remove(id);
+        }
     }
 }
 

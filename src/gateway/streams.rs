@@ -13,7 +13,8 @@ use super::era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
 use super::relay::sse_response;
-use super::session::SessionClaims;
+use super::relay::{MintedIds, client_can_answer};
+use super::session::{ClientCaps, SessionClaims};
 use super::{Gateway, Route};
 use crate::upstream::{State, Upstream};
 
@@ -31,12 +32,19 @@ fn upstreams_of<'a>(gw: &'a Gateway, route: &Route) -> Vec<&'a Arc<Upstream>> {
 
 /// Subscribes to each upstream's unsolicited messages, following reconnects, and feeds
 /// the ones `keep` accepts into `tx` until the client leaves or the gateway stops.
-fn forward(gw: &Arc<Gateway>, route: &Route, tx: mpsc::Sender<Value>, keep: Filter) {
+fn forward(
+    gw: &Arc<Gateway>,
+    route: &Route,
+    tx: mpsc::Sender<Value>,
+    keep: Filter,
+    requests: Option<ClientCaps>,
+) {
     for upstream in upstreams_of(gw, route) {
         let upstream = Arc::clone(upstream);
         let tx = tx.clone();
         let keep = Arc::clone(&keep);
         let shutdown = gw.shutdown.clone();
+        let gw = Arc::clone(gw);
         tokio::spawn(async move {
             loop {
                 let conn = tokio::select! {
@@ -46,11 +54,21 @@ fn forward(gw: &Arc<Gateway>, route: &Route, tx: mpsc::Sender<Value>, keep: Filt
                 };
                 let Ok(conn) = conn else { continue };
                 let mut events = conn.subscribe();
+                // Server requests made outside any call come here when this client can answer.
+                let (req_tx, mut req_rx) = mpsc::channel::<(Value, Value)>(16);
+                let _listener = requests.map(|caps| {
+                    conn.listen_for_requests(move |method| client_can_answer(&caps, method), req_tx)
+                });
+                let mut minted = MintedIds::new(&gw);
                 loop {
                     tokio::select! {
                         _ = tx.closed() => return,
                         _ = shutdown.cancelled() => return,
                         _ = conn.closed().cancelled() => break,
+                        Some((upstream_id, mut msg)) = req_rx.recv() => {
+                            msg["id"] = Value::String(minted.mint(&conn, upstream_id));
+                            if tx.send(msg).await.is_err() { return; }
+                        }
                         event = events.recv() => match event {
                             Ok(event) => {
                                 if let Some(out) = keep(&event) {
@@ -92,7 +110,7 @@ pub fn session_stream(gw: Arc<Gateway>, route: Route, claims: SessionClaims) -> 
         }
         Some(event.clone())
     });
-    forward(&gw, &route, tx, keep);
+    forward(&gw, &route, tx, keep, Some(claims.caps));
     sse_response(rx, Some(KEEP_ALIVE))
 }
 
@@ -211,6 +229,7 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         }
         Some(out)
     });
-    forward(&gw, &ctx.route, tx, keep);
+    // 2026-07-28 forbids server requests on streams; they use MRTR instead.
+    forward(&gw, &ctx.route, tx, keep, None);
     sse_response(rx, Some(KEEP_ALIVE))
 }

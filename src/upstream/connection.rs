@@ -59,8 +59,30 @@ impl ServerInit {
     }
 }
 
+/// A client stream that can answer server requests made outside any call.
+struct RequestListener {
+    id: u64,
+    can_answer: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    tx: mpsc::Sender<(Value, Value)>,
+}
+
+/// Unregisters its listener when dropped.
+pub struct ListenerGuard {
+    conn: std::sync::Weak<Connection>,
+    id: u64,
+}
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.upgrade() {
+            conn.listeners.lock().unwrap().retain(|l| l.id != self.id);
+        }
+    }
+}
+
 pub struct Connection {
     name: Arc<str>,
+    listeners: Mutex<Vec<RequestListener>>,
     outbox: OnceLock<Arc<dyn Outbox>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
@@ -118,6 +140,7 @@ impl Connection {
         let (events, _) = broadcast::channel(256);
         let conn = Arc::new(Self {
             name: Arc::from(name),
+            listeners: Mutex::new(Vec::new()),
             outbox: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -128,6 +151,25 @@ impl Connection {
         });
         let inbox = Inbox::new(Arc::downgrade(&conn));
         (conn, inbox)
+    }
+
+    /// Registers a client stream for server requests made outside any call; they are
+    /// delivered as (upstream id, message) to the newest listener that can answer.
+    pub fn listen_for_requests(
+        self: &Arc<Self>,
+        can_answer: impl Fn(&str) -> bool + Send + Sync + 'static,
+        tx: mpsc::Sender<(Value, Value)>,
+    ) -> ListenerGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.listeners.lock().unwrap().push(RequestListener {
+            id,
+            can_answer: Box::new(can_answer),
+            tx,
+        });
+        ListenerGuard {
+            conn: Arc::downgrade(self),
+            id,
+        }
     }
 
     pub fn attach(&self, outbox: Arc<dyn Outbox>) {
@@ -345,11 +387,28 @@ impl Connection {
                     }
                     None => {
                         drop(pending);
-                        self.answer_unrouted(&id, &msg);
+                        self.offer_to_listeners(id, msg);
                     }
                 }
             }
         }
+    }
+
+    fn offer_to_listeners(&self, id: Value, msg: Value) {
+        let method = msg
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let listeners = self.listeners.lock().unwrap();
+        for listener in listeners.iter().rev() {
+            if (listener.can_answer)(method)
+                && listener.tx.try_send((id.clone(), msg.clone())).is_ok()
+            {
+                return;
+            }
+        }
+        drop(listeners);
+        self.answer_unrouted(&id, &msg);
     }
 
     /// Answers a server request that no client can take: pings succeed, roots are empty,
