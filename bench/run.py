@@ -57,12 +57,66 @@ def wait_port(port: int, timeout=30):
     raise RuntimeError(f"nothing listening on {port}")
 
 
+def start_demo_http():
+    port = free_port()
+    proc = subprocess.Popen([GANTRY, "demo-upstream", "--http", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
 def start_everything_http():
     port = free_port()
     proc = subprocess.Popen(["node", str(EVERYTHING), "streamableHttp"], env={**os.environ, "PORT": str(port)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, port
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream mcp {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://mcp;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """A plain reverse proxy, as the reference for what one extra HTTP hop costs here."""
+
+    def __init__(self, upstream_port: int, tmp: Path):
+        self.port = free_port()
+        d = tmp / f"nginx-{secrets.token_hex(3)}"
+        d.mkdir()
+        (d / "nginx.conf").write_text(NGINX_CONF.format(dir=d, upstream=upstream_port, port=self.port))
+        self.proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        # The worker does the proxying; the master only supervises.
+        self.worker = int(next(Path(f"/proc/{self.proc.pid}/task").iterdir()).joinpath("children").read_text().split()[0])
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 class Gantry:
@@ -142,6 +196,13 @@ def main():
         direct = wrk(port, "/mcp", "echo", conc, session=sid, watch=(upstream.pid,))
         upstream.terminate(); upstream.wait()
 
+        # Through nginx (plain proxy) to a fresh server-everything: the reference hop.
+        upstream, port = start_everything_http()
+        proxy = Nginx(port, tmp)
+        sid = initialize(proxy.port, "/mcp", None)
+        nginx = wrk(proxy.port, "/mcp", "echo", conc, session=sid, watch=(proxy.worker, upstream.pid))
+        proxy.stop(); upstream.terminate(); upstream.wait()
+
         # Through gantry to a fresh server-everything over Streamable HTTP.
         upstream, port = start_everything_http()
         g = Gantry(f'[upstreams.everything]\ntransport = "streamable-http"\nurl = "http://127.0.0.1:{port}/mcp"\n', tmp)
@@ -160,7 +221,19 @@ def main():
         demo = wrk(g.port, "/mcp/demo", "echo", conc, auth=g.key, session=dsid, watch=(g.proc.pid,))
         g.stop()
 
-        rows.append({"c": conc, "direct": direct, "via_http": via, "via_stdio": stdio, "demo_stdio": demo})
+        # The built-in demo served over Streamable HTTP: direct, then through gantry.
+        upstream, port = start_demo_http()
+        sid = initialize(port, "/mcp", None)
+        demo_direct = wrk(port, "/mcp", "echo", conc, session=sid, watch=(upstream.pid,))
+        upstream.terminate(); upstream.wait()
+        upstream, port = start_demo_http()
+        g = Gantry(f'[upstreams.demo]\ntransport = "streamable-http"\nurl = "http://127.0.0.1:{port}/mcp"\n', tmp)
+        gsid = initialize(g.port, "/mcp/demo", g.key)
+        demo_http = wrk(g.port, "/mcp/demo", "echo", conc, auth=g.key, session=gsid, watch=(g.proc.pid, upstream.pid))
+        g.stop(); upstream.terminate(); upstream.wait()
+
+        rows.append({"c": conc, "direct": direct, "nginx": nginx, "via_http": via, "via_stdio": stdio,
+                     "demo_stdio": demo, "demo_direct": demo_direct, "demo_http": demo_http})
 
     print("\nserver-everything (echo), direct over Streamable HTTP vs through gantry, same run")
     print(f"{'conc':>4} {'direct rps':>10} {'gantry rps':>10} {'ratio':>6} {'p50 direct':>10} {'p50 gantry':>10} "
@@ -171,12 +244,29 @@ def main():
         print(f"{r['c']:>4} {d['rps']:>10.0f} {v['rps']:>10.0f} {v['rps'] / d['rps']:>6.2f} {d['p50_ms']:>10.3f} "
               f"{v['p50_ms']:>10.3f} {v['p50_ms'] - d['p50_ms']:>8.3f} {v['cpu_ms_per_req'][gpid]:>17.3f} "
               f"{list(d['cpu_ms_per_req'].values())[0]:>19.3f} {v['peak_rss_mb'][gpid]:>13.1f}MB")
-    print("\nthrough gantry over stdio (no HTTP hop to the upstream); ratio against the direct HTTP baseline above")
-    print(f"{'conc':>4} {'everything rps':>14} {'ratio':>6} {'p50 ms':>7} {'demo rps':>9} {'demo p50 ms':>11} {'gantry CPU ms/req (demo)':>24}")
+    print("\nreference: nginx as a plain proxy in front of the same server, same run")
+    print(f"{'conc':>4} {'nginx rps':>10} {'ratio':>6} {'+p50 ms':>8} {'nginx CPU ms/req':>16}")
     for r in rows:
-        s, dm, d = r["via_stdio"], r["demo_stdio"], r["direct"]
-        print(f"{r['c']:>4} {s['rps']:>14.0f} {s['rps'] / d['rps']:>6.2f} {s['p50_ms']:>7.3f} {dm['rps']:>9.0f} "
-              f"{dm['p50_ms']:>11.3f} {list(dm['cpu_ms_per_req'].values())[0]:>24.3f}")
+        d, n = r["direct"], r["nginx"]
+        npid = list(n["cpu_ms_per_req"])[0]
+        print(f"{r['c']:>4} {n['rps']:>10.0f} {n['rps'] / d['rps']:>6.2f} {n['p50_ms'] - d['p50_ms']:>8.3f} "
+              f"{n['cpu_ms_per_req'][npid]:>16.3f}")
+    print("\nbuilt-in demo upstream (echo): direct over Streamable HTTP vs through gantry (HTTP and stdio upstream)")
+    print(f"{'conc':>4} {'direct rps':>10} {'via HTTP':>9} {'ratio':>6} {'+p50 ms':>8} {'CPU ms/req':>10} "
+          f"{'via stdio':>9} {'ratio':>6} {'+p50 ms':>8} {'CPU ms/req':>10} {'demo CPU ms/req':>15}")
+    for r in rows:
+        d, h, st = r["demo_direct"], r["demo_http"], r["demo_stdio"]
+        hp = list(h["cpu_ms_per_req"])
+        print(f"{r['c']:>4} {d['rps']:>10.0f} {h['rps']:>9.0f} {h['rps'] / d['rps']:>6.2f} {h['p50_ms'] - d['p50_ms']:>8.3f} "
+              f"{h['cpu_ms_per_req'][hp[0]]:>10.3f} {st['rps']:>9.0f} {st['rps'] / d['rps']:>6.2f} "
+              f"{st['p50_ms'] - d['p50_ms']:>8.3f} {list(st['cpu_ms_per_req'].values())[0]:>10.3f} "
+              f"{list(d['cpu_ms_per_req'].values())[0]:>15.3f}")
+    print("\nserver-everything through gantry over stdio (ratio against its direct HTTP run above)")
+    print(f"{'conc':>4} {'rps':>8} {'ratio':>6} {'p50 ms':>7} {'gantry CPU ms/req':>17}")
+    for r in rows:
+        st, d = r["via_stdio"], r["direct"]
+        print(f"{r['c']:>4} {st['rps']:>8.0f} {st['rps'] / d['rps']:>6.2f} {st['p50_ms']:>7.3f} "
+              f"{list(st['cpu_ms_per_req'].values())[0]:>17.3f}")
     print(f"\ngantry start-up to ready (with one upstream): {min(startup):.0f} ms (best of {len(startup)})")
     print(f"gantry idle RSS after start-up: {min(idle_rss):.1f} MB")
     json.dump(rows, open(tmp / "results.json", "w"), indent=1, default=str)

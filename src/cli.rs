@@ -34,7 +34,11 @@ pub enum Command {
         addr: Option<String>,
     },
     /// Run the built-in demo MCP server on stdio (echo, add, time, key-value store)
-    DemoUpstream,
+    DemoUpstream {
+        /// Serve over Streamable HTTP at http://ADDR/mcp instead of stdio
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
+    },
     /// Generate an API key and print it with the SHA-256 digest to put in auth.api_keys
     Keygen,
     /// Print the version and the MCP protocol versions spoken

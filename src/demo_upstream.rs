@@ -139,8 +139,32 @@ impl ServerHandler for DemoServer {
     }
 }
 
-pub async fn run() -> anyhow::Result<()> {
-    let service = DemoServer::new().serve(rmcp::transport::stdio()).await?;
-    service.waiting().await?;
+/// Serves the demo on stdio (the default), or over Streamable HTTP at `http://ADDR/mcp`
+/// when `http` is given — the direct baseline for benchmarks and a remote upstream for
+/// tests. Every HTTP session shares one key-value store, as stdio clients do.
+pub async fn run(http: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    let Some(addr) = http else {
+        let service = DemoServer::new().serve(rmcp::transport::stdio()).await?;
+        service.waiting().await?;
+        return Ok(());
+    };
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let shared = DemoServer::new();
+    let service = StreamableHttpService::new(
+        move || Ok(shared.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("demo upstream on http://{}/mcp", listener.local_addr()?);
+    let router = axum::Router::new().nest_service("/mcp", service);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }

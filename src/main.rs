@@ -37,7 +37,7 @@ async fn run(config_path: Option<std::path::PathBuf>, command: Command) -> ExitC
             );
             ExitCode::SUCCESS
         }
-        Command::DemoUpstream => match gantry::demo_upstream::run().await {
+        Command::DemoUpstream { http } => match gantry::demo_upstream::run(http).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("demo-upstream: {e}");

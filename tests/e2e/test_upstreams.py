@@ -9,20 +9,14 @@ import httpx2
 import pytest
 from mcp import types
 
-from conftest import EVERYTHING_JS, TIME_SERVER, demo_stdio, everything_stdio, free_port, sdk_client, wait_until
+from conftest import port_open, EVERYTHING_JS, TIME_SERVER, demo_stdio, everything_stdio, free_port, sdk_client, wait_until
 
 
 def start_everything_http(mode: str):
     port = free_port()
     proc = subprocess.Popen(["node", str(EVERYTHING_JS), mode], env={**os.environ, "PORT": str(port)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    def listening():
-        try:
-            httpx2.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return True
-        except httpx2.TransportError:
-            return False
-    wait_until(listening, timeout=30, what=f"server-everything {mode}")
+    wait_until(lambda: port_open(port), timeout=30, what=f"server-everything {mode}")
     return proc, port
 
 
@@ -62,6 +56,27 @@ def test_stdio_http_and_sse_upstreams_side_by_side(gantry, everything_http):
     asyncio.run(use())
     for server in ["everything", "remote", "legacy", "time"]:
         assert g.metric("mcp_upstream_up", server=server) == 1.0
+
+
+def test_rmcp_streamable_http_server_as_upstream(gantry):
+    """A second, independent Streamable HTTP server implementation (rmcp, via the demo)."""
+    from conftest import BIN
+    port = free_port()
+    demo = subprocess.Popen([BIN, "demo-upstream", "--http", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: port_open(port), what="demo over HTTP")
+        g = gantry({"upstreams": {"demo": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp"}}})
+        r = g.modern("tools/call", {"name": "demo__add", "arguments": {"a": 20, "b": 22}})
+        assert r.json()["result"]["content"][0]["text"] == "42"
+        sid, _ = g.initialize(path="/mcp/demo")
+        r = g.post({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"message": "via rmcp"}}},
+                   path="/mcp/demo", headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+        assert r.json()["result"]["content"][0]["text"] == "via rmcp"
+    finally:
+        demo.terminate()
+        demo.wait(timeout=10)
 
 
 def test_stdio_child_gets_command_args_env_and_cwd(gantry, tmp_path):
