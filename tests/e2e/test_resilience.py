@@ -168,3 +168,23 @@ def test_sigterm_drains_in_flight_calls_and_leaves_no_descendant(gantry):
     assert result["r"].json()["result"]["content"][0]["text"] == "slept 1500 ms", "in-flight call drained"
     assert g.proc.wait(timeout=30) == 0
     wait_until(lambda: not any(alive(p) for p in tree), timeout=10, what="every descendant gone")
+
+
+def test_upstream_http_errors_become_prompt_jsonrpc_errors(gantry):
+    import subprocess
+    import sys
+    from conftest import free_port, port_open
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "failing_upstream.py"), str(port)])
+    try:
+        wait_until(lambda: port_open(port), what="failing upstream")
+        g = gantry({"upstreams": {"flaky": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp",
+                                            "timeout_secs": 30}}})
+        started = time.time()
+        r = g.modern("tools/list", path="/mcp/flaky")
+        err = r.json()["error"]
+        assert err["code"] == -32010 and "500" in err["message"] and err["data"]["server"] == "flaky"
+        assert time.time() - started < 5, "answered at once, not after the 30 s timeout"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
