@@ -160,6 +160,10 @@ pub async fn run(http: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("demo upstream on http://{}/mcp", listener.local_addr()?);
+    // SSE answers are several small writes; without TCP_NODELAY each waits ~40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let router = axum::Router::new().nest_service("/mcp", service);
     axum::serve(listener, router)
         .with_graceful_shutdown(async {

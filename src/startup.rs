@@ -11,6 +11,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use http::{HeaderName, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -222,7 +223,11 @@ impl Application {
             tracing::info!("shutdown requested: no new connections, draining in-flight requests");
             signal_token.cancel();
         });
-        let server = axum::serve(self.listener, router)
+        // Without TCP_NODELAY every small SSE event waits on the peer's delayed ACK (~40 ms).
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
         shutdown.cancelled().await;

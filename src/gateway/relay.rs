@@ -63,6 +63,24 @@ fn outcome_label(response: &Value) -> &'static str {
     }
 }
 
+/// Counts a request in `mcp_requests_in_flight` from when it is sent upstream until
+/// it is answered or abandoned.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn start(server: &str) -> Self {
+        let gauge = metrics::gauge!(m::MCP_IN_FLIGHT, "server" => server.to_string());
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 fn record(server: &str, method: &str, started: Instant, outcome: &'static str) {
     let method = metric_method(method);
     metrics::counter!(m::MCP_REQUESTS, "server" => server.to_string(), "method" => method, "outcome" => outcome).increment(1);
@@ -159,6 +177,7 @@ pub async fn relay(
         .flatten();
     body.insert("id".into(), id.clone());
     let mut call = conn.start_call(body);
+    let in_flight = InFlight::start(&upstream.name);
     let cancel = CancellationToken::new();
     let in_flight_key = (ctx.session_key(), id.to_string());
     gw.in_flight
@@ -208,6 +227,7 @@ pub async fn relay(
     let stream_gw = Arc::clone(&gw);
     tokio::spawn(async move {
         let _permit = permit;
+        let _in_flight = in_flight;
         let mut minted = MintedIds::new(&stream_gw);
         let mut event = Some(first);
         let outcome = loop {

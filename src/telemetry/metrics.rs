@@ -8,6 +8,7 @@ pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const MCP_REQUESTS: &str = "mcp_requests_total";
 pub const MCP_DURATION: &str = "mcp_request_duration_seconds";
+pub const MCP_IN_FLIGHT: &str = "mcp_requests_in_flight";
 pub const UPSTREAM_UP: &str = "mcp_upstream_up";
 pub const UPSTREAM_RESTARTS: &str = "mcp_upstream_restarts_total";
 
@@ -48,6 +49,10 @@ pub fn install() -> PrometheusHandle {
                 MCP_DURATION,
                 metrics::Unit::Seconds,
                 "MCP request duration by server and method"
+            );
+            metrics::describe_gauge!(
+                MCP_IN_FLIGHT,
+                "MCP requests sent to an upstream and not yet answered"
             );
             metrics::describe_gauge!(UPSTREAM_UP, "1 when the upstream MCP server is connected");
             metrics::describe_counter!(

@@ -98,7 +98,8 @@ def test_metrics_and_health_endpoints(g):
     g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "m"}})
     text = g.metrics()
     for name in ["http_requests_total", "http_request_duration_seconds_bucket", "mcp_requests_total",
-                 "mcp_request_duration_seconds_bucket", "mcp_upstream_up", "mcp_upstream_restarts_total"]:
+                 "mcp_request_duration_seconds_bucket", "mcp_upstream_up", "mcp_upstream_restarts_total",
+                 "mcp_requests_in_flight"]:
         assert name in text, name
     assert g.metric("http_requests_total", method="POST", route="/mcp", status="200") >= 1
     assert g.metric("mcp_requests_total", server="demo", method="tools/call", outcome="ok") == 1

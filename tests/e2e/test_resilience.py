@@ -140,8 +140,7 @@ def test_crash_mid_call_is_reported_restarted_and_counted(gantry):
     child = children(g.proc.pid)[0]
     t, result = in_background(
         lambda: g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 60000}}, timeout=60))
-    # The child itself offers no "call started" signal; half a second is ample for a local pipe.
-    time.sleep(0.5)
+    wait_until(lambda: g.metric("mcp_requests_in_flight", server="demo") == 1.0, what="call in flight")
     os.kill(child, signal.SIGKILL)
     t.join(timeout=30)
     err = result["r"].json()["error"]
@@ -162,7 +161,7 @@ def test_sigterm_drains_in_flight_calls_and_leaves_no_descendant(gantry):
     assert len(tree) >= 3, f"expected gantry → demo and npx → node, got {tree}"
     t, result = in_background(
         lambda: g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 1500}}, timeout=30))
-    time.sleep(0.5)
+    wait_until(lambda: g.metric("mcp_requests_in_flight", server="demo") == 1.0, what="call in flight")
     g.proc.send_signal(signal.SIGTERM)
     t.join(timeout=30)
     assert result["r"].json()["result"]["content"][0]["text"] == "slept 1500 ms", "in-flight call drained"

@@ -9,7 +9,7 @@ import time
 import httpx2
 from mcp import types
 
-from conftest import ACCEPT, MODERN, everything_stdio, sdk_client
+from conftest import ACCEPT, MODERN, everything_stdio, sdk_client, wait_until
 
 
 def test_roots_and_logging_reach_the_client_over_its_get_stream(gantry):
@@ -105,7 +105,7 @@ def test_client_cancellation_ends_the_call_promptly(gantry):
         result["seconds"] = time.time() - started
     t = threading.Thread(target=long_call)
     t.start()
-    time.sleep(0.5)  # the call has no observable "started" signal before its first progress
+    wait_until(lambda: g.metric("mcp_requests_in_flight", server="everything") == 1.0, what="call in flight")
     r = g.post({"jsonrpc": "2.0", "method": "notifications/cancelled",
                 "params": {"requestId": "long-1", "reason": "user pressed stop"}},
                path="/mcp/everything", headers=h)
