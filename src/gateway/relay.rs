@@ -176,7 +176,9 @@ pub async fn relay(
         })
         .flatten();
     body.insert("id".into(), id.clone());
-    let mut call = conn.start_call(body);
+    // The connection enforces the deadline; no timer is armed per request.
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let mut call = conn.start_call(body, remaining);
     let in_flight = InFlight::start(&upstream.name);
     let cancel = CancellationToken::new();
     let in_flight_key = (ctx.session_key(), id.to_string());
@@ -189,7 +191,6 @@ pub async fn relay(
     // Fast path: most calls answer with nothing in between, and get plain JSON.
     let first = tokio::select! {
         event = call.next() => event,
-        _ = tokio::time::sleep_until(deadline) => None,
         _ = cancel.cancelled() => {
             // Dropping the call tells the upstream (notifications/cancelled).
             drop(call);
@@ -213,10 +214,16 @@ pub async fn relay(
             record(&server, &method, started, "unavailable");
             return upstream_error_response(&id, &error, StatusCode::OK);
         }
-        None => {
+        Some(CallEvent::TimedOut) => {
             gw.in_flight.lock().unwrap().remove(&in_flight_key);
             let error = UpstreamError::Timeout(server.clone(), timeout.as_millis());
             record(&server, &method, started, "timeout");
+            return upstream_error_response(&id, &error, StatusCode::OK);
+        }
+        None => {
+            gw.in_flight.lock().unwrap().remove(&in_flight_key);
+            let error = UpstreamError::Unavailable(server.clone(), "connection closed".into());
+            record(&server, &method, started, "unavailable");
             return upstream_error_response(&id, &error, StatusCode::OK);
         }
         Some(event) => event,
@@ -235,11 +242,6 @@ pub async fn relay(
                 Some(e) => Some(e),
                 None => tokio::select! {
                     e = call.next() => e,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        let error = UpstreamError::Timeout(server.clone(), timeout.as_millis());
-                        let _ = tx.send(upstream_error(&id, &error)).await;
-                        break "timeout";
-                    }
                     _ = cancel.cancelled() => break "cancelled",
                     _ = tx.closed() => break "cancelled",
                 },
@@ -282,6 +284,11 @@ pub async fn relay(
                     let error = UpstreamError::Unavailable(server.clone(), reason);
                     let _ = tx.send(upstream_error(&id, &error)).await;
                     break "unavailable";
+                }
+                Some(CallEvent::TimedOut) => {
+                    let error = UpstreamError::Timeout(server.clone(), timeout.as_millis());
+                    let _ = tx.send(upstream_error(&id, &error)).await;
+                    break "timeout";
                 }
                 None => break "unavailable",
             }

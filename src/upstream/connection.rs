@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
@@ -29,12 +30,21 @@ pub enum CallEvent {
     Response(Value),
     /// The upstream went away before answering.
     Failed(String),
+    /// The deadline given to [`Connection::start_call`] passed first; the upstream was
+    /// told to cancel.
+    TimedOut,
 }
+
+/// How often overdue calls are looked for. One sweep per connection replaces a timer per
+/// call: arming a timer earlier than the runtime's next wake-up costs a self-wake (an
+/// eventfd write and an extra epoll round) on every request.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 struct Pending {
     tx: mpsc::UnboundedSender<CallEvent>,
     original_id: Value,
     original_token: Option<Value>,
+    deadline: Instant,
 }
 
 /// Result of the upstream's `initialize`.
@@ -117,7 +127,7 @@ impl Call {
         };
         if matches!(
             event,
-            Some(CallEvent::Response(_)) | Some(CallEvent::Failed(_)) | None
+            Some(CallEvent::Response(_) | CallEvent::Failed(_) | CallEvent::TimedOut) | None
         ) {
             self.finished = true;
         }
@@ -150,6 +160,7 @@ impl Connection {
             init: OnceLock::new(),
         });
         let inbox = Inbox::new(Arc::downgrade(&conn));
+        tokio::spawn(sweep_overdue(Arc::downgrade(&conn)));
         (conn, inbox)
     }
 
@@ -218,11 +229,13 @@ impl Connection {
         let Value::Object(body) = request else {
             unreachable!()
         };
-        let mut call = self.start_call(body);
+        // The supervisor bounds the handshake; this deadline is only a backstop.
+        let mut call = self.start_call(body, Duration::from_secs(3600));
         let response = loop {
             match call.next().await {
                 Some(CallEvent::Response(r)) => break r,
                 Some(CallEvent::Failed(e)) => return Err(e),
+                Some(CallEvent::TimedOut) => return Err("initialize timed out".into()),
                 None => return Err("connection closed during initialize".into()),
                 Some(CallEvent::ServerRequest { upstream_id, msg }) => {
                     self.answer_unrouted(&upstream_id, &msg);
@@ -255,7 +268,7 @@ impl Connection {
 
     /// Sends a request upstream under a fresh id; the caller's id and progress token are
     /// restored on everything routed back.
-    pub fn start_call(self: &Arc<Self>, mut body: Map<String, Value>) -> Call {
+    pub fn start_call(self: &Arc<Self>, mut body: Map<String, Value>, timeout: Duration) -> Call {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let original_id = body.insert("id".into(), json!(id)).unwrap_or(Value::Null);
@@ -281,6 +294,7 @@ impl Connection {
                 tx,
                 original_id,
                 original_token,
+                deadline: Instant::now() + timeout,
             },
         );
         call.exchange = self.outbox.get().map(|o| o.exchange(Value::Object(body)));
@@ -429,5 +443,37 @@ impl Connection {
             ),
         };
         self.send(reply);
+    }
+}
+
+/// Expires overdue calls of one connection until it is dropped or closed.
+async fn sweep_overdue(conn: std::sync::Weak<Connection>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(conn) = conn.upgrade() else { return };
+        if conn.closed.is_cancelled() {
+            return;
+        }
+        let now = Instant::now();
+        let overdue: Vec<(u64, Pending)> = {
+            let mut pending = conn.pending.lock().unwrap();
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id).map(|p| (id, p)))
+                .collect()
+        };
+        for (id, p) in overdue {
+            let _ = p.tx.send(CallEvent::TimedOut);
+            conn.send(jsonrpc::notification(
+                "notifications/cancelled",
+                json!({ "requestId": id, "reason": "timed out in the gateway" }),
+            ));
+        }
     }
 }

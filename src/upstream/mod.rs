@@ -231,29 +231,28 @@ impl Upstream {
             unreachable!("requests are objects")
         };
         let _permit = self.permit(wait).await?;
-        let mut call = conn.start_call(body);
-        let outcome = tokio::time::timeout(wait, async {
-            loop {
-                match call.next().await {
-                    Some(CallEvent::Response(r)) => return Ok(r),
-                    Some(CallEvent::Failed(e)) => {
-                        return Err(UpstreamError::Unavailable(self.name.clone(), e));
-                    }
-                    None => {
-                        return Err(UpstreamError::Unavailable(
-                            self.name.clone(),
-                            "closed".into(),
-                        ));
-                    }
-                    Some(CallEvent::ServerRequest { upstream_id, msg }) => {
-                        conn.answer_unrouted(&upstream_id, &msg)
-                    }
-                    Some(CallEvent::Notification(_)) => {}
+        let mut call = conn.start_call(body, wait);
+        let outcome = loop {
+            match call.next().await {
+                Some(CallEvent::Response(r)) => break r,
+                Some(CallEvent::Failed(e)) => {
+                    return Err(UpstreamError::Unavailable(self.name.clone(), e));
                 }
+                Some(CallEvent::TimedOut) => {
+                    return Err(UpstreamError::Timeout(self.name.clone(), wait.as_millis()));
+                }
+                None => {
+                    return Err(UpstreamError::Unavailable(
+                        self.name.clone(),
+                        "closed".into(),
+                    ));
+                }
+                Some(CallEvent::ServerRequest { upstream_id, msg }) => {
+                    conn.answer_unrouted(&upstream_id, &msg)
+                }
+                Some(CallEvent::Notification(_)) => {}
             }
-        })
-        .await
-        .unwrap_or_else(|_| Err(UpstreamError::Timeout(self.name.clone(), wait.as_millis())))?;
+        };
         if let Some(error) = outcome.get("error") {
             let message = error
                 .get("message")
