@@ -183,6 +183,11 @@ def wrk(port: int, path: str, tool: str, conc: int, auth=None, session=None, wat
     return result
 
 
+def cpu(result: dict, process: int = 0) -> float:
+    """CPU ms per request of the `process`-th watched process (gantry or the proxy first)."""
+    return list(result["cpu_ms_per_req"].values())[process]
+
+
 def main():
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"gantry-bench-{secrets.token_hex(3)}"
     tmp.mkdir(parents=True)
@@ -240,33 +245,29 @@ def main():
           f"{'+p50 ms':>8} {'gantry CPU ms/req':>17} {'upstream CPU ms/req':>19} {'gantry peak RSS':>15}")
     for r in rows:
         d, v = r["direct"], r["via_http"]
-        gpid, upid = list(v["cpu_ms_per_req"])
+        peak_rss = list(v["peak_rss_mb"].values())[0]
         print(f"{r['c']:>4} {d['rps']:>10.0f} {v['rps']:>10.0f} {v['rps'] / d['rps']:>6.2f} {d['p50_ms']:>10.3f} "
-              f"{v['p50_ms']:>10.3f} {v['p50_ms'] - d['p50_ms']:>8.3f} {v['cpu_ms_per_req'][gpid]:>17.3f} "
-              f"{list(d['cpu_ms_per_req'].values())[0]:>19.3f} {v['peak_rss_mb'][gpid]:>13.1f}MB")
+              f"{v['p50_ms']:>10.3f} {v['p50_ms'] - d['p50_ms']:>8.3f} {cpu(v):>17.3f} "
+              f"{cpu(d):>19.3f} {peak_rss:>13.1f}MB")
     print("\nreference: nginx as a plain proxy in front of the same server, same run")
     print(f"{'conc':>4} {'nginx rps':>10} {'ratio':>6} {'+p50 ms':>8} {'nginx CPU ms/req':>16}")
     for r in rows:
         d, n = r["direct"], r["nginx"]
-        npid = list(n["cpu_ms_per_req"])[0]
         print(f"{r['c']:>4} {n['rps']:>10.0f} {n['rps'] / d['rps']:>6.2f} {n['p50_ms'] - d['p50_ms']:>8.3f} "
-              f"{n['cpu_ms_per_req'][npid]:>16.3f}")
+              f"{cpu(n):>16.3f}")
     print("\nbuilt-in demo upstream (echo): direct over Streamable HTTP vs through gantry (HTTP and stdio upstream)")
     print(f"{'conc':>4} {'direct rps':>10} {'via HTTP':>9} {'ratio':>6} {'+p50 ms':>8} {'CPU ms/req':>10} "
           f"{'via stdio':>9} {'ratio':>6} {'+p50 ms':>8} {'CPU ms/req':>10} {'demo CPU ms/req':>15}")
     for r in rows:
         d, h, st = r["demo_direct"], r["demo_http"], r["demo_stdio"]
-        hp = list(h["cpu_ms_per_req"])
         print(f"{r['c']:>4} {d['rps']:>10.0f} {h['rps']:>9.0f} {h['rps'] / d['rps']:>6.2f} {h['p50_ms'] - d['p50_ms']:>8.3f} "
-              f"{h['cpu_ms_per_req'][hp[0]]:>10.3f} {st['rps']:>9.0f} {st['rps'] / d['rps']:>6.2f} "
-              f"{st['p50_ms'] - d['p50_ms']:>8.3f} {list(st['cpu_ms_per_req'].values())[0]:>10.3f} "
-              f"{list(d['cpu_ms_per_req'].values())[0]:>15.3f}")
+              f"{cpu(h):>10.3f} {st['rps']:>9.0f} {st['rps'] / d['rps']:>6.2f} "
+              f"{st['p50_ms'] - d['p50_ms']:>8.3f} {cpu(st):>10.3f} {cpu(d):>15.3f}")
     print("\nserver-everything through gantry over stdio (ratio against its direct HTTP run above)")
     print(f"{'conc':>4} {'rps':>8} {'ratio':>6} {'p50 ms':>7} {'gantry CPU ms/req':>17}")
     for r in rows:
         st, d = r["via_stdio"], r["direct"]
-        print(f"{r['c']:>4} {st['rps']:>8.0f} {st['rps'] / d['rps']:>6.2f} {st['p50_ms']:>7.3f} "
-              f"{list(st['cpu_ms_per_req'].values())[0]:>17.3f}")
+        print(f"{r['c']:>4} {st['rps']:>8.0f} {st['rps'] / d['rps']:>6.2f} {st['p50_ms']:>7.3f} {cpu(st):>17.3f}")
     print(f"\ngantry start-up to ready (with one upstream): {min(startup):.0f} ms (best of {len(startup)})")
     print(f"gantry idle RSS after start-up: {min(idle_rss):.1f} MB")
     json.dump(rows, open(tmp / "results.json", "w"), indent=1, default=str)

@@ -25,8 +25,6 @@ pub struct Ctx {
     pub route: Route,
     pub principal: Principal,
     pub era: Era,
-    /// Negotiated (legacy) or declared (modern) protocol version.
-    pub version: String,
     pub session: Option<SessionClaims>,
     pub caps: ClientCaps,
     pub accepts_sse: bool,
@@ -262,7 +260,6 @@ async fn request(
                 route,
                 principal,
                 era: Era::Legacy,
-                version: claims.ver.clone(),
                 caps: claims.caps,
                 session: Some(claims),
                 accepts_sse: sse,
@@ -271,12 +268,9 @@ async fn request(
             dispatch(gw, ctx, id, method, body).await
         }
         Era::Modern => {
-            let version = match era::validate_modern(&method, &body, &headers) {
-                Ok(v) => v,
-                Err(e) => {
-                    return rpc_error(StatusCode::BAD_REQUEST, &id, e.code, &e.message, e.data);
-                }
-            };
+            if let Err(e) = era::validate_modern(&method, &body, &headers) {
+                return rpc_error(StatusCode::BAD_REQUEST, &id, e.code, &e.message, e.data);
+            }
             let caps = caps_from(
                 body.get("params")
                     .and_then(|p| p.get("_meta"))
@@ -287,7 +281,6 @@ async fn request(
                 route,
                 principal,
                 era: Era::Modern,
-                version,
                 session: None,
                 caps,
                 accepts_sse: sse,

@@ -211,10 +211,6 @@ impl Connection {
             .unwrap_or_else(|| "closed".into())
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.pending.lock().unwrap().len()
-    }
-
     /// Runs the MCP handshake; the gateway declares every client capability so the
     /// upstream will use them, and answers on behalf of clients that lack one.
     pub async fn initialize(self: &Arc<Self>, client_name: &str) -> Result<(), String> {

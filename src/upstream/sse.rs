@@ -137,6 +137,5 @@ pub async fn connect(
             inbox,
         }),
         shutdown: Box::new(move || Box::pin(async move { stop.cancel() })),
-        pid: None,
     })
 }

@@ -95,7 +95,6 @@ pub async fn connect(
             stdin: Arc::new(Mutex::new(stdin)),
         }),
         shutdown: Box::new(move || Box::pin(terminate_group(pid))),
-        pid: Some(pid as u32),
     })
 }
 

@@ -89,7 +89,6 @@ pub async fn connect(
     Ok(TransportHandle {
         outbox: Arc::new(HttpOutbox(shared)),
         shutdown: Box::new(move || Box::pin(async move { closer.terminate().await })),
-        pid: None,
     })
 }
 

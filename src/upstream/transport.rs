@@ -52,6 +52,4 @@ pub struct TransportHandle {
     pub outbox: Arc<dyn Outbox>,
     /// Ends the transport: kills a child's process group, or ends a remote session.
     pub shutdown: Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>,
-    /// Process id of a stdio child (it is also its process group id).
-    pub pid: Option<u32>,
 }
