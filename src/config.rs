@@ -191,6 +191,10 @@ pub struct UpstreamConfig {
     pub timeout_secs: u64,
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
+    /// Seconds between health pings; three unanswered pings restart the upstream (a
+    /// child that hangs without exiting is otherwise never noticed). 0 disables them.
+    #[serde(default = "default_ping_interval_secs")]
+    pub ping_interval_secs: u64,
     #[serde(default = "default_true")]
     pub enabled: bool,
 }
@@ -200,6 +204,9 @@ fn default_timeout_secs() -> u64 {
 }
 fn default_max_concurrency() -> usize {
     64
+}
+fn default_ping_interval_secs() -> u64 {
+    30
 }
 fn default_true() -> bool {
     true
@@ -217,6 +224,7 @@ impl UpstreamConfig {
             headers: BTreeMap::new(),
             timeout_secs: default_timeout_secs(),
             max_concurrency: default_max_concurrency(),
+            ping_interval_secs: default_ping_interval_secs(),
             enabled: true,
         }
     }

@@ -389,12 +389,10 @@ fn notification(
             let request_id = jsonrpc::params(&body)
                 .and_then(|p| p.get("requestId"))
                 .map(Value::to_string);
-            let key = session
-                .as_ref()
-                .map(|s| s.sid.clone())
-                .unwrap_or_else(|| format!("modern:{}", principal.id));
-            if let Some(request_id) = request_id {
-                if let Some(token) = gw.in_flight.lock().unwrap().remove(&(key, request_id)) {
+            // Only session-era calls can be cancelled this way; see relay::Cancellable.
+            if let (Some(session), Some(request_id)) = (&session, request_id) {
+                let key = (session.sid.clone(), request_id);
+                if let Some(token) = gw.in_flight.lock().unwrap().remove(&key) {
                     token.cancel();
                 }
             }

@@ -63,6 +63,44 @@ fn outcome_label(response: &Value) -> &'static str {
     }
 }
 
+/// A session-era call that the client may cancel with `notifications/cancelled`,
+/// findable by (session, request id) until dropped. Stateless 2026-07-28 requests cancel
+/// by closing their stream, so they register nothing.
+struct Cancellable {
+    gw: Arc<Gateway>,
+    key: Option<(String, String)>,
+    token: CancellationToken,
+}
+
+impl Cancellable {
+    fn register(gw: &Arc<Gateway>, ctx: &Ctx, id: &Value) -> Self {
+        let token = CancellationToken::new();
+        let key = ctx
+            .session
+            .as_ref()
+            .map(|s| (s.sid.clone(), id.to_string()));
+        if let Some(key) = &key {
+            gw.in_flight
+                .lock()
+                .unwrap()
+                .insert(key.clone(), token.clone());
+        }
+        Self {
+            gw: Arc::clone(gw),
+            key,
+            token,
+        }
+    }
+}
+
+impl Drop for Cancellable {
+    fn drop(&mut self) {
+        if let Some(key) = &self.key {
+            self.gw.in_flight.lock().unwrap().remove(key);
+        }
+    }
+}
+
 /// Counts a request in `mcp_requests_in_flight` from when it is sent upstream until
 /// it is answered or abandoned.
 struct InFlight(metrics::Gauge);
@@ -180,18 +218,13 @@ pub async fn relay(
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let mut call = conn.start_call(body, remaining);
     let in_flight = InFlight::start(&upstream.name);
-    let cancel = CancellationToken::new();
-    let in_flight_key = (ctx.session_key(), id.to_string());
-    gw.in_flight
-        .lock()
-        .unwrap()
-        .insert(in_flight_key.clone(), cancel.clone());
+    let cancel = Cancellable::register(&gw, &ctx, &id);
     let server = upstream.name.clone();
 
     // Fast path: most calls answer with nothing in between, and get plain JSON.
     let first = tokio::select! {
         event = call.next() => event,
-        _ = cancel.cancelled() => {
+        _ = cancel.token.cancelled() => {
             // Dropping the call tells the upstream (notifications/cancelled).
             drop(call);
             record(&server, &method, started, "cancelled");
@@ -201,7 +234,6 @@ pub async fn relay(
     };
     let first = match first {
         Some(CallEvent::Response(response)) => {
-            gw.in_flight.lock().unwrap().remove(&in_flight_key);
             record(&server, &method, started, outcome_label(&response));
             if let (Some(uri), Some(_)) = (subscribe_uri, response.get("result")) {
                 remember_subscription(&gw, &ctx, uri);
@@ -209,19 +241,16 @@ pub async fn relay(
             return finish(&ctx, response);
         }
         Some(CallEvent::Failed(reason)) => {
-            gw.in_flight.lock().unwrap().remove(&in_flight_key);
             let error = UpstreamError::Unavailable(server.clone(), reason);
             record(&server, &method, started, "unavailable");
             return upstream_error_response(&id, &error, StatusCode::OK);
         }
         Some(CallEvent::TimedOut) => {
-            gw.in_flight.lock().unwrap().remove(&in_flight_key);
             let error = UpstreamError::Timeout(server.clone(), timeout.as_millis());
             record(&server, &method, started, "timeout");
             return upstream_error_response(&id, &error, StatusCode::OK);
         }
         None => {
-            gw.in_flight.lock().unwrap().remove(&in_flight_key);
             let error = UpstreamError::Unavailable(server.clone(), "connection closed".into());
             record(&server, &method, started, "unavailable");
             return upstream_error_response(&id, &error, StatusCode::OK);
@@ -242,7 +271,7 @@ pub async fn relay(
                 Some(e) => Some(e),
                 None => tokio::select! {
                     e = call.next() => e,
-                    _ = cancel.cancelled() => break "cancelled",
+                    _ = cancel.token.cancelled() => break "cancelled",
                     _ = tx.closed() => break "cancelled",
                 },
             };
@@ -293,7 +322,6 @@ pub async fn relay(
                 None => break "unavailable",
             }
         };
-        stream_gw.in_flight.lock().unwrap().remove(&in_flight_key);
         drop(minted);
         record(&server, &method, started, outcome);
     });

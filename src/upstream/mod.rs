@@ -288,6 +288,7 @@ impl Upstream {
                     self.state.send_replace(State::Up(Arc::clone(&conn)));
                     self.attempted.send_replace(true);
                     let mut events = conn.subscribe();
+                    let pinger = self.spawn_pinger(&conn);
                     let stopped = loop {
                         tokio::select! {
                             _ = self.stop.cancelled() => break true,
@@ -295,6 +296,9 @@ impl Upstream {
                             event = events.recv() => if let Ok(event) = event { self.invalidate(&event) },
                         }
                     };
+                    if let Some(pinger) = pinger {
+                        pinger.abort();
+                    }
                     metrics::gauge!(m::UPSTREAM_UP, "server" => self.name.clone()).set(0.0);
                     shutdown().await;
                     if stopped {
@@ -326,6 +330,48 @@ impl Upstream {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Pings the upstream while it is up; three unanswered pings in a row close the
+    /// connection, and the supervisor restarts it. Pings bypass the concurrency cap so a
+    /// busy upstream is not mistaken for a dead one.
+    fn spawn_pinger(&self, conn: &Arc<Connection>) -> Option<tokio::task::JoinHandle<()>> {
+        const MISSES_ALLOWED: u32 = 3;
+        let interval = Duration::from_secs(self.config.ping_interval_secs);
+        if interval.is_zero() {
+            return None;
+        }
+        let wait = self.timeout().min(Duration::from_secs(10));
+        let conn = Arc::clone(conn);
+        let name = self.name.clone();
+        Some(tokio::spawn(async move {
+            let mut misses = 0;
+            loop {
+                tokio::time::sleep(interval).await;
+                let ping = json!({ "jsonrpc": "2.0", "id": 0, "method": "ping" });
+                let Value::Object(body) = ping else {
+                    unreachable!()
+                };
+                let mut call = conn.start_call(body, wait);
+                let answered = loop {
+                    match call.next().await {
+                        // Any answer, even an error, shows the server is alive.
+                        Some(CallEvent::Response(_)) => break true,
+                        Some(CallEvent::Notification(_)) => {}
+                        Some(CallEvent::ServerRequest { upstream_id, msg }) => {
+                            conn.answer_unrouted(&upstream_id, &msg)
+                        }
+                        Some(CallEvent::Failed(_) | CallEvent::TimedOut) | None => break false,
+                    }
+                };
+                misses = if answered { 0 } else { misses + 1 };
+                if misses >= MISSES_ALLOWED {
+                    tracing::warn!(upstream = %name, "no answer to {MISSES_ALLOWED} pings in a row");
+                    conn.close(format!("no answer to {MISSES_ALLOWED} pings in a row"));
+                    return;
+                }
+            }
+        }))
     }
 
     async fn connect_once(

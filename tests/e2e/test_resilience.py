@@ -187,3 +187,19 @@ def test_upstream_http_errors_become_prompt_jsonrpc_errors(gantry):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_hung_child_is_noticed_by_pings_and_restarted(gantry):
+    import sys
+    g = gantry({"upstreams": {
+        "hung": {"transport": "stdio", "command": sys.executable,
+                 "args": [str(Path(__file__).parent / "hanging_upstream.py")],
+                 "ping_interval_secs": 1, "timeout_secs": 1},
+        "demo": demo_stdio(ping_interval_secs=1),
+    }})
+    first_child = {p for p in children(g.proc.pid)}
+    wait_until(lambda: (g.metric("mcp_upstream_restarts_total", server="hung") or 0) >= 1,
+               timeout=30, what="restart after unanswered pings")
+    assert "no answer to 3 pings" in g.logs()
+    assert g.metric("mcp_upstream_restarts_total", server="demo") == 0.0, "a healthy child answers its pings"
+    assert {p for p in children(g.proc.pid)} != first_child, "the hung child was replaced"
