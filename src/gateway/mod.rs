@@ -9,6 +9,7 @@ pub mod era;
 pub mod host_policy;
 pub mod http;
 pub mod jsonrpc;
+pub mod mrtr;
 pub mod relay;
 pub mod session;
 pub mod streams;
@@ -54,6 +55,8 @@ pub struct Gateway {
     pub in_flight: Mutex<HashMap<(String, String), CancellationToken>>,
     /// Sessions ended with DELETE on this process.
     pub revoked: Mutex<HashSet<String>>,
+    /// Calls waiting for a 2026-07-28 client's input (MRTR), by parking token.
+    pub parked: Mutex<HashMap<String, mrtr::Parked>>,
     /// Resource subscriptions per session, to filter `notifications/resources/updated`.
     pub subscriptions: Mutex<HashMap<String, HashSet<String>>>,
     pub shutdown: CancellationToken,
@@ -77,6 +80,7 @@ impl Gateway {
             server_requests: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashSet::new()),
+            parked: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             next_server_request: std::sync::atomic::AtomicU64::new(1),

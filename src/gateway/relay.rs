@@ -17,9 +17,11 @@ use super::Gateway;
 use super::era::{self, Era};
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
+use super::mrtr;
 use super::session::ClientCaps;
 use crate::telemetry::metrics as m;
-use crate::upstream::{CallEvent, Connection, Upstream, UpstreamError};
+use crate::upstream::{Call, CallEvent, Connection, Upstream, UpstreamError};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Final touches for the client's era.
 pub fn finish(ctx: &Ctx, mut response: Value) -> Response {
@@ -119,7 +121,7 @@ impl Drop for InFlight {
     }
 }
 
-fn record(server: &str, method: &str, started: Instant, outcome: &'static str) {
+pub(super) fn record(server: &str, method: &str, started: Instant, outcome: &'static str) {
     let method = metric_method(method);
     metrics::counter!(m::MCP_REQUESTS, "server" => server.to_string(), "method" => method, "outcome" => outcome).increment(1);
     metrics::histogram!(m::MCP_DURATION, "server" => server.to_string(), "method" => method)
@@ -172,6 +174,22 @@ pub async fn discover_server(gw: &Gateway, ctx: &Ctx, name: &str, id: &Value) ->
     }
 }
 
+/// Everything that lives as long as one upstream call, whether it is being awaited or
+/// parked for an MRTR round trip.
+pub struct Running {
+    call: Call,
+    pub(super) conn: Arc<Connection>,
+    pub(super) server: String,
+    pub(super) method: String,
+    pub(super) started: Instant,
+    pub(super) timeout: Duration,
+    /// The request's tool or prompt name, or resource URI.
+    pub(super) target: String,
+    subscribe_uri: Option<String>,
+    _permit: OwnedSemaphorePermit,
+    _in_flight: InFlight,
+}
+
 /// Relays a request to `upstream`, under the upstream's timeout and concurrency cap.
 pub async fn relay(
     gw: Arc<Gateway>,
@@ -180,6 +198,9 @@ pub async fn relay(
     id: Value,
     mut body: Map<String, Value>,
 ) -> Response {
+    if mrtr::is_retry(&ctx, &body) {
+        return mrtr::resume(gw, ctx, id, body).await;
+    }
     let started = Instant::now();
     let method = body
         .get("method")
@@ -213,46 +234,84 @@ pub async fn relay(
                 .map(String::from)
         })
         .flatten();
+    let target = mrtr::target(&body);
     body.insert("id".into(), id.clone());
     // The connection enforces the deadline; no timer is armed per request.
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let mut call = conn.start_call(body, remaining);
-    let in_flight = InFlight::start(&upstream.name);
-    let cancel = Cancellable::register(&gw, &ctx, &id);
-    let server = upstream.name.clone();
+    let call = conn.start_call(body, remaining);
+    let running = Running {
+        call,
+        conn,
+        _in_flight: InFlight::start(&upstream.name),
+        server: upstream.name.clone(),
+        method,
+        started,
+        timeout,
+        target,
+        subscribe_uri,
+        _permit: permit,
+    };
+    drive(gw, ctx, id, running).await
+}
 
-    // Fast path: most calls answer with nothing in between, and get plain JSON.
-    let first = tokio::select! {
-        event = call.next() => event,
-        _ = cancel.token.cancelled() => {
-            // Dropping the call tells the upstream (notifications/cancelled).
-            drop(call);
-            record(&server, &method, started, "cancelled");
-            let response = jsonrpc::error_response(&id, jsonrpc::REQUEST_CANCELLED, "Request cancelled by the client", None);
-            return json_response(StatusCode::OK, &response);
+/// Waits for a call's answer and relays it as `id`: plain JSON when it comes first, an
+/// SSE stream when progress, logs or server requests come before it, or (2026-07-28
+/// clients) an `InputRequiredResult` when the upstream needs the client's input.
+pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> Response {
+    let cancel = Cancellable::register(&gw, &ctx, &id);
+
+    // Fast path: most calls answer with nothing in between, and get plain JSON. Server
+    // requests the gateway answers itself need nothing sent, so they stay on it too.
+    let first = loop {
+        let event = tokio::select! {
+            event = run.call.next() => event,
+            _ = cancel.token.cancelled() => {
+                record(&run.server, &run.method, run.started, "cancelled");
+                // Dropping the call tells the upstream (notifications/cancelled).
+                drop(run);
+                let response = jsonrpc::error_response(&id, jsonrpc::REQUEST_CANCELLED, "Request cancelled by the client", None);
+                return json_response(StatusCode::OK, &response);
+            }
+        };
+        match event {
+            Some(CallEvent::ServerRequest { upstream_id, msg })
+                if !mrtr::applies(&ctx, &msg) && !relays_to_client(&ctx, &msg) =>
+            {
+                run.conn.answer_unrouted(&upstream_id, &msg);
+            }
+            other => break other,
         }
     };
     let first = match first {
-        Some(CallEvent::Response(response)) => {
-            record(&server, &method, started, outcome_label(&response));
-            if let (Some(uri), Some(_)) = (subscribe_uri, response.get("result")) {
+        Some(CallEvent::Response(mut response)) => {
+            response["id"] = id;
+            record(
+                &run.server,
+                &run.method,
+                run.started,
+                outcome_label(&response),
+            );
+            if let (Some(uri), Some(_)) = (run.subscribe_uri.take(), response.get("result")) {
                 remember_subscription(&gw, &ctx, uri);
             }
             return finish(&ctx, response);
         }
+        Some(CallEvent::ServerRequest { upstream_id, msg }) if mrtr::applies(&ctx, &msg) => {
+            return finish(&ctx, mrtr::park(&gw, &ctx, &id, run, upstream_id, msg));
+        }
         Some(CallEvent::Failed(reason)) => {
-            let error = UpstreamError::Unavailable(server.clone(), reason);
-            record(&server, &method, started, "unavailable");
+            record(&run.server, &run.method, run.started, "unavailable");
+            let error = UpstreamError::Unavailable(run.server.clone(), reason);
             return upstream_error_response(&id, &error, StatusCode::OK);
         }
         Some(CallEvent::TimedOut) => {
-            let error = UpstreamError::Timeout(server.clone(), timeout.as_millis());
-            record(&server, &method, started, "timeout");
+            record(&run.server, &run.method, run.started, "timeout");
+            let error = UpstreamError::Timeout(run.server.clone(), run.timeout.as_millis());
             return upstream_error_response(&id, &error, StatusCode::OK);
         }
         None => {
-            let error = UpstreamError::Unavailable(server.clone(), "connection closed".into());
-            record(&server, &method, started, "unavailable");
+            record(&run.server, &run.method, run.started, "unavailable");
+            let error = UpstreamError::Unavailable(run.server.clone(), "connection closed".into());
             return upstream_error_response(&id, &error, StatusCode::OK);
         }
         Some(event) => event,
@@ -260,17 +319,14 @@ pub async fn relay(
 
     // Something arrives before the answer: stream it, then the answer, over SSE.
     let (tx, rx) = mpsc::channel::<Value>(64);
-    let stream_gw = Arc::clone(&gw);
     tokio::spawn(async move {
-        let _permit = permit;
-        let _in_flight = in_flight;
-        let mut minted = MintedIds::new(&stream_gw);
+        let mut minted = MintedIds::new(&gw);
         let mut event = Some(first);
         let outcome = loop {
             let current = match event.take() {
                 Some(e) => Some(e),
                 None => tokio::select! {
-                    e = call.next() => e,
+                    e = run.call.next() => e,
                     _ = cancel.token.cancelled() => break "cancelled",
                     _ = tx.closed() => break "cancelled",
                 },
@@ -281,27 +337,30 @@ pub async fn relay(
                         break "cancelled";
                     }
                 }
+                Some(CallEvent::ServerRequest { upstream_id, msg })
+                    if mrtr::applies(&ctx, &msg) =>
+                {
+                    // The input request ends this response; the call waits, parked.
+                    let _ = tx
+                        .send(mrtr::park(&gw, &ctx, &id, run, upstream_id, msg))
+                        .await;
+                    return;
+                }
                 Some(CallEvent::ServerRequest {
                     upstream_id,
                     mut msg,
                 }) => {
-                    let method = msg
-                        .get("method")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    if ctx.era == Era::Legacy
-                        && ctx.accepts_sse
-                        && client_can_answer(&ctx.caps, method)
-                    {
-                        msg["id"] = Value::String(minted.mint(&conn, upstream_id));
+                    if relays_to_client(&ctx, &msg) {
+                        msg["id"] = Value::String(minted.mint(&run.conn, upstream_id));
                         if tx.send(msg).await.is_err() {
                             break "cancelled";
                         }
                     } else {
-                        conn.answer_unrouted(&upstream_id, &msg);
+                        run.conn.answer_unrouted(&upstream_id, &msg);
                     }
                 }
                 Some(CallEvent::Response(mut response)) => {
+                    response["id"] = id.clone();
                     let label = outcome_label(&response);
                     if ctx.era == Era::Modern {
                         era::mark_complete(&mut response, &ctx.method);
@@ -310,12 +369,12 @@ pub async fn relay(
                     break label;
                 }
                 Some(CallEvent::Failed(reason)) => {
-                    let error = UpstreamError::Unavailable(server.clone(), reason);
+                    let error = UpstreamError::Unavailable(run.server.clone(), reason);
                     let _ = tx.send(upstream_error(&id, &error)).await;
                     break "unavailable";
                 }
                 Some(CallEvent::TimedOut) => {
-                    let error = UpstreamError::Timeout(server.clone(), timeout.as_millis());
+                    let error = UpstreamError::Timeout(run.server.clone(), run.timeout.as_millis());
                     let _ = tx.send(upstream_error(&id, &error)).await;
                     break "timeout";
                 }
@@ -323,9 +382,19 @@ pub async fn relay(
             }
         };
         drop(minted);
-        record(&server, &method, started, outcome);
+        record(&run.server, &run.method, run.started, outcome);
     });
     sse_response(rx, None)
+}
+
+/// Whether a server request met during a session-era call goes to the client on the
+/// call's SSE stream.
+fn relays_to_client(ctx: &Ctx, server_request: &Value) -> bool {
+    let method = server_request
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    ctx.era == Era::Legacy && ctx.accepts_sse && client_can_answer(&ctx.caps, method)
 }
 
 /// Whether a client with these capabilities can answer a server request.

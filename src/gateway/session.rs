@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 /// Session ids longer than this are rejected before any decoding work.
 const MAX_SESSION_ID_LEN: usize = 2048;
 const NONCE_LEN: usize = 12;
-/// Binds ciphertexts to their purpose so a key shared with another use cannot be confused.
-const AAD: &[u8] = b"gantry-session-v1";
+/// Binds ciphertexts to their purpose, so a sealed value of one kind is never accepted as
+/// another (a session id as an MRTR request state, say).
+const SESSION_PURPOSE: &[u8] = b"gantry-session-v1";
+pub const REQUEST_STATE_PURPOSE: &[u8] = b"gantry-request-state-v1";
 
 /// What a session carries between replicas.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -70,7 +72,17 @@ impl SessionCodec {
     }
 
     pub fn seal(&self, claims: &SessionClaims) -> String {
-        let plaintext = serde_json::to_vec(claims).expect("claims serialize");
+        self.seal_value(claims, SESSION_PURPOSE)
+    }
+
+    /// Opens a session id; any tampering, truncation or foreign key yields `None`.
+    pub fn open(&self, session_id: &str) -> Option<SessionClaims> {
+        self.open_value(session_id, SESSION_PURPOSE)
+    }
+
+    /// Seals any value for `purpose` into a URL-safe string.
+    pub fn seal_value<T: Serialize>(&self, value: &T, purpose: &[u8]) -> String {
+        let plaintext = serde_json::to_vec(value).expect("sealed values serialize");
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
         let ciphertext = self
@@ -79,7 +91,7 @@ impl SessionCodec {
                 Nonce::from_slice(&nonce),
                 aes_gcm::aead::Payload {
                     msg: &plaintext,
-                    aad: AAD,
+                    aad: purpose,
                 },
             )
             .expect("AES-GCM encryption cannot fail for small inputs");
@@ -89,12 +101,16 @@ impl SessionCodec {
         URL_SAFE_NO_PAD.encode(out)
     }
 
-    /// Opens a session id; any tampering, truncation or foreign key yields `None`.
-    pub fn open(&self, session_id: &str) -> Option<SessionClaims> {
-        if session_id.len() > MAX_SESSION_ID_LEN {
+    /// Opens a value sealed for `purpose`; anything else yields `None`.
+    pub fn open_value<T: serde::de::DeserializeOwned>(
+        &self,
+        sealed: &str,
+        purpose: &[u8],
+    ) -> Option<T> {
+        if sealed.len() > MAX_SESSION_ID_LEN {
             return None;
         }
-        let raw = URL_SAFE_NO_PAD.decode(session_id).ok()?;
+        let raw = URL_SAFE_NO_PAD.decode(sealed).ok()?;
         if raw.len() <= NONCE_LEN {
             return None;
         }
@@ -105,7 +121,7 @@ impl SessionCodec {
                 Nonce::from_slice(nonce),
                 aes_gcm::aead::Payload {
                     msg: ciphertext,
-                    aad: AAD,
+                    aad: purpose,
                 },
             )
             .ok()?;
@@ -157,6 +173,17 @@ mod tests {
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
         assert!(codec.open(std::str::from_utf8(&bytes).unwrap()).is_none());
         assert!(codec.open(&id[..id.len() - 3]).is_none());
+    }
+
+    #[test]
+    fn sealed_values_only_open_for_their_purpose() {
+        let codec = SessionCodec::new([9u8; 32]);
+        let session_id = codec.seal(&claims());
+        let as_state: Option<serde_json::Value> =
+            codec.open_value(&session_id, REQUEST_STATE_PURPOSE);
+        assert!(as_state.is_none());
+        let state = codec.seal_value(&serde_json::json!({"sid": "x"}), REQUEST_STATE_PURPOSE);
+        assert!(codec.open(&state).is_none());
     }
 
     #[test]

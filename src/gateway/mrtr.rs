@@ -1,0 +1,193 @@
+//! Multi round-trip requests (2026-07-28) in front of session-era upstreams.
+//!
+//! A session-era server asks its client for input with a request of its own (sampling,
+//! elicitation, roots) while a call runs. A 2026-07-28 client cannot receive such a
+//! request: it expects an `InputRequiredResult` and then retries the original request
+//! with `inputResponses`. The gateway translates: it parks the upstream call, answers the
+//! client with the input request and a sealed `requestState`, and on the retry answers
+//! the upstream's pending request and carries on with the same call.
+//!
+//! Parked calls live in the process that parked them; a retry that lands on another
+//! replica gets a clear error and must start over.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::response::Response;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::Gateway;
+use super::era::Era;
+use super::http::{Ctx, json_response};
+use super::jsonrpc;
+use super::relay::{self, Running, client_can_answer, finish};
+use super::session::{REQUEST_STATE_PURPOSE, new_session_id};
+
+/// The requests that may answer with `InputRequiredResult`.
+const METHODS: &[&str] = &["tools/call", "prompts/get", "resources/read"];
+/// The key of the single input request the gateway asks for at a time.
+const INPUT_KEY: &str = "upstream";
+
+/// A call waiting for the client's input.
+pub struct Parked {
+    run: Running,
+    upstream_id: Value,
+    request: Value,
+    expires: Instant,
+}
+
+/// What `requestState` carries, sealed: which parked call, for whom, for what.
+#[derive(Serialize, Deserialize)]
+struct State {
+    /// The parking token.
+    tok: String,
+    /// The principal that made the request.
+    sub: String,
+    /// The request's method and its name or URI: a state is only good for its request.
+    m: String,
+    n: String,
+    /// Unix seconds after which the state is refused.
+    exp: u64,
+}
+
+/// The name or URI a request is about: a request state is only good for its request.
+pub fn target(body: &Map<String, Value>) -> String {
+    let params = jsonrpc::params(body);
+    params
+        .and_then(|p| p.get("name").or_else(|| p.get("uri")))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Whether a server request met during this call becomes an MRTR round trip.
+pub fn applies(ctx: &Ctx, server_request: &Value) -> bool {
+    let method = server_request
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    ctx.era == Era::Modern
+        && METHODS.contains(&ctx.method.as_str())
+        && method != "ping"
+        && client_can_answer(&ctx.caps, method)
+}
+
+/// Whether this request is the retry of an earlier `InputRequiredResult`.
+pub fn is_retry(ctx: &Ctx, body: &Map<String, Value>) -> bool {
+    ctx.era == Era::Modern
+        && METHODS.contains(&ctx.method.as_str())
+        && jsonrpc::params(body).is_some_and(|p| p.contains_key("requestState"))
+}
+
+/// Parks `run` and returns the `InputRequiredResult` answering request `id`.
+pub fn park(
+    gw: &Gateway,
+    ctx: &Ctx,
+    id: &Value,
+    run: Running,
+    upstream_id: Value,
+    msg: Value,
+) -> Value {
+    let request = json!({
+        "method": msg.get("method").cloned().unwrap_or(Value::Null),
+        "params": msg.get("params").cloned().unwrap_or_else(|| json!({})),
+    });
+    relay::record(&run.server, &run.method, run.started, "input_required");
+    let remaining = run.timeout.saturating_sub(run.started.elapsed());
+    let name = run.target.clone();
+    let parked = Parked {
+        run,
+        upstream_id,
+        request,
+        expires: Instant::now() + remaining,
+    };
+    store(gw, ctx, id, parked, name)
+}
+
+/// Puts a parked call away under a fresh token and answers with its input request.
+fn store(gw: &Gateway, ctx: &Ctx, id: &Value, parked: Parked, name: String) -> Value {
+    let token = new_session_id();
+    let remaining = parked.expires.saturating_duration_since(Instant::now());
+    let state = State {
+        tok: token.clone(),
+        sub: ctx.principal.id.clone(),
+        m: ctx.method.clone(),
+        n: name,
+        exp: unix_now() + remaining.as_secs().max(1),
+    };
+    let request = parked.request.clone();
+    {
+        let mut all = gw.parked.lock().unwrap();
+        // Calls the client never came back for are dropped, which cancels them upstream.
+        let now = Instant::now();
+        all.retain(|_, p| p.expires > now);
+        all.insert(token, parked);
+    }
+    jsonrpc::result_response(
+        id,
+        json!({
+            "resultType": "input_required",
+            "inputRequests": { INPUT_KEY: request },
+            "requestState": gw.sessions.seal_value(&state, REQUEST_STATE_PURPOSE),
+        }),
+    )
+}
+
+fn invalid(id: &Value, message: &str) -> Response {
+    json_response(
+        StatusCode::OK,
+        &jsonrpc::error_response(id, jsonrpc::INVALID_PARAMS, message, None),
+    )
+}
+
+/// Continues a parked call with the client's input.
+pub async fn resume(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Value>) -> Response {
+    let params = jsonrpc::params(&body).cloned().unwrap_or_default();
+    let Some(sealed) = params.get("requestState").and_then(Value::as_str) else {
+        return invalid(&id, "Invalid params: requestState must be a string");
+    };
+    let state: Option<State> = gw.sessions.open_value(sealed, REQUEST_STATE_PURPOSE);
+    let valid = state.filter(|s| {
+        s.sub == ctx.principal.id
+            && s.m == ctx.method
+            && s.n == target(&body)
+            && s.exp >= unix_now()
+    });
+    let Some(state) = valid else {
+        return invalid(
+            &id,
+            "Invalid params: requestState is not valid for this request",
+        );
+    };
+    let Some(parked) = gw.parked.lock().unwrap().remove(&state.tok) else {
+        return invalid(
+            &id,
+            "Invalid params: requestState has expired, was already used, or was issued by another gateway replica; send the request again without it",
+        );
+    };
+    let answer = params
+        .get("inputResponses")
+        .and_then(|r| r.get(INPUT_KEY))
+        .cloned();
+    let Some(answer) = answer else {
+        // The input is still missing: ask again rather than fail, as the spec advises.
+        return finish(&ctx, store(&gw, &ctx, &id, parked, state.n));
+    };
+    let Parked {
+        run, upstream_id, ..
+    } = parked;
+    let mut reply = Map::new();
+    reply.insert("jsonrpc".into(), json!("2.0"));
+    reply.insert("result".into(), answer);
+    run.conn.respond(upstream_id, reply);
+    relay::drive(gw, ctx, id, run).await
+}

@@ -1,0 +1,74 @@
+"""2026-07-28 clients in front of a session-era upstream: the upstream's own requests
+(sampling, elicitation) become MRTR round trips (InputRequiredResult, then a retry)."""
+
+import asyncio
+
+from mcp import types
+
+from conftest import MODERN, everything_stdio, sdk_client
+
+
+def test_modern_sdk_answers_sampling_and_elicitation_through_mrtr(gantry):
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    seen = []
+
+    async def sampling(context, params):
+        seen.append("sampling")
+        return types.CreateMessageResult(role="assistant", model="m",
+                                         content=types.TextContent(type="text", text="answer-from-modern-client"))
+
+    async def elicitation(context, params):
+        seen.append("elicitation")
+        return types.ElicitResult(action="accept", content={"name": "Grace Hopper"})
+
+    async def use():
+        for path, prefix in [("/mcp/everything", ""), ("/mcp", "everything__")]:
+            async with sdk_client(g, path=path, mode=MODERN, sampling_callback=sampling,
+                                  elicitation_callback=elicitation) as client:
+                r = await client.call_tool(prefix + "trigger-sampling-request", {"prompt": "hello?"})
+                assert "answer-from-modern-client" in str(r.content)
+                r = await client.call_tool(prefix + "trigger-elicitation-request", {})
+                assert "Grace Hopper" in str(r.content)
+    asyncio.run(use())
+    assert seen == ["sampling", "elicitation"] * 2
+    assert g.metric("mcp_requests_total", server="everything", method="tools/call", outcome="input_required") == 4
+
+
+def _call(g, request_id, params, caps):
+    params = {**params, "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
+                                  "io.modelcontextprotocol/clientCapabilities": caps}}
+    return g.post({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params},
+                  path="/mcp/everything",
+                  headers={"MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": params["name"]}).json()
+
+
+def test_request_state_is_bound_to_its_request_and_used_once(gantry):
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    caps = {"sampling": {}}
+    first = _call(g, 1, {"name": "trigger-sampling-request", "arguments": {"prompt": "p"}}, caps)["result"]
+    assert first["resultType"] == "input_required"
+    (key, request), = first["inputRequests"].items()
+    assert request["method"] == "sampling/createMessage"
+    state = first["requestState"]
+    answer = {key: {"role": "assistant", "model": "m", "content": {"type": "text", "text": "raw-answer"}}}
+
+    wrong_tool = _call(g, 2, {"name": "echo", "arguments": {"message": "x"}, "requestState": state,
+                              "inputResponses": answer}, caps)
+    assert wrong_tool["error"]["code"] == -32602
+    tampered = _call(g, 3, {"name": "trigger-sampling-request", "arguments": {"prompt": "p"},
+                            "requestState": state[:-2] + ("AA" if not state.endswith("AA") else "BB"),
+                            "inputResponses": answer}, caps)
+    assert tampered["error"]["code"] == -32602
+    done = _call(g, 4, {"name": "trigger-sampling-request", "arguments": {"prompt": "p"}, "requestState": state,
+                        "inputResponses": answer}, caps)
+    assert done["id"] == 4 and "raw-answer" in str(done["result"]["content"])
+    again = _call(g, 5, {"name": "trigger-sampling-request", "arguments": {"prompt": "p"}, "requestState": state,
+                         "inputResponses": answer}, caps)
+    assert again["error"]["code"] == -32602, "a request state is good for one retry"
+
+
+def test_client_without_the_capability_gets_no_input_request(gantry):
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    r = _call(g, 1, {"name": "trigger-sampling-request", "arguments": {"prompt": "p"}}, {})
+    result = r["result"]
+    assert result["resultType"] == "complete" and result["isError"] is True, "the gateway declined on the client's behalf"
