@@ -119,3 +119,19 @@ def test_logs_are_json_with_request_ids_and_never_contain_the_key(g):
     lines = [json.loads(l) for l in g.logs().splitlines() if l.startswith("{")]
     assert any(l.get("span", {}).get("request_id") == request_id for l in lines)
     assert g.key not in g.logs()
+
+
+def test_deeply_nested_json_is_a_parse_error_not_a_crash(g):
+    deep = "[" * 20_000 + "]" * 20_000  # 40 KB: under the body limit, far past any sane depth
+    r = g.post(deep)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32700
+    r = g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "still alive"}})
+    assert r.json()["result"]["content"][0]["text"] == "still alive"
+
+
+def test_oversized_headers_and_garbage_session_ids_are_refused_cleanly(g):
+    r = g.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={"Mcp-Session-Id": "\u00e9".encode("latin-1") * 10})
+    assert r.status_code in (400, 404)
+    r = g.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers={"X-Padding": "x" * 200_000})
+    assert r.status_code in (400, 431)
+    assert g.modern("tools/list").status_code == 200

@@ -203,3 +203,24 @@ def test_a_hung_child_is_noticed_by_pings_and_restarted(gantry):
     assert "no answer to 3 pings" in g.logs()
     assert g.metric("mcp_upstream_restarts_total", server="demo") == 0.0, "a healthy child answers its pings"
     assert {p for p in children(g.proc.pid)} != first_child, "the hung child was replaced"
+
+
+def test_aggregate_routes_resources_prompts_and_completion(gantry):
+    g = gantry({"upstreams": {"demo": demo_stdio(), "everything": everything_stdio()}})
+    resources = g.modern("resources/list").json()["result"]["resources"]
+    assert resources and all(r["name"].startswith("everything__") for r in resources)
+    uri = resources[0]["uri"]
+    read = g.modern("resources/read", {"uri": uri}).json()
+    assert read["result"]["contents"][0]["uri"] == uri
+    templates = g.modern("resources/templates/list").json()["result"]["resourceTemplates"]
+    assert templates, "templates are aggregated too"
+    missing = g.modern("resources/read", {"uri": "nowhere://x"}).json()
+    assert missing["error"]["code"] == -32002
+    prompts = g.modern("prompts/list").json()["result"]["prompts"]
+    name = next(p["name"] for p in prompts if p["name"].endswith("simple-prompt"))
+    got = g.modern("prompts/get", {"name": name}).json()
+    assert got["result"]["messages"], got
+    done = g.modern("completion/complete", {
+        "ref": {"type": "ref/prompt", "name": "everything__completable-prompt"},
+        "argument": {"name": "department", "value": "En"}}).json()
+    assert done["result"]["completion"]["values"], done
