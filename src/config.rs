@@ -77,7 +77,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// API keys accepted on `/mcp`, stored as SHA-256 hex digests (`gantry hash-key` makes one).
@@ -85,6 +85,19 @@ pub struct AuthConfig {
     /// Base64 of 32 random bytes sealing session ids. Every replica behind one load
     /// balancer needs the same key; without one, a random key is made per process.
     pub session_key: Option<Secret>,
+    /// How long a 2025-era session id stays valid; after that the client gets 404 and
+    /// initializes again, as the protocol prescribes.
+    pub session_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            session_key: None,
+            session_ttl_secs: 24 * 3600,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -295,6 +308,9 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
             "server.max_body_bytes".into(),
             "must be at least 1024".into(),
         ));
+    }
+    if config.auth.session_ttl_secs == 0 {
+        return Err(("auth.session_ttl_secs".into(), "must be at least 1".into()));
     }
     if config.gateway.separator.is_empty() {
         return Err(("gateway.separator".into(), "must not be empty".into()));

@@ -123,7 +123,7 @@ mod tests {
                 name: "ci".into(),
                 sha256: hex(&sha256(&key)),
             }],
-            session_key: None,
+            ..AuthConfig::default()
         };
         let auth = ConfigKeys::from_config(&config);
         assert_eq!(

@@ -32,16 +32,6 @@ pub struct Ctx {
     pub method: String,
 }
 
-impl Ctx {
-    /// Key for per-session bookkeeping; modern requests have none and use the principal.
-    pub fn session_key(&self) -> String {
-        self.session
-            .as_ref()
-            .map(|s| s.sid.clone())
-            .unwrap_or_else(|| format!("modern:{}", self.principal.id))
-    }
-}
-
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = (
         status,
@@ -162,7 +152,7 @@ fn legacy_session(
     let claims = gw.sessions.open(raw).ok_or_else(not_found)?;
     let valid = claims.srv.as_deref() == route.server()
         && claims.sub == principal.id
-        && !gw.revoked.lock().unwrap().contains(&claims.sid);
+        && gw.session_alive(&claims);
     if !valid {
         return Err(not_found());
     }
@@ -325,10 +315,7 @@ async fn initialize(
         srv: route.server().map(String::from),
         sub: principal.id.clone(),
         caps,
-        iat: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default(),
+        iat: super::unix_now(),
     };
     tracing::info!(session = %claims.sid, principal = %principal.id, server = route.server().unwrap_or("*"), version, "session initialized");
     let mut response = json_response(StatusCode::OK, &jsonrpc::result_response(&id, result));
@@ -510,8 +497,7 @@ async fn delete(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) ->
     }
     match legacy_session(&gw, &headers, &route, &principal, &Value::Null) {
         Ok(claims) => {
-            gw.subscriptions.lock().unwrap().remove(&claims.sid);
-            gw.revoked.lock().unwrap().insert(claims.sid.clone());
+            gw.end_session(&claims);
             tracing::info!(session = %claims.sid, "session terminated by client");
             StatusCode::NO_CONTENT.into_response()
         }

@@ -24,7 +24,14 @@ use crate::config::Config;
 use crate::upstream::{Connection, Upstreams};
 use auth::Authenticator;
 use host_policy::HostPolicy;
-use session::SessionCodec;
+use session::{SessionClaims, SessionCodec};
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
 
 /// Which endpoint a request came in on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,12 +60,13 @@ pub struct Gateway {
     /// Calls in flight, by (session, client request id), so `notifications/cancelled`
     /// from a client reaches the right call.
     pub in_flight: Mutex<HashMap<(String, String), CancellationToken>>,
-    /// Sessions ended with DELETE on this process.
-    pub revoked: Mutex<HashSet<String>>,
+    /// Sessions ended with DELETE on this process, until they would have expired anyway.
+    revoked: Mutex<HashMap<String, u64>>,
     /// Calls waiting for a 2026-07-28 client's input (MRTR), by parking token.
     pub parked: Mutex<HashMap<String, mrtr::Parked>>,
-    /// Resource subscriptions per session, to filter `notifications/resources/updated`.
-    pub subscriptions: Mutex<HashMap<String, HashSet<String>>>,
+    /// Resource subscriptions per session (with the session's expiry), to filter
+    /// `notifications/resources/updated`.
+    subscriptions: Mutex<HashMap<String, (u64, HashSet<String>)>>,
     pub shutdown: CancellationToken,
     next_server_request: std::sync::atomic::AtomicU64,
 }
@@ -79,12 +87,53 @@ impl Gateway {
             hosts,
             server_requests: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
-            revoked: Mutex::new(HashSet::new()),
+            revoked: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             next_server_request: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// Unix seconds after which a session is no longer valid.
+    pub fn session_expiry(&self, claims: &SessionClaims) -> u64 {
+        claims.iat.saturating_add(self.config.auth.session_ttl_secs)
+    }
+
+    /// Whether a session is still usable: not expired, not ended with DELETE here.
+    pub fn session_alive(&self, claims: &SessionClaims) -> bool {
+        self.session_expiry(claims) > unix_now()
+            && !self.revoked.lock().unwrap().contains_key(&claims.sid)
+    }
+
+    /// Ends a session on this process; bookkeeping for sessions past their expiry is
+    /// dropped at the same time.
+    pub fn end_session(&self, claims: &SessionClaims) {
+        let now = unix_now();
+        let mut revoked = self.revoked.lock().unwrap();
+        revoked.retain(|_, expiry| *expiry > now);
+        revoked.insert(claims.sid.clone(), self.session_expiry(claims));
+        self.subscriptions.lock().unwrap().remove(&claims.sid);
+    }
+
+    pub fn remember_subscription(&self, claims: &SessionClaims, uri: String) {
+        let now = unix_now();
+        let mut subscriptions = self.subscriptions.lock().unwrap();
+        subscriptions.retain(|_, (expiry, _)| *expiry > now);
+        let expiry = self.session_expiry(claims);
+        subscriptions
+            .entry(claims.sid.clone())
+            .or_insert_with(|| (expiry, HashSet::new()))
+            .1
+            .insert(uri);
+    }
+
+    pub fn is_subscribed(&self, sid: &str, uri: &str) -> bool {
+        self.subscriptions
+            .lock()
+            .unwrap()
+            .get(sid)
+            .is_some_and(|(_, uris)| uris.contains(uri))
     }
 
     /// Registers a server request for relaying and returns the id the client will see.

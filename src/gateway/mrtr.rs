@@ -11,19 +11,19 @@
 //! replica gets a clear error and must start over.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::response::Response;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::Gateway;
 use super::era::Era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
 use super::relay::{self, Running, client_can_answer, finish};
 use super::session::{REQUEST_STATE_PURPOSE, new_session_id};
+use super::{Gateway, unix_now};
 
 /// The requests that may answer with `InputRequiredResult`.
 const METHODS: &[&str] = &["tools/call", "prompts/get", "resources/read"];
@@ -62,13 +62,6 @@ pub fn target(body: &Map<String, Value>) -> String {
         .to_string()
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 /// Whether a server request met during this call becomes an MRTR round trip.
 pub fn applies(ctx: &Ctx, server_request: &Value) -> bool {
     let method = server_request
@@ -90,7 +83,7 @@ pub fn is_retry(ctx: &Ctx, body: &Map<String, Value>) -> bool {
 
 /// Parks `run` and returns the `InputRequiredResult` answering request `id`.
 pub fn park(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     ctx: &Ctx,
     id: &Value,
     run: Running,
@@ -114,7 +107,7 @@ pub fn park(
 }
 
 /// Puts a parked call away under a fresh token and answers with its input request.
-fn store(gw: &Gateway, ctx: &Ctx, id: &Value, parked: Parked, name: String) -> Value {
+fn store(gw: &Arc<Gateway>, ctx: &Ctx, id: &Value, parked: Parked, name: String) -> Value {
     let token = new_session_id();
     let remaining = parked.expires.saturating_duration_since(Instant::now());
     let state = State {
@@ -125,13 +118,17 @@ fn store(gw: &Gateway, ctx: &Ctx, id: &Value, parked: Parked, name: String) -> V
         exp: unix_now() + remaining.as_secs().max(1),
     };
     let request = parked.request.clone();
-    {
-        let mut all = gw.parked.lock().unwrap();
-        // Calls the client never came back for are dropped, which cancels them upstream.
-        let now = Instant::now();
-        all.retain(|_, p| p.expires > now);
-        all.insert(token, parked);
-    }
+    gw.parked.lock().unwrap().insert(token.clone(), parked);
+    // A call the client never comes back for is dropped when it expires: that cancels
+    // it upstream and gives back its concurrency slot.
+    let weak = Arc::downgrade(gw);
+    tokio::spawn(async move {
+        tokio::time::sleep(remaining).await;
+        if let Some(gw) = weak.upgrade() {
+            let abandoned = gw.parked.lock().unwrap().remove(&token);
+            drop(abandoned);
+        }
+    });
     jsonrpc::result_response(
         id,
         json!({

@@ -292,7 +292,9 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                 outcome_label(&response),
             );
             if let (Some(uri), Some(_)) = (run.subscribe_uri.take(), response.get("result")) {
-                remember_subscription(&gw, &ctx, uri);
+                if let Some(claims) = &ctx.session {
+                    gw.remember_subscription(claims, uri);
+                }
             }
             return finish(&ctx, response);
         }
@@ -437,15 +439,6 @@ impl Drop for MintedIds {
             pending.remove(id);
         }
     }
-}
-
-fn remember_subscription(gw: &Gateway, ctx: &Ctx, uri: String) {
-    gw.subscriptions
-        .lock()
-        .unwrap()
-        .entry(ctx.session_key())
-        .or_default()
-        .insert(uri);
 }
 
 /// An SSE response of JSON-RPC messages; `keep_alive` for long-lived streams.

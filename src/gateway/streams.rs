@@ -100,13 +100,7 @@ pub fn session_stream(gw: Arc<Gateway>, route: Route, claims: SessionClaims) -> 
     let keep: Filter = Arc::new(move |event: &Value| -> Option<Value> {
         if method_of(event) == "notifications/resources/updated" {
             let uri = event.pointer("/params/uri").and_then(Value::as_str)?;
-            let subscribed = filter_gw
-                .subscriptions
-                .lock()
-                .unwrap()
-                .get(&sid)
-                .is_some_and(|uris| uris.contains(uri));
-            return subscribed.then(|| event.clone());
+            return filter_gw.is_subscribed(&sid, uri).then(|| event.clone());
         }
         Some(event.clone())
     });

@@ -72,3 +72,15 @@ def test_client_without_the_capability_gets_no_input_request(gantry):
     r = _call(g, 1, {"name": "trigger-sampling-request", "arguments": {"prompt": "p"}}, {})
     result = r["result"]
     assert result["resultType"] == "complete" and result["isError"] is True, "the gateway declined on the client's behalf"
+
+
+def test_an_abandoned_round_trip_gives_its_slot_back(gantry):
+    from conftest import wait_until
+    g = gantry({"upstreams": {"everything": everything_stdio(timeout_secs=2, max_concurrency=1)}})
+    first = _call(g, 1, {"name": "trigger-sampling-request", "arguments": {"prompt": "p"}}, {"sampling": {}})
+    assert first["result"]["resultType"] == "input_required"
+    # The client never retries: the parked call expires with its deadline.
+    wait_until(lambda: g.metric("mcp_requests_in_flight", server="everything") == 0.0, timeout=10,
+               what="parked call expired")
+    r = _call(g, 2, {"name": "echo", "arguments": {"message": "slot is free"}}, {})
+    assert "slot is free" in str(r["result"]["content"])

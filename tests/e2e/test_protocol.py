@@ -212,3 +212,13 @@ def test_inspector_cli_lists_and_calls_tools(g):
     assert "demo__echo" in [t["name"] for t in tools["tools"]]
     result = inspector(g, "--method", "tools/call", "--tool-name", "echo", "--tool-arg", "message=inspected", path="/mcp/demo")
     assert result["content"][0]["text"] == "inspected"
+
+
+def test_sessions_expire_after_their_ttl(gantry):
+    from conftest import wait_until
+    g = gantry({"auth": {"session_ttl_secs": 1}, "upstreams": {"demo": demo_stdio()}})
+    sid, _ = g.initialize()
+    h = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    assert g.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=h).status_code == 200
+    wait_until(lambda: g.post({"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers=h).status_code == 404,
+               timeout=10, what="session expiry")
