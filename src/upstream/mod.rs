@@ -300,6 +300,10 @@ impl Upstream {
                         pinger.abort();
                     }
                     metrics::gauge!(m::UPSTREAM_UP, "server" => self.name.clone()).set(0.0);
+                    if stopped {
+                        // Calls still waiting learn why, rather than the child's exit signal.
+                        conn.close("the gateway is shutting down".into());
+                    }
                     shutdown().await;
                     if stopped {
                         self.state

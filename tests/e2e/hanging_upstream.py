@@ -3,6 +3,8 @@ again: the failure that only health pings can notice."""
 import json
 import sys
 
+print("hanging-upstream starting", file=sys.stderr, flush=True)
+
 for line in sys.stdin:
     msg = json.loads(line)
     if msg.get("method") == "initialize":

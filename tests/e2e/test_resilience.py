@@ -43,9 +43,16 @@ def alive(pid: int) -> bool:
 
 
 def in_background(call) -> tuple[threading.Thread, dict]:
-    """Runs `call` in a thread; its return value lands in the dict under "r"."""
+    """Runs `call` in a thread; its return value lands in the dict under "r", an
+    exception under "error"."""
     result = {}
-    thread = threading.Thread(target=lambda: result.update(r=call()))
+
+    def run():
+        try:
+            result["r"] = call()
+        except Exception as e:  # noqa: BLE001 - reported to the test through `result`
+            result["error"] = e
+    thread = threading.Thread(target=run)
     thread.start()
     return thread, result
 
@@ -224,3 +231,54 @@ def test_aggregate_routes_resources_prompts_and_completion(gantry):
         "ref": {"type": "ref/prompt", "name": "everything__completable-prompt"},
         "argument": {"name": "department", "value": "En"}}).json()
     assert done["result"]["completion"]["values"], done
+
+
+def test_remote_headers_come_from_references_and_stay_out_of_logs(gantry):
+    import subprocess
+    import sys
+    from conftest import free_port, port_open
+    port = free_port()
+    secret = "Bearer upstream-" + "s3cr3t-value"
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "failing_upstream.py"), str(port), secret])
+    try:
+        wait_until(lambda: port_open(port), what="upstream")
+        url = f"http://127.0.0.1:{port}/mcp"
+        g = gantry({"upstreams": {
+            "with_key": {"transport": "streamable-http", "url": url, "headers": {"Authorization": "env:UPSTREAM_AUTH"}},
+            "without_key": {"transport": "streamable-http", "url": url, "timeout_secs": 2},
+        }}, env={"UPSTREAM_AUTH": secret})
+        assert g.metric("mcp_upstream_up", server="with_key") == 1.0
+        assert g.metric("mcp_upstream_up", server="without_key") == 0.0
+        assert "401" in g.logs()
+        assert "s3cr3t-value" not in g.logs()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_child_stderr_is_logged_under_the_server_name(gantry):
+    import json
+    import sys
+    g = gantry({"upstreams": {"hangs": {"transport": "stdio", "command": sys.executable,
+                                        "args": [str(Path(__file__).parent / "hanging_upstream.py")]}}})
+    def logged():
+        lines = [json.loads(l) for l in g.logs().splitlines() if l.startswith("{")]
+        return any(l.get("upstream") == "hangs" and l.get("stream") == "stderr"
+                   and "hanging-upstream starting" in l.get("message", "") for l in lines)
+    wait_until(logged, timeout=10, what="stderr line in the log")
+
+
+def test_calls_outlasting_the_grace_period_get_a_clear_error_at_shutdown(gantry):
+    g = gantry({"server": {"shutdown_grace_secs": 1}, "upstreams": {"demo": demo_stdio()}})
+    t, result = in_background(
+        lambda: g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 30000}}, timeout=60))
+    wait_until(lambda: g.metric("mcp_requests_in_flight", server="demo") == 1.0, what="call in flight")
+    started = time.time()
+    g.proc.send_signal(signal.SIGTERM)
+    assert g.proc.wait(timeout=20) == 0
+    assert time.time() - started < 10, "the grace period bounds the drain"
+    t.join(timeout=30)
+    # Ending the upstreams fails the outstanding call, and that answer still reaches the
+    # client: a clear error rather than a dropped connection.
+    error = result["r"].json()["error"]
+    assert error["data"]["server"] == "demo" and "gateway is shutting down" in error["message"]
