@@ -25,6 +25,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// The MCP data plane alone (production role; needs configured API keys)
     Gateway(ServeArgs),
+    /// Serve one stdio MCP server over Streamable HTTP at /mcp, e.g.
+    /// `gantry bridge --listen 0.0.0.0:8000 -- npx -y @modelcontextprotocol/server-github`
+    Bridge(BridgeArgs),
     /// Apply database migrations, then exit
     Migrate,
     /// Exit 0 when the local instance is ready, 1 otherwise (for container healthchecks)
@@ -53,4 +56,20 @@ pub struct ServeArgs {
     /// Write the bound address to this file once ready (for supervisors and tests)
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BridgeArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Name of the server (in logs and metrics); default: the command's file name
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Accept callers without an API key. Only for a private network that nothing
+    /// untrusted can reach.
+    #[arg(long)]
+    pub no_auth: bool,
+    /// The stdio server's command and arguments
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }

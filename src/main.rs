@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gantry::cli::{Cli, Command, ServeArgs};
-use gantry::config;
+use gantry::cli::{BridgeArgs, Cli, Command, ServeArgs};
+use gantry::config::{self, UpstreamConfig};
 use gantry::startup::{Application, Role, StartupError};
 
 fn main() -> ExitCode {
@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     match command {
         Command::Serve(args) => serve(cli.config, args, Role::Serve),
         Command::Gateway(args) => serve(cli.config, args, Role::Gateway),
+        Command::Bridge(args) => bridge(cli.config, args),
         other => runtime(1).block_on(run(cli.config, other)),
     }
 }
@@ -77,7 +78,9 @@ async fn run(config_path: Option<std::path::PathBuf>, command: Command) -> ExitC
             println!("nothing to migrate: this build keeps no relational data");
             ExitCode::SUCCESS
         }
-        Command::Serve(_) | Command::Gateway(_) => unreachable!("served by main"),
+        Command::Serve(_) | Command::Gateway(_) | Command::Bridge(_) => {
+            unreachable!("served by main")
+        }
     }
 }
 
@@ -86,11 +89,48 @@ fn config_error(message: String) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn serve(config_path: Option<std::path::PathBuf>, args: ServeArgs, role: Role) -> ExitCode {
+/// `gantry bridge`: the configuration's upstreams are replaced by the one command.
+fn bridge(config_path: Option<std::path::PathBuf>, args: BridgeArgs) -> ExitCode {
     let mut config = match config::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => return config_error(e.to_string()),
     };
+    let name = args.name.clone().unwrap_or_else(|| {
+        let program = std::path::Path::new(&args.command[0]);
+        let stem = program
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cleaned: String = stem
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        if cleaned.is_empty() {
+            "bridged".into()
+        } else {
+            cleaned
+        }
+    });
+    config.upstreams.clear();
+    config.upstreams.insert(
+        name,
+        UpstreamConfig::stdio(&args.command[0], args.command[1..].to_vec()),
+    );
+    if let Err((key, message)) = config::validate(&config) {
+        return config_error(format!("invalid configuration: {key}: {message}"));
+    }
+    with_config(config, args.serve, Role::Bridge { open: args.no_auth })
+}
+
+fn serve(config_path: Option<std::path::PathBuf>, args: ServeArgs, role: Role) -> ExitCode {
+    let config = match config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return config_error(e.to_string()),
+    };
+    with_config(config, args, role)
+}
+
+fn with_config(mut config: config::Config, args: ServeArgs, role: Role) -> ExitCode {
     if let Some(listen) = args.listen.clone() {
         config.server.listen = listen;
         if let Err((key, message)) = config::validate(&config) {
@@ -116,7 +156,22 @@ async fn serve_with(config: config::Config, args: ServeArgs, role: Role) -> Exit
         app.gateway().upstreams.shutdown().await;
         return config_error(e.to_string());
     }
-    print_banner(&app);
+    match role {
+        Role::Serve => print_banner(&app),
+        Role::Gateway | Role::Bridge { .. } => {
+            let servers: Vec<&str> = app
+                .gateway()
+                .upstreams
+                .iter()
+                .map(|u| u.name.as_str())
+                .collect();
+            println!(
+                "gantry ready: http://{}/mcp ({})",
+                app.local_addr(),
+                servers.join(", ")
+            );
+        }
+    }
     match app.run(args.ready_file, None).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

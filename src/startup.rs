@@ -34,6 +34,11 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub enum Role {
     Serve,
     Gateway,
+    /// One stdio server served over Streamable HTTP; `open` accepts unauthenticated
+    /// callers (an explicit choice for private networks).
+    Bridge {
+        open: bool,
+    },
 }
 
 /// Start-up failures that are the operator's to fix: exit code 2.
@@ -83,6 +88,24 @@ impl Application {
                     "invalid configuration: auth.api_keys: the gateway role needs at least one API key (`gantry keygen` makes one)".into(),
                 ));
             }
+            (true, Role::Bridge { open: false }) => {
+                return Err(StartupError::Config(
+                    "invalid configuration: auth.api_keys: the bridge needs at least one API key, or --no-auth on a private network".into(),
+                ));
+            }
+            _ => None,
+        };
+        let authenticator: Arc<dyn auth::Authenticator> = match role {
+            Role::Bridge { open: true } => {
+                tracing::warn!(
+                    "bridge started with --no-auth: any caller that can reach it may use the server"
+                );
+                Arc::new(auth::Anonymous)
+            }
+            _ => Arc::new(keys),
+        };
+        let pinned = match role {
+            Role::Bridge { .. } => config.upstreams.keys().next().cloned(),
             _ => None,
         };
         let sessions = match &config.auth.session_key {
@@ -107,13 +130,15 @@ impl Application {
         let config = Arc::new(config);
         let hosts = HostPolicy::new(&config.server, bound);
         let upstreams = Upstreams::start(&config);
-        let gateway = Arc::new(Gateway::new(
+        let mut gateway = Gateway::new(
             Arc::clone(&config),
             upstreams,
             sessions,
-            Arc::new(keys),
+            authenticator,
             hosts,
-        ));
+        );
+        gateway.pinned = pinned;
+        let gateway = Arc::new(gateway);
         Ok(Self {
             listener,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),

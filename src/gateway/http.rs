@@ -89,7 +89,7 @@ fn admit(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, Response> {
 }
 
 fn route_for(gw: &Gateway, server: Option<String>) -> Result<Route, Response> {
-    match server {
+    match server.or_else(|| gw.pinned.clone()) {
         None => Ok(Route::Aggregate),
         Some(name) if gw.upstreams.get(&name).is_some() => Ok(Route::Server(name)),
         Some(name) => Err(rpc_error(

@@ -68,6 +68,8 @@ pub struct Gateway {
     /// `notifications/resources/updated`.
     subscriptions: Mutex<HashMap<String, (u64, HashSet<String>)>>,
     pub shutdown: CancellationToken,
+    /// `gantry bridge`: `/mcp` is this one server's pass-through, not the aggregate.
+    pub pinned: Option<String>,
     next_server_request: std::sync::atomic::AtomicU64,
 }
 
@@ -91,6 +93,7 @@ impl Gateway {
             parked: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
+            pinned: None,
             next_server_request: std::sync::atomic::AtomicU64::new(1),
         }
     }

@@ -15,7 +15,7 @@ def run(*args, cwd=None, env=None, timeout=30):
 
 def test_help_lists_the_subcommands():
     out = run("--help").stdout
-    for sub in ["serve", "gateway", "migrate", "healthcheck", "demo-upstream", "version"]:
+    for sub in ["serve", "gateway", "bridge", "migrate", "healthcheck", "demo-upstream", "version"]:
         assert f"  {sub}" in out, out
 
 
