@@ -208,6 +208,12 @@ pub struct UpstreamConfig {
     /// child that hangs without exiting is otherwise never noticed). 0 disables them.
     #[serde(default = "default_ping_interval_secs")]
     pub ping_interval_secs: u64,
+    /// Consecutive failed calls (unavailable or timed out) that open the circuit: calls
+    /// then fail at once for `circuit_breaker_cooldown_secs`. 0 disables the breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub circuit_breaker_failures: u32,
+    #[serde(default = "default_breaker_cooldown_secs")]
+    pub circuit_breaker_cooldown_secs: u64,
     #[serde(default = "default_true")]
     pub enabled: bool,
 }
@@ -220,6 +226,12 @@ fn default_max_concurrency() -> usize {
 }
 fn default_ping_interval_secs() -> u64 {
     30
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown_secs() -> u64 {
+    10
 }
 fn default_true() -> bool {
     true
@@ -238,6 +250,8 @@ impl UpstreamConfig {
             timeout_secs: default_timeout_secs(),
             max_concurrency: default_max_concurrency(),
             ping_interval_secs: default_ping_interval_secs(),
+            circuit_breaker_failures: default_breaker_failures(),
+            circuit_breaker_cooldown_secs: default_breaker_cooldown_secs(),
             enabled: true,
         }
     }

@@ -40,7 +40,9 @@ pub fn finish(ctx: &Ctx, mut response: Value) -> Response {
 
 pub fn upstream_error(id: &Value, error: &UpstreamError) -> Value {
     let (code, server) = match error {
-        UpstreamError::Unavailable(s, _) => (jsonrpc::UPSTREAM_UNAVAILABLE, s),
+        UpstreamError::Unavailable(s, _) | UpstreamError::CircuitOpen(s, ..) => {
+            (jsonrpc::UPSTREAM_UNAVAILABLE, s)
+        }
         UpstreamError::Timeout(s, _) => (jsonrpc::REQUEST_TIMEOUT, s),
         UpstreamError::Rejected(s, _) => (jsonrpc::INTERNAL_ERROR, s),
     };
@@ -121,7 +123,10 @@ impl Drop for InFlight {
     }
 }
 
-pub(super) fn record(server: &str, method: &str, started: Instant, outcome: &'static str) {
+/// Records a call's outcome: in the metrics, and for the upstream's circuit breaker.
+pub(super) fn settle(upstream: &Upstream, method: &str, started: Instant, outcome: &'static str) {
+    upstream.record_outcome(outcome);
+    let server = upstream.name.as_str();
     let method = metric_method(method);
     metrics::counter!(m::MCP_REQUESTS, "server" => server.to_string(), "method" => method, "outcome" => outcome).increment(1);
     metrics::histogram!(m::MCP_DURATION, "server" => server.to_string(), "method" => method)
@@ -179,7 +184,7 @@ pub async fn discover_server(gw: &Gateway, ctx: &Ctx, name: &str, id: &Value) ->
 pub struct Running {
     call: Call,
     pub(super) conn: Arc<Connection>,
-    pub(super) server: String,
+    pub(super) upstream: Arc<Upstream>,
     pub(super) method: String,
     pub(super) started: Instant,
     pub(super) timeout: Duration,
@@ -207,12 +212,17 @@ pub async fn relay(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    if let Err(e) = upstream.admit() {
+        settle(&upstream, &method, started, "circuit_open");
+        return upstream_error_response(&id, &e, StatusCode::OK);
+    }
     let timeout = upstream.timeout();
     let deadline = tokio::time::Instant::now() + timeout;
     let permit = match upstream.permit(timeout).await {
         Ok(p) => p,
         Err(e) => {
-            record(&upstream.name, &method, started, "timeout");
+            // Waiting for a slot is the gateway's queue, not a failure of the upstream.
+            settle(&upstream, &method, started, "overloaded");
             return upstream_error_response(&id, &e, StatusCode::OK);
         }
     };
@@ -222,7 +232,7 @@ pub async fn relay(
     {
         Ok(c) => c,
         Err(e) => {
-            record(&upstream.name, &method, started, "unavailable");
+            settle(&upstream, &method, started, "unavailable");
             return upstream_error_response(&id, &e, StatusCode::OK);
         }
     };
@@ -243,7 +253,7 @@ pub async fn relay(
         call,
         conn,
         _in_flight: InFlight::start(&upstream.name),
-        server: upstream.name.clone(),
+        upstream: Arc::clone(&upstream),
         method,
         started,
         timeout,
@@ -266,7 +276,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
         let event = tokio::select! {
             event = run.call.next() => event,
             _ = cancel.token.cancelled() => {
-                record(&run.server, &run.method, run.started, "cancelled");
+                settle(&run.upstream, &run.method, run.started, "cancelled");
                 // Dropping the call tells the upstream (notifications/cancelled).
                 drop(run);
                 let response = jsonrpc::error_response(&id, jsonrpc::REQUEST_CANCELLED, "Request cancelled by the client", None);
@@ -285,8 +295,8 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     let first = match first {
         Some(CallEvent::Response(mut response)) => {
             response["id"] = id;
-            record(
-                &run.server,
+            settle(
+                &run.upstream,
                 &run.method,
                 run.started,
                 outcome_label(&response),
@@ -302,18 +312,19 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
             return finish(&ctx, mrtr::park(&gw, &ctx, &id, run, upstream_id, msg));
         }
         Some(CallEvent::Failed(reason)) => {
-            record(&run.server, &run.method, run.started, "unavailable");
-            let error = UpstreamError::Unavailable(run.server.clone(), reason);
+            settle(&run.upstream, &run.method, run.started, "unavailable");
+            let error = UpstreamError::Unavailable(run.upstream.name.clone(), reason);
             return upstream_error_response(&id, &error, StatusCode::OK);
         }
         Some(CallEvent::TimedOut) => {
-            record(&run.server, &run.method, run.started, "timeout");
-            let error = UpstreamError::Timeout(run.server.clone(), run.timeout.as_millis());
+            settle(&run.upstream, &run.method, run.started, "timeout");
+            let error = UpstreamError::Timeout(run.upstream.name.clone(), run.timeout.as_millis());
             return upstream_error_response(&id, &error, StatusCode::OK);
         }
         None => {
-            record(&run.server, &run.method, run.started, "unavailable");
-            let error = UpstreamError::Unavailable(run.server.clone(), "connection closed".into());
+            settle(&run.upstream, &run.method, run.started, "unavailable");
+            let error =
+                UpstreamError::Unavailable(run.upstream.name.clone(), "connection closed".into());
             return upstream_error_response(&id, &error, StatusCode::OK);
         }
         Some(event) => event,
@@ -371,12 +382,13 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                     break label;
                 }
                 Some(CallEvent::Failed(reason)) => {
-                    let error = UpstreamError::Unavailable(run.server.clone(), reason);
+                    let error = UpstreamError::Unavailable(run.upstream.name.clone(), reason);
                     let _ = tx.send(upstream_error(&id, &error)).await;
                     break "unavailable";
                 }
                 Some(CallEvent::TimedOut) => {
-                    let error = UpstreamError::Timeout(run.server.clone(), run.timeout.as_millis());
+                    let error =
+                        UpstreamError::Timeout(run.upstream.name.clone(), run.timeout.as_millis());
                     let _ = tx.send(upstream_error(&id, &error)).await;
                     break "timeout";
                 }
@@ -384,7 +396,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
             }
         };
         drop(minted);
-        record(&run.server, &run.method, run.started, outcome);
+        settle(&run.upstream, &run.method, run.started, outcome);
     });
     sse_response(rx, None)
 }

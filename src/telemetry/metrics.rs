@@ -11,6 +11,7 @@ pub const MCP_DURATION: &str = "mcp_request_duration_seconds";
 pub const MCP_IN_FLIGHT: &str = "mcp_requests_in_flight";
 pub const UPSTREAM_UP: &str = "mcp_upstream_up";
 pub const UPSTREAM_RESTARTS: &str = "mcp_upstream_restarts_total";
+pub const UPSTREAM_CIRCUIT_OPEN: &str = "mcp_upstream_circuit_open";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -55,6 +56,10 @@ pub fn install() -> PrometheusHandle {
                 "MCP requests sent to an upstream and not yet answered"
             );
             metrics::describe_gauge!(UPSTREAM_UP, "1 when the upstream MCP server is connected");
+            metrics::describe_gauge!(
+                UPSTREAM_CIRCUIT_OPEN,
+                "1 while calls to the upstream fail fast after repeated failures"
+            );
             metrics::describe_counter!(
                 UPSTREAM_RESTARTS,
                 "Upstream restarts after a crash or disconnect"

@@ -101,6 +101,17 @@ pub enum UpstreamError {
     Timeout(String, u128),
     #[error("upstream '{0}' returned an error: {1}")]
     Rejected(String, String),
+    #[error(
+        "upstream '{0}' is failing: circuit open after {1} consecutive failures; next attempt in {2} s"
+    )]
+    CircuitOpen(String, u32, u64),
+}
+
+/// Consecutive failures, and until when calls fail fast.
+#[derive(Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
 }
 
 /// Cached lists by kind, with the time they were fetched.
@@ -115,6 +126,7 @@ pub struct Upstream {
     restarts: AtomicU64,
     catalog: Mutex<Catalog>,
     catalog_ttl: Duration,
+    breaker: Mutex<Breaker>,
     stop: CancellationToken,
 }
 
@@ -129,6 +141,7 @@ impl Upstream {
             restarts: AtomicU64::new(0),
             catalog: Mutex::new(HashMap::new()),
             catalog_ttl,
+            breaker: Mutex::new(Breaker::default()),
             stop: CancellationToken::new(),
         })
     }
@@ -164,6 +177,56 @@ impl Upstream {
                 Ok(Ok(())) => continue,
                 _ => return Err(UpstreamError::Unavailable(self.name.clone(), last_error)),
             }
+        }
+    }
+
+    /// Refuses a call at once while the circuit is open; after the cooldown the next
+    /// call goes through (half-open) and one more failure opens it again.
+    pub fn admit(&self) -> Result<(), UpstreamError> {
+        let threshold = self.config.circuit_breaker_failures;
+        if threshold == 0 {
+            return Ok(());
+        }
+        let mut breaker = self.breaker.lock().unwrap();
+        let Some(until) = breaker.open_until else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now < until {
+            let wait = (until - now).as_secs_f64().ceil() as u64;
+            return Err(UpstreamError::CircuitOpen(
+                self.name.clone(),
+                breaker.failures,
+                wait,
+            ));
+        }
+        breaker.open_until = None;
+        breaker.failures = threshold - 1;
+        metrics::gauge!(m::UPSTREAM_CIRCUIT_OPEN, "server" => self.name.clone()).set(0.0);
+        Ok(())
+    }
+
+    /// Feeds a call's outcome to the breaker: unavailable and timed-out calls are
+    /// failures; any answer from the server, error or not, shows it is working.
+    pub fn record_outcome(&self, outcome: &str) {
+        let threshold = self.config.circuit_breaker_failures;
+        if threshold == 0 {
+            return;
+        }
+        let mut breaker = self.breaker.lock().unwrap();
+        match outcome {
+            "ok" | "error" => breaker.failures = 0,
+            "unavailable" | "timeout" => {
+                breaker.failures = breaker.failures.saturating_add(1);
+                if breaker.failures >= threshold && breaker.open_until.is_none() {
+                    let cooldown = Duration::from_secs(self.config.circuit_breaker_cooldown_secs);
+                    breaker.open_until = Some(Instant::now() + cooldown);
+                    metrics::gauge!(m::UPSTREAM_CIRCUIT_OPEN, "server" => self.name.clone())
+                        .set(1.0);
+                    tracing::warn!(upstream = %self.name, failures = breaker.failures, cooldown_secs = cooldown.as_secs(), "circuit opened: calls fail fast until the cooldown ends");
+                }
+            }
+            _ => {}
         }
     }
 
@@ -441,6 +504,7 @@ impl Upstreams {
         for upstream in map.values() {
             metrics::gauge!(m::UPSTREAM_UP, "server" => upstream.name.clone()).set(0.0);
             metrics::counter!(m::UPSTREAM_RESTARTS, "server" => upstream.name.clone()).absolute(0);
+            metrics::gauge!(m::UPSTREAM_CIRCUIT_OPEN, "server" => upstream.name.clone()).set(0.0);
             tokio::spawn(Arc::clone(upstream).supervise());
         }
         Self { map }

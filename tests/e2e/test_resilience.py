@@ -282,3 +282,26 @@ def test_calls_outlasting_the_grace_period_get_a_clear_error_at_shutdown(gantry)
     # client: a clear error rather than a dropped connection.
     error = result["r"].json()["error"]
     assert error["data"]["server"] == "demo" and "gateway is shutting down" in error["message"]
+
+
+def test_circuit_breaker_fails_fast_then_half_opens(gantry):
+    import subprocess
+    import sys
+    from conftest import free_port, port_open
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "failing_upstream.py"), str(port)])
+    try:
+        wait_until(lambda: port_open(port), what="failing upstream")
+        g = gantry({"upstreams": {"flaky": {
+            "transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp",
+            "circuit_breaker_failures": 3, "circuit_breaker_cooldown_secs": 2}}})
+        call = lambda: g.modern("tools/list", path="/mcp/flaky").json()["error"]["message"]  # noqa: E731
+        for _ in range(3):
+            assert "500" in call(), "the upstream itself answers while the circuit is closed"
+        assert "circuit open after 3 consecutive failures" in call()
+        assert g.metric("mcp_upstream_circuit_open", server="flaky") == 1.0
+        wait_until(lambda: "500" in call(), timeout=10, what="half-open trial reaching the upstream")
+        assert "circuit open" in call(), "the failed trial opens the circuit again"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
