@@ -56,9 +56,6 @@ impl PostOutbox {
 }
 
 impl Outbox for PostOutbox {
-    fn send(&self, msg: Value) {
-        tokio::spawn(self.post(msg));
-    }
     fn exchange(&self, msg: Value) -> BoxFuture<'static, ()> {
         self.post(msg)
     }

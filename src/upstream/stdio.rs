@@ -44,9 +44,6 @@ impl StdinOutbox {
 }
 
 impl Outbox for StdinOutbox {
-    fn send(&self, msg: Value) {
-        tokio::spawn(self.write(msg));
-    }
     fn exchange(&self, msg: Value) -> BoxFuture<'static, ()> {
         self.write(msg)
     }

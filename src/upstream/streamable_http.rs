@@ -36,9 +36,6 @@ struct Shared {
 struct HttpOutbox(Arc<Shared>);
 
 impl Outbox for HttpOutbox {
-    fn send(&self, msg: Value) {
-        tokio::spawn(Arc::clone(&self.0).post(msg));
-    }
     fn exchange(&self, msg: Value) -> BoxFuture<'static, ()> {
         Box::pin(Arc::clone(&self.0).post(msg))
     }

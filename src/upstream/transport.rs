@@ -14,11 +14,14 @@ use serde_json::Value;
 use super::connection::Connection;
 
 pub trait Outbox: Send + Sync {
-    /// Sends a message nobody waits on (notifications, answers to server requests).
-    fn send(&self, msg: Value);
     /// Sends a request; the returned future carries the exchange and must be polled by
     /// the caller until its answer has arrived (through the inbox).
     fn exchange(&self, msg: Value) -> BoxFuture<'static, ()>;
+
+    /// Sends a message nobody waits on (notifications, answers to server requests).
+    fn send(&self, msg: Value) {
+        tokio::spawn(self.exchange(msg));
+    }
 }
 
 /// Where a transport delivers what it reads.
