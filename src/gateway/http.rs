@@ -305,7 +305,7 @@ async fn initialize(
                     result.insert("protocolVersion".into(), json!(version));
                     Value::Object(result)
                 }
-                Err(e) => return relay::upstream_error_response(&id, &e, StatusCode::OK),
+                Err(e) => return relay::upstream_error_response(&id, &e),
             }
         }
     };

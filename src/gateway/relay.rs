@@ -10,7 +10,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
@@ -21,7 +21,6 @@ use super::mrtr;
 use super::session::ClientCaps;
 use crate::telemetry::metrics as m;
 use crate::upstream::{Call, CallEvent, Connection, Upstream, UpstreamError};
-use tokio::sync::OwnedSemaphorePermit;
 
 /// Final touches for the client's era.
 pub fn finish(ctx: &Ctx, mut response: Value) -> Response {
@@ -54,8 +53,9 @@ pub fn upstream_error(id: &Value, error: &UpstreamError) -> Value {
     )
 }
 
-pub fn upstream_error_response(id: &Value, error: &UpstreamError, status: StatusCode) -> Response {
-    json_response(status, &upstream_error(id, error))
+/// A JSON-RPC error about an upstream: HTTP 200, since the gateway itself worked.
+pub fn upstream_error_response(id: &Value, error: &UpstreamError) -> Response {
+    json_response(StatusCode::OK, &upstream_error(id, error))
 }
 
 fn outcome_label(response: &Value) -> &'static str {
@@ -175,7 +175,7 @@ pub async fn discover_server(gw: &Gateway, ctx: &Ctx, name: &str, id: &Value) ->
             }
             finish(ctx, jsonrpc::result_response(id, Value::Object(result)))
         }
-        Err(e) => upstream_error_response(id, &e, StatusCode::OK),
+        Err(e) => upstream_error_response(id, &e),
     }
 }
 
@@ -214,7 +214,7 @@ pub async fn relay(
         .to_string();
     if let Err(e) = upstream.admit() {
         settle(&upstream, &method, started, "circuit_open");
-        return upstream_error_response(&id, &e, StatusCode::OK);
+        return upstream_error_response(&id, &e);
     }
     let timeout = upstream.timeout();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -223,7 +223,7 @@ pub async fn relay(
         Err(e) => {
             // Waiting for a slot is the gateway's queue, not a failure of the upstream.
             settle(&upstream, &method, started, "overloaded");
-            return upstream_error_response(&id, &e, StatusCode::OK);
+            return upstream_error_response(&id, &e);
         }
     };
     let conn = match upstream
@@ -233,7 +233,7 @@ pub async fn relay(
         Ok(c) => c,
         Err(e) => {
             settle(&upstream, &method, started, "unavailable");
-            return upstream_error_response(&id, &e, StatusCode::OK);
+            return upstream_error_response(&id, &e);
         }
     };
     let subscribe_uri = (method == "resources/subscribe")
@@ -314,18 +314,18 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
         Some(CallEvent::Failed(reason)) => {
             settle(&run.upstream, &run.method, run.started, "unavailable");
             let error = UpstreamError::Unavailable(run.upstream.name.clone(), reason);
-            return upstream_error_response(&id, &error, StatusCode::OK);
+            return upstream_error_response(&id, &error);
         }
         Some(CallEvent::TimedOut) => {
             settle(&run.upstream, &run.method, run.started, "timeout");
             let error = UpstreamError::Timeout(run.upstream.name.clone(), run.timeout.as_millis());
-            return upstream_error_response(&id, &error, StatusCode::OK);
+            return upstream_error_response(&id, &error);
         }
         None => {
             settle(&run.upstream, &run.method, run.started, "unavailable");
             let error =
                 UpstreamError::Unavailable(run.upstream.name.clone(), "connection closed".into());
-            return upstream_error_response(&id, &error, StatusCode::OK);
+            return upstream_error_response(&id, &error);
         }
         Some(event) => event,
     };
