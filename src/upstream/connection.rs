@@ -135,6 +135,32 @@ impl Call {
     }
 }
 
+/// Why a call the gateway made for itself ended without an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoAnswer {
+    Failed(String),
+    TimedOut,
+}
+
+impl Call {
+    /// The answer to a call the gateway made for itself (handshake, lists, pings):
+    /// notifications are skipped and server requests declined on the way.
+    pub async fn answer(&mut self) -> Result<Value, NoAnswer> {
+        loop {
+            match self.next().await {
+                Some(CallEvent::Response(r)) => return Ok(r),
+                Some(CallEvent::Failed(e)) => return Err(NoAnswer::Failed(e)),
+                Some(CallEvent::TimedOut) => return Err(NoAnswer::TimedOut),
+                None => return Err(NoAnswer::Failed("connection closed".into())),
+                Some(CallEvent::ServerRequest { upstream_id, msg }) => {
+                    self.conn.answer_unrouted(&upstream_id, &msg)
+                }
+                Some(CallEvent::Notification(_)) => {}
+            }
+        }
+    }
+}
+
 impl Drop for Call {
     fn drop(&mut self) {
         if !self.finished {
@@ -227,17 +253,10 @@ impl Connection {
         };
         // The supervisor bounds the handshake; this deadline is only a backstop.
         let mut call = self.start_call(body, Duration::from_secs(3600));
-        let response = loop {
-            match call.next().await {
-                Some(CallEvent::Response(r)) => break r,
-                Some(CallEvent::Failed(e)) => return Err(e),
-                Some(CallEvent::TimedOut) => return Err("initialize timed out".into()),
-                None => return Err("connection closed during initialize".into()),
-                Some(CallEvent::ServerRequest { upstream_id, msg }) => {
-                    self.answer_unrouted(&upstream_id, &msg);
-                }
-                Some(CallEvent::Notification(_)) => {}
-            }
+        let response = match call.answer().await {
+            Ok(response) => response,
+            Err(NoAnswer::Failed(e)) => return Err(format!("initialize failed: {e}")),
+            Err(NoAnswer::TimedOut) => return Err("initialize timed out".into()),
         };
         let result = match response.get("result") {
             Some(Value::Object(r)) => r.clone(),

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, TransportKind, UpstreamConfig};
 use crate::telemetry::metrics as m;
-pub use connection::{Call, CallEvent, Connection};
+pub use connection::{Call, CallEvent, Connection, NoAnswer};
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -295,25 +295,13 @@ impl Upstream {
         };
         let _permit = self.permit(wait).await?;
         let mut call = conn.start_call(body, wait);
-        let outcome = loop {
-            match call.next().await {
-                Some(CallEvent::Response(r)) => break r,
-                Some(CallEvent::Failed(e)) => {
-                    return Err(UpstreamError::Unavailable(self.name.clone(), e));
-                }
-                Some(CallEvent::TimedOut) => {
-                    return Err(UpstreamError::Timeout(self.name.clone(), wait.as_millis()));
-                }
-                None => {
-                    return Err(UpstreamError::Unavailable(
-                        self.name.clone(),
-                        "closed".into(),
-                    ));
-                }
-                Some(CallEvent::ServerRequest { upstream_id, msg }) => {
-                    conn.answer_unrouted(&upstream_id, &msg)
-                }
-                Some(CallEvent::Notification(_)) => {}
+        let outcome = match call.answer().await {
+            Ok(response) => response,
+            Err(NoAnswer::Failed(e)) => {
+                return Err(UpstreamError::Unavailable(self.name.clone(), e));
+            }
+            Err(NoAnswer::TimedOut) => {
+                return Err(UpstreamError::Timeout(self.name.clone(), wait.as_millis()));
             }
         };
         if let Some(error) = outcome.get("error") {
@@ -420,17 +408,8 @@ impl Upstream {
                     unreachable!()
                 };
                 let mut call = conn.start_call(body, wait);
-                let answered = loop {
-                    match call.next().await {
-                        // Any answer, even an error, shows the server is alive.
-                        Some(CallEvent::Response(_)) => break true,
-                        Some(CallEvent::Notification(_)) => {}
-                        Some(CallEvent::ServerRequest { upstream_id, msg }) => {
-                            conn.answer_unrouted(&upstream_id, &msg)
-                        }
-                        Some(CallEvent::Failed(_) | CallEvent::TimedOut) | None => break false,
-                    }
-                };
+                // Any answer, even an error, shows the server is alive.
+                let answered = call.answer().await.is_ok();
                 misses = if answered { 0 } else { misses + 1 };
                 if misses >= MISSES_ALLOWED {
                     tracing::warn!(upstream = %name, "no answer to {MISSES_ALLOWED} pings in a row");
