@@ -250,7 +250,7 @@ pub async fn handle(
         "logging/setLevel" => {
             let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
             let sends = gw.upstreams.iter().map(|u| {
-                let body = Value::Object(body.clone());
+                let body = body.clone();
                 async move {
                     let conn = u.connection(Duration::ZERO).await.ok()?;
                     if !conn.init()?.has_capability("logging") {

@@ -144,6 +144,16 @@ pub fn result_response(id: &Value, result: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "result": result })
 }
 
+/// A request the gateway sends on its own behalf; the connection gives it its id.
+pub fn request(method: &str, params: Value) -> Map<String, Value> {
+    let mut body = Map::new();
+    body.insert("jsonrpc".into(), json!("2.0"));
+    body.insert("id".into(), json!(0));
+    body.insert("method".into(), json!(method));
+    body.insert("params".into(), params);
+    body
+}
+
 pub fn notification(method: &str, params: Value) -> Value {
     json!({ "jsonrpc": "2.0", "method": method, "params": params })
 }

@@ -167,7 +167,7 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
             }) {
                 continue;
             }
-            let request = json!({ "jsonrpc": "2.0", "id": 0, "method": "resources/subscribe", "params": { "uri": uri } });
+            let request = jsonrpc::request("resources/subscribe", json!({ "uri": uri }));
             if upstream
                 .request(&conn, request, upstream.timeout())
                 .await

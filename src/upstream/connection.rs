@@ -240,17 +240,14 @@ impl Connection {
     /// Runs the MCP handshake; the gateway declares every client capability so the
     /// upstream will use them, and answers on behalf of clients that lack one.
     pub async fn initialize(self: &Arc<Self>, client_name: &str) -> Result<(), String> {
-        let request = json!({
-            "jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {
+        let body = jsonrpc::request(
+            "initialize",
+            json!({
                 "protocolVersion": crate::gateway::era::LATEST_LEGACY,
                 "capabilities": { "sampling": {}, "elicitation": {}, "roots": { "listChanged": true } },
                 "clientInfo": { "name": client_name, "version": env!("CARGO_PKG_VERSION") }
-            }
-        });
-        let Value::Object(body) = request else {
-            unreachable!()
-        };
+            }),
+        );
         // The supervisor bounds the handshake; this deadline is only a backstop.
         let mut call = self.start_call(body, Duration::from_secs(3600));
         let response = match call.answer().await {

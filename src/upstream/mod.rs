@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, TransportKind, UpstreamConfig};
+use crate::gateway::jsonrpc;
 use crate::telemetry::metrics as m;
 pub use connection::{Call, CallEvent, Connection, NoAnswer};
 
@@ -263,8 +264,7 @@ impl Upstream {
             if let Some(c) = cursor.take() {
                 params.insert("cursor".into(), c);
             }
-            let body =
-                json!({ "jsonrpc": "2.0", "id": 0, "method": kind.method(), "params": params });
+            let body = jsonrpc::request(kind.method(), Value::Object(params));
             let response = self.request(&conn, body, wait).await?;
             let result = response.get("result").cloned().unwrap_or(Value::Null);
             if let Some(Value::Array(page)) = result.get(kind.result_key()) {
@@ -287,12 +287,9 @@ impl Upstream {
     pub async fn request(
         &self,
         conn: &Arc<Connection>,
-        body: Value,
+        body: Map<String, Value>,
         wait: Duration,
     ) -> Result<Value, UpstreamError> {
-        let Value::Object(body) = body else {
-            unreachable!("requests are objects")
-        };
         let _permit = self.permit(wait).await?;
         let mut call = conn.start_call(body, wait);
         let outcome = match call.answer().await {
@@ -403,11 +400,7 @@ impl Upstream {
             let mut misses = 0;
             loop {
                 tokio::time::sleep(interval).await;
-                let ping = json!({ "jsonrpc": "2.0", "id": 0, "method": "ping" });
-                let Value::Object(body) = ping else {
-                    unreachable!()
-                };
-                let mut call = conn.start_call(body, wait);
+                let mut call = conn.start_call(jsonrpc::request("ping", json!({})), wait);
                 // Any answer, even an error, shows the server is alive.
                 let answered = call.answer().await.is_ok();
                 misses = if answered { 0 } else { misses + 1 };
