@@ -42,6 +42,9 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         http: Option<std::net::SocketAddr>,
     },
+    /// Check the configuration and reach every dependency it names, one line per check;
+    /// exits 1 when a check fails
+    Doctor,
     /// Generate an API key and print it with the SHA-256 digest to put in auth.api_keys
     Keygen,
     /// Print the version and the MCP protocol versions spoken

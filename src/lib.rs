@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo_upstream;
+pub mod doctor;
 pub mod gateway;
 pub mod healthcheck;
 pub mod startup;

@@ -7,12 +7,17 @@ use gantry::startup::{Application, Role, StartupError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
-    match command {
-        Command::Serve(args) => serve(cli.config, args, Role::Serve),
-        Command::Gateway(args) => serve(cli.config, args, Role::Gateway),
-        Command::Bridge(args) => bridge(cli.config, args),
-        other => runtime(1).block_on(run(cli.config, other)),
+    let config_path = cli.config;
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(config_path, args, Role::Serve),
+        Command::Gateway(args) => serve(config_path, args, Role::Gateway),
+        Command::Bridge(args) => bridge(config_path, args),
+        Command::Healthcheck { addr } => healthcheck(config_path, addr),
+        Command::Migrate => migrate(config_path),
+        Command::DemoUpstream { http } => demo_upstream(http),
+        Command::Doctor => doctor(config_path),
+        Command::Keygen => keygen(),
+        Command::Version => version(),
     }
 }
 
@@ -28,60 +33,83 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
     builder.enable_all().build().expect("tokio runtime starts")
 }
 
-async fn run(config_path: Option<std::path::PathBuf>, command: Command) -> ExitCode {
-    match command {
-        Command::Version => {
-            println!("gantry {}", env!("CARGO_PKG_VERSION"));
-            println!(
-                "MCP protocol versions: {}",
-                gantry::gateway::era::all_versions().join(", ")
-            );
-            ExitCode::SUCCESS
-        }
-        Command::DemoUpstream { http } => match gantry::demo_upstream::run(http).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("demo-upstream: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Keygen => {
-            let key = gantry::gateway::auth::generate_key();
-            let digest = gantry::gateway::auth::hex(&gantry::gateway::auth::sha256(&key));
-            println!("API key (shown once, give it to the client): {key}");
-            println!(
-                "Add to gantry.toml:\n\n[[auth.api_keys]]\nname = \"my-client\"\nsha256 = \"{digest}\""
-            );
-            ExitCode::SUCCESS
-        }
-        Command::Healthcheck { addr } => {
-            let addr = match addr {
-                Some(a) => a,
-                None => match config::load(config_path.as_deref()) {
-                    Ok(c) => c.server.listen,
-                    Err(e) => return config_error(e.to_string()),
-                },
-            };
-            if gantry::healthcheck::run(&addr).await {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Command::Migrate => {
-            let config = match config::load(config_path.as_deref()) {
-                Ok(c) => c,
-                Err(e) => return config_error(e.to_string()),
-            };
-            gantry::telemetry::init(&config.log);
-            // The gateway keeps no relational state; the control plane brings the stores.
-            println!("nothing to migrate: this build keeps no relational data");
-            ExitCode::SUCCESS
-        }
-        Command::Serve(_) | Command::Gateway(_) | Command::Bridge(_) => {
-            unreachable!("served by main")
+fn version() -> ExitCode {
+    println!("gantry {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "MCP protocol versions: {}",
+        gantry::gateway::era::all_versions().join(", ")
+    );
+    ExitCode::SUCCESS
+}
+
+fn keygen() -> ExitCode {
+    let key = gantry::gateway::auth::generate_key();
+    let digest = gantry::gateway::auth::hex(&gantry::gateway::auth::sha256(&key));
+    println!("API key (shown once, give it to the client): {key}");
+    println!(
+        "Add to gantry.toml:\n\n[[auth.api_keys]]\nname = \"my-client\"\nsha256 = \"{digest}\""
+    );
+    ExitCode::SUCCESS
+}
+
+fn demo_upstream(http: Option<std::net::SocketAddr>) -> ExitCode {
+    match runtime(1).block_on(gantry::demo_upstream::run(http)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo-upstream: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn healthcheck(config_path: Option<std::path::PathBuf>, addr: Option<String>) -> ExitCode {
+    let addr = match addr {
+        Some(a) => a,
+        None => match config::load(config_path.as_deref()) {
+            Ok(c) => c.server.listen,
+            Err(e) => return config_error(e.to_string()),
+        },
+    };
+    if runtime(1).block_on(gantry::healthcheck::run(&addr)) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn doctor(config_path: Option<std::path::PathBuf>) -> ExitCode {
+    let config = match config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("FAIL  {:<24} {e}", "config");
+            return ExitCode::from(2);
+        }
+    };
+    let source = match &config_path {
+        Some(path) => path.display().to_string(),
+        None if std::path::Path::new("gantry.toml").exists() => "gantry.toml".into(),
+        None => "defaults and environment".into(),
+    };
+    let checks = runtime(1).block_on(gantry::doctor::run(&config, &source));
+    for check in &checks {
+        println!("{check}");
+    }
+    if checks.iter().all(|c| c.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn migrate(config_path: Option<std::path::PathBuf>) -> ExitCode {
+    let config = match config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return config_error(e.to_string()),
+    };
+    gantry::telemetry::init(&config.log);
+    // The gateway keeps no relational state; the control plane brings the stores.
+    println!("nothing to migrate: this build keeps no relational data");
+    ExitCode::SUCCESS
 }
 
 fn config_error(message: String) -> ExitCode {

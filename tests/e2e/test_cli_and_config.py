@@ -15,7 +15,7 @@ def run(*args, cwd=None, env=None, timeout=30):
 
 def test_help_lists_the_subcommands():
     out = run("--help").stdout
-    for sub in ["serve", "gateway", "bridge", "migrate", "healthcheck", "demo-upstream", "version"]:
+    for sub in ["serve", "gateway", "bridge", "migrate", "healthcheck", "doctor", "demo-upstream", "version"]:
         assert f"  {sub}" in out, out
 
 
@@ -83,3 +83,30 @@ def test_multi_threaded_runtime_serves_too(gantry):
     g = gantry({"server": {"worker_threads": 3}, "upstreams": {"demo": demo_stdio()}})
     r = g.modern("tools/call", {"name": "demo__add", "arguments": {"a": 1, "b": 2}})
     assert r.json()["result"]["content"][0]["text"] == "3"
+
+
+def test_doctor_reports_one_line_per_check_and_fails_on_any(gantry, tmp_path):
+    g = gantry({"upstreams": {"demo": demo_stdio()}})
+    cfg = tmp_path / "doctor.toml"
+    cfg.write_text(
+        '[upstreams.local]\ntransport = "stdio"\ncommand = "node"\nenv = { TOKEN = "env:DOCTOR_TOKEN" }\n'
+        f'[upstreams.running]\ntransport = "streamable-http"\nurl = "{g.url}"\n'
+        '[upstreams.refused]\ntransport = "streamable-http"\nurl = "http://127.0.0.1:9/mcp"\n'
+        '[upstreams.absent]\ntransport = "stdio"\ncommand = "/nonexistent/server"\n'
+    )
+    r = run("--config", str(cfg), "doctor", env={"DOCTOR_TOKEN": "s3cret-token-value"})
+    lines = r.stdout.splitlines()
+    status = {l.split()[2]: l.split()[0] for l in lines if l.split()[1] == "upstream"}
+    assert r.returncode == 1, r.stdout
+    assert lines[0].startswith("ok") and "config" in lines[0]
+    assert status == {"local": "ok", "running": "ok", "refused": "FAIL", "absent": "FAIL"}, r.stdout
+    assert "s3cret-token-value" not in r.stdout + r.stderr
+    r = run("--config", str(cfg), "doctor")  # the reference no longer resolves
+    assert r.returncode == 1 and "DOCTOR_TOKEN is not set" in r.stdout
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[upstreams.local]\ntransport = "stdio"\ncommand = "node"\n')
+    assert run("--config", str(ok), "doctor").returncode == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nlisten = 5\n")
+    r = run("--config", str(bad), "doctor")
+    assert r.returncode == 2 and r.stdout.startswith("FAIL")
