@@ -104,8 +104,9 @@ impl Gateway {
     }
 
     /// Whether a session is still usable: not expired, not ended with DELETE here.
+    /// `iat` has whole seconds, so `>=` guarantees at least the configured lifetime.
     pub fn session_alive(&self, claims: &SessionClaims) -> bool {
-        self.session_expiry(claims) > unix_now()
+        self.session_expiry(claims) >= unix_now()
             && !self.revoked.lock().unwrap().contains_key(&claims.sid)
     }
 
@@ -114,7 +115,7 @@ impl Gateway {
     pub fn end_session(&self, claims: &SessionClaims) {
         let now = unix_now();
         let mut revoked = self.revoked.lock().unwrap();
-        revoked.retain(|_, expiry| *expiry > now);
+        revoked.retain(|_, expiry| *expiry >= now);
         revoked.insert(claims.sid.clone(), self.session_expiry(claims));
         self.subscriptions.lock().unwrap().remove(&claims.sid);
     }
@@ -122,7 +123,7 @@ impl Gateway {
     pub fn remember_subscription(&self, claims: &SessionClaims, uri: String) {
         let now = unix_now();
         let mut subscriptions = self.subscriptions.lock().unwrap();
-        subscriptions.retain(|_, (expiry, _)| *expiry > now);
+        subscriptions.retain(|_, (expiry, _)| *expiry >= now);
         let expiry = self.session_expiry(claims);
         subscriptions
             .entry(claims.sid.clone())
