@@ -20,7 +20,7 @@ use super::jsonrpc;
 use super::mrtr;
 use super::session::ClientCaps;
 use crate::telemetry::metrics as m;
-use crate::upstream::{Call, CallEvent, Connection, Upstream, UpstreamError};
+use crate::upstream::{Admission, Call, CallEvent, Connection, Upstream, UpstreamError};
 
 /// Final touches for the client's era.
 pub fn finish(ctx: &Ctx, mut response: Value) -> Response {
@@ -124,8 +124,14 @@ impl Drop for InFlight {
 }
 
 /// Records a call's outcome: in the metrics, and for the upstream's circuit breaker.
-pub(super) fn settle(upstream: &Upstream, method: &str, started: Instant, outcome: &'static str) {
-    upstream.record_outcome(outcome);
+fn settle(
+    upstream: &Upstream,
+    admission: Admission,
+    method: &str,
+    started: Instant,
+    outcome: &'static str,
+) {
+    upstream.record_outcome(outcome, admission);
     let server = upstream.name.as_str();
     let method = metric_method(method);
     metrics::counter!(m::MCP_REQUESTS, "server" => server.to_string(), "method" => method, "outcome" => outcome).increment(1);
@@ -191,8 +197,21 @@ pub struct Running {
     /// The request's tool or prompt name, or resource URI.
     pub(super) target: String,
     subscribe_uri: Option<String>,
+    admission: Admission,
     _permit: OwnedSemaphorePermit,
     _in_flight: InFlight,
+}
+
+impl Running {
+    pub(super) fn settle(&self, outcome: &'static str) {
+        settle(
+            &self.upstream,
+            self.admission,
+            &self.method,
+            self.started,
+            outcome,
+        );
+    }
 }
 
 /// Relays a request to `upstream`, under the upstream's timeout and concurrency cap.
@@ -212,17 +231,26 @@ pub async fn relay(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    if let Err(e) = upstream.admit() {
-        settle(&upstream, &method, started, "circuit_open");
-        return upstream_error_response(&id, &e);
-    }
+    let admission = match upstream.admit() {
+        Ok(admission) => admission,
+        Err(e) => {
+            settle(
+                &upstream,
+                Admission::default(),
+                &method,
+                started,
+                "circuit_open",
+            );
+            return upstream_error_response(&id, &e);
+        }
+    };
     let timeout = upstream.timeout();
     let deadline = tokio::time::Instant::now() + timeout;
     let permit = match upstream.permit(timeout).await {
         Ok(p) => p,
         Err(e) => {
             // Waiting for a slot is the gateway's queue, not a failure of the upstream.
-            settle(&upstream, &method, started, "overloaded");
+            settle(&upstream, admission, &method, started, "overloaded");
             return upstream_error_response(&id, &e);
         }
     };
@@ -232,7 +260,7 @@ pub async fn relay(
     {
         Ok(c) => c,
         Err(e) => {
-            settle(&upstream, &method, started, "unavailable");
+            settle(&upstream, admission, &method, started, "unavailable");
             return upstream_error_response(&id, &e);
         }
     };
@@ -259,6 +287,7 @@ pub async fn relay(
         timeout,
         target,
         subscribe_uri,
+        admission,
         _permit: permit,
     };
     drive(gw, ctx, id, running).await
@@ -276,7 +305,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
         let event = tokio::select! {
             event = run.call.next() => event,
             _ = cancel.token.cancelled() => {
-                settle(&run.upstream, &run.method, run.started, "cancelled");
+                run.settle("cancelled");
                 // Dropping the call tells the upstream (notifications/cancelled).
                 drop(run);
                 let response = jsonrpc::error_response(&id, jsonrpc::REQUEST_CANCELLED, "Request cancelled by the client", None);
@@ -295,12 +324,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     let first = match first {
         Some(CallEvent::Response(mut response)) => {
             response["id"] = id;
-            settle(
-                &run.upstream,
-                &run.method,
-                run.started,
-                outcome_label(&response),
-            );
+            run.settle(outcome_label(&response));
             if let (Some(uri), Some(_)) = (run.subscribe_uri.take(), response.get("result")) {
                 if let Some(claims) = &ctx.session {
                     gw.remember_subscription(claims, uri);
@@ -312,17 +336,17 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
             return finish(&ctx, mrtr::park(&gw, &ctx, &id, run, upstream_id, msg));
         }
         Some(CallEvent::Failed(reason)) => {
-            settle(&run.upstream, &run.method, run.started, "unavailable");
+            run.settle("unavailable");
             let error = UpstreamError::Unavailable(run.upstream.name.clone(), reason);
             return upstream_error_response(&id, &error);
         }
         Some(CallEvent::TimedOut) => {
-            settle(&run.upstream, &run.method, run.started, "timeout");
+            run.settle("timeout");
             let error = UpstreamError::Timeout(run.upstream.name.clone(), run.timeout.as_millis());
             return upstream_error_response(&id, &error);
         }
         None => {
-            settle(&run.upstream, &run.method, run.started, "unavailable");
+            run.settle("unavailable");
             let error =
                 UpstreamError::Unavailable(run.upstream.name.clone(), "connection closed".into());
             return upstream_error_response(&id, &error);
@@ -396,7 +420,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
             }
         };
         drop(minted);
-        settle(&run.upstream, &run.method, run.started, outcome);
+        run.settle(outcome);
     });
     sse_response(rx, None)
 }

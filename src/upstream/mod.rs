@@ -113,6 +113,15 @@ pub enum UpstreamError {
 struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
+    /// After the cooldown one call is let through; the others keep failing fast until
+    /// its outcome decides.
+    trial_out: bool,
+}
+
+/// Whether an admitted call is the breaker's trial after a cooldown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    pub trial: bool,
 }
 
 /// Cached lists by kind, with the time they were fetched.
@@ -183,50 +192,62 @@ impl Upstream {
 
     /// Refuses a call at once while the circuit is open; after the cooldown the next
     /// call goes through (half-open) and one more failure opens it again.
-    pub fn admit(&self) -> Result<(), UpstreamError> {
-        let threshold = self.config.circuit_breaker_failures;
-        if threshold == 0 {
-            return Ok(());
+    pub fn admit(&self) -> Result<Admission, UpstreamError> {
+        if self.config.circuit_breaker_failures == 0 {
+            return Ok(Admission::default());
         }
         let mut breaker = self.breaker.lock().unwrap();
         let Some(until) = breaker.open_until else {
-            return Ok(());
+            return Ok(Admission::default());
         };
         let now = Instant::now();
-        if now < until {
-            let wait = (until - now).as_secs_f64().ceil() as u64;
+        if now < until || breaker.trial_out {
+            let wait = until.saturating_duration_since(now).as_secs_f64().ceil() as u64;
             return Err(UpstreamError::CircuitOpen(
                 self.name.clone(),
                 breaker.failures,
                 wait,
             ));
         }
-        breaker.open_until = None;
-        breaker.failures = threshold - 1;
-        metrics::gauge!(m::UPSTREAM_CIRCUIT_OPEN, "server" => self.name.clone()).set(0.0);
-        Ok(())
+        breaker.trial_out = true;
+        Ok(Admission { trial: true })
     }
 
     /// Feeds a call's outcome to the breaker: unavailable and timed-out calls are
-    /// failures; any answer from the server, error or not, shows it is working.
-    pub fn record_outcome(&self, outcome: &str) {
+    /// failures; any answer from the server, error or not, shows it is working. The
+    /// trial's outcome closes the circuit or opens it for another cooldown; a trial that
+    /// ends undecided (cancelled, say) lets the next call try.
+    pub fn record_outcome(&self, outcome: &str, admission: Admission) {
         let threshold = self.config.circuit_breaker_failures;
         if threshold == 0 {
             return;
         }
         let mut breaker = self.breaker.lock().unwrap();
         match outcome {
-            "ok" | "error" => breaker.failures = 0,
+            "ok" | "error" => {
+                breaker.failures = 0;
+                if admission.trial {
+                    breaker.trial_out = false;
+                    breaker.open_until = None;
+                    metrics::gauge!(m::UPSTREAM_CIRCUIT_OPEN, "server" => self.name.clone())
+                        .set(0.0);
+                    tracing::info!(upstream = %self.name, "circuit closed: the trial call succeeded");
+                }
+            }
             "unavailable" | "timeout" => {
                 breaker.failures = breaker.failures.saturating_add(1);
-                if breaker.failures >= threshold && breaker.open_until.is_none() {
+                let opens = (breaker.failures >= threshold && breaker.open_until.is_none())
+                    || admission.trial;
+                if opens {
+                    breaker.trial_out = false;
                     let cooldown = Duration::from_secs(self.config.circuit_breaker_cooldown_secs);
                     breaker.open_until = Some(Instant::now() + cooldown);
                     metrics::gauge!(m::UPSTREAM_CIRCUIT_OPEN, "server" => self.name.clone())
                         .set(1.0);
-                    tracing::warn!(upstream = %self.name, failures = breaker.failures, cooldown_secs = cooldown.as_secs(), "circuit opened: calls fail fast until the cooldown ends");
+                    tracing::warn!(upstream = %self.name, failures = breaker.failures, cooldown_secs = cooldown.as_secs(), "circuit open: calls fail fast until the cooldown ends");
                 }
             }
+            _ if admission.trial => breaker.trial_out = false,
             _ => {}
         }
     }

@@ -305,3 +305,28 @@ def test_circuit_breaker_fails_fast_then_half_opens(gantry):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_half_open_circuit_lets_exactly_one_trial_through(gantry):
+    g = gantry({"upstreams": {"demo": demo_stdio(timeout_secs=1, circuit_breaker_failures=2,
+                                                 circuit_breaker_cooldown_secs=1)}})
+    slow = lambda: g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 5000}}, timeout=30).json()  # noqa: E731
+    for _ in range(2):
+        assert slow()["error"]["code"] == -32001
+    assert g.metric("mcp_upstream_circuit_open", server="demo") == 1.0
+
+    def trial():
+        # Retries while the circuit is open; the first call admitted is the trial.
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            r = slow()
+            if "circuit open" not in r["error"]["message"]:
+                return r
+            time.sleep(0.05)  # pacing between attempts, not synchronisation
+    t, result = in_background(trial)
+    wait_until(lambda: g.metric("mcp_requests_in_flight", server="demo") == 1.0, what="trial in flight")
+    other = g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "x"}}).json()
+    assert "circuit open" in other["error"]["message"], "only the trial goes through while it runs"
+    t.join(timeout=30)
+    assert result["r"]["error"]["code"] == -32001, "the trial itself timed out"
+    assert "circuit open" in g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "x"}}).json()["error"]["message"]
