@@ -1,3 +1,4 @@
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -8,17 +9,24 @@ use gantry::startup::{Application, Role, StartupError};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = cli.config;
-    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    // An `Err` is an exit status decided early: a configuration error has been reported.
+    let outcome = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(config_path, args, Role::Serve),
         Command::Gateway(args) => serve(config_path, args, Role::Gateway),
         Command::Bridge(args) => bridge(config_path, args),
         Command::Healthcheck { addr } => healthcheck(config_path, addr),
         Command::Migrate => migrate(config_path),
-        Command::DemoUpstream { http } => demo_upstream(http),
+        Command::DemoUpstream { http } => Ok(demo_upstream(http)),
         Command::Doctor => doctor(config_path),
-        Command::Keygen => keygen(),
-        Command::Version => version(),
-    }
+        Command::Keygen => Ok(keygen()),
+        Command::Version => Ok(version()),
+    };
+    outcome.unwrap_or_else(|status| status)
+}
+
+/// Loads the configuration; a bad one is reported once and ends the command with 2.
+fn load(config_path: Option<&Path>) -> Result<config::Config, ExitCode> {
+    config::load(config_path).map_err(|e| config_error(e.to_string()))
 }
 
 /// One worker runs a current-thread runtime; more run the multi-threaded scheduler.
@@ -62,54 +70,46 @@ fn demo_upstream(http: Option<std::net::SocketAddr>) -> ExitCode {
     }
 }
 
-fn healthcheck(config_path: Option<std::path::PathBuf>, addr: Option<String>) -> ExitCode {
+fn healthcheck(config_path: Option<PathBuf>, addr: Option<String>) -> Result<ExitCode, ExitCode> {
     let addr = match addr {
         Some(a) => a,
-        None => match config::load(config_path.as_deref()) {
-            Ok(c) => c.server.listen,
-            Err(e) => return config_error(e.to_string()),
-        },
+        None => load(config_path.as_deref())?.server.listen,
     };
-    if runtime(1).block_on(gantry::healthcheck::run(&addr)) {
+    Ok(if runtime(1).block_on(gantry::healthcheck::run(&addr)) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
-fn doctor(config_path: Option<std::path::PathBuf>) -> ExitCode {
-    let config = match config::load(config_path.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            println!("FAIL  {:<24} {e}", "config");
-            return ExitCode::from(2);
-        }
-    };
+fn doctor(config_path: Option<PathBuf>) -> Result<ExitCode, ExitCode> {
+    // The doctor reports a bad configuration as one of its own check lines.
+    let config = config::load(config_path.as_deref()).map_err(|e| {
+        println!("FAIL  {:<24} {e}", "config");
+        ExitCode::from(2)
+    })?;
     let source = match &config_path {
         Some(path) => path.display().to_string(),
-        None if std::path::Path::new("gantry.toml").exists() => "gantry.toml".into(),
+        None if Path::new("gantry.toml").exists() => "gantry.toml".into(),
         None => "defaults and environment".into(),
     };
     let checks = runtime(1).block_on(gantry::doctor::run(&config, &source));
     for check in &checks {
         println!("{check}");
     }
-    if checks.iter().all(|c| c.ok) {
+    Ok(if checks.iter().all(|c| c.ok) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
-fn migrate(config_path: Option<std::path::PathBuf>) -> ExitCode {
-    let config = match config::load(config_path.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return config_error(e.to_string()),
-    };
+fn migrate(config_path: Option<PathBuf>) -> Result<ExitCode, ExitCode> {
+    let config = load(config_path.as_deref())?;
     gantry::telemetry::init(&config.log);
     // The gateway keeps no relational state; the control plane brings the stores.
     println!("nothing to migrate: this build keeps no relational data");
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config_error(message: String) -> ExitCode {
@@ -118,13 +118,10 @@ fn config_error(message: String) -> ExitCode {
 }
 
 /// `gantry bridge`: the configuration's upstreams are replaced by the one command.
-fn bridge(config_path: Option<std::path::PathBuf>, args: BridgeArgs) -> ExitCode {
-    let mut config = match config::load(config_path.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return config_error(e.to_string()),
-    };
+fn bridge(config_path: Option<PathBuf>, args: BridgeArgs) -> Result<ExitCode, ExitCode> {
+    let mut config = load(config_path.as_deref())?;
     let name = args.name.clone().unwrap_or_else(|| {
-        let program = std::path::Path::new(&args.command[0]);
+        let program = Path::new(&args.command[0]);
         let stem = program
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -145,17 +142,19 @@ fn bridge(config_path: Option<std::path::PathBuf>, args: BridgeArgs) -> ExitCode
         UpstreamConfig::stdio(&args.command[0], args.command[1..].to_vec()),
     );
     if let Err((key, message)) = config::validate(&config) {
-        return config_error(format!("invalid configuration: {key}: {message}"));
+        return Err(config_error(format!(
+            "invalid configuration: {key}: {message}"
+        )));
     }
-    with_config(config, args.serve, Role::Bridge { open: args.no_auth })
+    Ok(with_config(
+        config,
+        args.serve,
+        Role::Bridge { open: args.no_auth },
+    ))
 }
 
-fn serve(config_path: Option<std::path::PathBuf>, args: ServeArgs, role: Role) -> ExitCode {
-    let config = match config::load(config_path.as_deref()) {
-        Ok(c) => c,
-        Err(e) => return config_error(e.to_string()),
-    };
-    with_config(config, args, role)
+fn serve(config_path: Option<PathBuf>, args: ServeArgs, role: Role) -> Result<ExitCode, ExitCode> {
+    Ok(with_config(load(config_path.as_deref())?, args, role))
 }
 
 fn with_config(mut config: config::Config, args: ServeArgs, role: Role) -> ExitCode {
