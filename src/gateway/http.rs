@@ -385,11 +385,7 @@ fn notification(
             }
         }
         "notifications/roots/list_changed" => {
-            let targets: Vec<_> = match route {
-                Route::Server(name) => gw.upstreams.get(name).into_iter().collect(),
-                Route::Aggregate => gw.upstreams.iter().collect(),
-            };
-            for upstream in targets {
+            for upstream in gw.upstreams_for(route) {
                 if let crate::upstream::State::Up(conn) = upstream.state() {
                     conn.notify(body.clone());
                 }

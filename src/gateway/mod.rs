@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::upstream::{Connection, Upstreams};
+use crate::upstream::{Connection, Upstream, Upstreams};
 use auth::Authenticator;
 use host_policy::HostPolicy;
 use session::{SessionClaims, SessionCodec};
@@ -95,6 +95,14 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             pinned: None,
             next_server_request: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// The upstreams a route reaches: one server, or all of them.
+    pub fn upstreams_for(&self, route: &Route) -> Vec<&Arc<Upstream>> {
+        match route {
+            Route::Server(name) => self.upstreams.get(name).into_iter().collect(),
+            Route::Aggregate => self.upstreams.iter().collect(),
         }
     }
 

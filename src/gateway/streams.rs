@@ -16,19 +16,12 @@ use super::relay::sse_response;
 use super::relay::{MintedIds, client_can_answer};
 use super::session::{ClientCaps, SessionClaims};
 use super::{Gateway, Route};
-use crate::upstream::{State, Upstream};
+use crate::upstream::State;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Decides whether (and as what) an upstream notification reaches a stream.
 type Filter = Arc<dyn Fn(&Value) -> Option<Value> + Send + Sync>;
-
-fn upstreams_of<'a>(gw: &'a Gateway, route: &Route) -> Vec<&'a Arc<Upstream>> {
-    match route {
-        Route::Server(name) => gw.upstreams.get(name).into_iter().collect(),
-        Route::Aggregate => gw.upstreams.iter().collect(),
-    }
-}
 
 /// Subscribes to each upstream's unsolicited messages, following reconnects, and feeds
 /// the ones `keep` accepts into `tx` until the client leaves or the gateway stops.
@@ -39,7 +32,7 @@ fn forward(
     keep: Filter,
     requests: Option<ClientCaps>,
 ) {
-    for upstream in upstreams_of(gw, route) {
+    for upstream in gw.upstreams_for(route) {
         let upstream = Arc::clone(upstream);
         let tx = tx.clone();
         let keep = Arc::clone(&keep);
@@ -127,7 +120,7 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         );
     }
     let flag = |k: &str| requested.get(k).and_then(Value::as_bool).unwrap_or(false);
-    let upstreams = upstreams_of(&gw, &ctx.route);
+    let upstreams = gw.upstreams_for(&ctx.route);
     let any_capability = |cap: &str, sub: &str| {
         ctx.route == Route::Aggregate
             || upstreams.iter().any(|u| match u.state() {
