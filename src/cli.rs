@@ -23,13 +23,18 @@ pub enum Command {
     /// All-in-one on embedded defaults, with the built-in demo upstream when no server is
     /// configured (the default command)
     Serve(ServeArgs),
-    /// The MCP data plane alone (production role; needs configured API keys)
+    /// The control plane alone: /api (tenants, users, API keys, status)
+    Api(ServeArgs),
+    /// The MCP data plane alone (production role; API keys from database.url or auth.api_keys)
     Gateway(ServeArgs),
     /// Serve one stdio MCP server over Streamable HTTP at /mcp, e.g.
     /// `gantry bridge --listen 0.0.0.0:8000 -- npx -y @modelcontextprotocol/server-github`
     Bridge(BridgeArgs),
-    /// Apply database migrations, then exit
+    /// Apply database migrations, then exit (uses database.migrate_url when set)
     Migrate,
+    /// Operator tasks without the API: the first administrator, tenants, API keys
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Exit 0 when the local instance is ready, 1 otherwise (for container healthchecks)
     Healthcheck {
         /// Address to probe (default: server.listen from configuration)
@@ -75,4 +80,42 @@ pub struct BridgeArgs {
     /// The stdio server's command and arguments
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum AdminCommand {
+    /// Create a user (or reset an existing user's password) and make them a member of a
+    /// tenant, which is created when missing. Prints a generated password unless
+    /// --password-stdin is given.
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        /// Tenant slug; created when it does not exist
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// owner, admin, member or viewer
+        #[arg(long, default_value = "owner")]
+        role: String,
+        /// May manage every tenant and register stdio servers
+        #[arg(long)]
+        platform_admin: bool,
+        /// Read the password from the first line of standard input
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Create an API key for a tenant and print it (once)
+    CreateKey {
+        /// Tenant slug
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: mcp, api
+        #[arg(long, default_value = "mcp")]
+        scopes: String,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List tenants
+    ListTenants,
 }

@@ -38,6 +38,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub gateway: GatewayConfig,
+    pub database: DatabaseConfig,
     pub log: LogConfig,
     /// Upstream MCP servers by name. A BTreeMap keeps aggregation order deterministic.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -88,6 +89,21 @@ pub struct AuthConfig {
     /// How long a 2025-era session id stays valid; after that the client gets 404 and
     /// initializes again, as the protocol prescribes.
     pub session_ttl_secs: u64,
+    /// Signs the control plane's access tokens (HS256); at least 32 bytes. Every API
+    /// replica needs the same one; without it, a random one is made per process and
+    /// tokens die with it.
+    pub jwt_secret: Option<Secret>,
+    /// Lifetime of an access token: short, since it cannot be revoked.
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token; each use rotates it.
+    pub refresh_token_ttl_secs: u64,
+    /// Failed logins for one e-mail address within `login_window_secs` before further
+    /// attempts are refused with 429 until the window passes.
+    pub login_max_failures: u32,
+    pub login_window_secs: u64,
+    /// How long a verified API key is trusted before the database is asked again (a
+    /// revoked key stops working within this time).
+    pub api_key_cache_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -96,9 +112,46 @@ impl Default for AuthConfig {
             api_keys: Vec::new(),
             session_key: None,
             session_ttl_secs: 24 * 3600,
+            jwt_secret: None,
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            login_max_failures: 5,
+            login_window_secs: 15 * 60,
+            api_key_cache_secs: 5,
         }
     }
 }
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://…` or `sqlite://path`. `gantry serve` and `gantry api` default to
+    /// `sqlite://gantry.db` in the working directory; `gantry gateway` uses the database
+    /// only when one is set (for API keys issued by the control plane).
+    pub url: Option<Secret>,
+    /// Connection used by `gantry migrate` when the services' own role may not change the
+    /// schema (PostgreSQL: the owner of the database). Defaults to `url`.
+    pub migrate_url: Option<Secret>,
+    /// Apply pending migrations at start-up. On by default for the embedded SQLite
+    /// database; in production run `gantry migrate` once per release instead.
+    pub migrate_on_start: Option<bool>,
+    pub max_connections: u32,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            migrate_url: None,
+            migrate_on_start: None,
+            max_connections: 10,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+pub const EMBEDDED_DATABASE: &str = "sqlite://gantry.db";
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -325,6 +378,39 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
     }
     if config.auth.session_ttl_secs == 0 {
         return Err(("auth.session_ttl_secs".into(), "must be at least 1".into()));
+    }
+    for (key, url) in [
+        ("database.url", &config.database.url),
+        ("database.migrate_url", &config.database.migrate_url),
+    ] {
+        if let Some(url) = url
+            && crate::store::Dialect::of(url.expose()).is_none()
+        {
+            return Err((
+                key.into(),
+                "must start with postgres:// or sqlite: (e.g. sqlite://gantry.db)".into(),
+            ));
+        }
+    }
+    if config.database.max_connections == 0 {
+        return Err((
+            "database.max_connections".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if let Some(secret) = &config.auth.jwt_secret
+        && secret.expose().len() < 32
+    {
+        return Err((
+            "auth.jwt_secret".into(),
+            "must be at least 32 characters (`openssl rand -base64 48` makes one)".into(),
+        ));
+    }
+    if config.auth.access_token_ttl_secs == 0 || config.auth.refresh_token_ttl_secs == 0 {
+        return Err((
+            "auth.access_token_ttl_secs".into(),
+            "token lifetimes must be at least 1 second".into(),
+        ));
     }
     if config.gateway.separator.is_empty() {
         return Err(("gateway.separator".into(), "must not be empty".into()));

@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use gantry::cli::{BridgeArgs, Cli, Command, ServeArgs};
+use gantry::cli::{AdminCommand, BridgeArgs, Cli, Command, ServeArgs};
 use gantry::config::{self, UpstreamConfig};
 use gantry::startup::{Application, Role, StartupError};
 
@@ -12,7 +12,9 @@ fn main() -> ExitCode {
     // An `Err` is an exit status decided early: a configuration error has been reported.
     let outcome = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(config_path, args, Role::Serve),
+        Command::Api(args) => serve(config_path, args, Role::Api),
         Command::Gateway(args) => serve(config_path, args, Role::Gateway),
+        Command::Admin(command) => admin(config_path, command),
         Command::Bridge(args) => bridge(config_path, args),
         Command::Healthcheck { addr } => healthcheck(config_path, addr),
         Command::Migrate => migrate(config_path),
@@ -107,9 +109,45 @@ fn doctor(config_path: Option<PathBuf>) -> Result<ExitCode, ExitCode> {
 fn migrate(config_path: Option<PathBuf>) -> Result<ExitCode, ExitCode> {
     let config = load(config_path.as_deref())?;
     gantry::telemetry::init(&config.log);
-    // The gateway keeps no relational state; the control plane brings the stores.
-    println!("nothing to migrate: this build keeps no relational data");
+    let url = config
+        .database
+        .migrate_url
+        .as_ref()
+        .or(config.database.url.as_ref())
+        .map(|s| s.expose().to_string())
+        .unwrap_or_else(|| config::EMBEDDED_DATABASE.to_string());
+    let backend = gantry::store::Dialect::of(&url).expect("validated").name();
+    let outcome = runtime(1).block_on(async {
+        let store = gantry::store::Store::connect(&url, &config.database).await?;
+        let applied = store.migrate().await?;
+        store.close().await;
+        Ok::<_, gantry::store::StoreError>(applied)
+    });
+    match outcome {
+        Ok(0) => println!("{backend} database is up to date"),
+        Ok(n) => println!("{backend} database: {n} migration(s) applied"),
+        Err(e) => {
+            eprintln!("gantry migrate: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn admin(config_path: Option<PathBuf>, command: AdminCommand) -> Result<ExitCode, ExitCode> {
+    let config = load(config_path.as_deref())?;
+    gantry::telemetry::init(&config.log);
+    match runtime(1).block_on(gantry::admin::run(&config, command)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(gantry::admin::AdminError::Usage(m)) => {
+            eprintln!("gantry admin: {m}");
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("gantry admin: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn config_error(message: String) -> ExitCode {
@@ -185,6 +223,10 @@ async fn serve_with(config: config::Config, args: ServeArgs, role: Role) -> Exit
     }
     match role {
         Role::Serve => print_banner(&app),
+        Role::Api => println!(
+            "gantry api ready: http://{}/api (OpenAPI: /api/openapi.json)",
+            app.local_addr()
+        ),
         Role::Gateway | Role::Bridge { .. } => {
             let servers: Vec<&str> = app
                 .gateway()
@@ -232,6 +274,7 @@ Gantry {version} is ready.
   Servers:        {servers}
   API key:        {key_line}
   Metrics:        http://{host}/metrics
+  Control plane:  http://{host}/api   (OpenAPI: /api/openapi.json; first user: `gantry admin create-user --email you@example.com`)
 
 Call a tool with curl (2026-07-28, stateless):
   curl -s {url} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \

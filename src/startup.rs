@@ -19,11 +19,16 @@ use tower_http::LatencyUnit;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
-use crate::config::{Config, PrefixMode, UpstreamConfig};
+use crate::api::ApiState;
+use crate::config::{Config, EMBEDDED_DATABASE, PrefixMode, UpstreamConfig};
 use crate::gateway::auth::{self, ConfigKeys};
 use crate::gateway::host_policy::HostPolicy;
 use crate::gateway::session::{SessionCodec, decode_key};
 use crate::gateway::{self, Gateway, aggregate};
+use crate::identity::key_auth::KeyAuthenticator;
+use crate::identity::throttle::LoginThrottle;
+use crate::identity::tokens::TokenIssuer;
+use crate::store::{Dialect, Store};
 use crate::telemetry::metrics as m;
 use crate::upstream::{ListKind, State as UpState, Upstreams};
 
@@ -33,6 +38,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Serve,
+    /// The control plane alone.
+    Api,
     Gateway,
     /// One stdio server served over Streamable HTTP; `open` accepts unauthenticated
     /// callers (an explicit choice for private networks).
@@ -48,6 +55,81 @@ pub enum StartupError {
     Config(String),
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
+    /// A dependency (the database) could not be used: exit code 1, it may come back.
+    #[error("{0}")]
+    Dependency(String),
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Api => "api",
+            Role::Gateway => "gateway",
+            Role::Bridge { .. } => "bridge",
+        }
+    }
+
+    fn serves_api(self) -> bool {
+        matches!(self, Role::Serve | Role::Api)
+    }
+
+    fn serves_mcp(self) -> bool {
+        !matches!(self, Role::Api)
+    }
+}
+
+/// Opens the database a role needs, migrating it first when configured to (the default
+/// for the embedded SQLite file). `gantry gateway` uses one only when `database.url` is
+/// set; the bridge never does.
+pub async fn open_store(config: &Config, role: Role) -> Result<Option<Store>, StartupError> {
+    let url = match (&config.database.url, role) {
+        (Some(url), Role::Serve | Role::Api | Role::Gateway) => url.expose().to_string(),
+        (None, Role::Serve | Role::Api) => EMBEDDED_DATABASE.to_string(),
+        _ => return Ok(None),
+    };
+    let dialect = Dialect::of(&url).expect("validated");
+    let store = Store::connect(&url, &config.database).await.map_err(|e| {
+        StartupError::Dependency(format!("cannot open the {} database: {e}", dialect.name()))
+    })?;
+    let migrate = config
+        .database
+        .migrate_on_start
+        .unwrap_or(dialect == Dialect::Sqlite);
+    if migrate {
+        let applied = store
+            .migrate()
+            .await
+            .map_err(|e| StartupError::Dependency(e.to_string()))?;
+        if applied > 0 {
+            tracing::info!(
+                applied,
+                backend = dialect.name(),
+                "database migrations applied"
+            );
+        }
+    }
+    store
+        .check_migrated()
+        .await
+        .map_err(|e| StartupError::Dependency(e.to_string()))?;
+    Ok(Some(store))
+}
+
+/// The secret signing access tokens; a random one (with a warning) when none is set.
+fn token_issuer(config: &Config) -> TokenIssuer {
+    let secret = match &config.auth.jwt_secret {
+        Some(secret) => secret.expose().as_bytes().to_vec(),
+        None => {
+            tracing::warn!(
+                "auth.jwt_secret is not set: access tokens will not survive a restart or work across replicas"
+            );
+            let mut bytes = vec![0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+            bytes
+        }
+    };
+    TokenIssuer::new(&secret, config.auth.access_token_ttl_secs)
 }
 
 #[derive(Clone)]
@@ -58,7 +140,10 @@ struct AppState {
 
 pub struct Application {
     listener: tokio::net::TcpListener,
+    role: Role,
     gateway: Arc<Gateway>,
+    store: Option<Store>,
+    api: Option<ApiState>,
     metrics: PrometheusHandle,
     grace: Duration,
     /// The key generated for this run when none is configured (printed in the banner).
@@ -67,6 +152,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(mut config: Config, role: Role) -> Result<Self, StartupError> {
+        if role == Role::Api {
+            // The control plane alone runs no MCP servers.
+            config.upstreams.clear();
+        }
+        let store = open_store(&config, role).await?;
         if role == Role::Serve && config.upstreams.is_empty() && config.gateway.demo_upstream {
             let exe = std::env::current_exe().map_err(|e| {
                 StartupError::Config(format!("cannot locate the gantry binary: {e}"))
@@ -83,9 +173,9 @@ impl Application {
                 keys.add("generated", &key);
                 Some(key)
             }
-            (true, Role::Gateway) => {
+            (true, Role::Gateway) if store.is_none() => {
                 return Err(StartupError::Config(
-                    "invalid configuration: auth.api_keys: the gateway role needs at least one API key (`gantry keygen` makes one)".into(),
+                    "invalid configuration: auth.api_keys: the gateway role needs database.url (for keys issued by the control plane) or at least one configured API key (`gantry keygen` makes one)".into(),
                 ));
             }
             (true, Role::Bridge { open: false }) => {
@@ -102,7 +192,11 @@ impl Application {
                 );
                 Arc::new(auth::Anonymous)
             }
-            _ => Arc::new(keys),
+            _ => Arc::new(KeyAuthenticator::new(
+                keys,
+                store.clone(),
+                Duration::from_secs(config.auth.api_key_cache_secs),
+            )),
         };
         let pinned = match role {
             Role::Bridge { .. } => config.upstreams.keys().next().cloned(),
@@ -139,8 +233,27 @@ impl Application {
         );
         gateway.pinned = pinned;
         let gateway = Arc::new(gateway);
+        let api = match (&store, role.serves_api()) {
+            (Some(store), true) => Some(ApiState {
+                store: store.clone(),
+                tokens: Arc::new(token_issuer(&config)),
+                throttle: Arc::new(LoginThrottle::new(
+                    config.auth.login_max_failures,
+                    Duration::from_secs(config.auth.login_window_secs),
+                )),
+                config: Arc::clone(&config),
+                started: Instant::now(),
+                started_at: chrono::Utc::now(),
+                gateway: role.serves_mcp().then(|| Arc::clone(&gateway)),
+                role: role.name(),
+            }),
+            _ => None,
+        };
         Ok(Self {
             listener,
+            role,
+            store,
+            api,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
             gateway,
             metrics,
@@ -207,8 +320,14 @@ impl Application {
                     .delete(gateway::http::delete_server),
             )
             .with_state(Arc::clone(&self.gateway));
-        Router::new()
-            .merge(mcp)
+        let mut routes: Router<AppState> = Router::new();
+        if self.role.serves_mcp() {
+            routes = routes.merge(mcp);
+        }
+        if let Some(api) = &self.api {
+            routes = routes.merge(crate::api::router(api.clone()));
+        }
+        routes
             .route("/health", get(health))
             .route("/ready", get(ready))
             .route("/metrics", get(render_metrics))
@@ -268,6 +387,9 @@ impl Application {
             ),
         }
         gateway.upstreams.shutdown().await;
+        if let Some(store) = &self.store {
+            store.close().await;
+        }
         tracing::info!("all upstreams stopped; bye");
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! Who is calling `/mcp`. Today: API keys from configuration, compared by SHA-256 digest
-//! in constant time. The control plane plugs its own [`Authenticator`] in here.
+//! Who is calling `/mcp`: API keys from configuration (compared by SHA-256 digest in
+//! constant time) and, when a database is configured, keys issued by the control plane
+//! ([`crate::identity::key_auth`]).
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -11,6 +12,17 @@ use crate::config::AuthConfig;
 pub struct Principal {
     /// Stable identifier for logs, audit and session binding, e.g. `key:default`.
     pub id: String,
+    /// The tenant the caller acts for; `None` for configuration keys (embedded mode).
+    pub tenant_id: Option<String>,
+}
+
+impl Principal {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            tenant_id: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,20 +31,23 @@ pub enum AuthError {
     Missing,
     #[error("invalid bearer token")]
     Invalid,
+    /// The credential store could not be asked; the caller may retry.
+    #[error("authentication is temporarily unavailable")]
+    Unavailable,
 }
 
+#[async_trait::async_trait]
 pub trait Authenticator: Send + Sync {
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError>;
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError>;
 }
 
 /// Accepts every caller: only for `gantry bridge --no-auth` on a private network.
 pub struct Anonymous;
 
+#[async_trait::async_trait]
 impl Authenticator for Anonymous {
-    fn authenticate(&self, _headers: &HeaderMap) -> Result<Principal, AuthError> {
-        Ok(Principal {
-            id: "anonymous".into(),
-        })
+    async fn authenticate(&self, _headers: &HeaderMap) -> Result<Principal, AuthError> {
+        Ok(Principal::new("anonymous"))
     }
 }
 
@@ -84,9 +99,17 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+#[async_trait::async_trait]
 impl Authenticator for ConfigKeys {
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
         let token = bearer(headers).ok_or(AuthError::Missing)?;
+        self.check(token)
+    }
+}
+
+impl ConfigKeys {
+    /// The configured key matching `token`, if any.
+    pub fn check(&self, token: &str) -> Result<Principal, AuthError> {
         let digest = sha256(token);
         // Every key is compared so timing reveals neither which key matched nor how much.
         let mut found = None;
@@ -96,9 +119,7 @@ impl Authenticator for ConfigKeys {
             }
         }
         found
-            .map(|name| Principal {
-                id: format!("key:{name}"),
-            })
+            .map(|name| Principal::new(format!("key:{name}")))
             .ok_or(AuthError::Invalid)
     }
 }
@@ -126,8 +147,8 @@ mod tests {
         h
     }
 
-    #[test]
-    fn accepts_configured_key_by_digest_only() {
+    #[tokio::test]
+    async fn accepts_configured_key_by_digest_only() {
         let key = generate_key();
         let config = AuthConfig {
             api_keys: vec![ApiKeyConfig {
@@ -139,20 +160,21 @@ mod tests {
         let auth = ConfigKeys::from_config(&config);
         assert_eq!(
             auth.authenticate(&headers(&format!("Bearer {key}")))
+                .await
                 .unwrap()
                 .id,
             "key:ci"
         );
         assert_eq!(
-            auth.authenticate(&headers("Bearer gty_wrong")),
+            auth.authenticate(&headers("Bearer gty_wrong")).await,
             Err(AuthError::Invalid)
         );
         assert_eq!(
-            auth.authenticate(&headers(&format!("Basic {key}"))),
+            auth.authenticate(&headers(&format!("Basic {key}"))).await,
             Err(AuthError::Missing)
         );
         assert_eq!(
-            auth.authenticate(&HeaderMap::new()),
+            auth.authenticate(&HeaderMap::new()).await,
             Err(AuthError::Missing)
         );
     }

@@ -66,6 +66,19 @@ fn unauthorized(error: AuthError) -> Response {
     let challenge = match error {
         AuthError::Missing => r#"Bearer realm="gantry""#,
         AuthError::Invalid => r#"Bearer realm="gantry", error="invalid_token""#,
+        AuthError::Unavailable => {
+            let mut response = rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &Value::Null,
+                jsonrpc::INTERNAL_ERROR,
+                "authentication is temporarily unavailable; retry shortly",
+                None,
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
     };
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -75,7 +88,7 @@ fn unauthorized(error: AuthError) -> Response {
 }
 
 /// Host/Origin, then authentication: shared by every method on the MCP endpoint.
-fn admit(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, Response> {
+async fn admit(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, Response> {
     gw.hosts.check(headers).map_err(|reason| {
         rpc_error(
             StatusCode::FORBIDDEN,
@@ -85,7 +98,7 @@ fn admit(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, Response> {
             None,
         )
     })?;
-    gw.auth.authenticate(headers).map_err(unauthorized)
+    gw.auth.authenticate(headers).await.map_err(unauthorized)
 }
 
 fn route_for(gw: &Gateway, server: Option<String>) -> Result<Route, Response> {
@@ -196,7 +209,7 @@ async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let principal = match admit(&gw, &headers) {
+    let principal = match admit(&gw, &headers).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -440,7 +453,7 @@ pub async fn get_server(
 
 /// The 2025-era standalone stream. Without a session (the 2026-07-28 era), 405.
 async fn get(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) -> Response {
-    let principal = match admit(&gw, &headers) {
+    let principal = match admit(&gw, &headers).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -480,7 +493,7 @@ pub async fn delete_server(
 }
 
 async fn delete(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) -> Response {
-    let principal = match admit(&gw, &headers) {
+    let principal = match admit(&gw, &headers).await {
         Ok(p) => p,
         Err(r) => return r,
     };

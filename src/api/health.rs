@@ -1,0 +1,88 @@
+//! Liveness, readiness and status. Liveness depends on nothing; readiness on every store
+//! the role uses; status tells operators what runs and how it is doing.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use super::ApiState;
+use crate::upstream::State as UpState;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[utoipa::path(get, path = "/api/health", tag = "health",
+    responses((status = 200, description = "The process is alive")))]
+pub async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn database_check(state: &ApiState) -> Value {
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await;
+    let backend = state.store.dialect().name();
+    match outcome {
+        Ok(Ok(())) => {
+            json!({ "status": "up", "backend": backend, "latency_ms": started.elapsed().as_secs_f64() * 1e3 })
+        }
+        Ok(Err(e)) => json!({ "status": "down", "backend": backend, "error": e.to_string() }),
+        Err(_) => json!({ "status": "down", "backend": backend, "error": "no answer within 2 s" }),
+    }
+}
+
+#[utoipa::path(get, path = "/api/ready", tag = "health",
+    responses((status = 200, description = "Every dependency answers"),
+              (status = 503, description = "A dependency is down; `checks` says which")))]
+pub async fn ready(State(state): State<ApiState>) -> Response {
+    let checks = json!({ "database": database_check(&state).await });
+    let failed: Vec<&String> = checks
+        .as_object()
+        .expect("object")
+        .iter()
+        .filter(|(_, c)| c["status"] != "up")
+        .map(|(name, _)| name)
+        .collect();
+    let (status, word) = if failed.is_empty() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    (
+        status,
+        Json(json!({ "status": word, "failed": failed, "checks": checks })),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/status", tag = "health",
+    responses((status = 200, description = "Components, versions, uptime and upstream health")))]
+pub async fn status(State(state): State<ApiState>) -> Json<Value> {
+    let upstreams: Vec<Value> = match &state.gateway {
+        Some(gw) => gw
+            .upstreams
+            .iter()
+            .map(|u| {
+                let (status, reason) = match u.state() {
+                    UpState::Up(_) => ("up", None),
+                    UpState::Starting => ("starting", None),
+                    UpState::Down(reason) => ("down", Some(reason)),
+                };
+                json!({ "name": u.name, "status": status, "reason": reason, "restarts": u.restarts() })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Json(json!({
+        "service": "gantry",
+        "version": env!("CARGO_PKG_VERSION"),
+        "role": state.role,
+        "started_at": state.started_at.to_rfc3339(),
+        "uptime_secs": state.started.elapsed().as_secs(),
+        "mcp_protocol_versions": crate::gateway::era::all_versions(),
+        "components": { "database": database_check(&state).await },
+        "upstreams": upstreams,
+    }))
+}

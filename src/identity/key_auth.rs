@@ -1,0 +1,99 @@
+//! API-key authentication for `/mcp`: configuration keys first (embedded mode), then
+//! keys issued by the control plane, looked up by SHA-256 in the database.
+//!
+//! Verified answers — positive and negative — are kept for `auth.api_key_cache_secs`,
+//! so a busy client costs one database query per key per period rather than one per
+//! call; a revoked key therefore stops working within that period.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+
+use crate::gateway::auth::{AuthError, Authenticator, ConfigKeys, Principal, bearer, sha256};
+use crate::store::Store;
+
+const MAX_CACHED: usize = 10_000;
+
+/// A verified answer for one key digest, and when it was verified.
+type Verdict = (Result<Principal, AuthError>, Instant);
+
+pub struct KeyAuthenticator {
+    config_keys: ConfigKeys,
+    store: Option<Store>,
+    ttl: Duration,
+    cache: Mutex<HashMap<[u8; 32], Verdict>>,
+}
+
+impl KeyAuthenticator {
+    pub fn new(config_keys: ConfigKeys, store: Option<Store>, ttl: Duration) -> Self {
+        Self {
+            config_keys,
+            store,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn lookup(&self, store: &Store, token: &str) -> Result<Principal, AuthError> {
+        let digest = hex::encode(sha256(token));
+        let found = store.find_api_key(&digest).await.map_err(|e| {
+            tracing::warn!(error = %e, "API key lookup failed");
+            AuthError::Unavailable
+        })?;
+        let Some(key) = found else {
+            return Err(AuthError::Invalid);
+        };
+        let now = crate::store::now_ms();
+        let usable = key.revoked_at.is_none()
+            && key.expires_at.is_none_or(|at| at > now)
+            && key.scopes.iter().any(|s| s == "mcp");
+        if !usable {
+            return Err(AuthError::Invalid);
+        }
+        // Recording the last use must never slow the call down.
+        let (store, tenant, id) = (store.clone(), key.tenant_id.clone(), key.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_api_key(&tenant, &id, now).await {
+                tracing::debug!(error = %e, "could not record API key use");
+            }
+        });
+        Ok(Principal {
+            id: format!("key:{}", key.id),
+            tenant_id: Some(key.tenant_id),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Authenticator for KeyAuthenticator {
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
+        let token = bearer(headers).ok_or(AuthError::Missing)?;
+        let configured = self.config_keys.check(token);
+        let Some(store) = &self.store else {
+            return configured;
+        };
+        if configured.is_ok() {
+            return configured;
+        }
+        let digest = sha256(token);
+        if let Some((answer, at)) = self.cache.lock().expect("cache lock").get(&digest)
+            && at.elapsed() < self.ttl
+        {
+            return answer.clone();
+        }
+        let answer = self.lookup(store, token).await;
+        if answer != Err(AuthError::Unavailable) {
+            let mut cache = self.cache.lock().expect("cache lock");
+            if cache.len() >= MAX_CACHED {
+                cache.retain(|_, (_, at)| at.elapsed() < self.ttl);
+                if cache.len() >= MAX_CACHED {
+                    cache.clear();
+                }
+            }
+            cache.insert(digest, (answer.clone(), Instant::now()));
+        }
+        answer
+    }
+}
