@@ -129,8 +129,10 @@ class Gantry:
             f'sha256 = "{hashlib.sha256(self.key.encode()).hexdigest()}"\n{upstreams}'
         )
         started = time.perf_counter()
+        # In its own directory: `serve` keeps its embedded database (and audit) there.
         self.proc = subprocess.Popen([GANTRY, "--config", str(cfg), "serve", "--listen", "127.0.0.1:0",
-                                      "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "--ready-file", str(ready)], cwd=tmp,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while not (ready.exists() and ready.read_text()):
             if self.proc.poll() is not None:
                 raise RuntimeError("gantry exited")

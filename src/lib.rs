@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo_upstream;
@@ -9,7 +10,9 @@ pub mod doctor;
 pub mod gateway;
 pub mod healthcheck;
 pub mod identity;
+pub mod policy;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod vault;

@@ -20,6 +20,10 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::api::ApiState;
+use crate::audit::AuditStore;
+use crate::audit::mongo::MongoAudit;
+use crate::audit::queue::AuditWriter;
+use crate::audit::sql::SqlAudit;
 use crate::config::{Config, EMBEDDED_DATABASE, PrefixMode, UpstreamConfig};
 use crate::gateway::auth::{self, ConfigKeys};
 use crate::gateway::host_policy::HostPolicy;
@@ -28,6 +32,7 @@ use crate::gateway::{self, Gateway, aggregate};
 use crate::identity::key_auth::KeyAuthenticator;
 use crate::identity::throttle::LoginThrottle;
 use crate::identity::tokens::TokenIssuer;
+use crate::policy::limiter::RateLimiter;
 use crate::store::{Dialect, Store};
 use crate::telemetry::metrics as m;
 use crate::upstream::{ListKind, State as UpState, Upstreams};
@@ -116,6 +121,55 @@ pub async fn open_store(config: &Config, role: Role) -> Result<Option<Store>, St
     Ok(Some(store))
 }
 
+/// The audit store the configuration names, if auditing is on and the role has one.
+async fn open_audit(
+    config: &Config,
+    role: Role,
+    store: Option<&Store>,
+) -> Result<Option<Arc<dyn AuditStore>>, StartupError> {
+    if !config.audit.enabled || matches!(role, Role::Bridge { .. }) {
+        return Ok(None);
+    }
+    let url = config.audit.store.expose();
+    if url == "sql" {
+        return Ok(match store {
+            Some(store) => Some(Arc::new(SqlAudit::new(store.clone()))),
+            None => {
+                tracing::warn!(
+                    "audit is off: audit.store = \"sql\" needs database.url (or set audit.store to a mongodb:// URL)"
+                );
+                None
+            }
+        });
+    }
+    let mongo = MongoAudit::connect(url, config.audit.retention_days)
+        .await
+        .map_err(|e| StartupError::Config(format!("invalid configuration: audit.store: {e}")))?;
+    Ok(Some(Arc::new(mongo)))
+}
+
+/// The Redis connection the configuration names (`cache.url`), connected lazily so a
+/// Redis that is down at start-up degrades rate limits to in-process instead of
+/// stopping the service.
+fn open_redis(config: &Config) -> Result<Option<redis::aio::ConnectionManager>, StartupError> {
+    let url = config.cache.url.expose();
+    if url == "memory://" {
+        return Ok(None);
+    }
+    let client = redis::Client::open(url).map_err(|e| {
+        StartupError::Config(format!("invalid configuration: cache.url: {:?}", e.kind()))
+    })?;
+    let settings = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(1)))
+        .set_number_of_retries(1);
+    redis::aio::ConnectionManager::new_lazy_with_config(client, settings)
+        .map(Some)
+        .map_err(|e| {
+            StartupError::Config(format!("invalid configuration: cache.url: {:?}", e.kind()))
+        })
+}
+
 /// The secret signing access tokens; a random one (with a warning) when none is set.
 fn token_issuer(config: &Config) -> TokenIssuer {
     let secret = match &config.auth.jwt_secret {
@@ -143,6 +197,7 @@ pub struct Application {
     role: Role,
     gateway: Arc<Gateway>,
     store: Option<Store>,
+    audit_writer: Option<AuditWriter>,
     api: Option<ApiState>,
     metrics: PrometheusHandle,
     grace: Duration,
@@ -157,6 +212,7 @@ impl Application {
             config.upstreams.clear();
         }
         let store = open_store(&config, role).await?;
+        let audit_store = open_audit(&config, role, store.as_ref()).await?;
         if role == Role::Serve && config.upstreams.is_empty() && config.gateway.demo_upstream {
             let exe = std::env::current_exe().map_err(|e| {
                 StartupError::Config(format!("cannot locate the gantry binary: {e}"))
@@ -232,6 +288,19 @@ impl Application {
             hosts,
         );
         gateway.pinned = pinned;
+        let redis = open_redis(&config)?;
+        gateway.limits = crate::gateway::limits::Limits::new(RateLimiter::new(
+            redis.clone(),
+            &config.cache.key_prefix,
+        ));
+        let audit_writer = match (&audit_store, role.serves_mcp()) {
+            (Some(audit), true) => {
+                let (queue, writer) = crate::audit::queue::start(Arc::clone(audit), &config.audit);
+                gateway.audit = Some(queue);
+                Some(writer)
+            }
+            _ => None,
+        };
         let gateway = Arc::new(gateway);
         let api = match (&store, role.serves_api()) {
             (Some(store), true) => Some(ApiState {
@@ -245,6 +314,13 @@ impl Application {
                 started: Instant::now(),
                 started_at: chrono::Utc::now(),
                 gateway: role.serves_mcp().then(|| Arc::clone(&gateway)),
+                audit: audit_store.clone(),
+                redis: redis.clone(),
+                oidc: config
+                    .auth
+                    .oidc
+                    .clone()
+                    .map(|c| Arc::new(crate::identity::oidc::OidcVerifier::new(c))),
                 role: role.name(),
             }),
             _ => None,
@@ -253,6 +329,7 @@ impl Application {
             listener,
             role,
             store,
+            audit_writer,
             api,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
             gateway,
@@ -285,7 +362,7 @@ impl Application {
         self.gateway.upstreams.wait_attempted(wait).await;
         if self.gateway.config.gateway.prefix_mode == PrefixMode::Never {
             for kind in [ListKind::Tools, ListKind::Prompts] {
-                let merged = aggregate::merged(&self.gateway, kind).await;
+                let merged = aggregate::merged(&self.gateway, kind, None).await;
                 if let Some((name, a, b)) = merged.conflicts.first() {
                     return Err(StartupError::Config(format!(
                         "invalid configuration: gateway.prefix_mode: \"never\", but {} '{name}' is offered by both '{a}' and '{b}' (use \"on-conflict\" or \"always\")",
@@ -312,6 +389,11 @@ impl Application {
                 axum::routing::post(gateway::http::post_aggregate)
                     .get(gateway::http::get_aggregate)
                     .delete(gateway::http::delete_aggregate),
+            )
+            .route("/api/v1/tools", get(gateway::rest::list))
+            .route(
+                "/api/v1/tools/{name}/call",
+                axum::routing::post(gateway::rest::call),
             )
             .route(
                 "/mcp/{server}",
@@ -387,6 +469,9 @@ impl Application {
             ),
         }
         gateway.upstreams.shutdown().await;
+        if let Some(writer) = self.audit_writer {
+            writer.shutdown(self.grace).await;
+        }
         if let Some(store) = &self.store {
             store.close().await;
         }

@@ -49,7 +49,10 @@ pub struct Me {
     pub memberships: Vec<Membership>,
 }
 
-fn pick_tenant(memberships: Vec<Membership>, wanted: Option<&str>) -> Result<Membership, ApiError> {
+pub(crate) fn pick_tenant(
+    memberships: Vec<Membership>,
+    wanted: Option<&str>,
+) -> Result<Membership, ApiError> {
     match wanted {
         Some(w) => memberships
             .into_iter()

@@ -4,8 +4,11 @@ use axum::extract::FromRequestParts;
 use http::request::Parts;
 
 use super::ApiState;
+use super::auth::pick_tenant;
 use super::error::ApiError;
 use crate::gateway::auth::bearer;
+use crate::identity::oidc::{Identity, OidcError};
+use crate::store::StoreError;
 use crate::store::identity::Role;
 
 #[derive(Debug, Clone)]
@@ -50,14 +53,98 @@ impl FromRequestParts<ApiState> for Caller {
         let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::Unauthenticated("send an access token: Authorization: Bearer <token>".into())
         })?;
-        let claims = state.tokens.verify(token).map_err(|_| {
-            ApiError::Unauthenticated("the access token is invalid or expired".into())
+        let invalid = || ApiError::Unauthenticated("the access token is invalid or expired".into());
+        if let Ok(claims) = state.tokens.verify(token) {
+            return Ok(Caller {
+                user_id: claims.sub,
+                tenant_id: claims.tid,
+                role: claims.role,
+                platform_admin: claims.pa,
+            });
+        }
+        let Some(oidc) = &state.oidc else {
+            return Err(invalid());
+        };
+        let identity = oidc.verify(token).await.map_err(|e| match e {
+            OidcError::Invalid(reason) => {
+                tracing::info!(%reason, "identity provider token refused");
+                invalid()
+            }
+            OidcError::Unavailable(reason) => {
+                ApiError::Unavailable(format!("cannot check the token: {reason}"))
+            }
         })?;
-        Ok(Caller {
-            user_id: claims.sub,
-            tenant_id: claims.tid,
-            role: claims.role,
-            platform_admin: claims.pa,
-        })
+        let wanted = parts
+            .headers
+            .get(TENANT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        provision(state, identity, wanted.as_deref()).await
     }
+}
+
+/// Which tenant an identity-provider user acts in, when they belong to several.
+pub const TENANT_HEADER: &str = "x-gantry-tenant";
+
+/// The local user behind a provider identity: created at first sign-in and made a
+/// member of the configured tenant with the configured role.
+async fn provision(
+    state: &ApiState,
+    identity: Identity,
+    wanted: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let oidc = state
+        .oidc
+        .as_ref()
+        .expect("provisioning needs OIDC")
+        .config();
+    let email = identity.email.trim().to_lowercase();
+    let user = match state.store.user_by_email(&email).await? {
+        Some(user) => user,
+        None => match state
+            .store
+            .create_user(&email, &identity.name, None, false)
+            .await
+        {
+            Ok(user) => {
+                tracing::info!(target: "gantry::audit", event = "user_provisioned", user_id = %user.id, subject = %identity.subject);
+                user
+            }
+            // Two first requests raced; the other one created the user.
+            Err(StoreError::Conflict(_)) => state
+                .store
+                .user_by_email(&email)
+                .await?
+                .ok_or(ApiError::NotFound("user"))?,
+            Err(e) => return Err(e.into()),
+        },
+    };
+    if user.disabled {
+        return Err(ApiError::Unauthenticated("this user is disabled".into()));
+    }
+    let mut memberships = state.store.memberships(&user.id).await?;
+    if memberships.is_empty() {
+        let tenant = state
+            .store
+            .all_tenants()
+            .await?
+            .into_iter()
+            .find(|t| t.slug == oidc.tenant)
+            .ok_or_else(|| {
+                ApiError::Forbidden(format!(
+                    "the sign-up tenant '{}' does not exist",
+                    oidc.tenant
+                ))
+            })?;
+        let role = Role::parse(&oidc.role).expect("validated");
+        state.store.put_member(&tenant.id, &user.id, role).await?;
+        memberships = state.store.memberships(&user.id).await?;
+    }
+    let membership = pick_tenant(memberships, wanted)?;
+    Ok(Caller {
+        user_id: user.id,
+        tenant_id: membership.tenant_id,
+        role: membership.role,
+        platform_admin: user.platform_admin,
+    })
 }

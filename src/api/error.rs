@@ -32,6 +32,9 @@ pub enum ApiError {
     TooManyRequests(Duration),
     #[error("{0}")]
     Unavailable(String),
+    /// An upstream MCP server answered with an error the caller cannot fix.
+    #[error("{0}")]
+    BadGateway(String),
     /// Details go to the log, never to the caller.
     #[error("internal error")]
     Internal(String),
@@ -76,6 +79,7 @@ impl ApiError {
                 "rate-limited",
                 "Too many requests",
             ),
+            Self::BadGateway(_) => (StatusCode::BAD_GATEWAY, "upstream-error", "Upstream error"),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

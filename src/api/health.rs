@@ -33,11 +33,41 @@ async fn database_check(state: &ApiState) -> Value {
     }
 }
 
+async fn cache_check(state: &ApiState) -> Value {
+    let Some(redis) = &state.redis else {
+        return json!({ "status": "up", "backend": "memory" });
+    };
+    let mut conn = redis.clone();
+    let command = redis::cmd("PING");
+    let ping = command.query_async::<String>(&mut conn);
+    match tokio::time::timeout(PROBE_TIMEOUT, ping).await {
+        Ok(Ok(_)) => json!({ "status": "up", "backend": "redis" }),
+        Ok(Err(e)) => {
+            json!({ "status": "down", "backend": "redis", "error": format!("{:?}", e.kind()) })
+        }
+        Err(_) => json!({ "status": "down", "backend": "redis", "error": "no answer within 2 s" }),
+    }
+}
+
+async fn audit_check(audit: &dyn crate::audit::AuditStore) -> Value {
+    match tokio::time::timeout(PROBE_TIMEOUT, audit.ping()).await {
+        Ok(Ok(())) => json!({ "status": "up", "backend": audit.name() }),
+        Ok(Err(e)) => json!({ "status": "down", "backend": audit.name(), "error": e.to_string() }),
+        Err(_) => {
+            json!({ "status": "down", "backend": audit.name(), "error": "no answer within 2 s" })
+        }
+    }
+}
+
 #[utoipa::path(get, path = "/api/ready", tag = "health",
     responses((status = 200, description = "Every dependency answers"),
               (status = 503, description = "A dependency is down; `checks` says which")))]
 pub async fn ready(State(state): State<ApiState>) -> Response {
-    let checks = json!({ "database": database_check(&state).await });
+    let mut checks = json!({ "database": database_check(&state).await });
+    checks["cache"] = cache_check(&state).await;
+    if let Some(audit) = &state.audit {
+        checks["audit"] = audit_check(audit.as_ref()).await;
+    }
     let failed: Vec<&String> = checks
         .as_object()
         .expect("object")
@@ -82,7 +112,14 @@ pub async fn status(State(state): State<ApiState>) -> Json<Value> {
         "started_at": state.started_at.to_rfc3339(),
         "uptime_secs": state.started.elapsed().as_secs(),
         "mcp_protocol_versions": crate::gateway::era::all_versions(),
-        "components": { "database": database_check(&state).await },
+        "components": {
+            "database": database_check(&state).await,
+            "cache": cache_check(&state).await,
+            "audit": match &state.audit {
+                Some(audit) => audit_check(audit.as_ref()).await,
+                None => json!({ "status": "disabled" }),
+            },
+        },
         "upstreams": upstreams,
     }))
 }

@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::input::{ApiJson, ApiQuery};
 use super::pagination::{Page, PageQuery, cursor};
 use crate::identity::api_keys;
+use crate::policy::Policy;
 use crate::store::StoreError;
 use crate::store::identity::{ApiKey, NewApiKey, Role};
 
@@ -23,6 +24,8 @@ pub struct NewKey {
     pub scopes: Option<Vec<String>>,
     /// Days until the key stops working (1–3650); default: never.
     pub expires_in_days: Option<u32>,
+    /// Narrows what the key may do within its tenant's policy.
+    pub policy: Option<Policy>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -97,6 +100,10 @@ pub async fn create(
             ));
         }
     };
+    let policy = body.policy.unwrap_or_default();
+    policy
+        .validate()
+        .map_err(|(field, message)| ApiError::validation(field, message))?;
     let key = api_keys::generate();
     let record = state
         .store
@@ -109,6 +116,7 @@ pub async fn create(
                 scopes: &scopes,
                 created_by: Some(&caller.user_id),
                 expires_at,
+                policy,
             },
         )
         .await?;

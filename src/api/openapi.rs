@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, health, keys, pagination, tenants, users};
+use super::{audit, auth, health, keys, pagination, tenants, users};
 use crate::store::identity;
 
 struct BearerAuth;
@@ -29,17 +29,20 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Gantry control plane", description = "Tenants, identity and API keys for the Gantry MCP gateway. \
         Errors are RFC 9457 problem documents (`application/problem+json`) whose `type` is \
-        `urn:gantry:problem:{unauthenticated|forbidden|not-found|conflict|bad-request|too-large|method-not-allowed|validation|rate-limited|unavailable|internal}`."),
+        `urn:gantry:problem:{unauthenticated|forbidden|not-found|conflict|bad-request|too-large|method-not-allowed|validation|rate-limited|unavailable|upstream-error|internal}`."),
     paths(
         health::health, health::ready, health::status,
         auth::login, auth::refresh, auth::logout, auth::me,
-        tenants::list, tenants::create, tenants::get,
+        tenants::list, tenants::create, tenants::get, tenants::get_policy, tenants::put_policy,
         users::list, users::add, users::remove,
         keys::list, keys::create, keys::get, keys::revoke,
+        audit::list,
+        crate::gateway::rest::list, crate::gateway::rest::call,
         document,
     ),
-    components(schemas(identity::Tenant, identity::User, identity::Role, identity::Membership, identity::Member,
-        identity::ApiKey, pagination::Page<identity::ApiKey>)),
+    components(schemas(crate::policy::Policy, crate::gateway::rest::CallRequest, identity::Tenant, identity::User, identity::Role, identity::Membership, identity::Member,
+        identity::ApiKey, pagination::Page<identity::ApiKey>, crate::audit::AuditEvent,
+        pagination::Page<crate::audit::AuditEvent>)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -9,6 +9,7 @@ use super::ApiState;
 use super::caller::Caller;
 use super::error::ApiError;
 use super::input::ApiJson;
+use crate::policy::Policy;
 use crate::store::identity::{Role, Tenant};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -117,4 +118,52 @@ pub async fn get(
             crate::store::StoreError::NotFound => ApiError::NotFound("tenant"),
             other => other.into(),
         })
+}
+
+fn tenant_not_found(e: crate::store::StoreError) -> ApiError {
+    match e {
+        crate::store::StoreError::NotFound => ApiError::NotFound("tenant"),
+        other => other.into(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/tenants/{id}/policy", tag = "tenants", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = Policy), (status = 404)))]
+pub async fn get_policy(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Policy>, ApiError> {
+    if id != caller.tenant_id && !caller.platform_admin {
+        return Err(ApiError::NotFound("tenant"));
+    }
+    state
+        .store
+        .tenant_policy(&id)
+        .await
+        .map(Json)
+        .map_err(tenant_not_found)
+}
+
+/// The tenant's policy bounds every key in it; only platform administrators set it.
+#[utoipa::path(put, path = "/api/v1/tenants/{id}/policy", tag = "tenants", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = Policy,
+    responses((status = 200, body = Policy), (status = 403), (status = 404), (status = 422)))]
+pub async fn put_policy(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(policy): ApiJson<Policy>,
+) -> Result<Json<Policy>, ApiError> {
+    caller.require_platform_admin()?;
+    policy
+        .validate()
+        .map_err(|(field, message)| ApiError::validation(field, message))?;
+    state
+        .store
+        .set_tenant_policy(&id, &policy)
+        .await
+        .map_err(tenant_not_found)?;
+    tracing::info!(target: "gantry::audit", event = "tenant_policy_set", tenant_id = %id, by = %caller.user_id);
+    Ok(Json(policy))
 }

@@ -8,12 +8,14 @@ use http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use super::Gateway;
+use super::audited::Audited;
 use super::catalog::{self, Merged};
 use super::era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
 use super::relay::{self, finish};
 use crate::config::PrefixMode;
+use crate::policy::Access;
 use crate::upstream::{ListKind, Upstream};
 
 fn capabilities() -> Value {
@@ -26,8 +28,8 @@ fn capabilities() -> Value {
     })
 }
 
-fn instructions(gw: &Gateway) -> String {
-    let names: Vec<&str> = gw.upstreams.iter().map(|u| u.name.as_str()).collect();
+fn instructions(gw: &Gateway, access: Option<&Access>) -> String {
+    let names: Vec<&str> = gw.visible(access).map(|u| u.name.as_str()).collect();
     let naming = match gw.config.gateway.prefix_mode {
         PrefixMode::Always => format!(
             "Names are prefixed with their server: {{server}}{}{{name}}.",
@@ -49,32 +51,36 @@ fn server_info_object() -> Value {
     json!({ "name": "gantry", "title": "Gantry MCP gateway", "version": env!("CARGO_PKG_VERSION") })
 }
 
-pub fn server_info(gw: &Gateway, version: &str) -> Value {
+pub fn server_info(gw: &Gateway, version: &str, access: Option<&Access>) -> Value {
     json!({
         "protocolVersion": version,
         "capabilities": capabilities(),
         "serverInfo": server_info_object(),
-        "instructions": instructions(gw),
+        "instructions": instructions(gw, access),
     })
 }
 
-pub fn discover(gw: &Gateway) -> Value {
+pub fn discover(gw: &Gateway, access: Option<&Access>) -> Value {
     json!({
         "supportedVersions": era::all_versions(),
         "capabilities": capabilities(),
         "serverInfo": server_info_object(),
-        "instructions": instructions(gw),
+        "instructions": instructions(gw, access),
     })
 }
 
-/// Every up upstream's list, in name order; one that fails or is slow is left out and
-/// logged — it never fails the whole list.
-pub async fn lists(gw: &Gateway, kind: ListKind) -> Vec<(String, Arc<Vec<Value>>)> {
+/// Every up upstream's list the caller may see, in name order; one that fails or is slow
+/// is left out and logged — it never fails the whole list.
+pub async fn lists(
+    gw: &Gateway,
+    kind: ListKind,
+    access: Option<&Access>,
+) -> Vec<(String, Arc<Vec<Value>>)> {
     let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
-    let fetches = gw.upstreams.iter().map(|u| async move {
+    let fetches = gw.visible(access).map(|u| async move {
         let outcome = tokio::time::timeout(wait, u.list(kind, wait)).await;
         match outcome {
-            Ok(Ok(items)) => Some((u.name.clone(), items)),
+            Ok(Ok(items)) => Some((u.name.clone(), permitted(kind, &u.name, items, access))),
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %u.name, error = %e, list = kind.method(), "left out of the aggregated list");
                 None
@@ -92,8 +98,32 @@ pub async fn lists(gw: &Gateway, kind: ListKind) -> Vec<(String, Arc<Vec<Value>>
         .collect()
 }
 
-pub async fn merged(gw: &Gateway, kind: ListKind) -> Merged {
-    let lists = lists(gw, kind).await;
+/// A tool list without the tools the caller may not use (the cached list itself when
+/// nothing is hidden).
+pub fn permitted(
+    kind: ListKind,
+    server: &str,
+    items: Arc<Vec<Value>>,
+    access: Option<&Access>,
+) -> Arc<Vec<Value>> {
+    match access {
+        Some(a) if kind == ListKind::Tools && a.restricts_tools() => Arc::new(
+            items
+                .iter()
+                .filter(|t| {
+                    t.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| a.allows_tool(server, n))
+                })
+                .cloned()
+                .collect(),
+        ),
+        _ => items,
+    }
+}
+
+pub async fn merged(gw: &Gateway, kind: ListKind, access: Option<&Access>) -> Merged {
+    let lists = lists(gw, kind, access).await;
     let merged = catalog::merge(
         kind,
         &lists,
@@ -112,13 +142,21 @@ pub async fn merged(gw: &Gateway, kind: ListKind) -> Merged {
 }
 
 /// The server and original name behind an exposed tool or prompt name.
-async fn resolve(gw: &Gateway, kind: ListKind, exposed: &str) -> Option<(Arc<Upstream>, String)> {
+async fn resolve(
+    gw: &Gateway,
+    kind: ListKind,
+    exposed: &str,
+    access: Option<&Access>,
+) -> Option<(Arc<Upstream>, String)> {
     if gw.config.gateway.prefix_mode == PrefixMode::Always {
         let (server, name) = catalog::split_prefixed(
             exposed,
             &gw.config.gateway.separator,
-            gw.upstreams.iter().map(|u| u.name.as_str()),
+            gw.visible(access).map(|u| u.name.as_str()),
         )?;
+        if kind == ListKind::Tools && access.is_some_and(|a| !a.allows_tool(server, name)) {
+            return None;
+        }
         let upstream = Arc::clone(gw.upstreams.get(server)?);
         // The cached catalogue makes an unknown name the gateway's own clear error; an
         // upstream that cannot list right now still gets the call (and reports itself).
@@ -133,15 +171,15 @@ async fn resolve(gw: &Gateway, kind: ListKind, exposed: &str) -> Option<(Arc<Ups
         }
         return Some((upstream, name.to_string()));
     }
-    let merged = merged(gw, kind).await;
+    let merged = merged(gw, kind, access).await;
     let (server, name) = merged.names.get(exposed)?;
     Some((Arc::clone(gw.upstreams.get(server)?), name.clone()))
 }
 
-async fn resolve_uri(gw: &Gateway, uri: &str) -> Option<Arc<Upstream>> {
+async fn resolve_uri(gw: &Gateway, uri: &str, access: Option<&Access>) -> Option<Arc<Upstream>> {
     let (resources, templates) = tokio::join!(
-        lists(gw, ListKind::Resources),
-        lists(gw, ListKind::ResourceTemplates)
+        lists(gw, ListKind::Resources, access),
+        lists(gw, ListKind::ResourceTemplates, access)
     );
     let server = catalog::server_for_uri(uri, &resources, &templates)?;
     gw.upstreams.get(&server).cloned()
@@ -166,8 +204,15 @@ pub async fn handle(
     method: String,
     mut body: Map<String, Value>,
 ) -> Response {
+    // An owned handle, so the borrow does not pin `ctx` while it moves into a relay.
+    let access_owned = ctx.principal.access.clone();
+    let access = access_owned.as_deref();
     if let Some(kind) = ListKind::from_method(&method) {
-        let merged = merged(&gw, kind).await;
+        let started = std::time::Instant::now();
+        let merged = merged(&gw, kind, access).await;
+        if let Some(audited) = Audited::new(&gw, &ctx, &body) {
+            audited.record("*", &method, "ok", started);
+        }
         let mut result = Map::new();
         result.insert(kind.result_key().into(), Value::Array(merged.items));
         return finish(&ctx, jsonrpc::result_response(&id, Value::Object(result)));
@@ -183,7 +228,10 @@ pub async fn handle(
             let Some(exposed) = param_str(&body, "name").map(String::from) else {
                 return invalid_params(&id, "params.name is required");
             };
-            let Some((upstream, name)) = resolve(&gw, kind, &exposed).await else {
+            let Some((upstream, name)) = resolve(&gw, kind, &exposed, access).await else {
+                if let Some(audited) = Audited::new(&gw, &ctx, &body) {
+                    audited.record("*", &method, "error", std::time::Instant::now());
+                }
                 let what = if kind == ListKind::Tools {
                     "tool"
                 } else {
@@ -198,7 +246,7 @@ pub async fn handle(
             let Some(uri) = param_str(&body, "uri").map(String::from) else {
                 return invalid_params(&id, "params.uri is required");
             };
-            match resolve_uri(&gw, &uri).await {
+            match resolve_uri(&gw, &uri, access).await {
                 Some(upstream) => relay::relay(gw, ctx, upstream, id, body).await,
                 None => finish(
                     &ctx,
@@ -222,7 +270,7 @@ pub async fn handle(
                         .get("name")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    resolve(&gw, ListKind::Prompts, exposed)
+                    resolve(&gw, ListKind::Prompts, exposed, access)
                         .await
                         .map(|(u, name)| {
                             let mut reference = reference.clone();
@@ -235,7 +283,9 @@ pub async fn handle(
                         .get("uri")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    resolve_uri(&gw, uri).await.map(|u| (u, reference.clone()))
+                    resolve_uri(&gw, uri, access)
+                        .await
+                        .map(|u| (u, reference.clone()))
                 }
                 _ => return invalid_params(&id, "params.ref must be a ref/prompt or ref/resource"),
             };
@@ -249,7 +299,7 @@ pub async fn handle(
         }
         "logging/setLevel" => {
             let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
-            let sends = gw.upstreams.iter().map(|u| {
+            let sends = gw.visible(access).map(|u| {
                 let body = body.clone();
                 async move {
                     let conn = u.connection(Duration::ZERO).await.ok()?;

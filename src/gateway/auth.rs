@@ -14,6 +14,8 @@ pub struct Principal {
     pub id: String,
     /// The tenant the caller acts for; `None` for configuration keys (embedded mode).
     pub tenant_id: Option<String>,
+    /// The policies that bound the caller; `None` (configuration keys) means unbounded.
+    pub access: Option<std::sync::Arc<crate::policy::Access>>,
 }
 
 impl Principal {
@@ -21,6 +23,7 @@ impl Principal {
         Self {
             id: id.into(),
             tenant_id: None,
+            access: None,
         }
     }
 }

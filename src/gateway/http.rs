@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use super::era::{self, Era};
 use super::jsonrpc::{self, Message};
 use super::session::{ClientCaps, SessionClaims, new_session_id};
-use super::{Gateway, Route, aggregate, relay, streams};
+use super::{Gateway, Route, aggregate, policy, relay, streams};
 use crate::gateway::auth::{AuthError, Principal};
 
 /// Everything known about a request once it passed the checks.
@@ -30,6 +30,8 @@ pub struct Ctx {
     pub accepts_sse: bool,
     /// The JSON-RPC method being served.
     pub method: String,
+    /// The `x-request-id` of the HTTP request, for the audit record.
+    pub request_id: Option<String>,
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -101,10 +103,24 @@ async fn admit(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, Response>
     gw.auth.authenticate(headers).await.map_err(unauthorized)
 }
 
-fn route_for(gw: &Gateway, server: Option<String>) -> Result<Route, Response> {
+/// The route of a request. A server the caller's policy denies is answered exactly like
+/// one that does not exist.
+fn route_for(
+    gw: &Gateway,
+    server: Option<String>,
+    principal: &Principal,
+) -> Result<Route, Response> {
+    let allowed = |name: &str| {
+        principal
+            .access
+            .as_ref()
+            .is_none_or(|a| a.allows_server(name))
+    };
     match server.or_else(|| gw.pinned.clone()) {
         None => Ok(Route::Aggregate),
-        Some(name) if gw.upstreams.get(&name).is_some() => Ok(Route::Server(name)),
+        Some(name) if gw.upstreams.get(&name).is_some() && allowed(&name) => {
+            Ok(Route::Server(name))
+        }
         Some(name) => Err(rpc_error(
             StatusCode::NOT_FOUND,
             &Value::Null,
@@ -213,7 +229,12 @@ async fn post(
         Ok(p) => p,
         Err(r) => return r,
     };
-    let route = match route_for(&gw, server) {
+    // Held until the answer is ready: the caller's share of its concurrency cap.
+    let _slot = match gw.limits.admit(&principal).await {
+        Ok(slot) => slot,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let route = match route_for(&gw, server, &principal) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -267,6 +288,7 @@ async fn request(
                 session: Some(claims),
                 accepts_sse: sse,
                 method: method.clone(),
+                request_id: era::header_str(&headers, "x-request-id").map(String::from),
             };
             dispatch(gw, ctx, id, method, body).await
         }
@@ -288,6 +310,7 @@ async fn request(
                 caps,
                 accepts_sse: sse,
                 method: method.clone(),
+                request_id: era::header_str(&headers, "x-request-id").map(String::from),
             };
             dispatch(gw, ctx, id, method, body).await
         }
@@ -308,7 +331,7 @@ async fn initialize(
     let version = era::negotiate_legacy(requested);
     let caps = caps_from(params.and_then(|p| p.get("capabilities")));
     let result = match &route {
-        Route::Aggregate => aggregate::server_info(gw, version),
+        Route::Aggregate => aggregate::server_info(gw, version, principal.access.as_deref()),
         Route::Server(name) => {
             let upstream = gw.upstreams.get(name).expect("route checked");
             match upstream.connection(upstream.timeout()).await {
@@ -352,7 +375,10 @@ async fn dispatch(
             return match &ctx.route {
                 Route::Aggregate => relay::finish(
                     &ctx,
-                    jsonrpc::result_response(&id, aggregate::discover(&gw)),
+                    jsonrpc::result_response(
+                        &id,
+                        aggregate::discover(&gw, ctx.principal.access.as_deref()),
+                    ),
                 ),
                 Route::Server(name) => relay::discover_server(&gw, &ctx, name, &id).await,
             };
@@ -363,6 +389,13 @@ async fn dispatch(
     match ctx.route.clone() {
         Route::Server(name) => {
             let upstream = Arc::clone(gw.upstreams.get(&name).expect("route checked"));
+            if let Some(access) = ctx.principal.access.clone().filter(|a| a.restricts_tools()) {
+                if let Some(response) =
+                    policy::pass_through(&gw, &ctx, &upstream, &access, &id, &body).await
+                {
+                    return response;
+                }
+            }
             relay::relay(gw, ctx, upstream, id, body).await
         }
         Route::Aggregate => aggregate::handle(gw, ctx, id, method, body).await,
@@ -398,7 +431,7 @@ fn notification(
             }
         }
         "notifications/roots/list_changed" => {
-            for upstream in gw.upstreams_for(route) {
+            for upstream in gw.upstreams_for(route, principal.access.as_deref()) {
                 if let crate::upstream::State::Up(conn) = upstream.state() {
                     conn.notify(body.clone());
                 }
@@ -457,7 +490,7 @@ async fn get(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) -> Re
         Ok(p) => p,
         Err(r) => return r,
     };
-    let route = match route_for(&gw, server) {
+    let route = match route_for(&gw, server, &principal) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -477,7 +510,7 @@ async fn get(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) -> Re
             None,
         );
     }
-    streams::session_stream(gw, route, claims)
+    streams::session_stream(gw, route, claims, principal.access.as_deref())
 }
 
 pub async fn delete_aggregate(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
@@ -497,7 +530,7 @@ async fn delete(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) ->
         Ok(p) => p,
         Err(r) => return r,
     };
-    let route = match route_for(&gw, server) {
+    let route = match route_for(&gw, server, &principal) {
         Ok(r) => r,
         Err(r) => return r,
     };

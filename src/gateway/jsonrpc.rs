@@ -21,6 +21,9 @@ pub const RESOURCE_NOT_FOUND: i64 = -32002;
 pub const HEADER_MISMATCH: i64 = -32020;
 /// 2026-07-28: the requested protocol version is not supported.
 pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+/// Gantry's own: the caller's rate or concurrency limit is reached (sent with HTTP 429
+/// and `Retry-After`; `data.retryAfterMs` says when to retry).
+pub const RATE_LIMITED: i64 = -32029;
 
 /// One classified JSON-RPC message. The whole object is kept for relaying.
 #[derive(Debug, Clone, PartialEq)]

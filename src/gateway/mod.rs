@@ -3,14 +3,18 @@
 //! See `README.md` beside this file for the protocol decisions.
 
 pub mod aggregate;
+pub mod audited;
 pub mod auth;
 pub mod catalog;
 pub mod era;
 pub mod host_policy;
 pub mod http;
 pub mod jsonrpc;
+pub mod limits;
 pub mod mrtr;
+pub mod policy;
 pub mod relay;
+pub mod rest;
 pub mod session;
 pub mod streams;
 
@@ -70,6 +74,10 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// `gantry bridge`: `/mcp` is this one server's pass-through, not the aggregate.
     pub pinned: Option<String>,
+    /// Where audit events go; `None` when auditing is off.
+    pub audit: Option<crate::audit::AuditQueue>,
+    /// Rate limits and concurrency caps from callers' policies.
+    pub limits: limits::Limits,
     next_server_request: std::sync::atomic::AtomicU64,
 }
 
@@ -94,15 +102,31 @@ impl Gateway {
             subscriptions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             pinned: None,
+            audit: None,
+            limits: limits::Limits::new(crate::policy::limiter::RateLimiter::new(None, "")),
             next_server_request: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
-    /// The upstreams a route reaches: one server, or all of them.
-    pub fn upstreams_for(&self, route: &Route) -> Vec<&Arc<Upstream>> {
+    /// The upstreams a caller may see: all of them, or those its policy allows.
+    pub fn visible<'a>(
+        &'a self,
+        access: Option<&'a crate::policy::Access>,
+    ) -> impl Iterator<Item = &'a Arc<Upstream>> + 'a {
+        self.upstreams
+            .iter()
+            .filter(move |u| access.is_none_or(|a| a.allows_server(&u.name)))
+    }
+
+    /// The upstreams a route reaches for a caller: one server, or all it may see.
+    pub fn upstreams_for<'a>(
+        &'a self,
+        route: &Route,
+        access: Option<&'a crate::policy::Access>,
+    ) -> Vec<&'a Arc<Upstream>> {
         match route {
             Route::Server(name) => self.upstreams.get(name).into_iter().collect(),
-            Route::Aggregate => self.upstreams.iter().collect(),
+            Route::Aggregate => self.visible(access).collect(),
         }
     }
 

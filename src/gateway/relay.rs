@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
+use super::audited::Audited;
 use super::era::{self, Era};
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
@@ -130,8 +131,12 @@ fn settle(
     method: &str,
     started: Instant,
     outcome: &'static str,
+    audited: Option<&Audited>,
 ) {
     upstream.record_outcome(outcome, admission);
+    if let Some(audited) = audited {
+        audited.record(&upstream.name, method, outcome, started);
+    }
     let server = upstream.name.as_str();
     let method = metric_method(method);
     metrics::counter!(m::MCP_REQUESTS, "server" => server.to_string(), "method" => method, "outcome" => outcome).increment(1);
@@ -198,6 +203,7 @@ pub struct Running {
     pub(super) target: String,
     subscribe_uri: Option<String>,
     admission: Admission,
+    audited: Option<Audited>,
     _permit: OwnedSemaphorePermit,
     _in_flight: InFlight,
 }
@@ -210,6 +216,7 @@ impl Running {
             &self.method,
             self.started,
             outcome,
+            self.audited.as_ref(),
         );
     }
 }
@@ -231,6 +238,7 @@ pub async fn relay(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    let audited = Audited::new(&gw, &ctx, &body);
     let admission = match upstream.admit() {
         Ok(admission) => admission,
         Err(e) => {
@@ -240,6 +248,7 @@ pub async fn relay(
                 &method,
                 started,
                 "circuit_open",
+                audited.as_ref(),
             );
             return upstream_error_response(&id, &e);
         }
@@ -250,7 +259,14 @@ pub async fn relay(
         Ok(p) => p,
         Err(e) => {
             // Waiting for a slot is the gateway's queue, not a failure of the upstream.
-            settle(&upstream, admission, &method, started, "overloaded");
+            settle(
+                &upstream,
+                admission,
+                &method,
+                started,
+                "overloaded",
+                audited.as_ref(),
+            );
             return upstream_error_response(&id, &e);
         }
     };
@@ -260,7 +276,14 @@ pub async fn relay(
     {
         Ok(c) => c,
         Err(e) => {
-            settle(&upstream, admission, &method, started, "unavailable");
+            settle(
+                &upstream,
+                admission,
+                &method,
+                started,
+                "unavailable",
+                audited.as_ref(),
+            );
             return upstream_error_response(&id, &e);
         }
     };
@@ -288,6 +311,7 @@ pub async fn relay(
         target,
         subscribe_uri,
         admission,
+        audited,
         _permit: permit,
     };
     drive(gw, ctx, id, running).await

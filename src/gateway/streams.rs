@@ -16,6 +16,7 @@ use super::relay::sse_response;
 use super::relay::{MintedIds, client_can_answer};
 use super::session::{ClientCaps, SessionClaims};
 use super::{Gateway, Route};
+use crate::policy::Access;
 use crate::upstream::State;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -31,8 +32,9 @@ fn forward(
     tx: mpsc::Sender<Value>,
     keep: Filter,
     requests: Option<ClientCaps>,
+    access: Option<&Access>,
 ) {
-    for upstream in gw.upstreams_for(route) {
+    for upstream in gw.upstreams_for(route, access) {
         let upstream = Arc::clone(upstream);
         let tx = tx.clone();
         let keep = Arc::clone(&keep);
@@ -86,7 +88,12 @@ fn method_of(v: &Value) -> &str {
 
 /// GET on a 2025-era session: list changes, resource updates for subscribed URIs, and
 /// log messages of the session's server(s).
-pub fn session_stream(gw: Arc<Gateway>, route: Route, claims: SessionClaims) -> Response {
+pub fn session_stream(
+    gw: Arc<Gateway>,
+    route: Route,
+    claims: SessionClaims,
+    access: Option<&Access>,
+) -> Response {
     let (tx, rx) = mpsc::channel(64);
     let sid = claims.sid.clone();
     let filter_gw = Arc::clone(&gw);
@@ -97,7 +104,7 @@ pub fn session_stream(gw: Arc<Gateway>, route: Route, claims: SessionClaims) -> 
         }
         Some(event.clone())
     });
-    forward(&gw, &route, tx, keep, Some(claims.caps));
+    forward(&gw, &route, tx, keep, Some(claims.caps), access);
     sse_response(rx, Some(KEEP_ALIVE))
 }
 
@@ -120,7 +127,7 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         );
     }
     let flag = |k: &str| requested.get(k).and_then(Value::as_bool).unwrap_or(false);
-    let upstreams = gw.upstreams_for(&ctx.route);
+    let upstreams = gw.upstreams_for(&ctx.route, ctx.principal.access.as_deref());
     let any_capability = |cap: &str, sub: &str| {
         ctx.route == Route::Aggregate
             || upstreams.iter().any(|u| match u.state() {
@@ -217,6 +224,13 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         Some(out)
     });
     // 2026-07-28 forbids server requests on streams; they use MRTR instead.
-    forward(&gw, &ctx.route, tx, keep, None);
+    forward(
+        &gw,
+        &ctx.route,
+        tx,
+        keep,
+        None,
+        ctx.principal.access.as_deref(),
+    );
     sse_response(rx, Some(KEEP_ALIVE))
 }

@@ -61,6 +61,12 @@ impl KeyAuthenticator {
         });
         Ok(Principal {
             id: format!("key:{}", key.id),
+            access: Some(std::sync::Arc::new(crate::policy::Access {
+                key_id: key.id.clone(),
+                tenant_id: key.tenant_id.clone(),
+                key: key.policy,
+                tenant: key.tenant_policy,
+            })),
             tenant_id: Some(key.tenant_id),
         })
     }

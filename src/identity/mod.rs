@@ -3,6 +3,7 @@
 
 pub mod api_keys;
 pub mod key_auth;
+pub mod oidc;
 pub mod passwords;
 pub mod throttle;
 pub mod tokens;

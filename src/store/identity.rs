@@ -5,6 +5,7 @@ use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
 use super::{Dialect, Store, StoreError, new_id, now_ms};
+use crate::policy::Policy;
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Tenant {
@@ -148,6 +149,7 @@ pub struct ApiKey {
     pub expires_at: Option<i64>,
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    pub policy: Policy,
 }
 
 impl FromRow<'_, AnyRow> for ApiKey {
@@ -163,11 +165,12 @@ impl FromRow<'_, AnyRow> for ApiKey {
             expires_at: row.try_get("expires_at")?,
             last_used_at: row.try_get("last_used_at")?,
             revoked_at: row.try_get("revoked_at")?,
+            policy: Policy::from_column(row.try_get("policy")?),
         })
     }
 }
 
-const KEY_COLUMNS: &str = "id, tenant_id, name, prefix, scopes, created_by, created_at, expires_at, last_used_at, revoked_at";
+const KEY_COLUMNS: &str = "id, tenant_id, name, prefix, scopes, created_by, created_at, expires_at, last_used_at, revoked_at, policy";
 
 fn split_scopes(raw: &str) -> Vec<String> {
     raw.split_whitespace().map(str::to_string).collect()
@@ -182,6 +185,8 @@ pub struct KeyMatch {
     pub scopes: Vec<String>,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    pub policy: Policy,
+    pub tenant_policy: Policy,
 }
 
 pub struct NewApiKey<'a> {
@@ -191,6 +196,7 @@ pub struct NewApiKey<'a> {
     pub scopes: &'a [String],
     pub created_by: Option<&'a str>,
     pub expires_at: Option<i64>,
+    pub policy: Policy,
 }
 
 #[derive(Clone, Debug)]
@@ -420,11 +426,12 @@ impl Store {
             expires_at: key.expires_at,
             last_used_at: None,
             revoked_at: None,
+            policy: key.policy,
         };
         let mut tx = self.scoped(tenant_id).await?;
         sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, scopes, created_by, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, scopes, created_by, created_at, expires_at, policy) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&record.id)
         .bind(&record.tenant_id)
@@ -435,6 +442,7 @@ impl Store {
         .bind(&record.created_by)
         .bind(record.created_at)
         .bind(record.expires_at)
+        .bind(record.policy.to_column())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -501,10 +509,13 @@ impl Store {
     pub async fn find_api_key(&self, hash: &str) -> Result<Option<KeyMatch>, StoreError> {
         let sql = match self.dialect {
             Dialect::Postgres => {
-                "SELECT id, tenant_id, name, scopes, expires_at, revoked_at FROM gantry_find_api_key($1)"
+                "SELECT id, tenant_id, name, scopes, expires_at, revoked_at, policy, tenant_policy \
+                 FROM gantry_find_api_key($1)"
             }
             Dialect::Sqlite => {
-                "SELECT id, tenant_id, name, scopes, expires_at, revoked_at FROM api_keys WHERE key_hash = $1"
+                "SELECT k.id, k.tenant_id, k.name, k.scopes, k.expires_at, k.revoked_at, k.policy, \
+                 t.policy AS tenant_policy FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+                 WHERE k.key_hash = $1"
             }
         };
         let row = sqlx::query(sql)
@@ -519,10 +530,41 @@ impl Store {
                 scopes: split_scopes(&row.try_get::<String, _>("scopes")?),
                 expires_at: row.try_get("expires_at")?,
                 revoked_at: row.try_get("revoked_at")?,
+                policy: Policy::from_column(row.try_get("policy")?),
+                tenant_policy: Policy::from_column(row.try_get("tenant_policy")?),
             })
         })
         .transpose()
         .map_err(|e: sqlx::Error| StoreError::from(e))
+    }
+
+    pub async fn tenant_policy(&self, tenant_id: &str) -> Result<Policy, StoreError> {
+        let mut tx = self.scoped(tenant_id).await?;
+        let row = sqlx::query("SELECT policy FROM tenants WHERE id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        tx.commit().await?;
+        Ok(Policy::from_column(row.try_get("policy")?))
+    }
+
+    pub async fn set_tenant_policy(
+        &self,
+        tenant_id: &str,
+        policy: &Policy,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.scoped(tenant_id).await?;
+        let done = sqlx::query("UPDATE tenants SET policy = $1 WHERE id = $2")
+            .bind(policy.to_column())
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 
     pub async fn touch_api_key(

@@ -12,6 +12,16 @@ pub const MCP_IN_FLIGHT: &str = "mcp_requests_in_flight";
 pub const UPSTREAM_UP: &str = "mcp_upstream_up";
 pub const UPSTREAM_RESTARTS: &str = "mcp_upstream_restarts_total";
 pub const UPSTREAM_CIRCUIT_OPEN: &str = "mcp_upstream_circuit_open";
+/// Audit events by `result`: written, spilled (to the local file), replayed (from it).
+pub const AUDIT_EVENTS: &str = "audit_events_total";
+/// Audit events that could not be kept, by `reason`.
+pub const AUDIT_DROPPED: &str = "audit_events_dropped_total";
+pub const AUDIT_SPILL_BYTES: &str = "audit_spill_bytes";
+pub const AUDIT_STORE_UP: &str = "audit_store_up";
+/// Requests refused by a rate limit or concurrency cap, by `scope` (tenant, key) and `kind`.
+pub const RATE_LIMITED: &str = "rate_limited_total";
+/// Rate-limit checks made in-process because Redis did not answer.
+pub const RATE_LIMIT_FALLBACK: &str = "rate_limit_fallback_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -357,3 +357,94 @@ def problem(r: httpx2.Response, status: int) -> dict:
     body = r.json()
     assert body["status"] == status and body["type"].startswith("urn:gantry:problem:") and body["title"], body
     return body
+
+
+# ---------------------------------------------------------------------------------------
+# MongoDB wire protocol: SecantusDB, a real server process (ENVIRONMENT.md), restartable
+# on the same storage so tests can take the audit store away and bring it back.
+
+SECANTUSD = TOOLS / "venv/bin/secantusd-py"
+
+
+class MongoServer:
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.storage = tmp / f"secantus-{secrets.token_hex(4)}"
+        self.log = tmp / f"secantus-{secrets.token_hex(4)}.log"
+        self.proc = None
+        self.url = f"mongodb://127.0.0.1:{self.port}/gantry_audit"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [str(SECANTUSD), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", str(self.storage),
+             "--log-level", "WARNING"],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        wait_until(lambda: port_open(self.port) or self.proc.poll() is not None, timeout=60, what="secantusd")
+        assert self.proc.poll() is None, self.log.read_text()
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self):
+        import pymongo
+
+        return pymongo.MongoClient(f"mongodb://127.0.0.1:{self.port}", serverSelectionTimeoutMS=5000)
+
+
+@pytest.fixture
+def mongo(tmp_path):
+    server = MongoServer(tmp_path)
+    yield server
+    server.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# Vault's API: OpenBao in dev mode (in-memory, unsealed), a real server process.
+
+BAO = TOOLS / "venv/bin/bao"
+
+
+class VaultServer:
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.addr = f"http://127.0.0.1:{self.port}"
+        self.root_token = "root-" + secrets.token_hex(8)
+        self.log = tmp / "openbao.log"
+        self.proc = subprocess.Popen(
+            [str(BAO), "server", "-dev", f"-dev-listen-address=127.0.0.1:{self.port}",
+             f"-dev-root-token-id={self.root_token}"],
+            stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+
+        def healthy():
+            try:
+                return httpx2.get(f"{self.addr}/v1/sys/health", timeout=1).status_code == 200
+            except httpx2.HTTPError:
+                return self.proc.poll() is not None
+        wait_until(healthy, timeout=60, what="openbao")
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def bao(self, *args, input=None) -> str:
+        env = {**os.environ, "VAULT_ADDR": self.addr, "VAULT_TOKEN": self.root_token, "BAO_ADDR": self.addr,
+               "BAO_TOKEN": self.root_token}
+        r = subprocess.run([str(BAO), *args], env=env, capture_output=True, text=True, timeout=60, input=input)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def vault(tmp_path):
+    server = VaultServer(tmp_path)
+    yield server
+    server.stop()

@@ -110,3 +110,26 @@ def test_doctor_reports_one_line_per_check_and_fails_on_any(gantry, tmp_path):
     bad.write_text("[server]\nlisten = 5\n")
     r = run("--config", str(bad), "doctor")
     assert r.returncode == 2 and r.stdout.startswith("FAIL")
+
+
+def test_doctor_checks_database_cache_and_audit_store(tmp_path):
+    from conftest import free_port
+    cfg = tmp_path / "deps.toml"
+    closed = free_port()
+    cfg.write_text(
+        '[database]\nurl = "postgres://postgres@127.0.0.1:5432/gantry_no_such_database"\n'
+        f'[cache]\nurl = "redis://127.0.0.1:{closed}/0"\n'
+        f'[audit]\nstore = "mongodb://127.0.0.1:{closed}/audit"\n'
+    )
+    r = run("--config", str(cfg), "doctor", timeout=60)
+    status = {l.split()[1]: l.split()[0] for l in r.stdout.splitlines()}
+    assert r.returncode == 1
+    assert status["database"] == "FAIL" and status["cache"] == "FAIL" and status["audit"] == "FAIL", r.stdout
+    cfg.write_text('[database]\nurl = "postgres://postgres@127.0.0.1:5432/postgres"\n'
+                   '[cache]\nurl = "redis://127.0.0.1:6379/0"\n')
+    r = run("--config", str(cfg), "doctor", timeout=60)
+    status = {l.split()[1]: (l.split()[0], l) for l in r.stdout.splitlines()}
+    assert status["cache"][0] == "ok", r.stdout
+    # Reachable, but nobody ran `gantry migrate` on it: the doctor says so.
+    assert status["database"][0] == "FAIL" and "gantry migrate" in status["database"][1], r.stdout
+    assert not (tmp_path / "gantry.db").exists()

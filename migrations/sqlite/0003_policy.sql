@@ -1,0 +1,2 @@
+ALTER TABLE tenants ADD COLUMN policy TEXT;
+ALTER TABLE api_keys ADD COLUMN policy TEXT;

@@ -1,0 +1,353 @@
+//! The bounded queue between the gateway and the audit store, and the one task that
+//! drains it. Recording is a non-blocking `try_send`; the task batches, writes, and on
+//! failure spills to a local JSON-lines file that it replays once the store answers
+//! again. A full queue or a full spill file drops events — counted, and logged.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::redact::Redactor;
+use super::{AuditEvent, AuditStore};
+use crate::config::AuditConfig;
+use crate::telemetry::metrics as m;
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Clone)]
+pub struct AuditQueue {
+    tx: mpsc::Sender<AuditEvent>,
+    redactor: Arc<Redactor>,
+}
+
+impl AuditQueue {
+    /// Never waits: the call being audited must not be slowed by its audit.
+    pub fn record(&self, event: AuditEvent) {
+        if self.tx.try_send(event).is_err() {
+            metrics::counter!(m::AUDIT_DROPPED, "reason" => "queue_full").increment(1);
+            tracing::warn!(
+                "audit queue full: event dropped (counted in audit_events_dropped_total)"
+            );
+        }
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+}
+
+pub struct AuditWriter {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl AuditWriter {
+    /// Writes out what is queued (or spills it), within `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop.cancel();
+        if tokio::time::timeout(grace, self.handle).await.is_err() {
+            tracing::warn!("audit writer did not finish within the grace period");
+        }
+    }
+}
+
+pub fn start(store: Arc<dyn AuditStore>, config: &AuditConfig) -> (AuditQueue, AuditWriter) {
+    let (tx, rx) = mpsc::channel(config.queue_capacity);
+    let stop = CancellationToken::new();
+    let spill = Spill::open(
+        config.spill_dir.join("audit-spill.jsonl"),
+        config.spill_max_bytes,
+    );
+    let writer = Writer {
+        store,
+        spill,
+        batch_size: config.batch_size,
+        retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
+        down_since: None,
+    };
+    let handle = tokio::spawn(writer.run(rx, stop.clone()));
+    let queue = AuditQueue {
+        tx,
+        redactor: Arc::new(Redactor::new(&config.redact_keys)),
+    };
+    (queue, AuditWriter { stop, handle })
+}
+
+struct Writer {
+    store: Arc<dyn AuditStore>,
+    spill: Spill,
+    batch_size: usize,
+    retention: Duration,
+    /// Set while the store is failing: batches then go straight to the spill file
+    /// instead of each waiting for a timeout.
+    down_since: Option<Instant>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<AuditEvent>, stop: CancellationToken) {
+        metrics::gauge!(m::AUDIT_STORE_UP, "store" => self.store.name()).set(1.0);
+        let mut retry = tokio::time::interval(RETRY_EVERY);
+        let mut purge = tokio::time::interval(PURGE_EVERY);
+        loop {
+            let first = tokio::select! {
+                biased;
+                event = rx.recv() => event,
+                _ = stop.cancelled() => None,
+                _ = retry.tick() => {
+                    self.replay().await;
+                    continue;
+                }
+                _ = purge.tick() => {
+                    self.purge().await;
+                    continue;
+                }
+            };
+            let Some(first) = first else { break };
+            let mut batch = vec![first];
+            while batch.len() < self.batch_size {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+            self.deliver(batch).await;
+        }
+        // Shutting down: what is queued is written or spilled, not abandoned.
+        rx.close();
+        let mut batch = Vec::new();
+        while let Some(event) = rx.recv().await {
+            batch.push(event);
+            if batch.len() == self.batch_size {
+                self.deliver(std::mem::take(&mut batch)).await;
+            }
+        }
+        if !batch.is_empty() {
+            self.deliver(batch).await;
+        }
+    }
+
+    async fn deliver(&mut self, batch: Vec<AuditEvent>) {
+        if self.down_since.is_none() && self.spill.is_empty() {
+            match tokio::time::timeout(WRITE_TIMEOUT, self.store.write(&batch)).await {
+                Ok(Ok(())) => {
+                    metrics::counter!(m::AUDIT_EVENTS, "result" => "written")
+                        .increment(batch.len() as u64);
+                    return;
+                }
+                Ok(Err(e)) => self.mark_down(&e.to_string()),
+                Err(_) => self.mark_down("no answer within 5 s"),
+            }
+        }
+        // While the store is down, or older events wait in the spill file, new events join
+        // them there so they are replayed in order.
+        self.spill.append(&batch).await;
+    }
+
+    fn mark_down(&mut self, reason: &str) {
+        if self.down_since.is_none() {
+            tracing::error!(store = self.store.name(), %reason, "audit store unavailable: spilling events to disk until it returns");
+            metrics::gauge!(m::AUDIT_STORE_UP, "store" => self.store.name()).set(0.0);
+        }
+        self.down_since = Some(Instant::now());
+    }
+
+    /// Tries the store again and, when it answers, writes the spilled events back.
+    async fn replay(&mut self) {
+        if self.down_since.is_some() {
+            if self.store.ping().await.is_err() {
+                return;
+            }
+            tracing::info!(store = self.store.name(), "audit store is back");
+            metrics::gauge!(m::AUDIT_STORE_UP, "store" => self.store.name()).set(1.0);
+            self.down_since = None;
+        }
+        if self.spill.is_empty() {
+            return;
+        }
+        match self
+            .spill
+            .replay(self.store.as_ref(), self.batch_size)
+            .await
+        {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(events = n, "spilled audit events replayed");
+                }
+            }
+            Err(reason) => self.mark_down(&reason),
+        }
+    }
+
+    async fn purge(&self) {
+        if self.down_since.is_some() {
+            return;
+        }
+        let before = crate::store::now_ms() - self.retention.as_millis() as i64;
+        match self.store.purge(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "audit events past retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "audit retention purge failed"),
+        }
+    }
+}
+
+/// The local spill file: JSON lines, appended while the store is down, replayed in
+/// order, bounded in size. It survives restarts: a new process replays what an old
+/// one left.
+struct Spill {
+    path: PathBuf,
+    max_bytes: u64,
+    bytes: u64,
+}
+
+impl Spill {
+    fn open(path: PathBuf, max_bytes: u64) -> Self {
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if bytes > 0 {
+            tracing::info!(path = %path.display(), bytes, "audit events from an earlier run are waiting to be replayed");
+        }
+        metrics::gauge!(m::AUDIT_SPILL_BYTES).set(bytes as f64);
+        Self {
+            path,
+            max_bytes,
+            bytes,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    async fn append(&mut self, batch: &[AuditEvent]) {
+        let mut data = Vec::new();
+        for event in batch {
+            serde_json::to_writer(&mut data, event).expect("events serialize");
+            data.push(b'\n');
+        }
+        if self.bytes + data.len() as u64 > self.max_bytes {
+            metrics::counter!(m::AUDIT_DROPPED, "reason" => "spill_full")
+                .increment(batch.len() as u64);
+            tracing::error!(
+                events = batch.len(),
+                max_bytes = self.max_bytes,
+                "audit spill file full: events dropped"
+            );
+            return;
+        }
+        let written = async {
+            if let Some(dir) = self.path.parent() {
+                tokio::fs::create_dir_all(dir).await?;
+            }
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await?;
+            file.write_all(&data).await?;
+            file.sync_data().await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                self.bytes += data.len() as u64;
+                metrics::gauge!(m::AUDIT_SPILL_BYTES).set(self.bytes as f64);
+                metrics::counter!(m::AUDIT_EVENTS, "result" => "spilled")
+                    .increment(batch.len() as u64);
+            }
+            Err(e) => {
+                metrics::counter!(m::AUDIT_DROPPED, "reason" => "spill_failed")
+                    .increment(batch.len() as u64);
+                tracing::error!(error = %e, path = %self.path.display(), events = batch.len(), "cannot write the audit spill file: events dropped");
+            }
+        }
+    }
+
+    /// Writes the spilled events to the store in batches. On failure, what is left is
+    /// kept (rewritten to the file) for the next attempt; writes are idempotent by id,
+    /// so a batch that half-succeeded is safely sent again.
+    async fn replay(&mut self, store: &dyn AuditStore, batch_size: usize) -> Result<usize, String> {
+        let file = tokio::fs::File::open(&self.path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut lines = BufReader::new(file).lines();
+        let mut batch: Vec<AuditEvent> = Vec::new();
+        let mut raw: Vec<String> = Vec::new();
+        let mut replayed = 0;
+        loop {
+            let line = lines.next_line().await.map_err(|e| e.to_string())?;
+            let done = line.is_none();
+            if let Some(line) = line {
+                match serde_json::from_str(&line) {
+                    Ok(event) => {
+                        batch.push(event);
+                        raw.push(line);
+                    }
+                    // A torn last line (crash mid-write) cannot be recovered; count it.
+                    Err(_) => metrics::counter!(m::AUDIT_DROPPED, "reason" => "spill_corrupt")
+                        .increment(1),
+                }
+            }
+            if batch.len() >= batch_size || (done && !batch.is_empty()) {
+                let outcome = tokio::time::timeout(WRITE_TIMEOUT, store.write(&batch)).await;
+                if !matches!(outcome, Ok(Ok(()))) {
+                    self.keep_rest(raw, lines).await?;
+                    return Err("replay failed".into());
+                }
+                metrics::counter!(m::AUDIT_EVENTS, "result" => "replayed")
+                    .increment(batch.len() as u64);
+                replayed += batch.len();
+                batch.clear();
+                raw.clear();
+            }
+            if done {
+                break;
+            }
+        }
+        tokio::fs::remove_file(&self.path)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.bytes = 0;
+        metrics::gauge!(m::AUDIT_SPILL_BYTES).set(0.0);
+        Ok(replayed)
+    }
+
+    async fn keep_rest(
+        &mut self,
+        pending: Vec<String>,
+        mut lines: tokio::io::Lines<BufReader<tokio::fs::File>>,
+    ) -> Result<(), String> {
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let mut out = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut bytes = 0u64;
+        for line in pending {
+            out.write_all(line.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            out.write_all(b"\n").await.map_err(|e| e.to_string())?;
+            bytes += line.len() as u64 + 1;
+        }
+        while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+            out.write_all(line.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            out.write_all(b"\n").await.map_err(|e| e.to_string())?;
+            bytes += line.len() as u64 + 1;
+        }
+        out.sync_data().await.map_err(|e| e.to_string())?;
+        tokio::fs::rename(&tmp, &self.path)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.bytes = bytes;
+        metrics::gauge!(m::AUDIT_SPILL_BYTES).set(bytes as f64);
+        Ok(())
+    }
+}

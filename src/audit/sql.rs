@@ -1,0 +1,143 @@
+//! Audit events in the relational database (`audit.store = "sql"`): PostgreSQL under
+//! row-level security, or the embedded SQLite file.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use super::{AuditError, AuditEvent, AuditFilter, AuditStore};
+use crate::store::{Dialect, Store, StoreError};
+
+pub struct SqlAudit {
+    store: Store,
+}
+
+impl SqlAudit {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+fn unavailable(e: impl Into<StoreError>) -> AuditError {
+    AuditError::Unavailable(e.into().to_string())
+}
+
+#[async_trait::async_trait]
+impl AuditStore for SqlAudit {
+    fn name(&self) -> &'static str {
+        "sql"
+    }
+
+    async fn write(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+        // Row-level security admits one tenant per transaction.
+        let mut by_tenant: BTreeMap<&str, Vec<&AuditEvent>> = BTreeMap::new();
+        for e in events {
+            by_tenant.entry(e.tenant_id.as_str()).or_default().push(e);
+        }
+        for (tenant, events) in by_tenant {
+            let mut tx = self.store.scoped(tenant).await.map_err(unavailable)?;
+            for e in events {
+                sqlx::query(
+                    "INSERT INTO audit_events (id, tenant_id, time, principal, server, method, tool, arguments, outcome, latency_ms, request_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&e.id)
+                .bind(&e.tenant_id)
+                .bind(e.time)
+                .bind(&e.principal)
+                .bind(&e.server)
+                .bind(&e.method)
+                .bind(&e.tool)
+                .bind(e.arguments.as_ref().map(|a| a.to_string()))
+                .bind(&e.outcome)
+                .bind(e.latency_ms)
+                .bind(&e.request_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn query(&self, tenant_id: &str, f: &AuditFilter) -> Result<Vec<AuditEvent>, AuditError> {
+        let (before_time, before_id) = f.after.clone().unwrap_or((i64::MAX, String::new()));
+        let mut tx = self.store.scoped(tenant_id).await.map_err(unavailable)?;
+        // Optional filters are written as `($n IS NULL OR col = $n)` so the statement is
+        // one fixed text whatever the caller asks for.
+        let sql = "SELECT id, tenant_id, time, principal, server, method, tool, arguments, outcome, latency_ms, request_id \
+                   FROM audit_events WHERE tenant_id = $1 \
+                   AND (time < $2 OR (time = $2 AND id > $3)) \
+                   AND time >= $4 AND time <= $5 \
+                   AND ($6 IS NULL OR server = $6) AND ($7 IS NULL OR tool = $7) \
+                   AND ($8 IS NULL OR principal = $8) AND ($9 IS NULL OR outcome = $9) \
+                   ORDER BY time DESC, id ASC LIMIT $10";
+        let sql = match self.store.dialect() {
+            // PostgreSQL must know the type of a parameter that is only compared to NULL.
+            Dialect::Postgres => sql
+                .replace("$6 IS NULL", "$6::text IS NULL")
+                .replace("$7 IS NULL", "$7::text IS NULL")
+                .replace("$8 IS NULL", "$8::text IS NULL")
+                .replace("$9 IS NULL", "$9::text IS NULL"),
+            Dialect::Sqlite => sql.to_string(),
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(before_time)
+            .bind(before_id)
+            .bind(f.from.unwrap_or(0))
+            .bind(f.to.unwrap_or(i64::MAX))
+            .bind(&f.server)
+            .bind(&f.tool)
+            .bind(&f.principal)
+            .bind(&f.outcome)
+            .bind(i64::from(f.limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                let arguments: Option<String> = row.try_get("arguments")?;
+                Ok(AuditEvent {
+                    id: row.try_get("id")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    time: row.try_get("time")?,
+                    principal: row.try_get("principal")?,
+                    server: row.try_get("server")?,
+                    method: row.try_get("method")?,
+                    tool: row.try_get("tool")?,
+                    arguments: arguments.and_then(|a| serde_json::from_str(&a).ok()),
+                    outcome: row.try_get("outcome")?,
+                    latency_ms: row.try_get("latency_ms")?,
+                    request_id: row.try_get("request_id")?,
+                })
+            })
+            .collect::<sqlx::Result<_>>()
+            .map_err(unavailable)
+    }
+
+    async fn ping(&self) -> Result<(), AuditError> {
+        self.store.ping().await.map_err(unavailable)
+    }
+
+    async fn purge(&self, before: i64) -> Result<u64, AuditError> {
+        let sql = match self.store.dialect() {
+            Dialect::Postgres => "SELECT gantry_purge_audit($1) AS n",
+            Dialect::Sqlite => "DELETE FROM audit_events WHERE time < $1 RETURNING 1 AS n",
+        };
+        let rows = sqlx::query(sql)
+            .bind(before)
+            .fetch_all(self.store.pool())
+            .await
+            .map_err(unavailable)?;
+        Ok(match self.store.dialect() {
+            Dialect::Postgres => rows
+                .first()
+                .and_then(|r| r.try_get::<i64, _>("n").ok())
+                .unwrap_or(0) as u64,
+            Dialect::Sqlite => rows.len() as u64,
+        })
+    }
+}

@@ -1,0 +1,129 @@
+//! Rate limits and concurrency caps of `/mcp`, per tenant and per key, from the caller's
+//! policy. Refusals are HTTP 429 with `Retry-After` and a JSON-RPC error body, so both
+//! HTTP-aware and JSON-RPC-only clients understand them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::auth::Principal;
+use super::jsonrpc;
+use crate::policy::limiter::{Rate, RateLimiter};
+use crate::telemetry::metrics as m;
+
+pub struct Limits {
+    pub limiter: RateLimiter,
+    /// Concurrency caps by bucket, with the size they were made for (a changed policy
+    /// gets a new semaphore).
+    slots: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+}
+
+pub struct Refusal {
+    pub retry_after: Duration,
+    scope: &'static str,
+    kind: &'static str,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let secs = self.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let what = if self.kind == "rate" {
+            "rate limit"
+        } else {
+            "concurrency limit"
+        };
+        let body = jsonrpc::error_response(
+            &Value::Null,
+            jsonrpc::RATE_LIMITED,
+            &format!(
+                "Too many requests: the {} {what} is reached; retry in {secs} s",
+                self.scope
+            ),
+            Some(
+                json!({ "retryAfterMs": self.retry_after.as_millis() as u64, "scope": self.scope }),
+            ),
+        );
+        let mut response = super::http::json_response(StatusCode::TOO_MANY_REQUESTS, &body);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        response
+    }
+}
+
+impl Limits {
+    pub fn new(limiter: RateLimiter) -> Self {
+        Self {
+            limiter,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks the caller's rate limits and takes its concurrency slots (released when the
+    /// returned permits drop). Callers without a policy (configuration keys) pass.
+    pub async fn admit(&self, principal: &Principal) -> Result<Vec<OwnedSemaphorePermit>, Refusal> {
+        let Some(access) = &principal.access else {
+            return Ok(Vec::new());
+        };
+        let buckets = [
+            (
+                "tenant",
+                format!("tenant:{}", access.tenant_id),
+                &access.tenant,
+            ),
+            ("key", format!("key:{}", access.key_id), &access.key),
+        ];
+        for (scope, bucket, policy) in &buckets {
+            if let Some(per_minute) = policy.rate_limit_per_minute {
+                if let Err(wait) = self
+                    .limiter
+                    .check(bucket, Rate::per_minute(per_minute))
+                    .await
+                {
+                    metrics::counter!(m::RATE_LIMITED, "scope" => *scope, "kind" => "rate")
+                        .increment(1);
+                    return Err(Refusal {
+                        retry_after: wait,
+                        scope,
+                        kind: "rate",
+                    });
+                }
+            }
+        }
+        let mut permits = Vec::new();
+        for (scope, bucket, policy) in &buckets {
+            if let Some(max) = policy.max_concurrency {
+                let semaphore = self.semaphore(bucket, max);
+                match semaphore.try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => {
+                        metrics::counter!(m::RATE_LIMITED, "scope" => *scope, "kind" => "concurrency").increment(1);
+                        return Err(Refusal {
+                            retry_after: Duration::from_secs(1),
+                            scope,
+                            kind: "concurrency",
+                        });
+                    }
+                }
+            }
+        }
+        Ok(permits)
+    }
+
+    fn semaphore(&self, bucket: &str, size: u32) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().expect("slots lock");
+        match slots.get(bucket) {
+            Some((n, s)) if *n == size => Arc::clone(s),
+            _ => {
+                let s = Arc::new(Semaphore::new(size as usize));
+                slots.insert(bucket.to_string(), (size, Arc::clone(&s)));
+                s
+            }
+        }
+    }
+}
