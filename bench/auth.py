@@ -67,7 +67,7 @@ class Serve:
 
 def bootstrap(tmp: Path, cfg: Path, base: str) -> tuple[str, str]:
     subprocess.run([run.GANTRY, "--config", str(cfg), "admin", "create-user", "--email", "bench@example.com",
-                    "--password-stdin"], input=PASSWORD + "\n", cwd=tmp, check=True, capture_output=True)
+                    "--password-stdin"], input=PASSWORD + "\n", cwd=tmp, check=True, capture_output=True, text=True)
     token = httpx2.post(base + "/api/v1/auth/login",
                         json={"email": "bench@example.com", "password": PASSWORD}).json()["access_token"]
     key = httpx2.post(base + "/api/v1/keys", headers={"Authorization": f"Bearer {token}"},

@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/gantry-target}"
 TOOLS="${E2E_TOOLS_DIR:-/var/tmp/gantry-tools}"
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk; }
+for tool in wrk nginx; do
+  command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$tool"; }
+done
 [ -x "$TOOLS/venv/bin/python" ] || bash scripts/test.sh --collect-only -q >/dev/null  # installs the tools
 cargo build --release --quiet
 case "${1:-gateway}" in

@@ -251,6 +251,9 @@ pub struct ApiConfig {
     /// Browser origins allowed to call `/api` cross-origin (CORS), e.g.
     /// `["https://admin.example.com"]`. Empty: no cross-origin access.
     pub cors_allowed_origins: Vec<String>,
+    /// Gateways whose upstream health `gantry api` reports in `/api/v1/status`, e.g.
+    /// `["http://mcp_gateway:8080"]` (`gantry serve` reports its own).
+    pub gateway_urls: Vec<String>,
 }
 
 /// Where `vault:` references are read. Any string value in the configuration may be
@@ -656,6 +659,15 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
                 format!("api.cors_allowed_origins[{i}]"),
                 "must be an origin such as https://admin.example.com (scheme and host, no path)"
                     .into(),
+            ));
+        }
+    }
+    for (i, url) in config.api.gateway_urls.iter().enumerate() {
+        let ok = reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        if !ok {
+            return Err((
+                format!("api.gateway_urls[{i}]"),
+                "must be an http:// or https:// URL such as http://mcp_gateway:8080".into(),
             ));
         }
     }

@@ -87,6 +87,41 @@ pub async fn ready(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// Upstream health as the gateways report it (`gantry api` runs none itself): each
+/// gateway's `/ready`, asked in parallel; one that does not answer is listed as such.
+async fn remote_upstreams(gateways: &[String]) -> Vec<Value> {
+    let client = reqwest::Client::builder()
+        .timeout(PROBE_TIMEOUT)
+        .build()
+        .expect("HTTP client builds");
+    let asks = gateways.iter().map(|base| {
+        let client = client.clone();
+        async move {
+            let url = format!("{}/ready", base.trim_end_matches('/'));
+            let answer = async { client.get(&url).send().await?.json::<Value>().await }.await;
+            match answer {
+                Ok(ready) => ready["upstreams"]
+                    .as_object()
+                    .map(|ups| {
+                        ups.iter()
+                            .map(|(name, u)| {
+                                json!({ "name": name, "status": u["status"], "reason": u.get("reason"),
+                                        "restarts": u["restarts"], "gateway": base })
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default(),
+                Err(e) => vec![json!({ "gateway": base, "status": "unreachable", "reason": e.without_url().to_string() })],
+            }
+        }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 #[utoipa::path(get, path = "/api/v1/status", tag = "health",
     responses((status = 200, description = "Components, versions, uptime and upstream health")))]
 pub async fn status(State(state): State<ApiState>) -> Json<Value> {
@@ -103,7 +138,7 @@ pub async fn status(State(state): State<ApiState>) -> Json<Value> {
                 json!({ "name": u.name, "status": status, "reason": reason, "restarts": u.restarts() })
             })
             .collect(),
-        None => Vec::new(),
+        None => remote_upstreams(&state.config.api.gateway_urls).await,
     };
     Json(json!({
         "service": "gantry",

@@ -19,6 +19,7 @@ use crate::telemetry::metrics as m;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_EVERY: Duration = Duration::from_secs(2);
+const GATHER_FOR: Duration = Duration::from_millis(25);
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
@@ -110,11 +111,18 @@ impl Writer {
                 }
             };
             let Some(first) = first else { break };
+            // Gather for a moment: under load, batches grow and the store commits (and
+            // syncs to disk) far less often; when idle, an event waits at most this long.
             let mut batch = vec![first];
+            let flush_at = tokio::time::Instant::now() + GATHER_FOR;
             while batch.len() < self.batch_size {
-                match rx.try_recv() {
-                    Ok(event) => batch.push(event),
-                    Err(_) => break,
+                tokio::select! {
+                    biased;
+                    event = rx.recv() => match event {
+                        Some(event) => batch.push(event),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(flush_at) => break,
                 }
             }
             self.deliver(batch).await;

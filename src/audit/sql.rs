@@ -8,6 +8,33 @@ use sqlx::Row;
 use super::{AuditError, AuditEvent, AuditFilter, AuditStore};
 use crate::store::{Dialect, Store, StoreError};
 
+const COLUMNS: usize = 11;
+/// Rows per statement, largest first; 11 parameters a row stays well under SQLite's
+/// (32 766) and PostgreSQL's (65 535) limits.
+const CHUNK_SIZES: [usize; 4] = [250, 50, 10, 1];
+
+/// `INSERT … VALUES ($1 … $11), ($12 … $22), …` for `rows` events; idempotent by id.
+fn insert_statement(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO audit_events (id, tenant_id, time, principal, server, method, tool, arguments, outcome, latency_ms, request_id) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..COLUMNS {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * COLUMNS + col + 1));
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (id) DO NOTHING");
+    sql
+}
+
 pub struct SqlAudit {
     store: Store,
 }
@@ -36,25 +63,34 @@ impl AuditStore for SqlAudit {
         }
         for (tenant, events) in by_tenant {
             let mut tx = self.store.scoped(tenant).await.map_err(unavailable)?;
-            for e in events {
-                sqlx::query(
-                    "INSERT INTO audit_events (id, tenant_id, time, principal, server, method, tool, arguments, outcome, latency_ms, request_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(&e.id)
-                .bind(&e.tenant_id)
-                .bind(e.time)
-                .bind(&e.principal)
-                .bind(&e.server)
-                .bind(&e.method)
-                .bind(&e.tool)
-                .bind(e.arguments.as_ref().map(|a| a.to_string()))
-                .bind(&e.outcome)
-                .bind(e.latency_ms)
-                .bind(&e.request_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            // One statement per chunk rather than per event: a busy gateway writes
+            // thousands of events a second, and round trips would be the bottleneck.
+            let mut rest: &[&AuditEvent] = &events;
+            while !rest.is_empty() {
+                // A few fixed statement sizes, so the prepared statements are reused.
+                let size = CHUNK_SIZES
+                    .iter()
+                    .copied()
+                    .find(|&n| n <= rest.len())
+                    .unwrap_or(1);
+                let (chunk, tail) = rest.split_at(size);
+                rest = tail;
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_statement(chunk.len())));
+                for e in chunk {
+                    query = query
+                        .bind(&e.id)
+                        .bind(&e.tenant_id)
+                        .bind(e.time)
+                        .bind(&e.principal)
+                        .bind(&e.server)
+                        .bind(&e.method)
+                        .bind(&e.tool)
+                        .bind(e.arguments.as_ref().map(|a| a.to_string()))
+                        .bind(&e.outcome)
+                        .bind(e.latency_ms)
+                        .bind(&e.request_id);
+                }
+                query.execute(&mut *tx).await.map_err(unavailable)?;
             }
             tx.commit().await.map_err(unavailable)?;
         }
@@ -139,5 +175,18 @@ impl AuditStore for SqlAudit {
                 .unwrap_or(0) as u64,
             Dialect::Sqlite => rows.len() as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_statement_numbers_every_parameter_once() {
+        let sql = insert_statement(3);
+        assert!(sql.contains("($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11), ($12,"));
+        assert!(sql.contains("$33)") && !sql.contains("$34"));
+        assert!(sql.ends_with("ON CONFLICT (id) DO NOTHING"));
     }
 }

@@ -127,16 +127,21 @@ impl ConfigKeys {
     }
 }
 
-/// A fresh API key: `gty_` and 256 random bits, URL-safe.
-pub fn generate_key() -> String {
+/// `prefix` and 256 random bits, URL-safe: API keys, refresh tokens.
+pub fn random_token(prefix: &str) -> String {
     use base64::Engine;
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     format!(
-        "gty_{}",
+        "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     )
+}
+
+/// A fresh API key: `gty_` and 256 random bits.
+pub fn generate_key() -> String {
+    random_token("gty_")
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::gateway::auth::{AuthError, Authenticator, ConfigKeys, Principal, bear
 use crate::store::Store;
 
 const MAX_CACHED: usize = 10_000;
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// A verified answer for one key digest, and when it was verified.
 type Verdict = (Result<Principal, AuthError>, Instant);
@@ -24,6 +25,8 @@ pub struct KeyAuthenticator {
     store: Option<Store>,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], Verdict>>,
+    /// When each key's last use was last written.
+    touched: Mutex<HashMap<String, Instant>>,
 }
 
 impl KeyAuthenticator {
@@ -33,6 +36,7 @@ impl KeyAuthenticator {
             store,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            touched: Mutex::new(HashMap::new()),
         }
     }
 
@@ -52,13 +56,29 @@ impl KeyAuthenticator {
         if !usable {
             return Err(AuthError::Invalid);
         }
-        // Recording the last use must never slow the call down.
-        let (store, tenant, id) = (store.clone(), key.tenant_id.clone(), key.id.clone());
-        tokio::spawn(async move {
-            if let Err(e) = store.touch_api_key(&tenant, &id, now).await {
-                tracing::debug!(error = %e, "could not record API key use");
+        // Recording the last use must never slow the call down, and a minute's precision
+        // is plenty: at most one write per key per minute, whatever the cache says.
+        let due = {
+            let mut touched = self.touched.lock().expect("touch lock");
+            if touched.len() > MAX_CACHED {
+                touched.retain(|_, at| at.elapsed() < TOUCH_EVERY);
             }
-        });
+            match touched.get(&key.id) {
+                Some(at) if at.elapsed() < TOUCH_EVERY => false,
+                _ => {
+                    touched.insert(key.id.clone(), Instant::now());
+                    true
+                }
+            }
+        };
+        if due {
+            let (store, tenant, id) = (store.clone(), key.tenant_id.clone(), key.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_api_key(&tenant, &id, now).await {
+                    tracing::debug!(error = %e, "could not record API key use");
+                }
+            });
+        }
         Ok(Principal {
             id: format!("key:{}", key.id),
             access: Some(std::sync::Arc::new(crate::policy::Access {

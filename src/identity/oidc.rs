@@ -90,6 +90,24 @@ impl OidcVerifier {
         }
     }
 
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        what: &str,
+    ) -> Result<T, OidcError> {
+        let unavailable =
+            |e: reqwest::Error| OidcError::Unavailable(format!("{what}: {}", e.without_url()));
+        self.http
+            .get(url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(unavailable)?
+            .json()
+            .await
+            .map_err(unavailable)
+    }
+
     async fn jwks_url(&self) -> Result<String, OidcError> {
         if let Some(url) = &self.config.jwks_url {
             return Ok(url.clone());
@@ -98,33 +116,13 @@ impl OidcVerifier {
             "{}/.well-known/openid-configuration",
             self.config.issuer.trim_end_matches('/')
         );
-        let doc: Discovery = self
-            .http
-            .get(&discovery)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| OidcError::Unavailable(e.without_url().to_string()))?
-            .json()
-            .await
-            .map_err(|e| {
-                OidcError::Unavailable(format!("discovery document: {}", e.without_url()))
-            })?;
+        let doc: Discovery = self.get_json(&discovery, "discovery document").await?;
         Ok(doc.jwks_uri)
     }
 
     async fn fetch(&self, keys: &mut Keys) -> Result<(), OidcError> {
         let url = self.jwks_url().await?;
-        let set: JwkSet = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| OidcError::Unavailable(e.without_url().to_string()))?
-            .json()
-            .await
-            .map_err(|e| OidcError::Unavailable(format!("JWKS: {}", e.without_url())))?;
+        let set: JwkSet = self.get_json(&url, "JWKS").await?;
         keys.by_kid.clear();
         keys.anonymous.clear();
         for jwk in &set.keys {

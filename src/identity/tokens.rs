@@ -82,14 +82,7 @@ impl TokenIssuer {
 
 /// A fresh opaque refresh token.
 pub fn refresh_token() -> String {
-    use base64::Engine;
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!(
-        "gtr_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    crate::gateway::auth::random_token("gtr_")
 }
 
 #[cfg(test)]

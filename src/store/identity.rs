@@ -224,6 +224,15 @@ impl FromRow<'_, AnyRow> for RefreshRecord {
     }
 }
 
+/// `NotFound` when a write that names one row changed none.
+fn found(changed: u64) -> Result<(), StoreError> {
+    if changed == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
 impl Store {
     pub async fn create_tenant(&self, slug: &str, name: &str) -> Result<Tenant, StoreError> {
         let tenant = Tenant {
@@ -232,16 +241,16 @@ impl Store {
             name: name.to_string(),
             created_at: now_ms(),
         };
-        let mut tx = self.scoped(&tenant.id).await?;
-        sqlx::query("INSERT INTO tenants (id, slug, name, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(&tenant.id)
-            .bind(&tenant.slug)
-            .bind(&tenant.name)
-            .bind(tenant.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| StoreError::from(e).conflict_on("tenant slug"))?;
-        tx.commit().await?;
+        self.execute_scoped(
+            &tenant.id,
+            sqlx::query("INSERT INTO tenants (id, slug, name, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(&tenant.id)
+                .bind(&tenant.slug)
+                .bind(&tenant.name)
+                .bind(tenant.created_at),
+        )
+        .await
+        .map_err(|e| e.conflict_on("tenant slug"))?;
         Ok(tenant)
     }
 
@@ -321,10 +330,7 @@ impl Store {
             .bind(user_id)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        found(done.rows_affected())
     }
 
     /// The tenants a user belongs to, with the role in each.
@@ -357,18 +363,14 @@ impl Store {
         user_id: &str,
         role: Role,
     ) -> Result<(), StoreError> {
-        let mut tx = self.scoped(tenant_id).await?;
-        sqlx::query(
+        self.execute_scoped(tenant_id, sqlx::query(
             "INSERT INTO memberships (tenant_id, user_id, role, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (tenant_id, user_id) DO UPDATE SET role = excluded.role",
         )
         .bind(tenant_id)
         .bind(user_id)
         .bind(role.as_str())
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .bind(now_ms())).await?;
         Ok(())
     }
 
@@ -397,17 +399,15 @@ impl Store {
     }
 
     pub async fn remove_member(&self, tenant_id: &str, user_id: &str) -> Result<(), StoreError> {
-        let mut tx = self.scoped(tenant_id).await?;
-        let done = sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2")
-            .bind(tenant_id)
-            .bind(user_id)
-            .execute(&mut *tx)
+        let changed = self
+            .execute_scoped(
+                tenant_id,
+                sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND user_id = $2")
+                    .bind(tenant_id)
+                    .bind(user_id),
+            )
             .await?;
-        tx.commit().await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        found(changed)
     }
 
     pub async fn create_api_key(
@@ -428,8 +428,7 @@ impl Store {
             revoked_at: None,
             policy: key.policy,
         };
-        let mut tx = self.scoped(tenant_id).await?;
-        sqlx::query(
+        self.execute_scoped(tenant_id, sqlx::query(
             "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, scopes, created_by, created_at, expires_at, policy) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
@@ -442,10 +441,7 @@ impl Store {
         .bind(&record.created_by)
         .bind(record.created_at)
         .bind(record.expires_at)
-        .bind(record.policy.to_column())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .bind(record.policy.to_column())).await?;
         Ok(record)
     }
 
@@ -488,20 +484,13 @@ impl Store {
     }
 
     pub async fn revoke_api_key(&self, tenant_id: &str, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.scoped(tenant_id).await?;
-        let done = sqlx::query(
+        let changed = self.execute_scoped(tenant_id, sqlx::query(
             "UPDATE api_keys SET revoked_at = $1 WHERE tenant_id = $2 AND id = $3 AND revoked_at IS NULL",
         )
         .bind(now_ms())
         .bind(tenant_id)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        .bind(id)).await?;
+        found(changed)
     }
 
     /// The key whose SHA-256 is `hash`, in whatever tenant: authentication does not know
@@ -554,17 +543,15 @@ impl Store {
         tenant_id: &str,
         policy: &Policy,
     ) -> Result<(), StoreError> {
-        let mut tx = self.scoped(tenant_id).await?;
-        let done = sqlx::query("UPDATE tenants SET policy = $1 WHERE id = $2")
-            .bind(policy.to_column())
-            .bind(tenant_id)
-            .execute(&mut *tx)
+        let changed = self
+            .execute_scoped(
+                tenant_id,
+                sqlx::query("UPDATE tenants SET policy = $1 WHERE id = $2")
+                    .bind(policy.to_column())
+                    .bind(tenant_id),
+            )
             .await?;
-        tx.commit().await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        found(changed)
     }
 
     pub async fn touch_api_key(
@@ -573,14 +560,14 @@ impl Store {
         id: &str,
         at: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.scoped(tenant_id).await?;
-        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE tenant_id = $2 AND id = $3")
-            .bind(at)
-            .bind(tenant_id)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        self.execute_scoped(
+            tenant_id,
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE tenant_id = $2 AND id = $3")
+                .bind(at)
+                .bind(tenant_id)
+                .bind(id),
+        )
+        .await?;
         Ok(())
     }
 

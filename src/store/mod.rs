@@ -172,6 +172,19 @@ impl Store {
         Ok(tx)
     }
 
+    /// Runs one writing statement in `tenant_id`'s scope and commits; returns the number
+    /// of rows it changed.
+    pub async fn execute_scoped(
+        &self,
+        tenant_id: &str,
+        query: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.scoped(tenant_id).await?;
+        let done = query.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

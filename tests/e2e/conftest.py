@@ -448,3 +448,16 @@ def vault(tmp_path):
     server = VaultServer(tmp_path)
     yield server
     server.stop()
+
+
+def key_call(base: str, key: str, method: str, params: dict | None = None, path: str = "/mcp") -> httpx2.Response:
+    """One stateless (2026-07-28) MCP request authenticated with `key`."""
+    params = dict(params or {})
+    params["_meta"] = {"io.modelcontextprotocol/protocolVersion": MODERN,
+                       "io.modelcontextprotocol/clientCapabilities": {}}
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Accept": ACCEPT,
+               "MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+    if "name" in params:
+        headers["Mcp-Name"] = params["name"]
+    return httpx2.post(base + path, headers=headers, timeout=30,
+                       json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})

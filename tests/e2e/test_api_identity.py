@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx2
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, problem
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, key_call, problem
 
 
 def test_health_ready_and_status(control_plane, database):
@@ -87,12 +87,7 @@ def test_secrets_never_appear_in_logs_or_answers(control_plane):
     tokens = api.login()
     created = api.request("POST", "/v1/keys", token=tokens["access_token"], json_body={"name": "ci"}).json()
     key = created["key"]
-    r = httpx2.post(g.url, headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-                                    "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28",
-                                    "Mcp-Method": "tools/list"},
-                    json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
-                        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                        "io.modelcontextprotocol/clientCapabilities": {}}}}, timeout=30)
+    r = key_call(g.base, key, "tools/list")
     assert r.status_code == 200, r.text
     api.request("POST", "/v1/auth/login", json_body={"email": ADMIN_EMAIL, "password": "wrong " + ADMIN_PASSWORD})
     answers = [

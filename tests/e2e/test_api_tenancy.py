@@ -7,19 +7,13 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from conftest import ADMIN_EMAIL, problem
+from conftest import ADMIN_EMAIL, key_call, problem
 
 MEMBER_PASSWORD = "member password 1234"
 
 
-def mcp_list(base_url: str, key: str) -> httpx2.Response:
-    return httpx2.post(base_url, headers={
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json",
-        "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "tools/list"},
-        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
-            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientCapabilities": {}}}}, timeout=30)
+def mcp_list(base: str, key: str) -> httpx2.Response:
+    return key_call(base, key, "tools/list")
 
 
 def add_member(api, token, email, role, password=MEMBER_PASSWORD) -> httpx2.Response:
@@ -94,17 +88,17 @@ def test_api_keys_work_on_mcp_until_revoked(control_plane):
     assert [k["id"] for k in listed] == [record["id"]]
     assert key not in str(listed) and "hash" not in str(listed)
 
-    r = mcp_list(g.url, key)
+    r = mcp_list(g.base, key)
     assert r.status_code == 200, r.text
     assert "demo__echo" in [t["name"] for t in r.json()["result"]["tools"]]
     used = api.request("GET", f"/v1/keys/{record['id']}", token=owner).json()
     assert used["last_used_at"] is not None
 
     api_only = api.request("POST", "/v1/keys", token=owner, json_body={"name": "ops", "scopes": ["api"]}).json()["key"]
-    assert mcp_list(g.url, api_only).status_code == 401, "a key without the mcp scope is refused on /mcp"
+    assert mcp_list(g.base, api_only).status_code == 401, "a key without the mcp scope is refused on /mcp"
 
     assert api.request("DELETE", f"/v1/keys/{record['id']}", token=owner).status_code == 204
-    refused = mcp_list(g.url, key)
+    refused = mcp_list(g.base, key)
     assert refused.status_code == 401
     assert "invalid_token" in refused.headers["www-authenticate"]
     problem(api.request("DELETE", f"/v1/keys/{record['id']}", token=owner), 404)
@@ -165,7 +159,16 @@ def test_a_separate_gateway_accepts_keys_issued_by_the_api(control_plane, databa
     key = api.request("POST", "/v1/keys", token=owner, json_body={"name": "gw"}).json()["key"]
     gw = gantry({"database": {"url": database.url}, "upstreams": {"demo": {
         "transport": "stdio", "command": __import__("conftest").BIN, "args": ["demo-upstream"]}}}, role="gateway")
-    r = mcp_list(gw.url, key)
+    r = mcp_list(gw.base, key)
     assert r.status_code == 200, r.text
-    assert mcp_list(gw.url, "gty_" + "x" * 43).status_code == 401
+    assert mcp_list(gw.base, "gty_" + "x" * 43).status_code == 401
     assert httpx2.get(gw.base + "/api/health", timeout=10).status_code == 404, "the gateway serves no /api"
+
+    # The control plane reports upstream health as the gateways see it.
+    from conftest import free_port
+    dead = f"http://127.0.0.1:{free_port()}"
+    _, api2 = control_plane({"api": {"gateway_urls": [gw.base, dead]}}, role="api", bootstrap=False)
+    upstreams = api2.request("GET", "/v1/status").json()["upstreams"]
+    assert {"name": "demo", "status": "up", "gateway": gw.base} == \
+        {k: v for k, v in upstreams[0].items() if k in ("name", "status", "gateway")}, upstreams
+    assert upstreams[1]["gateway"] == dead and upstreams[1]["status"] == "unreachable", upstreams

@@ -10,22 +10,9 @@ import time
 import httpx2
 import pytest
 
-from conftest import problem, wait_until
+from conftest import key_call, problem, wait_until
 
 SECRET = "sk-live-do-not-log-me"
-
-
-def call(g, key, method, params=None):
-    params = dict(params or {})
-    params["_meta"] = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                       "io.modelcontextprotocol/clientCapabilities": {}}
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-               "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28",
-               "Mcp-Method": method}
-    if "name" in params:
-        headers["Mcp-Name"] = params["name"]
-    return httpx2.post(g.url, headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
-                       timeout=30)
 
 
 def setup_key(api):
@@ -44,10 +31,10 @@ def test_every_request_is_audited_with_redacted_arguments(control_plane):
     g, api = control_plane()
     token, key, key_id = setup_key(api)
     before = int(time.time() * 1000)
-    assert call(g, key, "tools/call", {"name": "demo__echo", "arguments": {"message": "hi", "api_token": SECRET}}).status_code == 200
-    assert call(g, key, "tools/call", {"name": "demo__add", "arguments": {"a": 1, "b": 2}}).status_code == 200
-    assert call(g, key, "tools/list").status_code == 200
-    unknown = call(g, key, "tools/call", {"name": "demo__nope", "arguments": {}})
+    assert key_call(g.base, key, "tools/call", {"name": "demo__echo", "arguments": {"message": "hi", "api_token": SECRET}}).status_code == 200
+    assert key_call(g.base, key, "tools/call", {"name": "demo__add", "arguments": {"a": 1, "b": 2}}).status_code == 200
+    assert key_call(g.base, key, "tools/list").status_code == 200
+    unknown = key_call(g.base, key, "tools/call", {"name": "demo__nope", "arguments": {}})
     assert "error" in unknown.json()
 
     got = wait_until(lambda: (lambda e: e if len(e["items"]) >= 4 else None)(events(api, token)), what="4 audit events")
@@ -99,7 +86,7 @@ def test_mongodb_audit_survives_a_store_outage(control_plane, mongo):
     g, api = control_plane({"audit": {"store": mongo.url, "retention_days": 30}})
     token, key, _ = setup_key(api)
     for i in range(5):
-        assert call(g, key, "tools/call", {"name": "demo__echo", "arguments": {"message": f"before {i}"}}).status_code == 200
+        assert key_call(g.base, key, "tools/call", {"name": "demo__echo", "arguments": {"message": f"before {i}"}}).status_code == 200
     wait_until(lambda: len(events(api, token)["items"]) == 5, what="5 events in MongoDB")
     indexes = mongo.client()["gantry_audit"]["audit_events"].index_information()
     assert indexes["retention"]["expireAfterSeconds"] == 30 * 86400
@@ -108,7 +95,7 @@ def test_mongodb_audit_survives_a_store_outage(control_plane, mongo):
     mongo.stop()
     started = time.time()
     for i in range(20):
-        r = call(g, key, "tools/call", {"name": "demo__echo", "arguments": {"message": f"during {i}"}})
+        r = key_call(g.base, key, "tools/call", {"name": "demo__echo", "arguments": {"message": f"during {i}"}})
         assert r.status_code == 200 and r.json()["result"]["content"][0]["text"] == f"during {i}"
     assert time.time() - started < 10, "calls must not wait for the audit store"
     ready = wait_until(lambda: (lambda r: r if r.status_code == 503 else None)(api.request("GET", "/ready")),
@@ -132,7 +119,7 @@ def test_spilled_events_outlive_a_gantry_restart(control_plane, mongo, gantry):
     g, api = control_plane(config)  # the store is not running yet
     token, key, _ = setup_key(api)
     for i in range(3):
-        assert call(g, key, "tools/call", {"name": "demo__echo", "arguments": {"message": f"m{i}"}}).status_code == 200
+        assert key_call(g.base, key, "tools/call", {"name": "demo__echo", "arguments": {"message": f"m{i}"}}).status_code == 200
     wait_until(lambda: (g.metric("audit_events_total", result="spilled") or 0) >= 3, what="events spilled")
     assert g.stop() == 0
     spill = g.dir / "audit-spill" / "audit-spill.jsonl"
@@ -151,7 +138,7 @@ def test_events_that_cannot_be_kept_are_counted(control_plane, mongo):
     g, api = control_plane({"audit": {"store": mongo.url, "spill_max_bytes": 2048}})
     token, key, _ = setup_key(api)
     for i in range(30):
-        assert call(g, key, "tools/call", {"name": "demo__echo", "arguments": {"message": "x" * 200}}).status_code == 200
+        assert key_call(g.base, key, "tools/call", {"name": "demo__echo", "arguments": {"message": "x" * 200}}).status_code == 200
     dropped = wait_until(lambda: g.metric("audit_events_dropped_total", reason="spill_full"), what="drops counted")
     spilled = g.metric("audit_events_total", result="spilled") or 0
     assert dropped > 0 and spilled > 0

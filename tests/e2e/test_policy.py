@@ -12,25 +12,12 @@ import httpx2
 import pytest
 import redis
 
-from conftest import BIN, problem, wait_until
+from conftest import BIN, key_call, problem, wait_until
 
 TWO_SERVERS = {"upstreams": {
     "demo": {"transport": "stdio", "command": BIN, "args": ["demo-upstream"]},
     "other": {"transport": "stdio", "command": BIN, "args": ["demo-upstream"]},
 }}
-
-
-def rpc(base, key, method, params=None, path="/mcp"):
-    params = dict(params or {})
-    params["_meta"] = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                       "io.modelcontextprotocol/clientCapabilities": {}}
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-               "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28",
-               "Mcp-Method": method}
-    if "name" in params:
-        headers["Mcp-Name"] = params["name"]
-    return httpx2.post(base + path, headers=headers, timeout=30,
-                       json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
 
 
 def tool_names(r) -> list[str]:
@@ -53,25 +40,25 @@ def test_denied_servers_and_tools_are_absent_and_refused(control_plane):
     open_key = new_key(api, token)
     key = new_key(api, token, {"servers": ["demo"], "tools": ["demo:echo", "demo:add"]})
 
-    assert "other__echo" in tool_names(rpc(g.base, open_key, "tools/list"))
-    assert tool_names(rpc(g.base, key, "tools/list")) == ["demo__add", "demo__echo"]
-    ok = rpc(g.base, key, "tools/call", {"name": "demo__echo", "arguments": {"message": "hi"}})
+    assert "other__echo" in tool_names(key_call(g.base, open_key, "tools/list"))
+    assert tool_names(key_call(g.base, key, "tools/list")) == ["demo__add", "demo__echo"]
+    ok = key_call(g.base, key, "tools/call", {"name": "demo__echo", "arguments": {"message": "hi"}})
     assert ok.json()["result"]["content"][0]["text"] == "hi"
     for denied in ("demo__time", "other__echo"):
-        err = rpc(g.base, key, "tools/call", {"name": denied, "arguments": {}}).json()["error"]
+        err = key_call(g.base, key, "tools/call", {"name": denied, "arguments": {}}).json()["error"]
         assert err["code"] == -32602 and "Unknown tool" in err["message"], err
 
     # A denied server answers exactly like one that does not exist.
-    denied = rpc(g.base, key, "tools/list", path="/mcp/other")
-    absent = rpc(g.base, key, "tools/list", path="/mcp/nowhere")
+    denied = key_call(g.base, key, "tools/list", path="/mcp/other")
+    absent = key_call(g.base, key, "tools/list", path="/mcp/nowhere")
     assert denied.status_code == absent.status_code == 404
     assert denied.json()["error"]["message"].replace("other", "X") == absent.json()["error"]["message"].replace("nowhere", "X")
 
     # The pass-through lists and refuses the same way.
-    assert tool_names(rpc(g.base, key, "tools/list", path="/mcp/demo")) == ["add", "echo"]
-    err = rpc(g.base, key, "tools/call", {"name": "time", "arguments": {}}, path="/mcp/demo").json()["error"]
+    assert tool_names(key_call(g.base, key, "tools/list", path="/mcp/demo")) == ["add", "echo"]
+    err = key_call(g.base, key, "tools/call", {"name": "time", "arguments": {}}, path="/mcp/demo").json()["error"]
     assert err["code"] == -32602
-    assert rpc(g.base, key, "tools/call", {"name": "echo", "arguments": {"message": "x"}}, path="/mcp/demo").status_code == 200
+    assert key_call(g.base, key, "tools/call", {"name": "echo", "arguments": {"message": "x"}}, path="/mcp/demo").status_code == 200
     denied_events = wait_until(lambda: api.request("GET", "/v1/audit", token=token, params={"outcome": "denied"}).json()["items"],
                                what="the refused call in the audit")
     assert denied_events[0]["tool"] == "time" and denied_events[0]["server"] == "demo"
@@ -82,14 +69,14 @@ def test_the_tenant_policy_bounds_every_key(control_plane):
     admin = api.login()
     token, tenant_id = admin["access_token"], admin["tenant"]["tenant_id"]
     key = new_key(api, token, {"tools": ["demo:*"]})
-    assert tool_names(rpc(g.base, key, "tools/list")) == ["demo__add", "demo__echo", "demo__kv_get", "demo__kv_list",
+    assert tool_names(key_call(g.base, key, "tools/list")) == ["demo__add", "demo__echo", "demo__kv_get", "demo__kv_list",
                                                           "demo__kv_set", "demo__sleep", "demo__time"]
     put = api.request("PUT", f"/v1/tenants/{tenant_id}/policy", token=token, json_body={"tools": ["*:echo"]})
     assert put.status_code == 200, put.text
     assert api.request("GET", f"/v1/tenants/{tenant_id}/policy", token=token).json() == {"tools": ["*:echo"]}
     # The key allows demo:*, the tenant *:echo: only demo's echo remains.
-    assert tool_names(rpc(g.base, key, "tools/list")) == ["demo__echo"]
-    assert tool_names(rpc(g.base, new_key(api, token), "tools/list")) == ["demo__echo", "other__echo"]
+    assert tool_names(key_call(g.base, key, "tools/list")) == ["demo__echo"]
+    assert tool_names(key_call(g.base, new_key(api, token), "tools/list")) == ["demo__echo", "other__echo"]
 
     bad = api.request("PUT", f"/v1/tenants/{tenant_id}/policy", token=token, json_body={"tools": ["echo"]})
     assert problem(bad, 422)["field"] == "policy.tools"
@@ -119,7 +106,7 @@ def test_rate_limits_are_shared_by_replicas_through_redis(control_plane, gantry,
     # 60 per minute allows bursts of 6.
     key = new_key(api, token, {"rate_limit_per_minute": 60})
     g2, _ = control_plane(config, bootstrap=False)
-    outcomes = [limited(rpc(g.base, key, "ping")) for g in (g1, g2) * 5]
+    outcomes = [limited(key_call(g.base, key, "ping")) for g in (g1, g2) * 5]
     assert outcomes[:6] == [False] * 6 and all(outcomes[6:]), outcomes
     assert g1.metric("rate_limited_total", scope="key", kind="rate") + g2.metric("rate_limited_total", scope="key", kind="rate") == 4
     r = redis.Redis(host="127.0.0.1", port=6379)
@@ -139,7 +126,7 @@ def test_rate_limits_hold_in_process_when_redis_is_down(control_plane):
     tenant_id = api.login()["tenant"]["tenant_id"]
     api.request("PUT", f"/v1/tenants/{tenant_id}/policy", token=token, json_body={"rate_limit_per_minute": 30})
     key = new_key(api, token)
-    outcomes = [limited(rpc(g.base, key, "ping")) for _ in range(5)]
+    outcomes = [limited(key_call(g.base, key, "ping")) for _ in range(5)]
     assert outcomes == [False, False, False, True, True], outcomes  # 30/min: bursts of 3, tenant-wide
     assert g.metric("rate_limit_fallback_total") >= 1
     assert "Redis unavailable for rate limits" in g.logs()
@@ -153,13 +140,13 @@ def test_concurrency_cap_refuses_the_extra_call(control_plane):
     token = api.login()["access_token"]
     key = new_key(api, token, {"max_concurrency": 1})
     slow = {}
-    t = threading.Thread(target=lambda: slow.setdefault("r", rpc(g.base, key, "tools/call",
+    t = threading.Thread(target=lambda: slow.setdefault("r", key_call(g.base, key, "tools/call",
                                                                    {"name": "demo__sleep", "arguments": {"ms": 1500}})))
     t.start()
     wait_until(lambda: (g.metric("mcp_requests_in_flight", server="demo") or 0) >= 1, what="the slow call in flight")
-    extra = rpc(g.base, key, "ping")
+    extra = key_call(g.base, key, "ping")
     assert limited(extra)
     assert "concurrency" in extra.json()["error"]["message"]
     t.join()
     assert slow["r"].status_code == 200
-    assert not limited(rpc(g.base, key, "ping"))
+    assert not limited(key_call(g.base, key, "ping"))
