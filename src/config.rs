@@ -42,6 +42,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub cache: CacheConfig,
     pub api: ApiConfig,
+    pub registry: RegistryConfig,
     pub vault: VaultConfig,
     pub log: LogConfig,
     /// Upstream MCP servers by name. A BTreeMap keeps aggregation order deterministic.
@@ -256,6 +257,26 @@ pub struct ApiConfig {
     pub gateway_urls: Vec<String>,
 }
 
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Hosts that servers registered through the API may use even though they are
+    /// loopback or link-local (refused otherwise, against SSRF), e.g. `["127.0.0.1"]`.
+    pub allowed_hosts: Vec<String>,
+    /// How often gateways re-read the registry besides change notifications (the only
+    /// signal between processes sharing a SQLite file).
+    pub poll_secs: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            poll_secs: 30,
+        }
+    }
+}
+
 /// Where `vault:` references are read. Any string value in the configuration may be
 /// `vault:<mount>/data/<path>#<field>` (KV v2), e.g. `database.url =
 /// "vault:secret/data/gantry/database#url"`. `VAULT_ADDR` and `VAULT_TOKEN` are honoured
@@ -366,7 +387,7 @@ pub enum TransportKind {
     Sse,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub transport: TransportKind,
@@ -401,6 +422,17 @@ pub struct UpstreamConfig {
     pub circuit_breaker_cooldown_secs: u64,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// The only tools of this server anyone may use (names, or prefixes ending in `*`);
+    /// absent means all. Hidden tools are absent from lists and refused on call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools_allow: Option<Vec<String>>,
+    /// Tools of this server nobody may use (same patterns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools_deny: Vec<String>,
+    /// Requests per minute to this server, all callers together (shared through Redis
+    /// when `cache.url` is Redis); absent means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -438,7 +470,24 @@ impl UpstreamConfig {
             circuit_breaker_failures: default_breaker_failures(),
             circuit_breaker_cooldown_secs: default_breaker_cooldown_secs(),
             enabled: true,
+            tools_allow: None,
+            tools_deny: Vec::new(),
+            rate_limit_per_minute: None,
         }
+    }
+
+    /// Whether the server's own allow/deny lists let anyone use `tool`.
+    pub fn allows_tool(&self, tool: &str) -> bool {
+        let matches = |p: &String| crate::policy::glob(p, tool);
+        !self.tools_deny.iter().any(matches)
+            && self
+                .tools_allow
+                .as_ref()
+                .is_none_or(|a| a.iter().any(matches))
+    }
+
+    pub fn restricts_tools(&self) -> bool {
+        self.tools_allow.is_some() || !self.tools_deny.is_empty()
     }
 }
 
@@ -753,7 +802,7 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
     Ok(())
 }
 
-fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), (String, String)> {
+pub fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), (String, String)> {
     let key = |field: &str| format!("upstreams.{name}.{field}");
     let name_ok = !name.is_empty()
         && name.len() <= 64
@@ -796,6 +845,29 @@ fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), (String, Stri
     }
     if u.max_concurrency == 0 {
         return Err((key("max_concurrency"), "must be at least 1".into()));
+    }
+    if u.rate_limit_per_minute == Some(0) {
+        return Err((
+            key("rate_limit_per_minute"),
+            "must be at least 1 (omit it for no limit)".into(),
+        ));
+    }
+    let pattern_ok = |p: &String| {
+        !p.is_empty()
+            && p.len() <= 128
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./*".contains(c))
+    };
+    for (field, list) in [
+        ("tools_allow", u.tools_allow.clone().unwrap_or_default()),
+        ("tools_deny", u.tools_deny.clone()),
+    ] {
+        if let Some(bad) = list.iter().find(|p| !pattern_ok(p)) {
+            return Err((
+                key(field),
+                format!("'{bad}' is not a tool name or a prefix ending in *"),
+            ));
+        }
     }
     Ok(())
 }

@@ -228,11 +228,12 @@ async fn serve_with(config: config::Config, args: ServeArgs, role: Role) -> Exit
             app.local_addr()
         ),
         Role::Gateway | Role::Bridge { .. } => {
-            let servers: Vec<&str> = app
+            let servers: Vec<String> = app
                 .gateway()
                 .upstreams
+                .all()
                 .iter()
-                .map(|u| u.name.as_str())
+                .map(|u| u.name.clone())
                 .collect();
             println!(
                 "gantry ready: http://{}/mcp ({})",
@@ -257,6 +258,7 @@ fn print_banner(app: &Application) {
     let servers: Vec<String> = app
         .gateway()
         .upstreams
+        .all()
         .iter()
         .map(|u| format!("{} ({})", u.name, if u.is_up() { "up" } else { "down" }))
         .collect();

@@ -302,6 +302,18 @@ impl Application {
             _ => None,
         };
         let gateway = Arc::new(gateway);
+        if let (Some(store), true) = (
+            &store,
+            role.serves_mcp() && !matches!(role, Role::Bridge { .. }),
+        ) {
+            let listen_url = config
+                .database
+                .url
+                .as_ref()
+                .map(|u| u.expose().to_string())
+                .filter(|u| Dialect::of(u) == Some(Dialect::Postgres));
+            crate::gateway::registry::start(Arc::clone(&gateway), store.clone(), listen_url).await;
+        }
         let api = match (&store, role.serves_api()) {
             (Some(store), true) => Some(ApiState {
                 store: store.clone(),
@@ -354,6 +366,7 @@ impl Application {
         let wait = self
             .gateway
             .upstreams
+            .all()
             .iter()
             .map(|u| u.timeout())
             .max()
@@ -521,8 +534,15 @@ async fn health() -> impl IntoResponse {
 /// down. A down upstream does not make the gateway unready: it degrades, and says so.
 async fn ready(State(state): State<AppState>) -> Response {
     let gw = &state.gateway;
-    let upstreams: serde_json::Map<String, serde_json::Value> = gw
-        .upstreams
+    // Servers of the configuration file by name; tenants' registered servers only as
+    // counts, since this endpoint answers anyone.
+    let all = gw.upstreams.all();
+    let (configured, registered): (Vec<_>, Vec<_>) = all.iter().partition(|u| u.tenant.is_none());
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for u in &registered {
+        *counts.entry(u.state().label()).or_default() += 1;
+    }
+    let upstreams: serde_json::Map<String, serde_json::Value> = configured
         .iter()
         .map(|u| {
             let status = match u.state() {
@@ -541,8 +561,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body =
-        json!({ "status": if is_ready { "ready" } else { "starting" }, "upstreams": upstreams });
+    let body = json!({ "status": if is_ready { "ready" } else { "starting" }, "upstreams": upstreams, "registered": counts });
     (status, axum::Json(body)).into_response()
 }
 

@@ -128,7 +128,9 @@ pub async fn status(State(state): State<ApiState>) -> Json<Value> {
     let upstreams: Vec<Value> = match &state.gateway {
         Some(gw) => gw
             .upstreams
+            .all()
             .iter()
+            .filter(|u| u.tenant.is_none())
             .map(|u| {
                 let (status, reason) = match u.state() {
                     UpState::Up(_) => ("up", None),

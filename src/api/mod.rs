@@ -11,6 +11,7 @@ pub mod input;
 pub mod keys;
 pub mod openapi;
 pub mod pagination;
+pub mod servers;
 pub mod tenants;
 pub mod users;
 
@@ -61,6 +62,16 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ApiState) -> Router<S> {
         )
         .route("/users", get(users::list).post(users::add))
         .route("/users/{id}", axum::routing::delete(users::remove))
+        .route("/servers", get(servers::list).post(servers::create))
+        .route(
+            "/servers/{id}",
+            get(servers::get)
+                .put(servers::update)
+                .delete(servers::delete),
+        )
+        .route("/servers/{id}/restart", post(servers::restart))
+        .route("/servers/{id}/health", get(servers::health))
+        .route("/servers/{id}/tools", get(servers::tools))
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/{id}", get(keys::get).delete(keys::revoke));
     let cors = cors(&state.config.api.cors_allowed_origins);

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, auth, health, keys, pagination, tenants, users};
+use super::{audit, auth, health, keys, pagination, servers, tenants, users};
 use crate::store::identity;
 
 struct BearerAuth;
@@ -37,10 +37,12 @@ impl Modify for BearerAuth {
         users::list, users::add, users::remove,
         keys::list, keys::create, keys::get, keys::revoke,
         audit::list,
+        servers::list, servers::create, servers::get, servers::update, servers::delete,
+        servers::restart, servers::health, servers::tools,
         crate::gateway::rest::list, crate::gateway::rest::call,
         document,
     ),
-    components(schemas(crate::policy::Policy, crate::gateway::rest::CallRequest, identity::Tenant, identity::User, identity::Role, identity::Membership, identity::Member,
+    components(schemas(crate::store::registry::Server, servers::ServerInput, crate::policy::Policy, crate::gateway::rest::CallRequest, identity::Tenant, identity::User, identity::Role, identity::Membership, identity::Member,
         identity::ApiKey, pagination::Page<identity::ApiKey>, crate::audit::AuditEvent,
         pagination::Page<crate::audit::AuditEvent>)),
     modifiers(&BearerAuth),

@@ -29,7 +29,11 @@ fn capabilities() -> Value {
 }
 
 fn instructions(gw: &Gateway, access: Option<&Access>) -> String {
-    let names: Vec<&str> = gw.visible(access).map(|u| u.name.as_str()).collect();
+    let names: Vec<String> = gw
+        .visible(access)
+        .into_iter()
+        .map(|u| u.name.clone())
+        .collect();
     let naming = match gw.config.gateway.prefix_mode {
         PrefixMode::Always => format!(
             "Names are prefixed with their server: {{server}}{}{{name}}.",
@@ -77,10 +81,10 @@ pub async fn lists(
     access: Option<&Access>,
 ) -> Vec<(String, Arc<Vec<Value>>)> {
     let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
-    let fetches = gw.visible(access).map(|u| async move {
+    let fetches = gw.visible(access).into_iter().map(|u| async move {
         let outcome = tokio::time::timeout(wait, u.list(kind, wait)).await;
         match outcome {
-            Ok(Ok(items)) => Some((u.name.clone(), permitted(kind, &u.name, items, access))),
+            Ok(Ok(items)) => Some((u.name.clone(), permitted(kind, &u, items, access))),
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %u.name, error = %e, list = kind.method(), "left out of the aggregated list");
                 None
@@ -98,28 +102,34 @@ pub async fn lists(
         .collect()
 }
 
-/// A tool list without the tools the caller may not use (the cached list itself when
-/// nothing is hidden).
+/// A tool list without the tools the caller may not use — hidden by the server's own
+/// allow/deny lists or by the caller's policy (the cached list itself when nothing is).
 pub fn permitted(
     kind: ListKind,
-    server: &str,
+    upstream: &Upstream,
     items: Arc<Vec<Value>>,
     access: Option<&Access>,
 ) -> Arc<Vec<Value>> {
-    match access {
-        Some(a) if kind == ListKind::Tools && a.restricts_tools() => Arc::new(
-            items
-                .iter()
-                .filter(|t| {
-                    t.get("name")
-                        .and_then(Value::as_str)
-                        .is_some_and(|n| a.allows_tool(server, n))
-                })
-                .cloned()
-                .collect(),
-        ),
-        _ => items,
+    let by_policy = access.is_some_and(|a| a.restricts_tools());
+    if kind != ListKind::Tools || !(by_policy || upstream.config.restricts_tools()) {
+        return items;
     }
+    Arc::new(
+        items
+            .iter()
+            .filter(|t| {
+                t.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| usable(upstream, n, access))
+            })
+            .cloned()
+            .collect(),
+    )
+}
+
+/// Whether the caller may use `tool` of `upstream`.
+pub fn usable(upstream: &Upstream, tool: &str, access: Option<&Access>) -> bool {
+    upstream.config.allows_tool(tool) && access.is_none_or(|a| a.allows_tool(&upstream.name, tool))
 }
 
 pub async fn merged(gw: &Gateway, kind: ListKind, access: Option<&Access>) -> Merged {
@@ -149,15 +159,16 @@ async fn resolve(
     access: Option<&Access>,
 ) -> Option<(Arc<Upstream>, String)> {
     if gw.config.gateway.prefix_mode == PrefixMode::Always {
+        let visible = gw.visible(access);
         let (server, name) = catalog::split_prefixed(
             exposed,
             &gw.config.gateway.separator,
-            gw.visible(access).map(|u| u.name.as_str()),
+            visible.iter().map(|u| u.name.as_str()),
         )?;
-        if kind == ListKind::Tools && access.is_some_and(|a| !a.allows_tool(server, name)) {
+        let upstream = gw.find(access, server)?;
+        if kind == ListKind::Tools && !usable(&upstream, name, access) {
             return None;
         }
-        let upstream = Arc::clone(gw.upstreams.get(server)?);
         // The cached catalogue makes an unknown name the gateway's own clear error; an
         // upstream that cannot list right now still gets the call (and reports itself).
         let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
@@ -173,7 +184,7 @@ async fn resolve(
     }
     let merged = merged(gw, kind, access).await;
     let (server, name) = merged.names.get(exposed)?;
-    Some((Arc::clone(gw.upstreams.get(server)?), name.clone()))
+    Some((gw.find(access, server)?, name.clone()))
 }
 
 async fn resolve_uri(gw: &Gateway, uri: &str, access: Option<&Access>) -> Option<Arc<Upstream>> {
@@ -182,7 +193,7 @@ async fn resolve_uri(gw: &Gateway, uri: &str, access: Option<&Access>) -> Option
         lists(gw, ListKind::ResourceTemplates, access)
     );
     let server = catalog::server_for_uri(uri, &resources, &templates)?;
-    gw.upstreams.get(&server).cloned()
+    gw.find(access, &server)
 }
 
 fn set_param(body: &mut Map<String, Value>, key: &str, value: Value) {
@@ -299,7 +310,7 @@ pub async fn handle(
         }
         "logging/setLevel" => {
             let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
-            let sends = gw.visible(access).map(|u| {
+            let sends = gw.visible(access).into_iter().map(|u| {
                 let body = body.clone();
                 async move {
                     let conn = u.connection(Duration::ZERO).await.ok()?;

@@ -110,15 +110,9 @@ fn route_for(
     server: Option<String>,
     principal: &Principal,
 ) -> Result<Route, Response> {
-    let allowed = |name: &str| {
-        principal
-            .access
-            .as_ref()
-            .is_none_or(|a| a.allows_server(name))
-    };
     match server.or_else(|| gw.pinned.clone()) {
         None => Ok(Route::Aggregate),
-        Some(name) if gw.upstreams.get(&name).is_some() && allowed(&name) => {
+        Some(name) if gw.find(principal.access.as_deref(), &name).is_some() => {
             Ok(Route::Server(name))
         }
         Some(name) => Err(rpc_error(
@@ -129,6 +123,17 @@ fn route_for(
             None,
         )),
     }
+}
+
+/// A server that was removed (registry change) between routing and use.
+pub fn no_such_server(id: &Value, name: &str) -> Response {
+    rpc_error(
+        StatusCode::NOT_FOUND,
+        id,
+        jsonrpc::INVALID_REQUEST,
+        &format!("no MCP server named '{name}' is configured"),
+        None,
+    )
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {
@@ -333,7 +338,9 @@ async fn initialize(
     let result = match &route {
         Route::Aggregate => aggregate::server_info(gw, version, principal.access.as_deref()),
         Route::Server(name) => {
-            let upstream = gw.upstreams.get(name).expect("route checked");
+            let Some(upstream) = gw.find(principal.access.as_deref(), name) else {
+                return no_such_server(&id, name);
+            };
             match upstream.connection(upstream.timeout()).await {
                 Ok(conn) => {
                     let init = conn.init().expect("connections are initialized before use");
@@ -388,10 +395,15 @@ async fn dispatch(
     }
     match ctx.route.clone() {
         Route::Server(name) => {
-            let upstream = Arc::clone(gw.upstreams.get(&name).expect("route checked"));
-            if let Some(access) = ctx.principal.access.clone().filter(|a| a.restricts_tools()) {
+            let Some(upstream) = gw.find(ctx.principal.access.as_deref(), &name) else {
+                return no_such_server(&id, &name);
+            };
+            let access = ctx.principal.access.clone();
+            if upstream.config.restricts_tools()
+                || access.as_ref().is_some_and(|a| a.restricts_tools())
+            {
                 if let Some(response) =
-                    policy::pass_through(&gw, &ctx, &upstream, &access, &id, &body).await
+                    policy::pass_through(&gw, &ctx, &upstream, access.as_deref(), &id, &body).await
                 {
                     return response;
                 }

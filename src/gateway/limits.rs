@@ -115,6 +115,29 @@ impl Limits {
         Ok(permits)
     }
 
+    /// The server's own limit (`rate_limit_per_minute` of its settings), all callers together.
+    pub async fn admit_server(&self, upstream: &crate::upstream::Upstream) -> Result<(), Refusal> {
+        let Some(per_minute) = upstream.config.rate_limit_per_minute else {
+            return Ok(());
+        };
+        let bucket = match &upstream.tenant {
+            Some(tenant) => format!("server:{tenant}/{}", upstream.name),
+            None => format!("server:{}", upstream.name),
+        };
+        self.limiter
+            .check(&bucket, Rate::per_minute(per_minute))
+            .await
+            .map_err(|wait| {
+                metrics::counter!(m::RATE_LIMITED, "scope" => "server", "kind" => "rate")
+                    .increment(1);
+                Refusal {
+                    retry_after: wait,
+                    scope: "server",
+                    kind: "rate",
+                }
+            })
+    }
+
     fn semaphore(&self, bucket: &str, size: u32) -> Arc<Semaphore> {
         let mut slots = self.slots.lock().expect("slots lock");
         match slots.get(bucket) {

@@ -13,6 +13,7 @@ pub mod jsonrpc;
 pub mod limits;
 pub mod mrtr;
 pub mod policy;
+pub mod registry;
 pub mod relay;
 pub mod rest;
 pub mod session;
@@ -78,6 +79,8 @@ pub struct Gateway {
     pub audit: Option<crate::audit::AuditQueue>,
     /// Rate limits and concurrency caps from callers' policies.
     pub limits: limits::Limits,
+    /// Signalled by the in-process API when the server registry changed.
+    pub registry_changed: tokio::sync::Notify,
     next_server_request: std::sync::atomic::AtomicU64,
 }
 
@@ -104,29 +107,49 @@ impl Gateway {
             pinned: None,
             audit: None,
             limits: limits::Limits::new(crate::policy::limiter::RateLimiter::new(None, "")),
+            registry_changed: tokio::sync::Notify::new(),
             next_server_request: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
-    /// The upstreams a caller may see: all of them, or those its policy allows.
-    pub fn visible<'a>(
-        &'a self,
-        access: Option<&'a crate::policy::Access>,
-    ) -> impl Iterator<Item = &'a Arc<Upstream>> + 'a {
+    /// The upstreams a caller may see, in name order: the configured ones and its
+    /// tenant's registered ones, less those its policy denies.
+    pub fn visible(&self, access: Option<&crate::policy::Access>) -> Vec<Arc<Upstream>> {
+        let tenant = access.map(|a| a.tenant_id.as_str());
         self.upstreams
-            .iter()
-            .filter(move |u| access.is_none_or(|a| a.allows_server(&u.name)))
+            .visible_to(tenant)
+            .into_iter()
+            .filter(|u| access.is_none_or(|a| a.allows_server(&u.name)))
+            .collect()
+    }
+
+    /// The server a caller means by `name`: its tenant's own, else a configured one;
+    /// `None` when there is none or the policy denies it.
+    pub fn find(
+        &self,
+        access: Option<&crate::policy::Access>,
+        name: &str,
+    ) -> Option<Arc<Upstream>> {
+        if access.is_some_and(|a| !a.allows_server(name)) {
+            return None;
+        }
+        access
+            .and_then(|a| {
+                self.upstreams
+                    .get(&crate::upstream::scoped_key(&a.tenant_id, name))
+            })
+            .or_else(|| self.upstreams.get(name).filter(|u| u.tenant.is_none()))
     }
 
     /// The upstreams a route reaches for a caller: one server, or all it may see.
-    pub fn upstreams_for<'a>(
-        &'a self,
+    pub fn upstreams_for(
+        &self,
         route: &Route,
-        access: Option<&'a crate::policy::Access>,
-    ) -> Vec<&'a Arc<Upstream>> {
+        access: Option<&crate::policy::Access>,
+    ) -> Vec<Arc<Upstream>> {
         match route {
-            Route::Server(name) => self.upstreams.get(name).into_iter().collect(),
-            Route::Aggregate => self.visible(access).collect(),
+            Route::Server(name) => self.find(access, name).into_iter().collect(),
+            Route::Aggregate => self.visible(access),
         }
     }
 

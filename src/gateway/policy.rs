@@ -1,13 +1,14 @@
-//! Tool policy on the transparent path `/mcp/{server}`: a caller whose policy hides some
-//! tools gets the server's list without them, and calling one is refused exactly like
-//! calling a tool that does not exist. (The aggregate filters in [`super::aggregate`].)
+//! Tool rules on the transparent path `/mcp/{server}`: when the server's allow/deny lists
+//! or the caller's policy hide some tools, the caller gets the server's list without
+//! them, and calling one is refused exactly like calling a tool that does not exist.
+//! (The aggregate filters in [`super::aggregate`].)
 
 use std::time::{Duration, Instant};
 
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
-use super::aggregate::permitted;
+use super::aggregate::{permitted, usable};
 use super::audited::Audited;
 use super::http::Ctx;
 use super::relay::{finish, upstream_error_response};
@@ -20,7 +21,7 @@ pub async fn pass_through(
     gw: &Gateway,
     ctx: &Ctx,
     upstream: &Upstream,
-    access: &Access,
+    access: Option<&Access>,
     id: &Value,
     body: &Map<String, Value>,
 ) -> Option<Response> {
@@ -30,7 +31,7 @@ pub async fn pass_through(
                 .and_then(|p| p.get("name"))
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            if access.allows_tool(&upstream.name, name) {
+            if usable(upstream, name, access) {
                 return None;
             }
             if let Some(audited) = Audited::new(gw, ctx, body) {
@@ -50,7 +51,7 @@ pub async fn pass_through(
             let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
             Some(match upstream.list(ListKind::Tools, wait).await {
                 Ok(items) => {
-                    let tools = permitted(ListKind::Tools, &upstream.name, items, Some(access));
+                    let tools = permitted(ListKind::Tools, upstream, items, access);
                     finish(
                         ctx,
                         jsonrpc::result_response(id, json!({ "tools": *tools })),

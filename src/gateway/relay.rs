@@ -173,7 +173,9 @@ pub fn metric_method(method: &str) -> &'static str {
 
 /// 2026-07-28 `server/discover` for one server, from its initialize result.
 pub async fn discover_server(gw: &Gateway, ctx: &Ctx, name: &str, id: &Value) -> Response {
-    let upstream = gw.upstreams.get(name).expect("route checked");
+    let Some(upstream) = gw.find(ctx.principal.access.as_deref(), name) else {
+        return super::http::no_such_server(id, name);
+    };
     match upstream.connection(upstream.timeout()).await {
         Ok(conn) => {
             let init = conn.init().expect("initialized");
@@ -239,6 +241,17 @@ pub async fn relay(
         .unwrap_or_default()
         .to_string();
     let audited = Audited::new(&gw, &ctx, &body);
+    if let Err(refusal) = gw.limits.admit_server(&upstream).await {
+        settle(
+            &upstream,
+            Admission::default(),
+            &method,
+            started,
+            "rate_limited",
+            audited.as_ref(),
+        );
+        return refusal.into_response();
+    }
     let admission = match upstream.admit() {
         Ok(admission) => admission,
         Err(e) => {

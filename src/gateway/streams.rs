@@ -35,7 +35,6 @@ fn forward(
     access: Option<&Access>,
 ) {
     for upstream in gw.upstreams_for(route, access) {
-        let upstream = Arc::clone(upstream);
         let tx = tx.clone();
         let keep = Arc::clone(&keep);
         let shutdown = gw.shutdown.clone();

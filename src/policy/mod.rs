@@ -25,7 +25,8 @@ pub struct Policy {
     pub max_concurrency: Option<u32>,
 }
 
-fn glob(pattern: &str, value: &str) -> bool {
+/// `*` matches anything, `prefix*` what starts with the prefix, anything else itself.
+pub fn glob(pattern: &str, value: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => value.starts_with(prefix),
         None => pattern == value,

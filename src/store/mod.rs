@@ -10,6 +10,7 @@
 
 mod error;
 pub mod identity;
+pub mod registry;
 
 use std::time::Duration;
 

@@ -9,6 +9,7 @@ pub mod transport;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,16 @@ pub enum State {
     Starting,
     Up(Arc<Connection>),
     Down(String),
+}
+
+impl State {
+    pub fn label(&self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Up(_) => "up",
+            State::Down(_) => "down",
+        }
+    }
 }
 
 /// The four listable things a server offers.
@@ -129,6 +140,10 @@ type Catalog = HashMap<ListKind, (Instant, Arc<Vec<Value>>)>;
 
 pub struct Upstream {
     pub name: String,
+    /// The tenant that registered it; `None` for servers of the configuration file.
+    pub tenant: Option<String>,
+    /// The registry's version of its settings (0 for configured servers).
+    pub version: i64,
     pub config: UpstreamConfig,
     state: watch::Sender<State>,
     attempted: watch::Sender<bool>,
@@ -141,10 +156,18 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(name: String, config: UpstreamConfig, catalog_ttl: Duration) -> Arc<Self> {
+    fn new(
+        name: String,
+        tenant: Option<String>,
+        config: UpstreamConfig,
+        catalog_ttl: Duration,
+        version: i64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(config.max_concurrency)),
             name,
+            tenant,
+            version,
             config,
             state: watch::Sender::new(State::Starting),
             attempted: watch::Sender::new(false),
@@ -480,9 +503,40 @@ fn backoff(failures: u32) -> Duration {
     base.mul_f64(rand::rng().random_range(0.5..1.5))
 }
 
-/// Every configured upstream, in name order.
+/// Every running upstream, by key: its name for servers of the configuration file
+/// (visible to every caller), `{tenant_id}/{name}` for servers a tenant registered through
+/// the control plane (visible to that tenant only). The map is replaced, never mutated,
+/// so a request works on a consistent snapshot while the registry changes it.
 pub struct Upstreams {
-    map: BTreeMap<String, Arc<Upstream>>,
+    map: RwLock<Arc<BTreeMap<String, Arc<Upstream>>>>,
+    catalog_ttl: Duration,
+}
+
+/// A server the control plane's registry wants running.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Registered {
+    pub tenant_id: String,
+    pub name: String,
+    pub config: UpstreamConfig,
+    /// Bumped by every change and restart request, so an unchanged config can restart.
+    pub version: i64,
+}
+
+impl Registered {
+    pub fn key(&self) -> String {
+        scoped_key(&self.tenant_id, &self.name)
+    }
+}
+
+pub fn scoped_key(tenant_id: &str, name: &str) -> String {
+    format!("{tenant_id}/{name}")
+}
+
+fn start_one(upstream: &Arc<Upstream>) {
+    metrics::gauge!(m::UPSTREAM_UP, "server" => upstream.name.clone()).set(0.0);
+    metrics::counter!(m::UPSTREAM_RESTARTS, "server" => upstream.name.clone()).absolute(0);
+    metrics::gauge!(m::UPSTREAM_CIRCUIT_OPEN, "server" => upstream.name.clone()).set(0.0);
+    tokio::spawn(Arc::clone(upstream).supervise());
 }
 
 impl Upstreams {
@@ -492,32 +546,99 @@ impl Upstreams {
             .upstreams
             .iter()
             .filter(|(_, u)| u.enabled)
-            .map(|(name, u)| (name.clone(), Upstream::new(name.clone(), u.clone(), ttl)))
+            .map(|(name, u)| {
+                (
+                    name.clone(),
+                    Upstream::new(name.clone(), None, u.clone(), ttl, 0),
+                )
+            })
             .collect();
         for upstream in map.values() {
-            metrics::gauge!(m::UPSTREAM_UP, "server" => upstream.name.clone()).set(0.0);
-            metrics::counter!(m::UPSTREAM_RESTARTS, "server" => upstream.name.clone()).absolute(0);
-            metrics::gauge!(m::UPSTREAM_CIRCUIT_OPEN, "server" => upstream.name.clone()).set(0.0);
-            tokio::spawn(Arc::clone(upstream).supervise());
+            start_one(upstream);
         }
-        Self { map }
+        Self {
+            map: RwLock::new(Arc::new(map)),
+            catalog_ttl: ttl,
+        }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
-        self.map.get(name)
+    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Upstream>>> {
+        Arc::clone(&self.map.read().expect("upstreams lock"))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
-        self.map.values()
+    /// The upstream under `key` (a configured name, or `{tenant}/{name}`).
+    pub fn get(&self, key: &str) -> Option<Arc<Upstream>> {
+        self.snapshot().get(key).cloned()
+    }
+
+    /// Every upstream, configured ones and every tenant's, in key order.
+    pub fn all(&self) -> Vec<Arc<Upstream>> {
+        self.snapshot().values().cloned().collect()
+    }
+
+    /// What a caller of `tenant` sees: the configured servers and its own, by name.
+    pub fn visible_to(&self, tenant: Option<&str>) -> Vec<Arc<Upstream>> {
+        let mut out: Vec<Arc<Upstream>> = self
+            .snapshot()
+            .values()
+            .filter(|u| u.tenant.is_none() || u.tenant.as_deref() == tenant && tenant.is_some())
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Makes the registered servers exactly `desired`: starts new ones, stops removed
+    /// ones, and restarts those whose settings or version changed. Configured servers
+    /// are never touched.
+    pub fn sync(&self, desired: &[Registered]) {
+        let mut stop = Vec::new();
+        {
+            let mut guard = self.map.write().expect("upstreams lock");
+            let mut next: BTreeMap<String, Arc<Upstream>> = (**guard).clone();
+            let wanted: BTreeMap<String, &Registered> =
+                desired.iter().map(|r| (r.key(), r)).collect();
+            next.retain(|key, upstream| {
+                if upstream.tenant.is_none() {
+                    return true;
+                }
+                let keep = wanted.get(key).is_some_and(|r| {
+                    r.config.enabled && r.config == upstream.config && r.version == upstream.version
+                });
+                if !keep {
+                    stop.push(Arc::clone(upstream));
+                }
+                keep
+            });
+            for (key, r) in wanted {
+                if r.config.enabled && !next.contains_key(&key) {
+                    let upstream = Upstream::new(
+                        r.name.clone(),
+                        Some(r.tenant_id.clone()),
+                        r.config.clone(),
+                        self.catalog_ttl,
+                        r.version,
+                    );
+                    start_one(&upstream);
+                    tracing::info!(upstream = %key, "registered server started");
+                    next.insert(key, upstream);
+                }
+            }
+            *guard = Arc::new(next);
+        }
+        for upstream in stop {
+            tracing::info!(upstream = %upstream.name, tenant = upstream.tenant.as_deref().unwrap_or(""), "registered server stopped");
+            upstream.stop.cancel();
+        }
     }
 
     /// True once every upstream has had its first connection attempt.
     pub fn all_attempted(&self) -> bool {
-        self.map.values().all(|u| *u.attempted.borrow())
+        self.snapshot().values().all(|u| *u.attempted.borrow())
     }
 
     pub async fn wait_attempted(&self, wait: Duration) {
-        for upstream in self.map.values() {
+        for upstream in self.all() {
             let mut rx = upstream.attempted.subscribe();
             let _ = tokio::time::timeout(wait, rx.wait_for(|a| *a)).await;
         }
@@ -525,10 +646,11 @@ impl Upstreams {
 
     /// Stops supervision and ends every upstream (process groups included).
     pub async fn shutdown(&self) {
-        for upstream in self.map.values() {
+        let all = self.all();
+        for upstream in &all {
             upstream.stop.cancel();
         }
-        for upstream in self.map.values() {
+        for upstream in &all {
             let mut rx = upstream.state.subscribe();
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),

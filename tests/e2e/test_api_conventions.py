@@ -54,6 +54,9 @@ EXERCISED = {
     ("get", "/api/v1/keys/{id}"), ("delete", "/api/v1/keys/{id}"), ("get", "/api/openapi.json"),
     ("get", "/api/v1/audit"), ("get", "/api/v1/tenants/{id}/policy"), ("put", "/api/v1/tenants/{id}/policy"),
     ("get", "/api/v1/tools"), ("post", "/api/v1/tools/{name}/call"),
+    ("get", "/api/v1/servers"), ("post", "/api/v1/servers"), ("get", "/api/v1/servers/{id}"),
+    ("put", "/api/v1/servers/{id}"), ("delete", "/api/v1/servers/{id}"), ("post", "/api/v1/servers/{id}/restart"),
+    ("get", "/api/v1/servers/{id}/health"), ("get", "/api/v1/servers/{id}/tools"),
 }
 
 

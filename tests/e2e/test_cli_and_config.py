@@ -105,7 +105,7 @@ def test_doctor_reports_one_line_per_check_and_fails_on_any(gantry, tmp_path):
     assert r.returncode == 1 and "DOCTOR_TOKEN is not set" in r.stdout
     ok = tmp_path / "ok.toml"
     ok.write_text('[upstreams.local]\ntransport = "stdio"\ncommand = "node"\n')
-    assert run("--config", str(ok), "doctor").returncode == 0
+    assert run("--config", str(ok), "doctor", cwd=tmp_path).returncode == 0
     bad = tmp_path / "bad.toml"
     bad.write_text("[server]\nlisten = 5\n")
     r = run("--config", str(bad), "doctor")
@@ -133,3 +133,17 @@ def test_doctor_checks_database_cache_and_audit_store(tmp_path):
     # Reachable, but nobody ran `gantry migrate` on it: the doctor says so.
     assert status["database"][0] == "FAIL" and "gantry migrate" in status["database"][1], r.stdout
     assert not (tmp_path / "gantry.db").exists()
+
+
+def test_the_readme_configuration_example_is_valid(tmp_path):
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    example = section.split("```toml", 1)[1].split("```", 1)[0]
+    cfg = tmp_path / "readme.toml"
+    cfg.write_text(example)
+    r = run("--config", str(cfg), "doctor", cwd=tmp_path, timeout=60)
+    # Dependencies of the example (npx servers, Zapier) may fail their checks here; the
+    # configuration itself must load: exit 2 would mean it does not.
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    assert r.stdout.startswith("ok    config"), r.stdout

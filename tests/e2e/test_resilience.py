@@ -131,7 +131,8 @@ class subprocess_gantry(str):
         ready = tmp / f"ready-{secrets.token_hex(4)}"
         import subprocess
         proc = subprocess.Popen([BIN, "--config", str(config), "serve", "--listen", "127.0.0.1:0",
-                                 "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                cwd=tmp)  # serve keeps its embedded database in its working directory
         wait_until(lambda: ready.exists() and ready.read_text(), what="replica ready")
         self = super().__new__(cls, ready.read_text().strip())
         self.proc = proc

@@ -1,0 +1,362 @@
+//! The MCP server registry of the caller's tenant. Servers registered here run on every
+//! gateway, for this tenant only, under the same name rules as configured ones. A stdio
+//! server runs a command on the gateway host, so only platform administrators may
+//! register one; remote URLs may not point at loopback, link-local or cloud metadata
+//! addresses (SSRF) unless `registry.allowed_hosts` names the host.
+
+use std::net::IpAddr;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::ApiState;
+use super::caller::Caller;
+use super::error::ApiError;
+use super::input::ApiJson;
+use crate::config::{TransportKind, UpstreamConfig, validate_upstream};
+use crate::store::StoreError;
+use crate::store::identity::Role;
+use crate::store::registry::Server;
+use crate::upstream::{ListKind, State as UpState, scoped_key};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerInput {
+    /// 1–64 of `A-Za-z0-9_-`; tools appear as `{name}__{tool}` on `/mcp`.
+    pub name: String,
+    /// As an `[upstreams.NAME]` table of gantry.toml: `transport` (`stdio`,
+    /// `streamable-http`, `sse`), `command`/`args`/`env`/`cwd` or `url`/`headers`,
+    /// `timeout_secs`, `max_concurrency`, `enabled`, … Values of `env` and `headers` may
+    /// be `env:NAME` or `file:/path` references.
+    #[schema(value_type = Object)]
+    pub settings: UpstreamConfig,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServerList {
+    pub items: Vec<Server>,
+}
+
+fn not_found(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::NotFound("server"),
+        other => other.into(),
+    }
+}
+
+/// Loopback, link-local (cloud metadata lives there), unspecified or multicast: never a
+/// legitimate remote MCP server, often an attack on the gateway's own network.
+fn forbidden_target(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+async fn check_target(state: &ApiState, settings: &UpstreamConfig) -> Result<(), ApiError> {
+    let Some(url) = &settings.url else {
+        return Ok(());
+    };
+    let invalid = |m: String| ApiError::validation("settings.url", m);
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| invalid("has no host".into()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if state
+        .config
+        .registry
+        .allowed_hosts
+        .iter()
+        .any(|h| h == host)
+    {
+        return Ok(());
+    }
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| invalid(format!("cannot resolve {host}: {e}")))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if let Some(ip) = addrs.into_iter().find(|ip| forbidden_target(*ip)) {
+        return Err(invalid(format!(
+            "{host} resolves to {ip}, a loopback or link-local address; an operator can allow it in registry.allowed_hosts"
+        )));
+    }
+    Ok(())
+}
+
+/// Everything a registration must satisfy; errors name the field.
+async fn check(state: &ApiState, caller: &Caller, input: &ServerInput) -> Result<(), ApiError> {
+    caller.require(Role::Admin)?;
+    if input.settings.transport == TransportKind::Stdio {
+        caller.require_platform_admin().map_err(|_| {
+            ApiError::Forbidden("a stdio server runs a command on the gateway host: only platform administrators may register one".into())
+        })?;
+    }
+    validate_upstream(&input.name, &input.settings).map_err(|(key, message)| {
+        let field = key
+            .strip_prefix(&format!("upstreams.{}.", input.name))
+            .map(|f| format!("settings.{f}"))
+            .unwrap_or_else(|| "name".into());
+        ApiError::validation(field, message)
+    })?;
+    if state.config.upstreams.contains_key(&input.name) {
+        return Err(ApiError::Conflict(format!(
+            "'{}' is the name of a server of the gateway's configuration",
+            input.name
+        )));
+    }
+    check_target(state, &input.settings).await
+}
+
+/// Tells every gateway: the one in this process directly, the others through the
+/// database.
+async fn announce(state: &ApiState) {
+    if let Some(gw) = &state.gateway {
+        gw.registry_changed.notify_one();
+    }
+    if let Err(e) = state.store.announce_registry_change().await {
+        tracing::warn!(error = %e, "registry change not announced; gateways will notice when they poll");
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/servers", tag = "servers", security(("bearer" = [])),
+    responses((status = 200, body = ServerList)))]
+pub async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<ServerList>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(ServerList {
+        items: state.store.servers(&caller.tenant_id).await?,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/servers", tag = "servers", security(("bearer" = [])), request_body = ServerInput,
+    responses((status = 201, body = Server), (status = 403), (status = 409), (status = 422)))]
+pub async fn create(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(input): ApiJson<ServerInput>,
+) -> Result<(StatusCode, Json<Server>), ApiError> {
+    check(&state, &caller, &input).await?;
+    let server = state
+        .store
+        .create_server(
+            &caller.tenant_id,
+            &input.name,
+            &input.settings,
+            Some(&caller.user_id),
+        )
+        .await?;
+    tracing::info!(target: "gantry::audit", event = "server_registered", tenant_id = %caller.tenant_id, server = %server.name, by = %caller.user_id);
+    announce(&state).await;
+    Ok((StatusCode::CREATED, Json(server)))
+}
+
+#[utoipa::path(get, path = "/api/v1/servers/{id}", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, body = Server), (status = 404)))]
+pub async fn get(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Server>, ApiError> {
+    caller.require(Role::Viewer)?;
+    state
+        .store
+        .server(&caller.tenant_id, &id)
+        .await
+        .map(Json)
+        .map_err(not_found)
+}
+
+#[utoipa::path(put, path = "/api/v1/servers/{id}", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path)), request_body = ServerInput,
+    responses((status = 200, body = Server), (status = 403), (status = 404), (status = 422)))]
+pub async fn update(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<ServerInput>,
+) -> Result<Json<Server>, ApiError> {
+    let current = state
+        .store
+        .server(&caller.tenant_id, &id)
+        .await
+        .map_err(not_found)?;
+    if current.name != input.name {
+        return Err(ApiError::validation(
+            "name",
+            "a server cannot be renamed; register a new one",
+        ));
+    }
+    if current.settings.transport == TransportKind::Stdio {
+        caller.require_platform_admin()?;
+    }
+    check(&state, &caller, &input).await?;
+    state
+        .store
+        .update_server(&caller.tenant_id, &id, Some(&input.settings))
+        .await
+        .map_err(not_found)?;
+    tracing::info!(target: "gantry::audit", event = "server_updated", tenant_id = %caller.tenant_id, server = %input.name, by = %caller.user_id);
+    announce(&state).await;
+    state
+        .store
+        .server(&caller.tenant_id, &id)
+        .await
+        .map(Json)
+        .map_err(not_found)
+}
+
+#[utoipa::path(delete, path = "/api/v1/servers/{id}", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 204), (status = 403), (status = 404)))]
+pub async fn delete(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    let current = state
+        .store
+        .server(&caller.tenant_id, &id)
+        .await
+        .map_err(not_found)?;
+    if current.settings.transport == TransportKind::Stdio {
+        caller.require_platform_admin()?;
+    }
+    state
+        .store
+        .delete_server(&caller.tenant_id, &id)
+        .await
+        .map_err(not_found)?;
+    tracing::info!(target: "gantry::audit", event = "server_deleted", tenant_id = %caller.tenant_id, server = %current.name, by = %caller.user_id);
+    announce(&state).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/servers/{id}/restart", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 202, description = "Every gateway restarts it"), (status = 404)))]
+pub async fn restart(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    state
+        .store
+        .update_server(&caller.tenant_id, &id, None)
+        .await
+        .map_err(not_found)?;
+    announce(&state).await;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// The running upstream behind a registered server, in this process's gateway.
+async fn running(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<std::sync::Arc<crate::upstream::Upstream>, ApiError> {
+    let server = state
+        .store
+        .server(&caller.tenant_id, id)
+        .await
+        .map_err(not_found)?;
+    let gw = state.gateway.as_ref().ok_or_else(|| {
+        ApiError::Unavailable(
+            "this process runs no gateway (gantry api): ask the gateway, e.g. GET /api/v1/tools"
+                .into(),
+        )
+    })?;
+    gw.upstreams
+        .get(&scoped_key(&caller.tenant_id, &server.name))
+        .ok_or_else(|| {
+            ApiError::Unavailable(
+                "the gateway has not started this server (disabled, or just registered)".into(),
+            )
+        })
+}
+
+#[utoipa::path(get, path = "/api/v1/servers/{id}/health", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, description = "`status` (up, starting, down), `reason`, `restarts`"), (status = 404), (status = 503)))]
+pub async fn health(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let upstream = running(&state, &caller, &id).await?;
+    let state_now = upstream.state();
+    let reason = match &state_now {
+        UpState::Down(r) => Some(r.clone()),
+        _ => None,
+    };
+    Ok(Json(
+        json!({ "status": state_now.label(), "reason": reason, "restarts": upstream.restarts(), "version": upstream.version }),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/servers/{id}/tools", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path)), responses((status = 200, description = "`{\"tools\": [...]}` as the server lists them"), (status = 404), (status = 503)))]
+pub async fn tools(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let upstream = running(&state, &caller, &id).await?;
+    let items = upstream
+        .list(ListKind::Tools, upstream.timeout())
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({ "tools": *items })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssrf_targets_are_recognised() {
+        for bad in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(forbidden_target(bad.parse().unwrap()), "{bad}");
+        }
+        for ok in ["10.0.0.5", "192.168.1.10", "8.8.8.8", "2001:db8::1"] {
+            assert!(!forbidden_target(ok.parse().unwrap()), "{ok}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+"""The MCP server registry: servers a tenant registers through the API run on the
+gateway for that tenant only, follow every change without a restart (in-process, and
+across processes through PostgreSQL LISTEN/NOTIFY), and obey the registration rules
+(stdio only by platform administrators, no SSRF targets, names checked)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import httpx2
+import pytest
+
+from conftest import BIN, free_port, key_call, port_open, problem, wait_until
+
+MEMBER_PASSWORD = "member password 1234"
+
+
+@pytest.fixture
+def remote_demo():
+    """The built-in demo server over Streamable HTTP on loopback: a real remote server."""
+    port = free_port()
+    proc = subprocess.Popen([BIN, "demo-upstream", "--http", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: port_open(port), what="demo over HTTP")
+    yield f"http://127.0.0.1:{port}/mcp"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def tools(base, key, path="/mcp"):
+    r = key_call(base, key, "tools/list", path=path)
+    return sorted(t["name"] for t in r.json()["result"]["tools"]) if r.status_code == 200 else r.status_code
+
+
+def new_key(api, token):
+    return api.request("POST", "/v1/keys", token=token, json_body={"name": "k"}).json()["key"]
+
+
+def remote(url, **extra):
+    return {"transport": "streamable-http", "url": url, **extra}
+
+
+def test_registered_servers_run_for_their_tenant_and_follow_changes(control_plane, remote_demo):
+    g, api = control_plane({"registry": {"allowed_hosts": ["127.0.0.1"]}})
+    admin = api.login()["access_token"]
+    key = new_key(api, admin)
+    created = api.request("POST", "/v1/servers", token=admin, json_body={"name": "remote", "settings": remote(remote_demo)})
+    assert created.status_code == 201, created.text
+    server = created.json()
+    assert server["version"] == 1 and server["settings"]["url"] == remote_demo
+
+    wait_until(lambda: "remote__echo" in tools(g.base, key), what="the registered server on /mcp")
+    r = key_call(g.base, key, "tools/call", {"name": "remote__echo", "arguments": {"message": "via registry"}})
+    assert r.json()["result"]["content"][0]["text"] == "via registry"
+    assert "echo" in tools(g.base, key, path="/mcp/remote")
+    health = api.request("GET", f"/v1/servers/{server['id']}/health", token=admin).json()
+    assert health["status"] == "up"
+    listed = api.request("GET", f"/v1/servers/{server['id']}/tools", token=admin).json()
+    assert "echo" in [t["name"] for t in listed["tools"]]
+
+    # Another tenant sees nothing of it.
+    api.request("POST", "/v1/users", token=admin, json_body={"email": "bo@example.com", "password": MEMBER_PASSWORD, "role": "member"})
+    api.request("POST", "/v1/tenants", token=admin, json_body={"slug": "beta", "name": "B", "owner_email": "bo@example.com"})
+    beta = api.login("bo@example.com", MEMBER_PASSWORD, tenant="beta")["access_token"]
+    beta_key = new_key(api, beta)
+    assert not any(t.startswith("remote__") for t in tools(g.base, beta_key))
+    assert key_call(g.base, beta_key, "tools/list", path="/mcp/remote").status_code == 404
+    problem(api.request("GET", f"/v1/servers/{server['id']}", token=beta), 404)
+    assert api.request("GET", "/v1/servers", token=beta).json()["items"] == []
+
+    # Disabling, re-enabling and restarting apply without restarting gantry.
+    off = api.request("PUT", f"/v1/servers/{server['id']}", token=admin,
+                      json_body={"name": "remote", "settings": remote(remote_demo, enabled=False)})
+    assert off.status_code == 200 and off.json()["version"] == 2
+    wait_until(lambda: "remote__echo" not in tools(g.base, key), what="the disabled server gone")
+    api.request("PUT", f"/v1/servers/{server['id']}", token=admin, json_body={"name": "remote", "settings": remote(remote_demo)})
+    wait_until(lambda: "remote__echo" in tools(g.base, key), what="the server back")
+    assert api.request("POST", f"/v1/servers/{server['id']}/restart", token=admin).status_code == 202
+    wait_until(lambda: api.request("GET", f"/v1/servers/{server['id']}/health", token=admin).json().get("version") == 4,
+               what="the restarted server")
+
+    # Names: unique per tenant, never a configured server's, never changed.
+    problem(api.request("POST", "/v1/servers", token=admin, json_body={"name": "remote", "settings": remote(remote_demo)}), 409)
+    problem(api.request("POST", "/v1/servers", token=admin, json_body={"name": "demo", "settings": remote(remote_demo)}), 409)
+    renamed = api.request("PUT", f"/v1/servers/{server['id']}", token=admin, json_body={"name": "other", "settings": remote(remote_demo)})
+    assert problem(renamed, 422)["field"] == "name"
+
+    assert api.request("DELETE", f"/v1/servers/{server['id']}", token=admin).status_code == 204
+    wait_until(lambda: "remote__echo" not in tools(g.base, key), what="the deleted server gone")
+    assert key_call(g.base, key, "tools/list", path="/mcp/remote").status_code == 404
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_registration_rules(control_plane, remote_demo):
+    g, api = control_plane()
+    platform = api.login()["access_token"]
+    api.request("POST", "/v1/users", token=platform, json_body={"email": "ad@example.com", "password": MEMBER_PASSWORD, "role": "admin"})
+    api.request("POST", "/v1/users", token=platform, json_body={"email": "vi@example.com", "password": MEMBER_PASSWORD, "role": "viewer"})
+    tenant_admin = api.login("ad@example.com", MEMBER_PASSWORD)["access_token"]
+    viewer = api.login("vi@example.com", MEMBER_PASSWORD)["access_token"]
+    stdio = {"transport": "stdio", "command": BIN, "args": ["demo-upstream"]}
+
+    problem(api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "local", "settings": stdio}), 403)
+    problem(api.request("POST", "/v1/servers", token=viewer, json_body={"name": "x", "settings": remote(remote_demo)}), 403)
+    made = api.request("POST", "/v1/servers", token=platform, json_body={"name": "local", "settings": stdio})
+    assert made.status_code == 201, made.text
+    key = new_key(api, platform)
+    wait_until(lambda: "local__echo" in tools(g.base, key), what="the registered stdio server")
+    problem(api.request("DELETE", f"/v1/servers/{made.json()['id']}", token=tenant_admin), 403)
+
+    # SSRF: loopback, link-local (cloud metadata) and names resolving there are refused.
+    port = remote_demo.rsplit(":", 1)[1].split("/")[0]
+    for url in (remote_demo, "http://169.254.169.254/latest/meta-data", f"http://localhost:{port}/mcp",
+                "http://[::1]:8080/mcp", "http://0.0.0.0:8080/mcp"):
+        r = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "ssrf", "settings": remote(url)})
+        assert problem(r, 422)["field"] == "settings.url", (url, r.text)
+
+    missing = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "x", "settings": {"transport": "streamable-http"}})
+    assert problem(missing, 422)["field"] == "settings.url"
+    unknown = api.request("POST", "/v1/servers", token=tenant_admin,
+                          json_body={"name": "x", "settings": {"transport": "sse", "url": "http://10.0.0.1/sse", "colour": "red"}})
+    assert problem(unknown, 422)["field"].startswith("settings")
+    bad_name = api.request("POST", "/v1/servers", token=tenant_admin,
+                           json_body={"name": "no spaces", "settings": remote("http://10.0.0.1/mcp")})
+    assert problem(bad_name, 422)["field"] == "name"
+    # A private address is a legitimate internal server.
+    ok = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "internal", "settings": remote("http://10.0.0.1/mcp")})
+    assert ok.status_code == 201, ok.text
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+def test_a_separate_gateway_follows_the_registry_through_notifications(control_plane, database, gantry, remote_demo):
+    g, api = control_plane({"registry": {"allowed_hosts": ["127.0.0.1"]}}, role="api")
+    admin = api.login()["access_token"]
+    key = new_key(api, admin)
+    # The gateway polls only every 10 minutes: what it learns sooner came by NOTIFY.
+    gw = gantry({"database": {"url": database.url}, "registry": {"poll_secs": 600}, "gateway": {"demo_upstream": False}},
+                role="gateway")
+    assert tools(gw.base, key) == []
+    created = api.request("POST", "/v1/servers", token=admin, json_body={"name": "remote", "settings": remote(remote_demo)}).json()
+    wait_until(lambda: "remote__echo" in tools(gw.base, key), timeout=10, what="the gateway to start the server")
+    assert api.request("DELETE", f"/v1/servers/{created['id']}", token=admin).status_code == 204
+    wait_until(lambda: "remote__echo" not in tools(gw.base, key), timeout=10, what="the gateway to stop it")
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_a_servers_own_tool_lists_and_rate_limit_bind_every_caller(control_plane, remote_demo):
+    g, api = control_plane({"registry": {"allowed_hosts": ["127.0.0.1"]}})
+    admin = api.login()["access_token"]
+    key = new_key(api, admin)
+    settings = remote(remote_demo, tools_deny=["add", "kv_*"], rate_limit_per_minute=30)
+    assert api.request("POST", "/v1/servers", token=admin, json_body={"name": "remote", "settings": settings}).status_code == 201
+    wait_until(lambda: "remote__echo" in tools(g.base, key), what="the registered server")
+    listed = tools(g.base, key)
+    assert "remote__add" not in listed and not any(t.startswith("remote__kv_") for t in listed), listed
+    assert "demo__add" in listed, "another server's tools are unaffected"
+    assert "add" not in tools(g.base, key, path="/mcp/remote")
+    err = key_call(g.base, key, "tools/call", {"name": "remote__add", "arguments": {"a": 1, "b": 2}}).json()["error"]
+    assert err["code"] == -32602
+    # 30 a minute allows bursts of 3 calls to this server, whoever makes them.
+    outcomes = [key_call(g.base, key, "tools/call", {"name": "remote__echo", "arguments": {"message": "x"}}).status_code
+                for _ in range(4)]
+    assert outcomes == [200, 200, 200, 429], outcomes
+    assert g.metric("rate_limited_total", scope="server", kind="rate") == 1
+    bad = api.request("POST", "/v1/servers", token=admin,
+                      json_body={"name": "bad", "settings": remote(remote_demo, tools_deny=["no spaces"])})
+    assert problem(bad, 422)["field"] == "settings.tools_deny"
