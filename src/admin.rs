@@ -150,6 +150,11 @@ async fn create_key(
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    if scopes.iter().any(|s| s == "api") {
+        return Err(AdminError::Usage(
+            "an api-scoped key acts for the user who creates it: create it through the API (POST /api/v1/keys) while signed in".into(),
+        ));
+    }
     if scopes.is_empty()
         || scopes
             .iter()

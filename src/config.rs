@@ -292,6 +292,20 @@ pub struct VaultConfig {
     pub approle_mount: String,
 }
 
+impl VaultConfig {
+    /// This configuration with `VAULT_ADDR` / `VAULT_TOKEN` filling what it leaves unset.
+    pub fn effective(&self) -> Self {
+        let mut config = self.clone();
+        if config.addr.is_none() {
+            config.addr = std::env::var("VAULT_ADDR").ok();
+        }
+        if config.token.is_none() && config.role_id.is_none() {
+            config.token = std::env::var("VAULT_TOKEN").ok().map(Secret::new);
+        }
+        config
+    }
+}
+
 impl Default for VaultConfig {
     fn default() -> Self {
         Self {
@@ -433,6 +447,17 @@ pub struct UpstreamConfig {
     /// when `cache.url` is Redis); absent means no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_minute: Option<u32>,
+    /// Tools whose results may be served from the gateway's cache (names or prefixes
+    /// ending in *): only for tools whose answer depends on their arguments alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_tools: Vec<String>,
+    /// How long a cached tool result is served.
+    #[serde(default = "default_cache_ttl_secs")]
+    pub cache_ttl_secs: u64,
+}
+
+fn default_cache_ttl_secs() -> u64 {
+    60
 }
 
 fn default_timeout_secs() -> u64 {
@@ -473,7 +498,15 @@ impl UpstreamConfig {
             tools_allow: None,
             tools_deny: Vec::new(),
             rate_limit_per_minute: None,
+            cache_tools: Vec::new(),
+            cache_ttl_secs: default_cache_ttl_secs(),
         }
+    }
+
+    pub fn caches_tool(&self, tool: &str) -> bool {
+        self.cache_tools
+            .iter()
+            .any(|p| crate::policy::glob(p, tool))
     }
 
     /// Whether the server's own allow/deny lists let anyone use `tool`.
@@ -608,13 +641,7 @@ fn resolve_vault_references(config: &mut Config) -> Result<(), (String, String)>
     if paths.is_empty() {
         return Ok(());
     }
-    let mut vault_config = config.vault.clone();
-    if vault_config.addr.is_none() {
-        vault_config.addr = std::env::var("VAULT_ADDR").ok();
-    }
-    if vault_config.token.is_none() && vault_config.role_id.is_none() {
-        vault_config.token = std::env::var("VAULT_TOKEN").ok().map(Secret::new);
-    }
+    let vault_config = config.vault.effective();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

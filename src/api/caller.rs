@@ -54,6 +54,9 @@ impl FromRequestParts<ApiState> for Caller {
             ApiError::Unauthenticated("send an access token: Authorization: Bearer <token>".into())
         })?;
         let invalid = || ApiError::Unauthenticated("the access token is invalid or expired".into());
+        if crate::identity::api_keys::looks_like_key(token) {
+            return key_caller(state, token).await;
+        }
         if let Ok(claims) = state.tokens.verify(token) {
             return Ok(Caller {
                 user_id: claims.sub,
@@ -81,6 +84,43 @@ impl FromRequestParts<ApiState> for Caller {
             .map(str::to_string);
         provision(state, identity, wanted.as_deref()).await
     }
+}
+
+/// An API key with the `api` scope acts for the user who created it, with that user's
+/// current role in the key's tenant, and never with platform-administrator rights.
+async fn key_caller(state: &ApiState, token: &str) -> Result<Caller, ApiError> {
+    let invalid = || {
+        ApiError::Unauthenticated(
+            "the API key is invalid, expired, revoked or lacks the api scope".into(),
+        )
+    };
+    let key = state
+        .store
+        .find_api_key(&crate::identity::api_keys::digest(token))
+        .await?
+        .ok_or_else(invalid)?;
+    let now = crate::store::now_ms();
+    let usable = key.revoked_at.is_none()
+        && key.expires_at.is_none_or(|at| at > now)
+        && key.scopes.iter().any(|s| s == "api");
+    let creator = key
+        .created_by
+        .clone()
+        .filter(|_| usable)
+        .ok_or_else(invalid)?;
+    let membership = state
+        .store
+        .memberships(&creator)
+        .await?
+        .into_iter()
+        .find(|m| m.tenant_id == key.tenant_id)
+        .ok_or_else(invalid)?;
+    Ok(Caller {
+        user_id: creator,
+        tenant_id: key.tenant_id,
+        role: membership.role,
+        platform_admin: false,
+    })
 }
 
 /// Which tenant an identity-provider user acts in, when they belong to several.

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod registry;
 pub mod relay;
 pub mod rest;
+pub mod result_cache;
 pub mod session;
 pub mod streams;
 
@@ -79,6 +80,8 @@ pub struct Gateway {
     pub audit: Option<crate::audit::AuditQueue>,
     /// Rate limits and concurrency caps from callers' policies.
     pub limits: limits::Limits,
+    /// Tool results servers opted in to caching.
+    pub results: result_cache::ResultCache,
     /// Signalled by the in-process API when the server registry changed.
     pub registry_changed: tokio::sync::Notify,
     next_server_request: std::sync::atomic::AtomicU64,
@@ -108,6 +111,7 @@ impl Gateway {
             audit: None,
             limits: limits::Limits::new(crate::policy::limiter::RateLimiter::new(None, "")),
             registry_changed: tokio::sync::Notify::new(),
+            results: result_cache::ResultCache::default(),
             next_server_request: std::sync::atomic::AtomicU64::new(1),
         }
     }

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Gateway;
+use crate::config::UpstreamConfig;
 use crate::store::Store;
 use crate::upstream::Registered;
+use crate::vault::Vault;
 
 pub const CHANNEL: &str = "gantry_registry";
 
@@ -15,7 +17,7 @@ pub const CHANNEL: &str = "gantry_registry";
 async fn reload(gw: &Gateway, store: &Store) {
     match store.all_servers().await {
         Ok(servers) => {
-            let desired: Vec<Registered> = servers
+            let mut desired: Vec<Registered> = servers
                 .into_iter()
                 .map(|s| Registered {
                     tenant_id: s.tenant_id,
@@ -24,6 +26,7 @@ async fn reload(gw: &Gateway, store: &Store) {
                     version: s.version,
                 })
                 .collect();
+            resolve_vault_references(gw, &mut desired).await;
             tracing::debug!(servers = desired.len(), "server registry read");
             gw.upstreams.sync(&desired);
         }
@@ -31,6 +34,69 @@ async fn reload(gw: &Gateway, store: &Store) {
             tracing::warn!(error = %e, "cannot read the server registry; keeping the servers that run")
         }
     }
+}
+
+fn has_vault_reference(config: &UpstreamConfig) -> bool {
+    config
+        .env
+        .values()
+        .chain(config.headers.values())
+        .any(|v| v.starts_with("vault:"))
+}
+
+/// `vault:` references in registered settings are read here, when the gateway takes the
+/// settings up (`env:` and `file:` ones when a connection starts). A server whose
+/// secret cannot be read keeps running as it was, or does not start; the log says why.
+async fn resolve_vault_references(gw: &Gateway, desired: &mut Vec<Registered>) {
+    if !desired.iter().any(|r| has_vault_reference(&r.config)) {
+        return;
+    }
+    let mut vault = match Vault::login(&gw.config.vault.effective()).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "registered servers refer to Vault, which cannot be used now");
+            None
+        }
+    };
+    let mut kept = Vec::with_capacity(desired.len());
+    for mut registered in desired.drain(..) {
+        if !has_vault_reference(&registered.config) {
+            kept.push(registered);
+            continue;
+        }
+        let mut failure = None;
+        if let Some(vault) = vault.as_mut() {
+            let config = &mut registered.config;
+            for (field, values) in [("env", &mut config.env), ("headers", &mut config.headers)] {
+                for (key, value) in values.iter_mut() {
+                    if value.starts_with("vault:") {
+                        match vault.resolve(value).await {
+                            Ok(secret) => *value = secret,
+                            Err(e) => failure = Some(format!("{field}.{key}: {e}")),
+                        }
+                    }
+                }
+            }
+        } else {
+            failure = Some("Vault is unavailable".into());
+        }
+        match failure {
+            None => kept.push(registered),
+            Some(reason) => {
+                // The running instance (same version) already holds the resolved values.
+                let running = gw
+                    .upstreams
+                    .get(&registered.key())
+                    .filter(|u| u.version == registered.version);
+                tracing::warn!(server = %registered.key(), %reason, kept_running = running.is_some(), "secret of a registered server not read");
+                if let Some(running) = running {
+                    registered.config = running.config.clone();
+                    kept.push(registered);
+                }
+            }
+        }
+    }
+    *desired = kept;
 }
 
 /// Listens for changes, applies the registry once, then keeps following it in the

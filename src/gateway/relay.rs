@@ -19,6 +19,7 @@ use super::era::{self, Era};
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
 use super::mrtr;
+use super::result_cache::{CacheKeys, ResultCache};
 use super::session::ClientCaps;
 use crate::telemetry::metrics as m;
 use crate::upstream::{Admission, Call, CallEvent, Connection, Upstream, UpstreamError};
@@ -206,6 +207,8 @@ pub struct Running {
     subscribe_uri: Option<String>,
     admission: Admission,
     audited: Option<Audited>,
+    /// Set when the server opted this tool in to result caching.
+    cache_keys: Option<CacheKeys>,
     _permit: OwnedSemaphorePermit,
     _in_flight: InFlight,
 }
@@ -241,6 +244,18 @@ pub async fn relay(
         .unwrap_or_default()
         .to_string();
     let audited = Audited::new(&gw, &ctx, &body);
+    let cache_keys = ResultCache::keys(&upstream, &ctx.principal, &body);
+    if let Some(result) = cache_keys.as_ref().and_then(|k| gw.results.get(k)) {
+        settle(
+            &upstream,
+            Admission::default(),
+            &method,
+            started,
+            "cached",
+            audited.as_ref(),
+        );
+        return finish(&ctx, jsonrpc::result_response(&id, result));
+    }
     if let Err(refusal) = gw.limits.admit_server(&upstream).await {
         settle(
             &upstream,
@@ -325,6 +340,7 @@ pub async fn relay(
         subscribe_uri,
         admission,
         audited,
+        cache_keys,
         _permit: permit,
     };
     drive(gw, ctx, id, running).await
@@ -362,6 +378,9 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
         Some(CallEvent::Response(mut response)) => {
             response["id"] = id;
             run.settle(outcome_label(&response));
+            if let Some(keys) = &run.cache_keys {
+                gw.results.put(keys, &response);
+            }
             if let (Some(uri), Some(_)) = (run.subscribe_uri.take(), response.get("result")) {
                 if let Some(claims) = &ctx.session {
                     gw.remember_subscription(claims, uri);

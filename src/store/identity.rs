@@ -187,6 +187,7 @@ pub struct KeyMatch {
     pub revoked_at: Option<i64>,
     pub policy: Policy,
     pub tenant_policy: Policy,
+    pub created_by: Option<String>,
 }
 
 pub struct NewApiKey<'a> {
@@ -471,16 +472,8 @@ impl Store {
     }
 
     pub async fn api_key(&self, tenant_id: &str, id: &str) -> Result<ApiKey, StoreError> {
-        let mut tx = self.scoped(tenant_id).await?;
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 AND id = $2");
-        let key = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        tx.commit().await?;
-        Ok(key)
+        self.fetch_scoped(tenant_id, sql, id).await
     }
 
     pub async fn revoke_api_key(&self, tenant_id: &str, id: &str) -> Result<(), StoreError> {
@@ -498,12 +491,12 @@ impl Store {
     pub async fn find_api_key(&self, hash: &str) -> Result<Option<KeyMatch>, StoreError> {
         let sql = match self.dialect {
             Dialect::Postgres => {
-                "SELECT id, tenant_id, name, scopes, expires_at, revoked_at, policy, tenant_policy \
-                 FROM gantry_find_api_key($1)"
+                "SELECT id, tenant_id, name, scopes, expires_at, revoked_at, policy, tenant_policy, \
+                 created_by FROM gantry_find_api_key($1)"
             }
             Dialect::Sqlite => {
                 "SELECT k.id, k.tenant_id, k.name, k.scopes, k.expires_at, k.revoked_at, k.policy, \
-                 t.policy AS tenant_policy FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+                 t.policy AS tenant_policy, k.created_by FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
                  WHERE k.key_hash = $1"
             }
         };
@@ -521,6 +514,7 @@ impl Store {
                 revoked_at: row.try_get("revoked_at")?,
                 policy: Policy::from_column(row.try_get("policy")?),
                 tenant_policy: Policy::from_column(row.try_get("tenant_policy")?),
+                created_by: row.try_get("created_by")?,
             })
         })
         .transpose()

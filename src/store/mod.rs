@@ -186,6 +186,28 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// The row of a tenant-owned table with this id (`sql` selects by `tenant_id = $1 AND
+    /// id = $2`), read in the tenant's scope; `NotFound` when there is none.
+    pub async fn fetch_scoped<T>(
+        &self,
+        tenant_id: &str,
+        sql: String,
+        id: &str,
+    ) -> Result<T, StoreError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    {
+        let mut tx = self.scoped(tenant_id).await?;
+        let row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

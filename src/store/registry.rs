@@ -99,16 +99,8 @@ impl Store {
     }
 
     pub async fn server(&self, tenant_id: &str, id: &str) -> Result<Server, StoreError> {
-        let mut tx = self.scoped(tenant_id).await?;
         let sql = format!("SELECT {COLUMNS} FROM mcp_servers WHERE tenant_id = $1 AND id = $2");
-        let server = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        tx.commit().await?;
-        Ok(server)
+        self.fetch_scoped(tenant_id, sql, id).await
     }
 
     /// Replaces the settings (or, with `None`, only bumps the version: a restart).

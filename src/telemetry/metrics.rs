@@ -18,6 +18,8 @@ pub const AUDIT_EVENTS: &str = "audit_events_total";
 pub const AUDIT_DROPPED: &str = "audit_events_dropped_total";
 pub const AUDIT_SPILL_BYTES: &str = "audit_spill_bytes";
 pub const AUDIT_STORE_UP: &str = "audit_store_up";
+/// Opted-in tool results looked up in the gateway's cache, by `server` and `result` (hit, miss).
+pub const TOOL_CACHE: &str = "mcp_tool_cache_total";
 /// Requests refused by a rate limit or concurrency cap, by `scope` (tenant, key) and `kind`.
 pub const RATE_LIMITED: &str = "rate_limited_total";
 /// Rate-limit checks made in-process because Redis did not answer.

@@ -172,3 +172,27 @@ def test_a_separate_gateway_accepts_keys_issued_by_the_api(control_plane, databa
     assert {"name": "demo", "status": "up", "gateway": gw.base} == \
         {k: v for k, v in upstreams[0].items() if k in ("name", "status", "gateway")}, upstreams
     assert upstreams[1]["gateway"] == dead and upstreams[1]["status"] == "unreachable", upstreams
+
+
+def test_api_scoped_keys_act_for_their_creator_without_platform_rights(control_plane, database):
+    g, api = control_plane()
+    admin = api.login()["access_token"]
+    assert add_member(api, admin, "mo@example.com", "member").status_code == 201
+    member = api.login("mo@example.com", MEMBER_PASSWORD)["access_token"]
+    created = api.request("POST", "/v1/keys", token=member, json_body={"name": "ci", "scopes": ["api"]}).json()
+    api_key = created["key"]
+    # The key reads what its creator may read, and no more.
+    assert api.request("GET", "/v1/keys", token=api_key).status_code == 200
+    assert api.request("GET", "/v1/auth/me", token=api_key).json()["user"]["email"] == "mo@example.com"
+    problem(api.request("POST", "/v1/users", token=api_key, json_body={"email": "x@example.com", "password": MEMBER_PASSWORD, "role": "viewer"}), 403)
+    # A platform administrator's api key carries no platform rights.
+    admin_key = api.request("POST", "/v1/keys", token=admin, json_body={"name": "ops", "scopes": ["api"]}).json()["key"]
+    problem(api.request("POST", "/v1/tenants", token=admin_key, json_body={"slug": "nope", "name": "N"}), 403)
+    # Keys without the api scope, and revoked ones, are refused.
+    mcp_only = api.request("POST", "/v1/keys", token=member, json_body={"name": "m"}).json()["key"]
+    problem(api.request("GET", "/v1/keys", token=mcp_only), 401)
+    assert api.request("DELETE", f"/v1/keys/{created['api_key']['id']}", token=member).status_code == 204
+    problem(api.request("GET", "/v1/keys", token=api_key), 401)
+    # The CLI cannot make one: it has no user to act for.
+    r = database.gantry("admin", "create-key", "--tenant", "acme", "--name", "x", "--scopes", "api")
+    assert r.returncode == 2 and "POST /api/v1/keys" in r.stderr

@@ -142,8 +142,7 @@ def test_the_readme_configuration_example_is_valid(tmp_path):
     example = section.split("```toml", 1)[1].split("```", 1)[0]
     cfg = tmp_path / "readme.toml"
     cfg.write_text(example)
-    r = run("--config", str(cfg), "doctor", cwd=tmp_path, timeout=60)
-    # Dependencies of the example (npx servers, Zapier) may fail their checks here; the
-    # configuration itself must load: exit 2 would mean it does not.
-    assert r.returncode in (0, 1), r.stdout + r.stderr
-    assert r.stdout.startswith("ok    config"), r.stdout
+    # `migrate` loads and validates the whole configuration but reaches nothing beyond
+    # the embedded database in this directory (doctor would try the example's hosts).
+    r = run("--config", str(cfg), "migrate", cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -123,8 +123,18 @@ def test_registration_rules(control_plane, remote_demo):
     bad_name = api.request("POST", "/v1/servers", token=tenant_admin,
                            json_body={"name": "no spaces", "settings": remote("http://10.0.0.1/mcp")})
     assert problem(bad_name, 422)["field"] == "name"
+    # References resolve on the gateway host: a tenant's server could send the gateway's
+    # own secrets to its URL, so only platform administrators may use them.
+    leak = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "leak", "settings": remote(
+        "http://10.0.0.1/mcp", headers={"Authorization": "env:GANTRY_AUTH__JWT_SECRET"})})
+    assert "secret of the gateway host" in problem(leak, 403)["detail"]
+    # (Registered disabled: test traffic stays on loopback.)
+    trusted = api.request("POST", "/v1/servers", token=platform, json_body={"name": "trusted", "settings": remote(
+        "http://10.0.0.2/mcp", headers={"Authorization": "env:UPSTREAM_TOKEN"}, enabled=False)})
+    assert trusted.status_code == 201, trusted.text
     # A private address is a legitimate internal server.
-    ok = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "internal", "settings": remote("http://10.0.0.1/mcp")})
+    ok = api.request("POST", "/v1/servers", token=tenant_admin,
+                     json_body={"name": "internal", "settings": remote("http://10.0.0.1/mcp", enabled=False)})
     assert ok.status_code == 201, ok.text
 
 

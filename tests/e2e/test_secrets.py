@@ -86,3 +86,33 @@ def test_file_secrets_override_the_environment_and_the_file(tmp_path):
     r = subprocess.run([BIN, "migrate"], env={"GANTRY_AUTH__JWT_SECRET_FILE": "/nonexistent"}, capture_output=True,
                        text=True, cwd=tmp_path)
     assert r.returncode == 2 and "auth.jwt_secret" in r.stderr and "/nonexistent" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_registered_servers_read_vault_references_when_taken_up(control_plane, vault, tmp_path):
+    import sys
+    from pathlib import Path
+    from conftest import free_port, port_open, wait_until
+    token_value = "Bearer " + secrets.token_hex(16)
+    vault.bao("kv", "put", "secret/gantry/upstream", f"auth={token_value}")
+    port = free_port()
+    # A real HTTP upstream that completes the MCP handshake only with this Authorization.
+    upstream = subprocess.Popen([sys.executable, str(Path(__file__).parent / "failing_upstream.py"), str(port), token_value])
+    try:
+        wait_until(lambda: port_open(port), what="the guarded upstream")
+        g, api = control_plane({"vault": {"addr": vault.addr, "token": vault.root_token},
+                                "registry": {"allowed_hosts": ["127.0.0.1"]}})
+        admin = api.login()["access_token"]
+        settings = {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp", "ping_interval_secs": 0,
+                    "headers": {"Authorization": "vault:secret/data/gantry/upstream#auth"}}
+        created = api.request("POST", "/v1/servers", token=admin, json_body={"name": "guarded", "settings": settings})
+        assert created.status_code == 201, created.text
+        health = lambda: api.request("GET", f"/v1/servers/{created.json()['id']}/health", token=admin).json()
+        wait_until(lambda: health().get("status") == "up", what="the handshake with the secret from Vault")
+        stored = api.request("GET", f"/v1/servers/{created.json()['id']}", token=admin).text
+        assert "vault:secret/data/gantry/upstream#auth" in stored and token_value not in stored
+        g.stop()
+        assert token_value not in g.logs() + g.stdout_path.read_text()
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=10)
