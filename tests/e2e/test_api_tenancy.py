@@ -196,3 +196,29 @@ def test_api_scoped_keys_act_for_their_creator_without_platform_rights(control_p
     # The CLI cannot make one: it has no user to act for.
     r = database.gantry("admin", "create-key", "--tenant", "acme", "--name", "x", "--scopes", "api")
     assert r.returncode == 2 and "POST /api/v1/keys" in r.stderr
+
+
+def test_expired_keys_are_refused_and_cli_keys_work(control_plane, database):
+    g, api = control_plane()
+    owner = api.login()["access_token"]
+    created = api.request("POST", "/v1/keys", token=owner, json_body={"name": "short", "expires_in_days": 1}).json()
+    day = 86_400_000
+    assert created["api_key"]["expires_at"] - created["api_key"]["created_at"] == day
+    assert mcp_list(g.base, created["key"]).status_code == 200
+    # A day is long for a test: move the expiry into the past in the database itself.
+    if database.kind == "sqlite":
+        import sqlite3
+        with sqlite3.connect(database.url.removeprefix("sqlite://")) as c:
+            c.execute("UPDATE api_keys SET expires_at = 1 WHERE id = ?", (created["api_key"]["id"],))
+    else:
+        import psycopg
+        with psycopg.connect(database.migrate_url, autocommit=True) as c:
+            c.execute("UPDATE api_keys SET expires_at = 1 WHERE id = %s", (created["api_key"]["id"],))
+    assert mcp_list(g.base, created["key"]).status_code == 401
+
+    # Keys made by the operator's CLI are shown once and work on /mcp.
+    r = database.gantry("admin", "create-key", "--tenant", "acme", "--name", "from-cli")
+    assert r.returncode == 0, r.stderr
+    key = next(line.split(": ", 1)[1] for line in r.stdout.splitlines() if line.startswith("key (shown once)"))
+    assert mcp_list(g.base, key).status_code == 200
+    assert "from-cli" in [k["name"] for k in api.request("GET", "/v1/keys", token=owner).json()["items"]]
