@@ -140,6 +140,13 @@ async fn provision(
         .config();
     let email = identity.email.trim().to_lowercase();
     let user = match state.store.user_by_email(&email).await? {
+        // An existing account (perhaps a local administrator) is taken over only on the
+        // provider's word that the address is verified, not merely on a claimed address.
+        Some(_) if !identity.email_verified => {
+            return Err(ApiError::Unauthenticated(
+                "this e-mail address belongs to an existing account, and the token does not say it is verified (email_verified)".into(),
+            ));
+        }
         Some(user) => user,
         None => match state
             .store

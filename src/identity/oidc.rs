@@ -41,6 +41,9 @@ pub struct Identity {
     pub subject: String,
     pub email: String,
     pub name: String,
+    /// The provider vouched for the address (`email_verified: true`), rather than just
+    /// not denying it.
+    pub email_verified: bool,
 }
 
 struct Keys {
@@ -222,6 +225,7 @@ impl OidcVerifier {
                 ))
             })?,
             name: text("name").unwrap_or_default(),
+            email_verified: claims.get("email_verified").and_then(Value::as_bool) == Some(true),
         })
     }
 

@@ -128,9 +128,21 @@ def test_provider_tokens_are_validated_and_users_provisioned(control_plane, prov
     signature = hmac.new(provider.public_pem(kid), signing_input, hashlib.sha256).digest()
     refused["HS256 with the public key"] = f"{confused_header}.{payload}.{b64url(signature)}"
     refused["tampered payload"] = f"{header}.{b64url(json.dumps({'sub': 'x', 'email': 'admin@example.com'}).encode())}.{_}"
+    # A token naming an existing account's address without vouching for it cannot take
+    # that account over (here: the platform administrator's).
+    claims_only = provider.token(email="admin@example.com", sub="auth0|evil")
+    no_claim = jwt.decode(claims_only, options={"verify_signature": False})
+    del no_claim["email_verified"]
+    refused["existing account, unverified"] = jwt.encode(no_claim, provider.keys[provider.published[-1]],
+                                                         algorithm="RS256", headers={"kid": provider.published[-1]})
     for what, token in refused.items():
         r = api.request("GET", "/v1/auth/me", token=token)
         assert r.status_code == 401, (what, r.text)
+    # A new address without the claim is a new, unprivileged account.
+    fresh = jwt.decode(provider.token(email="new@example.com"), options={"verify_signature": False})
+    del fresh["email_verified"]
+    token = jwt.encode(fresh, provider.keys[provider.published[-1]], algorithm="RS256", headers={"kid": provider.published[-1]})
+    assert api.request("GET", "/v1/auth/me", token=token).json()["role"] == "viewer"
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
