@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -26,6 +27,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 pub struct AuditQueue {
     tx: mpsc::Sender<AuditEvent>,
     redactor: Arc<Redactor>,
+    /// When a full queue was last reported in the log (ms).
+    last_warning: Arc<AtomicI64>,
 }
 
 impl AuditQueue {
@@ -33,9 +36,19 @@ impl AuditQueue {
     pub fn record(&self, event: AuditEvent) {
         if self.tx.try_send(event).is_err() {
             metrics::counter!(m::AUDIT_DROPPED, "reason" => "queue_full").increment(1);
-            tracing::warn!(
-                "audit queue full: event dropped (counted in audit_events_dropped_total)"
-            );
+            // Once a minute at most: a full queue under load must not flood the log too.
+            let now = crate::store::now_ms();
+            let last = self.last_warning.load(Ordering::Relaxed);
+            if now - last >= 60_000
+                && self
+                    .last_warning
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    "audit queue full: events dropped (counted in audit_events_dropped_total)"
+                );
+            }
         }
     }
 
@@ -77,6 +90,7 @@ pub fn start(store: Arc<dyn AuditStore>, config: &AuditConfig) -> (AuditQueue, A
     let queue = AuditQueue {
         tx,
         redactor: Arc::new(Redactor::new(&config.redact_keys)),
+        last_warning: Arc::new(AtomicI64::new(0)),
     };
     (queue, AuditWriter { stop, handle })
 }
