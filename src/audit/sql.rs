@@ -14,7 +14,9 @@ const COLUMNS: usize = 11;
 const CHUNK_SIZES: [usize; 4] = [250, 50, 10, 1];
 
 /// `INSERT … VALUES ($1 … $11), ($12 … $22), …` for `rows` events; idempotent by id.
-fn insert_statement(rows: usize) -> String {
+/// SQLite gets anonymous `?` placeholders: binding a numbered one makes sqlx look its
+/// name up, a linear scan in SQLite, so a 2 750-parameter statement cost quadratic time.
+fn insert_statement(rows: usize, dialect: Dialect) -> String {
     let mut sql = String::from(
         "INSERT INTO audit_events (id, tenant_id, time, principal, server, method, tool, arguments, outcome, latency_ms, request_id) VALUES ",
     );
@@ -27,7 +29,10 @@ fn insert_statement(rows: usize) -> String {
             if col > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", row * COLUMNS + col + 1));
+            match dialect {
+                Dialect::Postgres => sql.push_str(&format!("${}", row * COLUMNS + col + 1)),
+                Dialect::Sqlite => sql.push('?'),
+            }
         }
         sql.push(')');
     }
@@ -75,7 +80,10 @@ impl AuditStore for SqlAudit {
                     .unwrap_or(1);
                 let (chunk, tail) = rest.split_at(size);
                 rest = tail;
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_statement(chunk.len())));
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_statement(
+                    chunk.len(),
+                    self.store.dialect(),
+                )));
                 for e in chunk {
                     query = query
                         .bind(&e.id)
@@ -184,9 +192,12 @@ mod tests {
 
     #[test]
     fn insert_statement_numbers_every_parameter_once() {
-        let sql = insert_statement(3);
+        let sql = insert_statement(3, Dialect::Postgres);
         assert!(sql.contains("($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11), ($12,"));
         assert!(sql.contains("$33)") && !sql.contains("$34"));
         assert!(sql.ends_with("ON CONFLICT (id) DO NOTHING"));
+        let sql = insert_statement(2, Dialect::Sqlite);
+        assert_eq!(sql.matches('?').count(), 22);
+        assert!(!sql.contains('$'));
     }
 }
