@@ -59,12 +59,7 @@ pub async fn run(config: &Config, command: AdminCommand) -> Result<(), AdminErro
 }
 
 async fn tenant_by_slug(store: &Store, slug: &str, create: bool) -> Result<String, AdminError> {
-    if let Some(t) = store
-        .all_tenants()
-        .await?
-        .into_iter()
-        .find(|t| t.slug == slug)
-    {
+    if let Some(t) = store.tenant_by_slug(slug).await? {
         return Ok(t.id);
     }
     if !create {
@@ -167,7 +162,7 @@ async fn create_key(
     }
     let tenant_id = tenant_by_slug(store, tenant, false).await?;
     let key = api_keys::generate();
-    let expires_at = expires_in_days.map(|d| crate::store::now_ms() + i64::from(d) * 86_400_000);
+    let lifetime_ms = expires_in_days.map(|d| i64::from(d) * 86_400_000);
     let record = store
         .create_api_key(
             &tenant_id,
@@ -177,7 +172,7 @@ async fn create_key(
                 key_hash: &api_keys::digest(&key),
                 scopes: &scopes,
                 created_by: None,
-                expires_at,
+                lifetime_ms,
                 policy: Default::default(),
             },
         )

@@ -879,17 +879,11 @@ pub fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), (String, 
             "must be at least 1 (omit it for no limit)".into(),
         ));
     }
-    let pattern_ok = |p: &String| {
-        !p.is_empty()
-            && p.len() <= 128
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./*".contains(c))
-    };
     for (field, list) in [
         ("tools_allow", u.tools_allow.clone().unwrap_or_default()),
         ("tools_deny", u.tools_deny.clone()),
     ] {
-        if let Some(bad) = list.iter().find(|p| !pattern_ok(p)) {
+        if let Some(bad) = list.iter().find(|p| !crate::policy::valid_pattern(p)) {
             return Err((
                 key(field),
                 format!("'{bad}' is not a tool name or a prefix ending in *"),

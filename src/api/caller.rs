@@ -99,10 +99,7 @@ async fn key_caller(state: &ApiState, token: &str) -> Result<Caller, ApiError> {
         .find_api_key(&crate::identity::api_keys::digest(token))
         .await?
         .ok_or_else(invalid)?;
-    let now = crate::store::now_ms();
-    let usable = key.revoked_at.is_none()
-        && key.expires_at.is_none_or(|at| at > now)
-        && key.scopes.iter().any(|s| s == "api");
+    let usable = key.usable_for("api", crate::store::now_ms());
     let creator = key
         .created_by
         .clone()
@@ -173,10 +170,8 @@ async fn provision(
     if memberships.is_empty() {
         let tenant = state
             .store
-            .all_tenants()
+            .tenant_by_slug(&oidc.tenant)
             .await?
-            .into_iter()
-            .find(|t| t.slug == oidc.tenant)
             .ok_or_else(|| {
                 ApiError::Forbidden(format!(
                     "the sign-up tenant '{}' does not exist",

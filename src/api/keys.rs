@@ -90,9 +90,9 @@ pub async fn create(
             ),
         ));
     }
-    let expires_at = match body.expires_in_days {
+    let lifetime_ms = match body.expires_in_days {
         None => None,
-        Some(days @ 1..=3650) => Some(crate::store::now_ms() + i64::from(days) * 86_400_000),
+        Some(days @ 1..=3650) => Some(i64::from(days) * 86_400_000),
         Some(_) => {
             return Err(ApiError::validation(
                 "expires_in_days",
@@ -115,7 +115,7 @@ pub async fn create(
                 key_hash: &api_keys::digest(&key),
                 scopes: &scopes,
                 created_by: Some(&caller.user_id),
-                expires_at,
+                lifetime_ms,
                 policy,
             },
         )

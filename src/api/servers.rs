@@ -40,6 +40,15 @@ pub struct ServerList {
     pub items: Vec<Server>,
 }
 
+/// The caller's tenant's server `id`; another tenant's is 404 like a missing one.
+async fn load(state: &ApiState, caller: &Caller, id: &str) -> Result<Server, ApiError> {
+    state
+        .store
+        .server(&caller.tenant_id, id)
+        .await
+        .map_err(not_found)
+}
+
 fn not_found(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound => ApiError::NotFound("server"),
@@ -202,12 +211,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Server>, ApiError> {
     caller.require(Role::Viewer)?;
-    state
-        .store
-        .server(&caller.tenant_id, &id)
-        .await
-        .map(Json)
-        .map_err(not_found)
+    load(&state, &caller, &id).await.map(Json)
 }
 
 #[utoipa::path(put, path = "/api/v1/servers/{id}", tag = "servers", security(("bearer" = [])),
@@ -219,11 +223,7 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<ServerInput>,
 ) -> Result<Json<Server>, ApiError> {
-    let current = state
-        .store
-        .server(&caller.tenant_id, &id)
-        .await
-        .map_err(not_found)?;
+    let current = load(&state, &caller, &id).await?;
     if current.name != input.name {
         return Err(ApiError::validation(
             "name",
@@ -241,12 +241,7 @@ pub async fn update(
         .map_err(not_found)?;
     tracing::info!(target: "gantry::audit", event = "server_updated", tenant_id = %caller.tenant_id, server = %input.name, by = %caller.user_id);
     announce(&state).await;
-    state
-        .store
-        .server(&caller.tenant_id, &id)
-        .await
-        .map(Json)
-        .map_err(not_found)
+    load(&state, &caller, &id).await.map(Json)
 }
 
 #[utoipa::path(delete, path = "/api/v1/servers/{id}", tag = "servers", security(("bearer" = [])),
@@ -257,11 +252,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
-    let current = state
-        .store
-        .server(&caller.tenant_id, &id)
-        .await
-        .map_err(not_found)?;
+    let current = load(&state, &caller, &id).await?;
     if current.settings.transport == TransportKind::Stdio {
         caller.require_platform_admin()?;
     }
@@ -298,11 +289,7 @@ async fn running(
     caller: &Caller,
     id: &str,
 ) -> Result<std::sync::Arc<crate::upstream::Upstream>, ApiError> {
-    let server = state
-        .store
-        .server(&caller.tenant_id, id)
-        .await
-        .map_err(not_found)?;
+    let server = load(state, caller, id).await?;
     let gw = state.gateway.as_ref().ok_or_else(|| {
         ApiError::Unavailable(
             "this process runs no gateway (gantry api): ask the gateway, e.g. GET /api/v1/tools"

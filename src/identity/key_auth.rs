@@ -50,10 +50,7 @@ impl KeyAuthenticator {
             return Err(AuthError::Invalid);
         };
         let now = crate::store::now_ms();
-        let usable = key.revoked_at.is_none()
-            && key.expires_at.is_none_or(|at| at > now)
-            && key.scopes.iter().any(|s| s == "mcp");
-        if !usable {
+        if !key.usable_for("mcp", now) {
             return Err(AuthError::Invalid);
         }
         // Recording the last use must never slow the call down, and a minute's precision

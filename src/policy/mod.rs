@@ -25,6 +25,15 @@ pub struct Policy {
     pub max_concurrency: Option<u32>,
 }
 
+/// A server or tool name, or a pattern of them (`*`, `prefix*`), as policies and server
+/// tool lists accept them.
+pub fn valid_pattern(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./*".contains(c))
+}
+
 /// `*` matches anything, `prefix*` what starts with the prefix, anything else itself.
 pub fn glob(pattern: &str, value: &str) -> bool {
     match pattern.strip_suffix('*') {
@@ -56,14 +65,8 @@ impl Policy {
 
     /// Checks the values an administrator entered; the error names the field.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let name_ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 128
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./*".contains(c))
-        };
         if let Some(servers) = &self.servers {
-            if let Some(bad) = servers.iter().find(|s| !name_ok(s)) {
+            if let Some(bad) = servers.iter().find(|s| !valid_pattern(s)) {
                 return Err((
                     "policy.servers".into(),
                     format!("'{bad}' is not a server name or pattern"),
@@ -74,7 +77,7 @@ impl Policy {
             for entry in tools {
                 let ok = entry
                     .split_once(':')
-                    .is_some_and(|(s, t)| name_ok(s) && name_ok(t));
+                    .is_some_and(|(s, t)| valid_pattern(s) && valid_pattern(t));
                 if !ok {
                     return Err((
                         "policy.tools".into(),

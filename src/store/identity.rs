@@ -190,13 +190,23 @@ pub struct KeyMatch {
     pub created_by: Option<String>,
 }
 
+impl KeyMatch {
+    /// Not revoked, not expired, and carrying `scope`.
+    pub fn usable_for(&self, scope: &str, now_ms: i64) -> bool {
+        self.revoked_at.is_none()
+            && self.expires_at.is_none_or(|at| at > now_ms)
+            && self.scopes.iter().any(|s| s == scope)
+    }
+}
+
 pub struct NewApiKey<'a> {
     pub name: &'a str,
     pub prefix: &'a str,
     pub key_hash: &'a str,
     pub scopes: &'a [String],
     pub created_by: Option<&'a str>,
-    pub expires_at: Option<i64>,
+    /// How long the key works, counted from its creation; `None`: until revoked.
+    pub lifetime_ms: Option<i64>,
     pub policy: Policy,
 }
 
@@ -273,6 +283,14 @@ impl Store {
             Dialect::Sqlite => "SELECT id, slug, name, created_at FROM tenants ORDER BY slug",
         };
         Ok(sqlx::query_as(sql).fetch_all(&self.pool).await?)
+    }
+
+    pub async fn tenant_by_slug(&self, slug: &str) -> Result<Option<Tenant>, StoreError> {
+        Ok(self
+            .all_tenants()
+            .await?
+            .into_iter()
+            .find(|t| t.slug == slug))
     }
 
     pub async fn create_user(
@@ -416,6 +434,7 @@ impl Store {
         tenant_id: &str,
         key: NewApiKey<'_>,
     ) -> Result<ApiKey, StoreError> {
+        let now = now_ms();
         let record = ApiKey {
             id: new_id(),
             tenant_id: tenant_id.to_string(),
@@ -423,8 +442,8 @@ impl Store {
             prefix: key.prefix.to_string(),
             scopes: key.scopes.to_vec(),
             created_by: key.created_by.map(str::to_string),
-            created_at: now_ms(),
-            expires_at: key.expires_at,
+            created_at: now,
+            expires_at: key.lifetime_ms.map(|ms| now + ms),
             last_used_at: None,
             revoked_at: None,
             policy: key.policy,

@@ -350,6 +350,19 @@ def control_plane(gantry, database):
     return start
 
 
+MEMBER_PASSWORD = "member password 1234"
+
+
+def new_key(api: Api, token: str, policy: dict | None = None) -> str:
+    """A fresh API key of the caller's tenant (scope mcp), optionally with a policy."""
+    body = {"name": "k-" + secrets.token_hex(3)}
+    if policy is not None:
+        body["policy"] = policy
+    r = api.request("POST", "/v1/keys", token=token, json_body=body)
+    assert r.status_code == 201, r.text
+    return r.json()["key"]
+
+
 def problem(r: httpx2.Response, status: int) -> dict:
     """Asserts an RFC 9457 problem response and returns its body."""
     assert r.status_code == status, (r.status_code, r.text)

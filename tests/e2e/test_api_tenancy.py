@@ -7,10 +7,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from conftest import ADMIN_EMAIL, key_call, problem
-
-MEMBER_PASSWORD = "member password 1234"
-
+from conftest import MEMBER_PASSWORD, ADMIN_EMAIL, key_call, problem
 
 def mcp_list(base: str, key: str) -> httpx2.Response:
     return key_call(base, key, "tools/list")

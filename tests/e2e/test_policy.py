@@ -12,7 +12,7 @@ import httpx2
 import pytest
 import redis
 
-from conftest import BIN, key_call, problem, wait_until
+from conftest import BIN, key_call, new_key, problem, wait_until
 
 TWO_SERVERS = {"upstreams": {
     "demo": {"transport": "stdio", "command": BIN, "args": ["demo-upstream"]},
@@ -23,15 +23,6 @@ TWO_SERVERS = {"upstreams": {
 def tool_names(r) -> list[str]:
     assert r.status_code == 200, r.text
     return sorted(t["name"] for t in r.json()["result"]["tools"])
-
-
-def new_key(api, token, policy=None) -> str:
-    body = {"name": "k-" + secrets.token_hex(3)}
-    if policy is not None:
-        body["policy"] = policy
-    r = api.request("POST", "/v1/keys", token=token, json_body=body)
-    assert r.status_code == 201, r.text
-    return r.json()["key"]
 
 
 def test_denied_servers_and_tools_are_absent_and_refused(control_plane):

@@ -10,10 +10,7 @@ import subprocess
 import httpx2
 import pytest
 
-from conftest import BIN, free_port, key_call, port_open, problem, wait_until
-
-MEMBER_PASSWORD = "member password 1234"
-
+from conftest import MEMBER_PASSWORD, BIN, free_port, key_call, port_open, problem, wait_until, new_key
 
 @pytest.fixture
 def remote_demo():
@@ -30,10 +27,6 @@ def remote_demo():
 def tools(base, key, path="/mcp"):
     r = key_call(base, key, "tools/list", path=path)
     return sorted(t["name"] for t in r.json()["result"]["tools"]) if r.status_code == 200 else r.status_code
-
-
-def new_key(api, token):
-    return api.request("POST", "/v1/keys", token=token, json_body={"name": "k"}).json()["key"]
 
 
 def remote(url, **extra):

@@ -8,10 +8,7 @@ import time
 
 import pytest
 
-from conftest import BIN, key_call, wait_until
-
-MEMBER_PASSWORD = "member password 1234"
-
+from conftest import MEMBER_PASSWORD, BIN, key_call, wait_until
 
 def text(r) -> str:
     body = r.json()
