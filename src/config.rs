@@ -109,7 +109,8 @@ pub struct AuthConfig {
     /// How long a verified API key is trusted before the database is asked again (a
     /// revoked key stops working within this time).
     pub api_key_cache_secs: u64,
-    /// An external OpenID Connect provider whose tokens the API accepts.
+    /// An external OpenID Connect provider whose tokens the API accepts. An empty
+    /// `issuer` means none.
     pub oidc: Option<OidcConfig>,
 }
 
@@ -176,6 +177,12 @@ pub struct DatabaseConfig {
     /// Connection used by `gantry migrate` when the services' own role may not change the
     /// schema (PostgreSQL: the owner of the database). Defaults to `url`.
     pub migrate_url: Option<Secret>,
+    /// The password for `url`, kept apart so it can come from Vault or a Docker secret
+    /// (`vault:secret/data/database#app_password`, `GANTRY_DATABASE__PASSWORD_FILE`)
+    /// while the URL itself stays in plain configuration. Replaces any password in `url`.
+    pub password: Option<Secret>,
+    /// The password for `migrate_url`, likewise.
+    pub migrate_password: Option<Secret>,
     /// Apply pending migrations at start-up. On by default for the embedded SQLite
     /// database; in production run `gantry migrate` once per release instead.
     pub migrate_on_start: Option<bool>,
@@ -188,6 +195,8 @@ impl Default for DatabaseConfig {
         Self {
             url: None,
             migrate_url: None,
+            password: None,
+            migrate_password: None,
             migrate_on_start: None,
             max_connections: 10,
             connect_timeout_secs: 5,
@@ -548,6 +557,52 @@ fn source_suffix(file: &Option<PathBuf>) -> String {
 /// Where configuration comes from: an explicit file, or `gantry.toml` in the working
 /// directory when present.
 pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    let (figment, file) = layered(explicit)?;
+    let mut config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    // An empty issuer turns OIDC off, so a deployment template can pass the provider's
+    // settings through unconditionally (GANTRY_AUTH__OIDC__ISSUER="" when none is used).
+    if config
+        .auth
+        .oidc
+        .as_ref()
+        .is_some_and(|o| o.issuer.is_empty())
+    {
+        config.auth.oidc = None;
+    }
+    resolve_vault_references(&mut config).map_err(|(key, message)| ConfigError::Invalid {
+        key,
+        message,
+        file: file.clone(),
+    })?;
+    apply_database_passwords(&mut config.database).map_err(|(key, message)| {
+        ConfigError::Invalid {
+            key,
+            message,
+            file: file.clone(),
+        }
+    })?;
+    validate(&config).map_err(|(key, message)| ConfigError::Invalid {
+        key,
+        message,
+        file: file.clone(),
+    })?;
+    Ok(config)
+}
+
+/// `server.listen` alone, without validating the rest or reading secrets from Vault:
+/// what `gantry healthcheck` needs, every few seconds, in every container.
+pub fn listen_address(explicit: Option<&Path>) -> Result<String, ConfigError> {
+    let (figment, _) = layered(explicit)?;
+    figment
+        .extract_inner::<String>("server.listen")
+        .map_err(|e| ConfigError::Parse(Box::new(e)))
+}
+
+/// The configuration sources, in order: defaults, the file, `GANTRY_*` variables, and
+/// `GANTRY_*_FILE` files.
+fn layered(explicit: Option<&Path>) -> Result<(Figment, Option<PathBuf>), ConfigError> {
     let file = match explicit {
         Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.to_path_buf())),
         Some(path) => Some(path.to_path_buf()),
@@ -580,20 +635,7 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         })?;
         figment = figment.merge((key, value.trim_end_matches(['\r', '\n']).to_string()));
     }
-    let mut config: Config = figment
-        .extract()
-        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
-    resolve_vault_references(&mut config).map_err(|(key, message)| ConfigError::Invalid {
-        key,
-        message,
-        file: file.clone(),
-    })?;
-    validate(&config).map_err(|(key, message)| ConfigError::Invalid {
-        key,
-        message,
-        file: file.clone(),
-    })?;
-    Ok(config)
+    Ok((figment, file))
 }
 
 /// Replaces every `vault:` reference in the configuration with the secret it names.
@@ -669,6 +711,48 @@ fn resolve_vault_references(config: &mut Config) -> Result<(), (String, String)>
         )
     })?;
     tracing::debug!(count = paths.len(), "configuration secrets read from Vault");
+    Ok(())
+}
+
+/// Puts `database.password` and `database.migrate_password` into their URLs, so every
+/// consumer sees one complete URL. The messages never quote a URL: it holds a password.
+fn apply_database_passwords(db: &mut DatabaseConfig) -> Result<(), (String, String)> {
+    fn merge(url: &Secret, password: &Secret, key: &str) -> Result<Secret, (String, String)> {
+        let mut parsed = url::Url::parse(url.expose()).map_err(|e| {
+            (
+                key.to_string(),
+                format!("not a valid URL ({e}), so its password cannot be set"),
+            )
+        })?;
+        if parsed.scheme() != "postgres" && parsed.scheme() != "postgresql" {
+            return Err((
+                key.to_string(),
+                "a separate password applies to postgres:// URLs only".into(),
+            ));
+        }
+        parsed
+            .set_password(Some(password.expose()))
+            .map_err(|()| (key.to_string(), "this URL cannot carry a password".into()))?;
+        Ok(Secret::new(String::from(parsed)))
+    }
+    if let Some(password) = db.password.take() {
+        let url = db.url.as_ref().ok_or_else(|| {
+            (
+                "database.password".to_string(),
+                "is set but database.url is not".to_string(),
+            )
+        })?;
+        db.url = Some(merge(url, &password, "database.url")?);
+    }
+    if let Some(password) = db.migrate_password.take() {
+        let url = db.migrate_url.as_ref().ok_or_else(|| {
+            (
+                "database.migrate_password".to_string(),
+                "is set but database.migrate_url is not".to_string(),
+            )
+        })?;
+        db.migrate_url = Some(merge(url, &password, "database.migrate_url")?);
+    }
     Ok(())
 }
 
@@ -963,5 +1047,40 @@ mod tests {
                 .unwrap_err()
                 .contains("GANTRY_TEST_SURELY_UNSET_VAR")
         );
+    }
+
+    #[test]
+    fn database_password_goes_into_the_url_encoded() {
+        let mut db = DatabaseConfig {
+            url: Some(Secret::new("postgres://gantry_app@database:5432/appdb")),
+            password: Some(Secret::new("p@ss/w:rd")),
+            ..DatabaseConfig::default()
+        };
+        apply_database_passwords(&mut db).unwrap();
+        let url = db.url.unwrap();
+        assert_eq!(
+            url.expose(),
+            "postgres://gantry_app:p%40ss%2Fw%3Ard@database:5432/appdb"
+        );
+        assert!(db.password.is_none());
+    }
+
+    #[test]
+    fn database_password_without_url_names_the_key_and_hides_the_value() {
+        let mut db = DatabaseConfig {
+            migrate_password: Some(Secret::new("hunter2")),
+            ..DatabaseConfig::default()
+        };
+        let (key, message) = apply_database_passwords(&mut db).unwrap_err();
+        assert_eq!(key, "database.migrate_password");
+        assert!(!message.contains("hunter2"));
+        let mut db = DatabaseConfig {
+            url: Some(Secret::new("sqlite://gantry.db")),
+            password: Some(Secret::new("hunter2")),
+            ..DatabaseConfig::default()
+        };
+        let (key, message) = apply_database_passwords(&mut db).unwrap_err();
+        assert_eq!(key, "database.url");
+        assert!(!message.contains("hunter2"), "{message}");
     }
 }

@@ -41,6 +41,11 @@ pub async fn run(config: &Config, source: &str) -> Vec<Check> {
             "every vault: reference resolved".into(),
         ));
     }
+    for (subject, url) in dependency_urls(config) {
+        if let Some(line) = dns(&subject, &url).await {
+            checks.push(line);
+        }
+    }
     checks.push(database(config).await);
     checks.push(cache(config).await);
     if config.audit.enabled {
@@ -57,6 +62,56 @@ pub async fn run(config: &Config, source: &str) -> Vec<Check> {
         });
     }
     checks
+}
+
+/// The network services the configuration names, for the DNS lines.
+fn dependency_urls(config: &Config) -> Vec<(String, String)> {
+    let mut urls = Vec::new();
+    if let Some(addr) = config
+        .vault
+        .addr
+        .clone()
+        .or_else(|| std::env::var("VAULT_ADDR").ok())
+    {
+        urls.push(("dns vault".to_string(), addr));
+    }
+    if let Some(url) = &config.database.url {
+        urls.push(("dns database".into(), url.expose().to_string()));
+    }
+    urls.push(("dns cache".into(), config.cache.url.expose().to_string()));
+    if config.audit.enabled {
+        urls.push(("dns audit".into(), config.audit.store.expose().to_string()));
+    }
+    urls
+}
+
+/// Resolves the host a URL names, so a wrong service name is told apart from a service
+/// that is down. Embedded backends (sqlite, memory, sql) have no host: no line.
+async fn dns(subject: &str, url: &str) -> Option<Check> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?.trim_matches(['[', ']']).to_string();
+    let port = parsed.port_or_known_default().unwrap_or(0);
+    let lookup = tokio::time::timeout(
+        NETWORK_TIMEOUT,
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await;
+    Some(match lookup {
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            if addrs.is_empty() {
+                check(false, subject, format!("{host}: no addresses"))
+            } else {
+                check(true, subject, format!("{host} → {}", addrs.join(", ")))
+            }
+        }
+        Ok(Err(e)) => check(false, subject, format!("{host}: {e}")),
+        Err(_) => check(
+            false,
+            subject,
+            format!("{host}: no answer in {} s", NETWORK_TIMEOUT.as_secs()),
+        ),
+    })
 }
 
 /// The relational database: reachable, and migrated to what this binary expects.

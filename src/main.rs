@@ -75,7 +75,8 @@ fn demo_upstream(http: Option<std::net::SocketAddr>) -> ExitCode {
 fn healthcheck(config_path: Option<PathBuf>, addr: Option<String>) -> Result<ExitCode, ExitCode> {
     let addr = match addr {
         Some(a) => a,
-        None => load(config_path.as_deref())?.server.listen,
+        None => config::listen_address(config_path.as_deref())
+            .map_err(|e| config_error(e.to_string()))?,
     };
     Ok(if runtime(1).block_on(gantry::healthcheck::run(&addr)) {
         ExitCode::SUCCESS

@@ -102,10 +102,25 @@ pub async fn open_store(config: &Config, role: Role) -> Result<Option<Store>, St
         .migrate_on_start
         .unwrap_or(dialect == Dialect::Sqlite);
     if migrate {
-        let applied = store
-            .migrate()
-            .await
-            .map_err(|e| StartupError::Dependency(e.to_string()))?;
+        // The services' own role may not change the schema: migrations run through
+        // migrate_url (the owner) when one is set, on a connection of their own.
+        let applied = match &config.database.migrate_url {
+            Some(owner_url) => {
+                let owner = Store::connect(owner_url.expose(), &config.database)
+                    .await
+                    .map_err(|e| {
+                        StartupError::Dependency(format!(
+                            "cannot open the {} database through database.migrate_url: {e}",
+                            dialect.name()
+                        ))
+                    })?;
+                let applied = owner.migrate().await;
+                owner.close().await;
+                applied
+            }
+            None => store.migrate().await,
+        }
+        .map_err(|e| StartupError::Dependency(e.to_string()))?;
         if applied > 0 {
             tracing::info!(
                 applied,

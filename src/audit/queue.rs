@@ -75,10 +75,7 @@ impl AuditWriter {
 pub fn start(store: Arc<dyn AuditStore>, config: &AuditConfig) -> (AuditQueue, AuditWriter) {
     let (tx, rx) = mpsc::channel(config.queue_capacity);
     let stop = CancellationToken::new();
-    let spill = Spill::open(
-        config.spill_dir.join("audit-spill.jsonl"),
-        config.spill_max_bytes,
-    );
+    let spill = Spill::claim(&config.spill_dir, config.spill_max_bytes);
     let writer = Writer {
         store,
         spill,
@@ -227,10 +224,72 @@ struct Spill {
     path: PathBuf,
     max_bytes: u64,
     bytes: u64,
+    /// Held for the life of the process: the slot's file is this process's alone.
+    _slot: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+/// Replicas may share one spill directory (a volume): each takes the first slot
+/// (`audit-spill.jsonl`, `audit-spill-1.jsonl`, …) whose lock file no running process
+/// holds, so two processes never write one file, and a restarted replica adopts the
+/// events a stopped one left in that slot.
+const SPILL_SLOTS: usize = 64;
+
+fn slot_stem(slot: usize) -> String {
+    if slot == 0 {
+        "audit-spill".into()
+    } else {
+        format!("audit-spill-{slot}")
+    }
 }
 
 impl Spill {
-    fn open(path: PathBuf, max_bytes: u64) -> Self {
+    fn claim(dir: &std::path::Path, max_bytes: u64) -> Self {
+        use nix::fcntl::{Flock, FlockArg};
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::warn!(error = %e, path = %dir.display(), "cannot create the audit spill directory");
+        }
+        for slot in 0..SPILL_SLOTS {
+            let stem = slot_stem(slot);
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("{stem}.lock")));
+            let Ok(lock) = lock else { break };
+            if let Ok(held) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
+                let spill = Self::open(dir.join(format!("{stem}.jsonl")), max_bytes, Some(held));
+                spill.warn_about_unclaimed(dir, slot);
+                return spill;
+            }
+        }
+        // No lockable slot (read-only directory, or more processes than slots): the
+        // first file, unguarded, as before slots existed.
+        Self::open(dir.join("audit-spill.jsonl"), max_bytes, None)
+    }
+
+    /// Events left in a slot no running process holds wait until a process takes that
+    /// slot (scaling back up, or a restart); say so rather than leave them unseen.
+    fn warn_about_unclaimed(&self, dir: &std::path::Path, own: usize) {
+        for slot in (0..SPILL_SLOTS).filter(|s| *s != own) {
+            let data = dir.join(format!("{}.jsonl", slot_stem(slot)));
+            let bytes = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+            let lock = dir.join(format!("{}.lock", slot_stem(slot)));
+            // Lockable now means no running process holds it (the probe lock is
+            // released at once when dropped).
+            let unclaimed = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&lock)
+                .ok()
+                .and_then(|f| {
+                    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
+                })
+                .is_some();
+            if bytes > 0 && unclaimed {
+                tracing::warn!(path = %data.display(), bytes, "audit events wait in another replica's spill slot; the replica that takes that slot replays them");
+            }
+        }
+    }
+
+    fn open(path: PathBuf, max_bytes: u64, slot: Option<nix::fcntl::Flock<std::fs::File>>) -> Self {
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if bytes > 0 {
             tracing::info!(path = %path.display(), bytes, "audit events from an earlier run are waiting to be replayed");
@@ -240,6 +299,7 @@ impl Spill {
             path,
             max_bytes,
             bytes,
+            _slot: slot,
         }
     }
 
@@ -371,5 +431,23 @@ impl Spill {
         self.bytes = bytes;
         metrics::gauge!(m::AUDIT_SPILL_BYTES).set(bytes as f64);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spill;
+
+    #[test]
+    fn processes_sharing_a_spill_directory_get_separate_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spill::claim(dir.path(), 1024);
+        let second = Spill::claim(dir.path(), 1024);
+        assert_eq!(first.path, dir.path().join("audit-spill.jsonl"));
+        assert_eq!(second.path, dir.path().join("audit-spill-1.jsonl"));
+        drop(first);
+        // A process started after the first one ended adopts its slot and its events.
+        let third = Spill::claim(dir.path(), 1024);
+        assert_eq!(third.path, dir.path().join("audit-spill.jsonl"));
     }
 }

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import subprocess
 
+import httpx2
 import psycopg
 import pytest
 
-from conftest import BIN, PG_HOST, to_toml
+from conftest import BIN, PG_HOST, pg_admin, to_toml
 
 pytestmark = pytest.mark.parametrize("database", ["postgres"], indirect=True)
 
@@ -99,3 +100,22 @@ def test_service_refuses_an_unmigrated_database(database, tmp_path):
     assert r.returncode == 1
     assert "gantry migrate" in r.stderr
     assert "hunter2-in-url" not in r.stderr + r.stdout
+
+
+def test_migrations_at_start_up_run_as_the_owner_and_the_service_as_gantry_app(gantry, database):
+    """The Docker stack's set-up: api_server migrates at start-up through migrate_url (the
+    owner) while serving as gantry_app, each with its password given apart from its URL."""
+    with pg_admin() as c:
+        # Cluster-wide and possibly left by another test; the stack's init script makes it.
+        c.execute("DO $$ BEGIN CREATE ROLE gantry_app LOGIN; EXCEPTION WHEN duplicate_object THEN "
+                  "ALTER ROLE gantry_app LOGIN; END $$")
+    g = gantry({"database": {"url": database.url, "migrate_url": database.migrate_url,
+                             "password": "app-secret-1", "migrate_password": "owner-secret-2",
+                             "migrate_on_start": True}}, role="api")
+    r = httpx2.get(g.base + "/api/ready", timeout=10)
+    assert r.status_code == 200, r.text
+    with as_service(database) as c:
+        owner = c.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'tenants'").fetchone()[0]
+    assert owner == "postgres", "the tables belong to the owner, not to the service's role"
+    logs = g.logs()
+    assert "app-secret-1" not in logs and "owner-secret-2" not in logs
