@@ -76,7 +76,20 @@ if command -v docker >/dev/null 2>&1; then
     printf '    %sdocker does not answer%s: is the daemon running, and may this user use it?\n' "$RED" "$RESET"; missing=1
   fi
 fi
-[ "$missing" = 0 ] || die "install what is missing above, then run ./deploy.sh again"
+# The published ports must be free, unless it is this stack's own nginx holding them.
+if [ -f .env ] && ! $DRY_RUN && [ -z "$(docker compose ps -q nginx 2>/dev/null)" ]; then
+  bind=$(env_get BIND_ADDRESS); bind=${bind:-0.0.0.0}; [ "$bind" = 0.0.0.0 ] && bind=127.0.0.1
+  for var in HTTP_PORT HTTPS_PORT; do
+    port=$(env_get "$var"); port=${port:-$([ "$var" = HTTP_PORT ] && echo 80 || echo 443)}
+    if (exec 3<>"/dev/tcp/$bind/$port") 2>/dev/null; then
+      printf '    %sport %s (%s) is in use%s: stop what listens there or change %s in .env\n' "$RED" "$port" "$var" "$RESET" "$var"
+      missing=1
+    else
+      ok "port $port free ($var)"
+    fi
+  done
+fi
+[ "$missing" = 0 ] || die "fix what is listed above, then run ./deploy.sh again"
 
 # ---------------------------------------------------------------------------------------
 step 2 "Checking configuration and secrets (.env)"

@@ -735,23 +735,29 @@ fn apply_database_passwords(db: &mut DatabaseConfig) -> Result<(), (String, Stri
             .map_err(|()| (key.to_string(), "this URL cannot carry a password".into()))?;
         Ok(Secret::new(String::from(parsed)))
     }
-    if let Some(password) = db.password.take() {
-        let url = db.url.as_ref().ok_or_else(|| {
+    let pairs = [
+        (
+            &mut db.url,
+            db.password.take(),
+            "database.url",
+            "database.password",
+        ),
+        (
+            &mut db.migrate_url,
+            db.migrate_password.take(),
+            "database.migrate_url",
+            "database.migrate_password",
+        ),
+    ];
+    for (url, password, url_key, password_key) in pairs {
+        let Some(password) = password else { continue };
+        let current = url.as_ref().ok_or_else(|| {
             (
-                "database.password".to_string(),
-                "is set but database.url is not".to_string(),
+                password_key.to_string(),
+                format!("is set but {url_key} is not"),
             )
         })?;
-        db.url = Some(merge(url, &password, "database.url")?);
-    }
-    if let Some(password) = db.migrate_password.take() {
-        let url = db.migrate_url.as_ref().ok_or_else(|| {
-            (
-                "database.migrate_password".to_string(),
-                "is set but database.migrate_url is not".to_string(),
-            )
-        })?;
-        db.migrate_url = Some(merge(url, &password, "database.migrate_url")?);
+        *url = Some(merge(current, &password, url_key)?);
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 #   postgres-<db>.dump      pg_dump -Fc
 #   mongodb.archive.gz      mongodump --archive --gzip (BACKUP_MONGODB=false skips it)
 #   redis.rdb               redis-cli --rdb (a consistent snapshot taken by Redis itself)
-#   volume-<name>.tar.gz    each directory mounted under /volumes (Vault's data, Grafana, the audit spool…)
+#   volume-<name>.tar.gz    each directory mounted under /volumes (Vault's data, Grafana's)
 #   SHA256SUMS              checked by restore.sh before anything is touched
 # A backup is written to <stamp>.partial and renamed when complete, so a half-written one
 # is never taken for a good one. Backups older than BACKUP_RETENTION_DAYS are removed.

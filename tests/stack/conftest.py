@@ -97,9 +97,9 @@ class Stack:
         return ssl.create_default_context(cafile=str(self.dir / "certs" / "fullchain.pem"))
 
     # --- commands -------------------------------------------------------------------
-    def run(self, *args, check=True, input=None, timeout=600):
-        r = subprocess.run(list(args), cwd=self.dir, env=self.env, capture_output=True, text=True,
-                           input=input, timeout=timeout)
+    def run(self, *args, check=True, input=None, timeout=600, env=None):
+        r = subprocess.run(list(args), cwd=self.dir, env={**self.env, **(env or {})}, capture_output=True,
+                           text=True, input=input, timeout=timeout)
         if check and r.returncode != 0:
             raise AssertionError(f"{' '.join(args)} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
         return r

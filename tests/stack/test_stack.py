@@ -1,11 +1,12 @@
 """The rollout plan's verification steps, and what must survive when things break, on the
 real stack (docker/) brought up by deploy.sh. Tests run in file order on one stack."""
+import contextlib
 import hashlib
 import json
 import re
 import time
 
-from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT, wait_until
+from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT, free_port, wait_until
 
 # Services of docker-compose.yml that run here (grafana and mongodb_exporter cannot:
 # docker/test/standins/README.md) and how many containers each has.
@@ -40,15 +41,31 @@ def test_deploy_refuses_placeholder_secrets(stack, tmp_path):
     probe.mkdir()
     for name in ("deploy.sh", "env.example"):
         (probe / name).write_text((stack.dir / name).read_text())
-    (probe / ".env").write_text((stack.dir / "env.example").read_text())
+    # Ports of its own: the running stack's are taken (which deploy.sh would report first).
+    example = (stack.dir / "env.example").read_text()
+    example = example.replace("HTTP_PORT=80", f"HTTP_PORT={free_port()}").replace("HTTPS_PORT=443", f"HTTPS_PORT={free_port()}")
+    (probe / ".env").write_text(example)
     r = stack.run("bash", str(probe / "deploy.sh"), "--no-pull", check=False)
     assert r.returncode != 0
     assert "CHANGE_ME" in r.stderr and "POSTGRES_PASSWORD" in r.stderr
-    weak = (stack.dir / "env.example").read_text().replace("=CHANGE_ME", "=x" * 1)
+    weak = example.replace("=CHANGE_ME", "=x")
     weak = weak.replace("SECRET_KEY=x", "SECRET_KEY=secret")
     (probe / ".env").write_text(weak)
     r = stack.run("bash", str(probe / "deploy.sh"), "--no-pull", check=False)
     assert r.returncode != 0 and "SECRET_KEY" in r.stderr
+
+
+def test_deploy_names_a_published_port_that_is_taken(stack, tmp_path):
+    probe = tmp_path / "docker"
+    probe.mkdir()
+    (probe / "deploy.sh").write_text((stack.dir / "deploy.sh").read_text())
+    taken = (stack.dir / ".env").read_text()  # this stack's nginx holds its ports
+    (probe / ".env").write_text(taken)
+    # Another project: deploy.sh rightly ignores ports held by its own project's nginx.
+    r = stack.run("bash", str(probe / "deploy.sh"), "--no-pull", check=False,
+                  env={"COMPOSE_PROJECT_NAME": "gantryother"})
+    assert r.returncode != 0
+    assert f"port {stack.https_port} (HTTPS_PORT) is in use" in r.stdout, r.stdout
 
 
 def test_api_health_and_status_through_nginx(stack):
@@ -262,6 +279,7 @@ def test_backup_wipe_restore_brings_back_identical_data(stack):
     stack.wait_healthy("api_server", count=2)
     stack.wait_healthy("mcp_gateway", count=2)
     reload_nginx_once_dns_shows(stack, "api_server", 2)
+    reload_nginx_once_dns_shows(stack, "mcp_gateway", 2)
     token = stack.login()
     status, _, body = stack.request("GET", "/api/v1/tenants", token=token)
     assert status == 200 and any(t["slug"] == "restored" for t in body["items"]), body
@@ -299,41 +317,58 @@ def audit_count(stack, token):
     return len(body["items"])
 
 
-def test_mongodb_outage_degrades_readiness_and_loses_no_audit_event(stack):
-    token = stack.login()
-    start = audit_count(stack, token)
-    stack.compose("stop", "mongodb")
+@contextlib.contextmanager
+def outage(stack, service, component):
+    """Stops `service` until the block ends; readiness must report `component` down
+    meanwhile, and ready again once the service is back."""
+    stack.compose("stop", service)
     try:
         def unready():
             status, _, body = stack.request("GET", "/api/ready")
-            return status == 503 and "audit" in body["failed"]
-        wait_until(unready, timeout=30, what="readiness to report the audit store down")
+            return status == 503 and component in body["failed"]
+        wait_until(unready, timeout=30, what=f"readiness to report {component} down")
+        yield
+    finally:
+        stack.compose("start", service)
+    stack.wait_healthy(service)
+    wait_until(lambda: stack.request("GET", "/api/ready")[0] == 200, timeout=60, what="ready again")
+
+
+def test_mongodb_outage_degrades_readiness_and_loses_no_audit_event(stack):
+    token = stack.login()
+    start = audit_count(stack, token)
+    with outage(stack, "mongodb", "audit"):
         session = None
         for i in range(10):
             session, answer = stack.mcp_call(stack.key, "demo__echo", {"message": f"outage {i}"}, session)
             assert "result" in answer, answer
-    finally:
-        stack.compose("start", "mongodb")
-    stack.wait_healthy("mongodb")
-    wait_until(lambda: stack.request("GET", "/api/ready")[0] == 200, timeout=60, what="ready again")
     wait_until(lambda: audit_count(stack, token) >= start + 10, timeout=90, interval=3,
                what="the outage's audit events replayed")
 
 
 def test_redis_outage_degrades_readiness_and_recovers(stack):
-    stack.compose("stop", "redis")
-    try:
-        def unready():
-            status, _, body = stack.request("GET", "/api/ready")
-            return status == 503 and "cache" in body["failed"]
-        wait_until(unready, timeout=30, what="readiness to report the cache down")
+    with outage(stack, "redis", "cache"):
         # Tool calls still work: rate limits fall back to in-process counting.
         _, answer = stack.mcp_call(stack.key, "demo__add", {"a": 1, "b": 2})
         assert answer["result"]["content"][0]["text"] == "3", answer
-    finally:
-        stack.compose("start", "redis")
-    stack.wait_healthy("redis")
-    wait_until(lambda: stack.request("GET", "/api/ready")[0] == 200, timeout=60, what="ready again")
+
+
+def test_the_plans_vault_kv_put_rotates_the_services_database_password(stack):
+    new = "rotated-" + hashlib.sha256(str(time.time()).encode()).hexdigest()[:24]
+    owner = (stack.dir / "secrets" / "postgres_password").read_text()
+    root = json.loads((stack.dir / "secrets" / "vault-init.json").read_text())["root_token"]
+    stack.exec("database", "psql", "-U", "appuser", "-d", "appdb", "-c", f"ALTER ROLE gantry_app PASSWORD '{new}'")
+    stack.compose("exec", "-T", "-e", f"VAULT_TOKEN={root}", "vault",
+                  "vault", "kv", "put", "secret/database", f"password={owner}", f"app_password={new}")
+    stack.compose("restart", "api_server")
+    stack.wait_healthy("api_server", count=2)
+    # Restarted containers may get new addresses: the stand-in nginx needs a reload.
+    reload_nginx_once_dns_shows(stack, "api_server", 2)
+    status, _, body = stack.request("GET", "/api/ready")
+    assert status == 200, body
+    assert stack.login()
+    logs = stack.compose("logs", "api_server").stdout
+    assert new not in logs and owner not in logs
 
 
 def test_doctor_checks_every_dependency_from_inside_a_container(stack):

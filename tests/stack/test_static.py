@@ -46,6 +46,13 @@ def test_compose_file_is_valid_for_compose_v2(configured):
     run("docker", "compose", "config", "-q", cwd=configured, env=compose_env())
     run("docker", "compose", "-f", "docker-compose.yml", "-f", "test/compose.test.yml", "config", "-q",
         cwd=configured, env=compose_env())
+    dev = run("docker", "compose", "-f", "docker-compose.yml", "-f", "docker-compose.dev.yml", "config",
+              "--format", "json", cwd=configured, env=compose_env()).stdout
+    services = json.loads(dev)["services"]
+    assert services["api_server"]["environment"]["GANTRY_LOG__LEVEL"].startswith("debug")
+    for name, s in services.items():
+        for p in s.get("ports", []):
+            assert name == "nginx" or p["host_ip"] == "127.0.0.1", f"dev publishes {name} beyond loopback"
 
 
 def test_compose_file_matches_the_compose_specification_schema():
