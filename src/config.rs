@@ -591,13 +591,15 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-/// `server.listen` alone, without validating the rest or reading secrets from Vault:
-/// what `gantry healthcheck` needs, every few seconds, in every container.
+/// `server.listen`, from a configuration that parses (unknown keys are still errors) but
+/// without reading secrets from Vault or checking the rest: what `gantry healthcheck`
+/// needs, every few seconds, in every container.
 pub fn listen_address(explicit: Option<&Path>) -> Result<String, ConfigError> {
     let (figment, _) = layered(explicit)?;
-    figment
-        .extract_inner::<String>("server.listen")
-        .map_err(|e| ConfigError::Parse(Box::new(e)))
+    let config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    Ok(config.server.listen)
 }
 
 /// The configuration sources, in order: defaults, the file, `GANTRY_*` variables, and
