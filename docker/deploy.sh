@@ -67,7 +67,7 @@ if command -v docker >/dev/null 2>&1; then
   if v=$(docker compose version --short 2>/dev/null); then
     case "$v" in
       v2.*|2.*) ok "docker compose $v" ;;
-      *) printf '    %sdocker compose %s is too old: v2.24 or later is needed%s\n' "$RED" "$v" "$RESET"; missing=1 ;;
+      *) printf '    %sdocker compose %s is not Compose v2%s (docker-compose v1 cannot read this file)\n' "$RED" "$v" "$RESET"; missing=1 ;;
     esac
   else
     printf '    %smissing%s docker compose v2: https://docs.docker.com/compose/install/linux/\n' "$RED" "$RESET"; missing=1

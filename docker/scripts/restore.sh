@@ -36,6 +36,10 @@ done
 name=${args[0]}
 parts=("${args[@]:1}")
 [ "${#parts[@]}" -gt 0 ] || parts=(postgres mongodb redis volumes)
+[[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "'$name' is not a backup name (e.g. 20261126T023000Z)"
+for p in "${parts[@]}"; do
+  case "$p" in postgres|mongodb|redis|volumes) ;; *) die "unknown part '$p' (postgres, mongodb, redis, volumes)" ;; esac
+done
 dir="$BACKUP_DIR/$name"
 [ -d "$dir" ] || die "no backup $dir"
 [ -f "$dir/SHA256SUMS" ] || die "$dir has no SHA256SUMS: incomplete or not made by backup.sh"
