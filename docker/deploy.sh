@@ -40,19 +40,9 @@ run() { # run CMD…: executes, or only shows under --dry-run
   if $DRY_RUN; then printf '    would run: %s\n' "$*"; else "$@"; fi
 }
 
-env_get() { # env_get NAME: the value of NAME in .env (last one wins), quotes removed
-  [ -f .env ] || return 0
-  sed -n "s/^$1=//p" .env | tail -n1 | sed -e 's/^"\(.*\)"$/\1/' -e "s/^'\(.*\)'$/\1/"
-}
-env_set() { # env_set NAME VALUE: replaces NAME's line in .env, or appends one
-  local tmp; tmp=$(mktemp .env.XXXXXX)
-  if grep -q "^$1=" .env; then
-    awk -v k="$1" -v v="$2" 'BEGIN{FS=OFS="="} $1==k {print k "=" v; next} {print}' .env > "$tmp"
-  else
-    cat .env > "$tmp"; printf '%s=%s\n' "$1" "$2" >> "$tmp"
-  fi
-  chmod 600 "$tmp"; mv "$tmp" .env
-}
+# env_get / env_set: reading and writing .env (shared with vault/init.sh).
+# shellcheck source=SCRIPTDIR/env-file.sh
+. ./env-file.sh
 
 # ---------------------------------------------------------------------------------------
 step 1 "Checking prerequisites"

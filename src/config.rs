@@ -557,10 +557,7 @@ fn source_suffix(file: &Option<PathBuf>) -> String {
 /// Where configuration comes from: an explicit file, or `gantry.toml` in the working
 /// directory when present.
 pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-    let (figment, file) = layered(explicit)?;
-    let mut config: Config = figment
-        .extract()
-        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    let (mut config, file) = parsed(explicit)?;
     // An empty issuer turns OIDC off, so a deployment template can pass the provider's
     // settings through unconditionally (GANTRY_AUTH__OIDC__ISSUER="" when none is used).
     if config
@@ -571,23 +568,14 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
     {
         config.auth.oidc = None;
     }
-    resolve_vault_references(&mut config).map_err(|(key, message)| ConfigError::Invalid {
+    let invalid = |(key, message)| ConfigError::Invalid {
         key,
         message,
         file: file.clone(),
-    })?;
-    apply_database_passwords(&mut config.database).map_err(|(key, message)| {
-        ConfigError::Invalid {
-            key,
-            message,
-            file: file.clone(),
-        }
-    })?;
-    validate(&config).map_err(|(key, message)| ConfigError::Invalid {
-        key,
-        message,
-        file: file.clone(),
-    })?;
+    };
+    resolve_vault_references(&mut config).map_err(invalid)?;
+    apply_database_passwords(&mut config.database).map_err(invalid)?;
+    validate(&config).map_err(invalid)?;
     Ok(config)
 }
 
@@ -595,16 +583,13 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
 /// without reading secrets from Vault or checking the rest: what `gantry healthcheck`
 /// needs, every few seconds, in every container.
 pub fn listen_address(explicit: Option<&Path>) -> Result<String, ConfigError> {
-    let (figment, _) = layered(explicit)?;
-    let config: Config = figment
-        .extract()
-        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
-    Ok(config.server.listen)
+    Ok(parsed(explicit)?.0.server.listen)
 }
 
-/// The configuration sources, in order: defaults, the file, `GANTRY_*` variables, and
-/// `GANTRY_*_FILE` files.
-fn layered(explicit: Option<&Path>) -> Result<(Figment, Option<PathBuf>), ConfigError> {
+/// The configuration as its sources give it — defaults, the file, `GANTRY_*` variables,
+/// `GANTRY_*_FILE` files — parsed but not yet checked or completed from Vault; and the
+/// file it came from, for messages.
+fn parsed(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
     let file = match explicit {
         Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.to_path_buf())),
         Some(path) => Some(path.to_path_buf()),
@@ -637,7 +622,10 @@ fn layered(explicit: Option<&Path>) -> Result<(Figment, Option<PathBuf>), Config
         })?;
         figment = figment.merge((key, value.trim_end_matches(['\r', '\n']).to_string()));
     }
-    Ok((figment, file))
+    let config = figment
+        .extract()
+        .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    Ok((config, file))
 }
 
 /// Replaces every `vault:` reference in the configuration with the secret it names.

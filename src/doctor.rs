@@ -91,27 +91,29 @@ async fn dns(subject: &str, url: &str) -> Option<Check> {
     let parsed = reqwest::Url::parse(url).ok()?;
     let host = parsed.host_str()?.trim_matches(['[', ']']).to_string();
     let port = parsed.port_or_known_default().unwrap_or(0);
-    let lookup = tokio::time::timeout(
-        NETWORK_TIMEOUT,
-        tokio::net::lookup_host((host.as_str(), port)),
-    )
-    .await;
-    Some(match lookup {
+    Some(match resolve(&host, port).await {
+        Ok(addrs) => {
+            let ips: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+            check(true, subject, format!("{host} → {}", ips.join(", ")))
+        }
+        Err(reason) => check(false, subject, format!("{host}: {reason}")),
+    })
+}
+
+/// The addresses `host` resolves to, within the network timeout; at least one.
+async fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, String> {
+    match tokio::time::timeout(NETWORK_TIMEOUT, tokio::net::lookup_host((host, port))).await {
         Ok(Ok(addrs)) => {
-            let addrs: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            let addrs: Vec<_> = addrs.collect();
             if addrs.is_empty() {
-                check(false, subject, format!("{host}: no addresses"))
+                Err("no addresses".into())
             } else {
-                check(true, subject, format!("{host} → {}", addrs.join(", ")))
+                Ok(addrs)
             }
         }
-        Ok(Err(e)) => check(false, subject, format!("{host}: {e}")),
-        Err(_) => check(
-            false,
-            subject,
-            format!("{host}: no answer in {} s", NETWORK_TIMEOUT.as_secs()),
-        ),
-    })
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer in {} s", NETWORK_TIMEOUT.as_secs())),
+    }
 }
 
 /// The relational database: reachable, and migrated to what this binary expects.
@@ -270,24 +272,9 @@ async fn reachable(subject: &str, upstream: &UpstreamConfig) -> Check {
     };
     let host = url.host_str().unwrap_or_default().to_string();
     let port = url.port_or_known_default().unwrap_or(80);
-    let lookup = tokio::time::timeout(
-        NETWORK_TIMEOUT,
-        tokio::net::lookup_host((host.as_str(), port)),
-    )
-    .await;
-    let addrs: Vec<_> = match lookup {
-        Ok(Ok(addrs)) => addrs.collect(),
-        Ok(Err(e)) => return check(false, subject, format!("dns {host}: {e}")),
-        Err(_) => {
-            return check(
-                false,
-                subject,
-                format!("dns {host}: no answer in {} s", NETWORK_TIMEOUT.as_secs()),
-            );
-        }
-    };
-    let Some(addr) = addrs.first().copied() else {
-        return check(false, subject, format!("dns {host}: no addresses"));
+    let addr = match resolve(&host, port).await {
+        Ok(addrs) => addrs[0],
+        Err(reason) => return check(false, subject, format!("dns {host}: {reason}")),
     };
     match tokio::time::timeout(NETWORK_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => check(

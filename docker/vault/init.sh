@@ -77,9 +77,8 @@ fi
 # Docker secrets are bind-mounted with their host mode: readable by the services' users.
 chmod 0644 "$SECRETS_DIR/vault_role_id" "$SECRETS_DIR/vault_secret_id"
 
-env_value() { # env_value NAME: the value of NAME in .env
-  sed -n "s/^$1=//p" .env | tail -n1 | sed -e 's/^"\(.*\)"$/\1/' -e "s/^'\(.*\)'$/\1/"
-}
+# shellcheck source=SCRIPTDIR/../env-file.sh
+. ./env-file.sh
 json_string() { python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))'; }
 
 put_if_absent() { # put_if_absent PATH JSON
@@ -97,10 +96,10 @@ put_if_absent secret/database "{\"password\": $pg, \"app_password\": $app}"
 
 redis_url=$(printf 'redis://:%s@redis:6379/0' "$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(open(sys.argv[1]).read().strip(), safe=""))' "$SECRETS_DIR/redis_password")" | json_string)
 mongo_url=$(printf 'mongodb://%s:%s@mongodb:27017/gantry_audit?authSource=admin&directConnection=true' \
-  "$(mu=$(env_value MONGO_USER); printf "%s" "${mu:-gantry}")" \
+  "$(mu=$(env_get MONGO_USER); printf "%s" "${mu:-gantry}")" \
   "$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(open(sys.argv[1]).read().strip(), safe=""))' "$SECRETS_DIR/mongodb_password")" | json_string)
-secret_key=$(env_value SECRET_KEY | tr -d '\n' | json_string)
-session_key=$(env_value SESSION_KEY | tr -d '\n' | json_string)
+secret_key=$(env_get SECRET_KEY | tr -d '\n' | json_string)
+session_key=$(env_get SESSION_KEY | tr -d '\n' | json_string)
 put_if_absent secret/gantry "{\"secret_key\": $secret_key, \"session_key\": $session_key, \"redis_url\": $redis_url, \"mongodb_url\": $mongo_url}"
 
 log "ready: KV v2 at secret/, AppRole role gantry, policy gantry"

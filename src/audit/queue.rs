@@ -225,7 +225,7 @@ struct Spill {
     max_bytes: u64,
     bytes: u64,
     /// Held for the life of the process: the slot's file is this process's alone.
-    _slot: Option<nix::fcntl::Flock<std::fs::File>>,
+    _slot: Option<SlotLock>,
 }
 
 /// Replicas may share one spill directory (a volume): each takes the first slot
@@ -242,21 +242,28 @@ fn slot_stem(slot: usize) -> String {
     }
 }
 
+type SlotLock = nix::fcntl::Flock<std::fs::File>;
+
+/// The slot's lock, if no running process holds it (`create`: make the lock file when
+/// missing). Dropping it releases the slot.
+fn lock_slot(dir: &std::path::Path, slot: usize, create: bool) -> Option<SlotLock> {
+    let file = std::fs::OpenOptions::new()
+        .create(create)
+        .append(true)
+        .open(dir.join(format!("{}.lock", slot_stem(slot))))
+        .ok()?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
+}
+
 impl Spill {
     fn claim(dir: &std::path::Path, max_bytes: u64) -> Self {
-        use nix::fcntl::{Flock, FlockArg};
         if let Err(e) = std::fs::create_dir_all(dir) {
             tracing::warn!(error = %e, path = %dir.display(), "cannot create the audit spill directory");
         }
         for slot in 0..SPILL_SLOTS {
-            let stem = slot_stem(slot);
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(format!("{stem}.lock")));
-            let Ok(lock) = lock else { break };
-            if let Ok(held) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
-                let spill = Self::open(dir.join(format!("{stem}.jsonl")), max_bytes, Some(held));
+            if let Some(held) = lock_slot(dir, slot, true) {
+                let path = dir.join(format!("{}.jsonl", slot_stem(slot)));
+                let spill = Self::open(path, max_bytes, Some(held));
                 spill.warn_about_unclaimed(dir, slot);
                 return spill;
             }
@@ -272,24 +279,15 @@ impl Spill {
         for slot in (0..SPILL_SLOTS).filter(|s| *s != own) {
             let data = dir.join(format!("{}.jsonl", slot_stem(slot)));
             let bytes = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
-            let lock = dir.join(format!("{}.lock", slot_stem(slot)));
             // Lockable now means no running process holds it (the probe lock is
             // released at once when dropped).
-            let unclaimed = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&lock)
-                .ok()
-                .and_then(|f| {
-                    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
-                })
-                .is_some();
-            if bytes > 0 && unclaimed {
+            if bytes > 0 && lock_slot(dir, slot, false).is_some() {
                 tracing::warn!(path = %data.display(), bytes, "audit events wait in another replica's spill slot; the replica that takes that slot replays them");
             }
         }
     }
 
-    fn open(path: PathBuf, max_bytes: u64, slot: Option<nix::fcntl::Flock<std::fs::File>>) -> Self {
+    fn open(path: PathBuf, max_bytes: u64, slot: Option<SlotLock>) -> Self {
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if bytes > 0 {
             tracing::info!(path = %path.display(), bytes, "audit events from an earlier run are waiting to be replayed");

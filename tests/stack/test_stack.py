@@ -39,7 +39,7 @@ def test_deploy_again_changes_nothing_and_succeeds(stack):
 def test_deploy_refuses_placeholder_secrets(stack, tmp_path):
     probe = tmp_path / "docker"
     probe.mkdir()
-    for name in ("deploy.sh", "env.example"):
+    for name in ("deploy.sh", "env-file.sh", "env.example"):
         (probe / name).write_text((stack.dir / name).read_text())
     # Ports of its own: the running stack's are taken (which deploy.sh would report first).
     example = (stack.dir / "env.example").read_text()
@@ -58,7 +58,8 @@ def test_deploy_refuses_placeholder_secrets(stack, tmp_path):
 def test_deploy_names_a_published_port_that_is_taken(stack, tmp_path):
     probe = tmp_path / "docker"
     probe.mkdir()
-    (probe / "deploy.sh").write_text((stack.dir / "deploy.sh").read_text())
+    for name in ("deploy.sh", "env-file.sh"):
+        (probe / name).write_text((stack.dir / name).read_text())
     taken = (stack.dir / ".env").read_text()  # this stack's nginx holds its ports
     (probe / ".env").write_text(taken)
     # Another project: deploy.sh rightly ignores ports held by its own project's nginx.
