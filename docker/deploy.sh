@@ -92,6 +92,22 @@ if [ ! -f .env ]; then
     die ".env does not exist: cp env.example .env and edit it, or run ./deploy.sh --generate-secrets"
   fi
 fi
+# A secret that env.example asks for but .env lacks (an .env from an older version).
+missing_names=""
+if [ -f .env ]; then
+  missing_names=$(comm -23 <(sed -n 's/^\([A-Z0-9_]*\)=CHANGE_ME$/\1/p' env.example | sort) \
+                           <(sed -n 's/^\([A-Z0-9_]*\)=.*/\1/p' .env | sort) | tr '\n' ' ')
+fi
+if [ -n "$missing_names" ]; then
+  if $GENERATE && ! $DRY_RUN; then
+    for name in $missing_names; do env_set "$name" CHANGE_ME; done
+    info "added to .env (new in env.example): $missing_names"
+  elif $GENERATE; then
+    info "would add to .env (new in env.example): $missing_names"
+  elif ! $DRY_RUN; then
+    die "missing from .env (new in env.example): ${missing_names}— add them, or run ./deploy.sh --generate-secrets"
+  fi
+fi
 if $GENERATE && ! $DRY_RUN; then
   while IFS= read -r name; do
     case "$name" in
@@ -151,6 +167,7 @@ if [ -f .env ]; then
   write_secret app_db_password "$(env_get APP_DB_PASSWORD)"
   write_secret redis_password "$(env_get REDIS_PASSWORD)"
   write_secret mongodb_password "$(env_get MONGO_PASSWORD)"
+  write_secret mongodb_app_password "$(env_get MONGO_APP_PASSWORD)"
   write_secret grafana_admin_password "$(env_get GRAFANA_ADMIN_PASSWORD)"
   write_secret alert_webhook_url "$(env_get ALERT_WEBHOOK_URL)"
 fi

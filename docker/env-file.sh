@@ -10,7 +10,10 @@ env_set() { # env_set NAME VALUE: replaces NAME's line in .env, or appends one
   if grep -q "^$1=" .env; then
     awk -v k="$1" -v v="$2" 'BEGIN{FS=OFS="="} $1==k {print k "=" v; next} {print}' .env > "$tmp"
   else
-    cat .env > "$tmp"; printf '%s=%s\n' "$1" "$2" >> "$tmp"
+    cat .env > "$tmp"
+    # A hand-edited .env may lack its last newline: the new line must not join it.
+    if [ -s .env ] && [ -n "$(tail -c1 .env)" ]; then echo >> "$tmp"; fi
+    printf '%s=%s\n' "$1" "$2" >> "$tmp"
   fi
   chmod 600 "$tmp"; mv "$tmp" .env
 }

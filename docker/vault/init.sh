@@ -95,9 +95,10 @@ app=$(json_string < "$SECRETS_DIR/app_db_password")
 put_if_absent secret/database "{\"password\": $pg, \"app_password\": $app}"
 
 redis_url=$(printf 'redis://:%s@redis:6379/0' "$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(open(sys.argv[1]).read().strip(), safe=""))' "$SECRETS_DIR/redis_password")" | json_string)
+# The services' own MongoDB user (mongodb/init), confined to the audit database.
 mongo_url=$(printf 'mongodb://%s:%s@mongodb:27017/gantry_audit?authSource=admin&directConnection=true' \
-  "$(mu=$(env_get MONGO_USER); printf "%s" "${mu:-gantry}")" \
-  "$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(open(sys.argv[1]).read().strip(), safe=""))' "$SECRETS_DIR/mongodb_password")" | json_string)
+  "$(mu=$(env_get MONGO_APP_USER); printf "%s" "${mu:-gantry_audit}")" \
+  "$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(open(sys.argv[1]).read().strip(), safe=""))' "$SECRETS_DIR/mongodb_app_password")" | json_string)
 secret_key=$(env_get SECRET_KEY | tr -d '\n' | json_string)
 session_key=$(env_get SESSION_KEY | tr -d '\n' | json_string)
 put_if_absent secret/gantry "{\"secret_key\": $secret_key, \"session_key\": $session_key, \"redis_url\": $redis_url, \"mongodb_url\": $mongo_url}"

@@ -144,3 +144,25 @@ def test_events_that_cannot_be_kept_are_counted(control_plane, mongo):
     assert dropped > 0 and spilled > 0
     assert dropped + spilled == 30, (dropped, spilled)  # every call's event is accounted for
     assert "audit spill file full" in g.logs()
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_the_embedded_database_answers_reads_while_a_write_is_open(control_plane, database):
+    """Embedded mode keeps the audit in the same SQLite file as everything else: in WAL mode
+    a reader (the API) never waits for a writer (the audit, an operator's script)."""
+    import sqlite3
+
+    g, api = control_plane()
+    token, key, _ = setup_key(api)
+    assert key_call(g.base, key, "tools/call", {"name": "demo__add", "arguments": {"a": 1, "b": 2}}).status_code == 200
+    wait_until(lambda: events(api, token)["items"], what="the call's audit event")
+    writer = sqlite3.connect(database.url.removeprefix("sqlite://"), timeout=1, isolation_level=None)
+    try:
+        assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        writer.execute("BEGIN EXCLUSIVE")  # with a rollback journal this would lock readers out
+        writer.execute("DELETE FROM audit_events")
+        r = api.request("GET", "/v1/audit", token=token)
+        assert r.status_code == 200 and r.json()["items"], r.text
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

@@ -53,6 +53,15 @@ def test_deploy_refuses_placeholder_secrets(stack, tmp_path):
     (probe / ".env").write_text(weak)
     r = stack.run("bash", str(probe / "deploy.sh"), "--no-pull", check=False)
     assert r.returncode != 0 and "SECRET_KEY" in r.stderr
+    # An .env from an older version lacks a secret env.example now asks for: named, not
+    # deployed with an empty password.
+    older = "\n".join(line for line in example.replace("=CHANGE_ME", "=a-strong-enough-value").splitlines()
+                      if not line.startswith("MONGO_APP_PASSWORD="))
+    (probe / ".env").write_text(older)
+    r = stack.run("bash", str(probe / "deploy.sh"), "--no-pull", check=False)
+    assert r.returncode != 0 and "missing from .env" in r.stderr and "MONGO_APP_PASSWORD" in r.stderr, r.stderr
+    r = stack.run("bash", str(probe / "deploy.sh"), "--generate-secrets", "--dry-run", check=False)
+    assert "would add to .env (new in env.example): MONGO_APP_PASSWORD" in r.stdout, r.stdout
 
 
 def test_deploy_names_a_published_port_that_is_taken(stack, tmp_path):
@@ -349,6 +358,35 @@ def test_mongodb_outage_degrades_readiness_and_loses_no_audit_event(stack):
             assert "result" in answer, answer
     wait_until(lambda: audit_count(stack, token) >= start + 10, timeout=90, interval=3,
                what="the outage's audit events replayed")
+
+
+def test_the_services_write_the_audit_as_a_user_confined_to_its_database(stack):
+    """The services hold MongoDB credentials that can write the audit and nothing else."""
+    user = stack.env_value("MONGO_APP_USER")
+    root = json.loads((stack.dir / "secrets" / "vault-init.json").read_text())["root_token"]
+    url = stack.compose("exec", "-T", "-e", f"VAULT_TOKEN={root}", "vault", "vault", "kv", "get",
+                        "-field=mongodb_url", "secret/gantry").stdout.strip()
+    assert url.startswith(f"mongodb://{user}:"), "the services' mongodb_url is not the audit user's"
+    probe = f"""
+import pymongo
+from pymongo.errors import OperationFailure
+c = pymongo.MongoClient({url!r}.replace("@mongodb:", "@127.0.0.1:"), serverSelectionTimeoutMS=5000)
+assert c.gantry_audit.audit_events.count_documents({{}}) > 0, "no audit event written by the services"
+for name, attempt in [("write elsewhere", lambda: c.appdb.x.insert_one({{"x": 1}})),
+                      ("create a user", lambda: c.admin.command("createUser", "x", pwd="x", roles=["root"])),
+                      ("list databases", lambda: c.admin.command("listDatabases"))]:
+    try:
+        attempt()
+    except OperationFailure as e:
+        assert "not authorized" in str(e), e
+    else:
+        raise SystemExit(f"the audit user may {{name}}")
+print("confined")
+"""
+    r = stack.exec("mongodb", "/opt/secantus/bin/python", "-c", probe)
+    assert "confined" in r.stdout
+    # The production healthcheck (mongosh, replaced by a cheaper probe in the test override).
+    stack.exec("mongodb", "mongosh", "--quiet", "--eval", "quit(db.adminCommand('ping').ok ? 0 : 1)")
 
 
 def test_redis_outage_degrades_readiness_and_recovers(stack):

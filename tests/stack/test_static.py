@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -30,9 +31,8 @@ def configured(tmp_path_factory):
     env = (d / "env.example").read_text().replace("=CHANGE_ME", "=placeholder-value-for-static-checks")
     (d / ".env").write_text(env + "MCP_BRIDGE_KEY_SHA256=" + "0" * 64 + "\n")
     (d / "secrets").mkdir()
-    for name in ("postgres_password", "app_db_password", "redis_password", "mongodb_password",
-                 "grafana_admin_password", "alert_webhook_url", "vault_role_id", "vault_secret_id"):
-        (d / "secrets" / name).write_text("x")
+    for secret in yaml.safe_load((d / "docker-compose.yml").read_text())["secrets"].values():
+        (d / secret["file"]).write_text("x")
     return d
 
 

@@ -1,13 +1,17 @@
 """The mongo image's first-start interface for SecantusDB.
 
 On an empty data directory, starts the server without authentication on loopback, creates
-MONGO_INITDB_ROOT_USERNAME with MONGO_INITDB_ROOT_PASSWORD(_FILE) (role root), stops it,
-then serves with SCRAM authentication required. `ping` as first argument checks health.
+MONGO_INITDB_ROOT_USERNAME with MONGO_INITDB_ROOT_PASSWORD(_FILE) (role root), runs
+/docker-entrypoint-initdb.d/*.js with mongosh as that user, stops it, then serves with
+SCRAM authentication required. `ping` as first argument checks health.
 """
+import glob
 import os
 import subprocess
 import sys
 import time
+
+from urllib.parse import quote
 
 import pymongo
 
@@ -43,6 +47,11 @@ def initdb(user):
         wait_ready(client)
         client.admin.command("createUser", user, pwd=password(), roles=[{"role": "root", "db": "admin"}])
         print(f"init: created root user {user}", flush=True)
+        for script in sorted(glob.glob("/docker-entrypoint-initdb.d/*.js")):
+            print(f"init: running {script}", flush=True)
+            # The password goes in the URL, as the mongo image passes it on mongosh's command line.
+            url = f"mongodb://{quote(user, safe='')}:{quote(password(), safe='')}@127.0.0.1:27018/admin"
+            subprocess.run(["mongosh", "--quiet", url, script], check=True)
     finally:
         proc.terminate()
         proc.wait(30)
