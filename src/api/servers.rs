@@ -4,8 +4,6 @@
 //! register one; remote URLs may not point at loopback, link-local or cloud metadata
 //! addresses (SSRF) unless `registry.allowed_hosts` names the host.
 
-use std::net::IpAddr;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use http::StatusCode;
@@ -20,6 +18,7 @@ use crate::config::{TransportKind, UpstreamConfig, validate_upstream};
 use crate::store::StoreError;
 use crate::store::identity::Role;
 use crate::store::registry::Server;
+use crate::upstream::egress::Egress;
 use crate::upstream::{ListKind, State as UpState, scoped_key};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -56,67 +55,20 @@ fn not_found(e: StoreError) -> ApiError {
     }
 }
 
-/// Loopback, link-local (cloud metadata lives there), unspecified or multicast: never a
-/// legitimate remote MCP server, often an attack on the gateway's own network.
-fn forbidden_target(ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    };
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-    }
-}
-
 async fn check_target(state: &ApiState, settings: &UpstreamConfig) -> Result<(), ApiError> {
     let Some(url) = &settings.url else {
         return Ok(());
     };
     let invalid = |m: String| ApiError::validation("settings.url", m);
     let parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| invalid("has no host".into()))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if state
-        .config
-        .registry
-        .allowed_hosts
-        .iter()
-        .any(|h| h == host)
+    match Egress::new(&state.config.registry.allowed_hosts)
+        .refusal(&parsed)
+        .await
+        .map_err(invalid)?
     {
-        return Ok(());
+        Some(refusal) => Err(invalid(refusal)),
+        None => Ok(()),
     }
-    let port = parsed.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| invalid(format!("cannot resolve {host}: {e}")))?
-            .map(|a| a.ip())
-            .collect(),
-    };
-    if let Some(ip) = addrs.into_iter().find(|ip| forbidden_target(*ip)) {
-        return Err(invalid(format!(
-            "{host} resolves to {ip}, a loopback or link-local address; an operator can allow it in registry.allowed_hosts"
-        )));
-    }
-    Ok(())
 }
 
 /// Everything a registration must satisfy; errors name the field.
@@ -338,27 +290,4 @@ pub async fn tools(
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(Json(json!({ "tools": *items })))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ssrf_targets_are_recognised() {
-        for bad in [
-            "127.0.0.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "224.0.0.1",
-        ] {
-            assert!(forbidden_target(bad.parse().unwrap()), "{bad}");
-        }
-        for ok in ["10.0.0.5", "192.168.1.10", "8.8.8.8", "2001:db8::1"] {
-            assert!(!forbidden_target(ok.parse().unwrap()), "{ok}");
-        }
-    }
 }

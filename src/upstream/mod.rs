@@ -1,6 +1,7 @@
 //! Upstream MCP servers: one supervised connection each, whatever the transport.
 
 pub mod connection;
+pub mod egress;
 pub mod sse;
 pub mod stdio;
 pub mod streamable_http;
@@ -145,6 +146,8 @@ pub struct Upstream {
     /// The registry's version of its settings (0 for configured servers).
     pub version: i64,
     pub config: UpstreamConfig,
+    /// Where it may connect: restricted for registered servers, `None` for configured ones.
+    egress: Option<egress::Egress>,
     state: watch::Sender<State>,
     attempted: watch::Sender<bool>,
     permits: Arc<Semaphore>,
@@ -160,6 +163,7 @@ impl Upstream {
         name: String,
         tenant: Option<String>,
         config: UpstreamConfig,
+        egress: Option<egress::Egress>,
         catalog_ttl: Duration,
         version: i64,
     ) -> Arc<Self> {
@@ -169,6 +173,7 @@ impl Upstream {
             tenant,
             version,
             config,
+            egress,
             state: watch::Sender::new(State::Starting),
             attempted: watch::Sender::new(false),
             restarts: AtomicU64::new(0),
@@ -470,9 +475,12 @@ impl Upstream {
         let handle = match self.config.transport {
             TransportKind::Stdio => stdio::connect(&self.name, &self.config, inbox).await?,
             TransportKind::StreamableHttp => {
-                streamable_http::connect(&self.name, &self.config, inbox).await?
+                streamable_http::connect(&self.name, &self.config, self.egress.as_ref(), inbox)
+                    .await?
             }
-            TransportKind::Sse => sse::connect(&self.name, &self.config, inbox).await?,
+            TransportKind::Sse => {
+                sse::connect(&self.name, &self.config, self.egress.as_ref(), inbox).await?
+            }
         };
         let transport::TransportHandle {
             outbox, shutdown, ..
@@ -510,6 +518,8 @@ fn backoff(failures: u32) -> Duration {
 pub struct Upstreams {
     map: RwLock<Arc<BTreeMap<String, Arc<Upstream>>>>,
     catalog_ttl: Duration,
+    /// The egress rule given to every registered server.
+    egress: egress::Egress,
 }
 
 /// A server the control plane's registry wants running.
@@ -549,7 +559,7 @@ impl Upstreams {
             .map(|(name, u)| {
                 (
                     name.clone(),
-                    Upstream::new(name.clone(), None, u.clone(), ttl, 0),
+                    Upstream::new(name.clone(), None, u.clone(), None, ttl, 0),
                 )
             })
             .collect();
@@ -559,6 +569,7 @@ impl Upstreams {
         Self {
             map: RwLock::new(Arc::new(map)),
             catalog_ttl: ttl,
+            egress: egress::Egress::new(&config.registry.allowed_hosts),
         }
     }
 
@@ -616,6 +627,7 @@ impl Upstreams {
                         r.name.clone(),
                         Some(r.tenant_id.clone()),
                         r.config.clone(),
+                        Some(self.egress.clone()),
                         self.catalog_ttl,
                         r.version,
                     );

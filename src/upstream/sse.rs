@@ -12,7 +12,10 @@ use serde_json::{Value, json};
 use sse_stream::SseStream;
 use tokio_util::sync::CancellationToken;
 
-use super::streamable_http::{configured_headers, http_client, without_url};
+use super::egress::Egress;
+use super::streamable_http::{
+    configured_headers, display_url, http_client, status_failure, upstream_url, without_url,
+};
 use super::transport::{Inbox, Outbox, TransportHandle};
 use crate::config::UpstreamConfig;
 use crate::gateway::jsonrpc;
@@ -38,7 +41,7 @@ impl PostOutbox {
         Box::pin(async move {
             let failure = match request.send().await {
                 Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("upstream answered HTTP {}", r.status())),
+                Ok(r) => Some(status_failure(r.status())),
                 Err(e) => Some(without_url(&e)),
             };
             let id = msg.get("id").filter(|_| msg.get("method").is_some());
@@ -64,11 +67,11 @@ impl Outbox for PostOutbox {
 pub async fn connect(
     name: &str,
     config: &UpstreamConfig,
+    egress: Option<&Egress>,
     inbox: Inbox,
 ) -> Result<TransportHandle, String> {
-    let url = reqwest::Url::parse(config.url.as_deref().unwrap_or_default())
-        .map_err(|e| e.to_string())?;
-    let client = http_client();
+    let url = upstream_url(config, egress).await?;
+    let client = http_client(egress);
     let headers = configured_headers(config)?;
     let response = client
         .get(url.clone())
@@ -76,9 +79,12 @@ pub async fn connect(
         .header(ACCEPT, "text/event-stream")
         .send()
         .await
-        .map_err(|e| format!("cannot reach {url}: {}", without_url(&e)))?;
+        .map_err(|e| format!("cannot reach {}: {}", display_url(&url), without_url(&e)))?;
     if !response.status().is_success() {
-        return Err(format!("SSE endpoint answered HTTP {}", response.status()));
+        return Err(format!(
+            "SSE endpoint: {}",
+            status_failure(response.status())
+        ));
     }
     let mut events = SseStream::from_bytes_stream(response.bytes_stream());
     let endpoint = tokio::time::timeout(Duration::from_secs(10), async {
@@ -96,7 +102,10 @@ pub async fn connect(
     .await
     .map_err(|_| "no endpoint event within 10 s".to_string())??;
     if endpoint.origin() != url.origin() {
-        return Err(format!("endpoint {endpoint} is not on the server's origin"));
+        return Err(format!(
+            "endpoint {} is not on the server's origin",
+            display_url(&endpoint)
+        ));
     }
 
     let stop = CancellationToken::new();

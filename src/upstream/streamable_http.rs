@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use sse_stream::SseStream;
 use tokio_util::sync::CancellationToken;
 
+use super::egress::Egress;
 use super::transport::{Inbox, Outbox, TransportHandle};
 use crate::config::{UpstreamConfig, resolve_reference};
 use crate::gateway::era::{HEADER_PROTOCOL_VERSION, HEADER_SESSION_ID};
@@ -54,29 +55,69 @@ pub fn configured_headers(config: &UpstreamConfig) -> Result<HeaderMap, String> 
     Ok(headers)
 }
 
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// The HTTP client of one remote upstream; `egress` restricts a registered server's
+/// addresses (see [`Egress`]).
+pub fn http_client(egress: Option<&Egress>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         // Proxy matching per request costs more than the rest of the client work; an
         // upstream behind an egress proxy is configured with its full URL instead.
         .no_proxy()
-        .build()
-        .expect("HTTP client builds")
+        // A redirect would take the request, body and headers, to a URL nobody checked
+        // (a registered server could point the gateway at its own network).
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(egress) = egress {
+        builder = builder.dns_resolver(egress.resolver());
+    }
+    builder.build().expect("HTTP client builds")
+}
+
+/// The upstream's URL, refused before any connection when it names a forbidden address
+/// itself (a name is checked by the client's resolver on every connection).
+pub async fn upstream_url(
+    config: &UpstreamConfig,
+    egress: Option<&Egress>,
+) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(config.url.as_deref().unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    if let Some(egress) = egress {
+        let literal = url
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| h.parse::<std::net::IpAddr>().is_ok());
+        if literal {
+            if let Some(refusal) = egress.refusal(&url).await? {
+                return Err(refusal);
+            }
+        }
+    }
+    Ok(url)
+}
+
+/// Why a non-success answer failed the request, for the caller's error.
+pub fn status_failure(status: reqwest::StatusCode) -> String {
+    if status.is_redirection() {
+        format!(
+            "upstream answered HTTP {status}, a redirect; gantry does not follow redirects: configure the URL the server moved to"
+        )
+    } else {
+        format!("upstream answered HTTP {status}")
+    }
 }
 
 pub async fn connect(
     name: &str,
     config: &UpstreamConfig,
+    egress: Option<&Egress>,
     inbox: Inbox,
 ) -> Result<TransportHandle, String> {
-    let url = reqwest::Url::parse(config.url.as_deref().unwrap_or_default())
-        .map_err(|e| e.to_string())?;
+    let url = upstream_url(config, egress).await?;
     let shared = Arc::new(Shared {
         name: name.to_string(),
         url,
-        client: http_client(),
+        client: http_client(egress),
         headers: configured_headers(config)?,
         state: Mutex::new(SessionState::default()),
         inbox,
@@ -136,7 +177,11 @@ impl Shared {
         let response = match response {
             Ok(r) => r,
             Err(e) => {
-                let reason = format!("cannot reach {}: {}", self.url, without_url(&e));
+                let reason = format!(
+                    "cannot reach {}: {}",
+                    display_url(&self.url),
+                    without_url(&e)
+                );
                 self.fail(id.as_ref(), &reason);
                 self.inbox.close(reason);
                 return;
@@ -158,7 +203,7 @@ impl Shared {
             return;
         }
         if !status.is_success() {
-            self.fail(id.as_ref(), &format!("upstream answered HTTP {status}"));
+            self.fail(id.as_ref(), &status_failure(status));
             return;
         }
         if method == "notifications/initialized" {
@@ -307,11 +352,52 @@ fn answers(msg: &Value, id: Option<&Value>) -> bool {
     id.is_some() && msg.get("id") == id && msg.get("method").is_none()
 }
 
-/// reqwest errors embed the URL, which can carry credentials in its query.
-pub fn without_url(e: &reqwest::Error) -> String {
-    let mut e = e.to_string();
-    if let Some(pos) = e.find(" for url (") {
-        e.truncate(pos);
+/// The URL as it may appear in logs and errors: without credentials or query (API keys
+/// are often passed there).
+pub fn display_url(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    let had_query = shown.query().is_some();
+    shown.set_query(None);
+    let mut text = shown.to_string();
+    if had_query {
+        text.push_str("?…");
     }
-    e
+    text
+}
+
+/// The error with its causes ("error sending request" alone does not say that the
+/// connection was refused, or which address the egress rule refused), without the URL
+/// reqwest embeds: it can carry credentials in its query.
+pub fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(pos) = text.find(" for url (") {
+        text.truncate(pos);
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_errors_carry_no_credentials() {
+        let url =
+            reqwest::Url::parse("https://user:pa55@mcp.example.com/v1/mcp?api_key=s3cret").unwrap();
+        let shown = display_url(&url);
+        assert_eq!(shown, "https://mcp.example.com/v1/mcp?…");
+        let plain = reqwest::Url::parse("http://10.0.0.1:8080/mcp").unwrap();
+        assert_eq!(display_url(&plain), "http://10.0.0.1:8080/mcp");
+    }
 }

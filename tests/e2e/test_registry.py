@@ -1,11 +1,14 @@
 """The MCP server registry: servers a tenant registers through the API run on the
 gateway for that tenant only, follow every change without a restart (in-process, and
 across processes through PostgreSQL LISTEN/NOTIFY), and obey the registration rules
-(stdio only by platform administrators, no SSRF targets, names checked)."""
+(stdio only by platform administrators, no SSRF targets, names checked). Where an upstream
+may connect is enforced again on every connection, and no upstream follows redirects."""
 
 from __future__ import annotations
 
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
 import pytest
@@ -137,7 +140,8 @@ def test_a_separate_gateway_follows_the_registry_through_notifications(control_p
     admin = api.login()["access_token"]
     key = new_key(api, admin)
     # The gateway polls only every 10 minutes: what it learns sooner came by NOTIFY.
-    gw = gantry({"database": {"url": database.url}, "registry": {"poll_secs": 600}, "gateway": {"demo_upstream": False}},
+    gw = gantry({"database": {"url": database.url}, "registry": {"poll_secs": 600, "allowed_hosts": ["127.0.0.1"]},
+                 "gateway": {"demo_upstream": False}},
                 role="gateway")
     assert tools(gw.base, key) == []
     created = api.request("POST", "/v1/servers", token=admin, json_body={"name": "remote", "settings": remote(remote_demo)}).json()
@@ -168,3 +172,55 @@ def test_a_servers_own_tool_lists_and_rate_limit_bind_every_caller(control_plane
     bad = api.request("POST", "/v1/servers", token=admin,
                       json_body={"name": "bad", "settings": remote(remote_demo, tools_deny=["no spaces"])})
     assert problem(bad, 422)["field"] == "settings.tools_deny"
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_a_registered_servers_addresses_are_checked_on_every_connection(control_plane, remote_demo):
+    """Registration checked the URL; a name that later resolves to a forbidden address, or
+    an allow-list the operator has since tightened, is enforced where it is used."""
+    port = remote_demo.rsplit(":", 1)[1].split("/")[0]
+    urls = {"byname": f"http://localhost:{port}/mcp", "byaddress": remote_demo}
+    g, api = control_plane({"registry": {"allowed_hosts": ["localhost", "127.0.0.1"]}})
+    admin = api.login()["access_token"]
+    ids = {}
+    for name, url in urls.items():
+        r = api.request("POST", "/v1/servers", token=admin, json_body={"name": name, "settings": remote(url)})
+        assert r.status_code == 201, r.text
+        ids[name] = r.json()["id"]
+    health = lambda api, name: api.request("GET", f"/v1/servers/{ids[name]}/health", token=api.login()["access_token"]).json()
+    for name in urls:
+        wait_until(lambda: health(api, name)["status"] == "up", what=f"{name} up while allowed")
+
+    # The same registry, served by a gateway whose operator allows no loopback host.
+    g2, api2 = control_plane(bootstrap=False)
+    for name in urls:
+        got = wait_until(lambda: (lambda h: h if h["status"] == "down" else None)(health(api2, name)),
+                         what=f"{name} refused on connection")
+        assert "loopback" in got["reason"] and "registry.allowed_hosts" in got["reason"], got
+
+
+def test_upstreams_do_not_follow_redirects(gantry, remote_demo):
+    """A redirect would carry the request (body and headers) to a URL nobody checked."""
+    asked = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self):
+            asked.append(self.path)
+            self.send_response(307)
+            self.send_header("Location", remote_demo)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/mcp"
+        g = gantry({"upstreams": {"moved": {"transport": "streamable-http", "url": url, "timeout_secs": 2}}})
+        assert asked, "gantry never tried the upstream"
+        assert g.metric("mcp_upstream_up", server="moved") == 0.0
+        assert "does not follow redirects" in g.logs()
+    finally:
+        server.shutdown()
