@@ -10,8 +10,10 @@ use crate::store::{Dialect, Store, StoreError};
 
 const COLUMNS: usize = 11;
 /// Rows per statement, largest first; 11 parameters a row stays well under SQLite's
-/// (32 766) and PostgreSQL's (65 535) limits.
-const CHUNK_SIZES: [usize; 4] = [250, 50, 10, 1];
+/// (32 766) and PostgreSQL's (65 535) limits. Fewer than 10 rows left go in one
+/// statement of their exact size: at most 9 more statement texts to prepare, and a
+/// batch of 49 takes 5 round trips rather than 13.
+const CHUNK_SIZES: [usize; 3] = [250, 50, 10];
 
 /// `INSERT … VALUES ($1 … $11), ($12 … $22), …` for `rows` events; idempotent by id.
 /// SQLite gets anonymous `?` placeholders: binding a numbered one makes sqlx look its
@@ -40,6 +42,47 @@ fn insert_statement(rows: usize, dialect: Dialect) -> String {
     sql
 }
 
+/// One statement per chunk rather than per event: a busy gateway writes thousands of
+/// events a second, and round trips would be the bottleneck. A few fixed sizes, so the
+/// prepared statements are reused.
+fn chunked<'a>(events: &'a [&'a AuditEvent]) -> Vec<&'a [&'a AuditEvent]> {
+    let mut chunks = Vec::new();
+    let mut rest = events;
+    while !rest.is_empty() {
+        let size = CHUNK_SIZES
+            .iter()
+            .copied()
+            .find(|&n| n <= rest.len())
+            .unwrap_or(rest.len());
+        let (chunk, tail) = rest.split_at(size);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
+}
+
+fn insert_query<'q>(
+    chunk: &[&'q AuditEvent],
+    dialect: Dialect,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_statement(chunk.len(), dialect)));
+    for e in chunk {
+        query = query
+            .bind(&e.id)
+            .bind(&e.tenant_id)
+            .bind(e.time)
+            .bind(&e.principal)
+            .bind(&e.server)
+            .bind(&e.method)
+            .bind(&e.tool)
+            .bind(e.arguments.as_ref().map(|a| a.to_string()))
+            .bind(&e.outcome)
+            .bind(e.latency_ms)
+            .bind(&e.request_id);
+    }
+    query
+}
+
 pub struct SqlAudit {
     store: Store,
 }
@@ -66,39 +109,23 @@ impl AuditStore for SqlAudit {
         for e in events {
             by_tenant.entry(e.tenant_id.as_str()).or_default().push(e);
         }
+        let dialect = self.store.dialect();
         for (tenant, events) in by_tenant {
+            let chunks = chunked(&events);
+            // One statement is atomic by itself: no transaction round trips around it.
+            if let [only] = chunks.as_slice() {
+                self.store
+                    .execute_scoped(tenant, insert_query(only, dialect))
+                    .await
+                    .map_err(unavailable)?;
+                continue;
+            }
             let mut tx = self.store.scoped(tenant).await.map_err(unavailable)?;
-            // One statement per chunk rather than per event: a busy gateway writes
-            // thousands of events a second, and round trips would be the bottleneck.
-            let mut rest: &[&AuditEvent] = &events;
-            while !rest.is_empty() {
-                // A few fixed statement sizes, so the prepared statements are reused.
-                let size = CHUNK_SIZES
-                    .iter()
-                    .copied()
-                    .find(|&n| n <= rest.len())
-                    .unwrap_or(1);
-                let (chunk, tail) = rest.split_at(size);
-                rest = tail;
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(insert_statement(
-                    chunk.len(),
-                    self.store.dialect(),
-                )));
-                for e in chunk {
-                    query = query
-                        .bind(&e.id)
-                        .bind(&e.tenant_id)
-                        .bind(e.time)
-                        .bind(&e.principal)
-                        .bind(&e.server)
-                        .bind(&e.method)
-                        .bind(&e.tool)
-                        .bind(e.arguments.as_ref().map(|a| a.to_string()))
-                        .bind(&e.outcome)
-                        .bind(e.latency_ms)
-                        .bind(&e.request_id);
-                }
-                query.execute(&mut *tx).await.map_err(unavailable)?;
+            for chunk in chunks {
+                insert_query(chunk, dialect)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
             }
             tx.commit().await.map_err(unavailable)?;
         }
@@ -199,5 +226,51 @@ mod tests {
         let sql = insert_statement(2, Dialect::Sqlite);
         assert_eq!(sql.matches('?').count(), 22);
         assert!(!sql.contains('$'));
+    }
+
+
+    fn event(n: usize, tenant: &str) -> AuditEvent {
+        AuditEvent {
+            id: format!("{tenant}-{n}"),
+            time: 1_700_000_000_000 + n as i64,
+            tenant_id: tenant.into(),
+            principal: "key:test".into(),
+            server: "demo".into(),
+            method: "tools/call".into(),
+            tool: Some("echo".into()),
+            arguments: Some(serde_json::json!({ "n": n })),
+            outcome: "ok".into(),
+            latency_ms: 1.5,
+            request_id: None,
+        }
+    }
+
+    /// Batches of every shape (one statement, several in a transaction, two tenants)
+    /// arrive whole, and writing a batch again (a replayed spill) adds nothing.
+    #[tokio::test]
+    async fn batches_of_any_size_are_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/audit.db", dir.path().display());
+        let store = Store::connect(&url, &Default::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        let audit = SqlAudit::new(store.clone());
+        let all = AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        };
+        for (round, size) in [1usize, 9, 10, 63, 313].into_iter().enumerate() {
+            let tenant = format!("t{round}");
+            let mut batch: Vec<AuditEvent> = (0..size).map(|n| event(n, &tenant)).collect();
+            batch.push(event(0, "other"));
+            audit.write(&batch).await.unwrap();
+            audit.write(&batch).await.unwrap();
+            let kept = audit.query(&tenant, &all).await.unwrap();
+            assert_eq!(kept.len(), size, "a batch of {size}");
+            assert_eq!(
+                kept[size - 1].arguments,
+                Some(serde_json::json!({ "n": 0 }))
+            );
+            assert_eq!(audit.query("other", &all).await.unwrap().len(), 1);
+        }
     }
 }

@@ -200,6 +200,11 @@ impl Store {
         tenant_id: &str,
         query: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
     ) -> Result<u64, StoreError> {
+        if self.dialect == Dialect::Sqlite {
+            // No tenant setting to scope on SQLite, and one statement commits atomically
+            // by itself: BEGIN and COMMIT would be two more round trips to its thread.
+            return Ok(query.execute(&self.pool).await?.rows_affected());
+        }
         let mut tx = self.scoped(tenant_id).await?;
         let done = query.execute(&mut *tx).await?;
         tx.commit().await?;
