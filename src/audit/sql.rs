@@ -228,7 +228,6 @@ mod tests {
         assert!(!sql.contains('$'));
     }
 
-
     fn event(n: usize, tenant: &str) -> AuditEvent {
         AuditEvent {
             id: format!("{tenant}-{n}"),
