@@ -59,32 +59,40 @@ impl Egress {
     /// Why `url` may not be reached, or `None`. Names are resolved here; an address
     /// written in the URL is checked as it stands.
     pub async fn refusal(&self, url: &reqwest::Url) -> Result<Option<String>, String> {
-        let host = url.host_str().ok_or_else(|| "has no host".to_string())?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if self.allows_host(host) {
-            return Ok(None);
+        let host = host_of(url).ok_or_else(|| "has no host".to_string())?;
+        if self.allows_host(host) || host.parse::<IpAddr>().is_ok() {
+            return Ok(self.address_refusal(url));
         }
-        let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => {
-                let port = url.port_or_known_default().unwrap_or(443);
-                tokio::net::lookup_host((host, port))
-                    .await
-                    .map_err(|e| format!("cannot resolve {host}: {e}"))?
-                    .map(|a| a.ip())
-                    .collect()
-            }
-        };
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addrs: Vec<IpAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .map(|a| a.ip())
+            .collect();
         Ok(addrs
             .into_iter()
             .find(|ip| forbidden_target(*ip))
             .map(|ip| refused(host, ip)))
     }
 
+    /// Why an address written in `url` may not be reached, or `None` (also for a name:
+    /// names are the resolver's to check, on every connection).
+    pub fn address_refusal(&self, url: &reqwest::Url) -> Option<String> {
+        let host = host_of(url)?;
+        let ip = host.parse::<IpAddr>().ok()?;
+        (!self.allows_host(host) && forbidden_target(ip)).then(|| refused(host, ip))
+    }
+
     /// A resolver for the upstream's HTTP client that never hands out a refused address.
     pub fn resolver(&self) -> Arc<dyn Resolve> {
         Arc::new(GuardedResolver(self.clone()))
     }
+}
+
+/// The URL's host, IPv6 brackets removed.
+fn host_of(url: &reqwest::Url) -> Option<&str> {
+    url.host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
 }
 
 fn refused(host: &str, ip: IpAddr) -> String {

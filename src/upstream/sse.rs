@@ -70,7 +70,7 @@ pub async fn connect(
     egress: Option<&Egress>,
     inbox: Inbox,
 ) -> Result<TransportHandle, String> {
-    let url = upstream_url(config, egress).await?;
+    let url = upstream_url(config, egress)?;
     let client = http_client(egress);
     let headers = configured_headers(config)?;
     let response = client

@@ -76,24 +76,16 @@ pub fn http_client(egress: Option<&Egress>) -> reqwest::Client {
 
 /// The upstream's URL, refused before any connection when it names a forbidden address
 /// itself (a name is checked by the client's resolver on every connection).
-pub async fn upstream_url(
+pub fn upstream_url(
     config: &UpstreamConfig,
     egress: Option<&Egress>,
 ) -> Result<reqwest::Url, String> {
     let url = reqwest::Url::parse(config.url.as_deref().unwrap_or_default())
         .map_err(|e| e.to_string())?;
-    if let Some(egress) = egress {
-        let literal = url
-            .host_str()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
-            .is_some_and(|h| h.parse::<std::net::IpAddr>().is_ok());
-        if literal {
-            if let Some(refusal) = egress.refusal(&url).await? {
-                return Err(refusal);
-            }
-        }
+    match egress.and_then(|e| e.address_refusal(&url)) {
+        Some(refusal) => Err(refusal),
+        None => Ok(url),
     }
-    Ok(url)
 }
 
 /// Why a non-success answer failed the request, for the caller's error.
@@ -113,7 +105,7 @@ pub async fn connect(
     egress: Option<&Egress>,
     inbox: Inbox,
 ) -> Result<TransportHandle, String> {
-    let url = upstream_url(config, egress).await?;
+    let url = upstream_url(config, egress)?;
     let shared = Arc::new(Shared {
         name: name.to_string(),
         url,
