@@ -110,6 +110,11 @@ class Stack:
     def exec(self, service, *args, **kw):
         return self.compose("exec", "-T", service, *args, **kw)
 
+    def vault(self, *args):
+        """The `vault` CLI inside the vault service, with the root token deploy.sh kept."""
+        root = json.loads((self.dir / "secrets" / "vault-init.json").read_text())["root_token"]
+        return self.compose("exec", "-T", "-e", f"VAULT_TOKEN={root}", "vault", "vault", *args)
+
     def env_value(self, name):
         for line in (self.dir / ".env").read_text().splitlines():
             if line.startswith(name + "="):

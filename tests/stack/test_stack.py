@@ -363,9 +363,7 @@ def test_mongodb_outage_degrades_readiness_and_loses_no_audit_event(stack):
 def test_the_services_write_the_audit_as_a_user_confined_to_its_database(stack):
     """The services hold MongoDB credentials that can write the audit and nothing else."""
     user = stack.env_value("MONGO_APP_USER")
-    root = json.loads((stack.dir / "secrets" / "vault-init.json").read_text())["root_token"]
-    url = stack.compose("exec", "-T", "-e", f"VAULT_TOKEN={root}", "vault", "vault", "kv", "get",
-                        "-field=mongodb_url", "secret/gantry").stdout.strip()
+    url = stack.vault("kv", "get", "-field=mongodb_url", "secret/gantry").stdout.strip()
     assert url.startswith(f"mongodb://{user}:"), "the services' mongodb_url is not the audit user's"
     probe = f"""
 import pymongo
@@ -399,10 +397,8 @@ def test_redis_outage_degrades_readiness_and_recovers(stack):
 def test_the_plans_vault_kv_put_rotates_the_services_database_password(stack):
     new = "rotated-" + hashlib.sha256(str(time.time()).encode()).hexdigest()[:24]
     owner = (stack.dir / "secrets" / "postgres_password").read_text()
-    root = json.loads((stack.dir / "secrets" / "vault-init.json").read_text())["root_token"]
     stack.exec("database", "psql", "-U", "appuser", "-d", "appdb", "-c", f"ALTER ROLE gantry_app PASSWORD '{new}'")
-    stack.compose("exec", "-T", "-e", f"VAULT_TOKEN={root}", "vault",
-                  "vault", "kv", "put", "secret/database", f"password={owner}", f"app_password={new}")
+    stack.vault("kv", "put", "secret/database", f"password={owner}", f"app_password={new}")
     stack.compose("restart", "api_server")
     stack.wait_healthy("api_server", count=2)
     # Restarted containers may get new addresses: the stand-in nginx needs a reload.
