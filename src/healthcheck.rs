@@ -34,7 +34,7 @@ pub async fn run(addr: &str) -> bool {
         Err(e) => {
             eprintln!(
                 "not ready: {url}: {}",
-                crate::upstream::streamable_http::without_url(&e)
+                crate::upstream::http_client::error_chain(&e.without_url())
             );
             false
         }

@@ -11,8 +11,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-
 /// Loopback, link-local, unspecified, multicast or broadcast (IPv4-mapped IPv6 included).
 pub fn forbidden_target(ip: IpAddr) -> bool {
     let ip = match ip {
@@ -58,39 +56,43 @@ impl Egress {
 
     /// Why `url` may not be reached, or `None`. Names are resolved here; an address
     /// written in the URL is checked as it stands.
-    pub async fn refusal(&self, url: &reqwest::Url) -> Result<Option<String>, String> {
+    pub async fn refusal(&self, url: &url::Url) -> Result<Option<String>, String> {
         let host = host_of(url).ok_or_else(|| "has no host".to_string())?;
         if self.allows_host(host) || host.parse::<IpAddr>().is_ok() {
             return Ok(self.address_refusal(url));
         }
         let port = url.port_or_known_default().unwrap_or(443);
-        let addrs: Vec<IpAddr> = tokio::net::lookup_host((host, port))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .map(|a| a.ip())
             .collect();
-        Ok(addrs
-            .into_iter()
-            .find(|ip| forbidden_target(*ip))
-            .map(|ip| refused(host, ip)))
+        Ok(self.resolved_refusal(host, &addrs))
     }
 
     /// Why an address written in `url` may not be reached, or `None` (also for a name:
     /// names are the resolver's to check, on every connection).
-    pub fn address_refusal(&self, url: &reqwest::Url) -> Option<String> {
+    pub fn address_refusal(&self, url: &url::Url) -> Option<String> {
         let host = host_of(url)?;
         let ip = host.parse::<IpAddr>().ok()?;
         (!self.allows_host(host) && forbidden_target(ip)).then(|| refused(host, ip))
     }
 
-    /// A resolver for the upstream's HTTP client that never hands out a refused address.
-    pub fn resolver(&self) -> Arc<dyn Resolve> {
-        Arc::new(GuardedResolver(self.clone()))
+    /// Why the addresses `host` resolved to may not be reached, or `None`. One refused
+    /// address refuses the name: a rebinding attacker answers with a mix, hoping the
+    /// client tries the private one.
+    pub fn resolved_refusal(&self, host: &str, addrs: &[SocketAddr]) -> Option<String> {
+        if self.allows_host(host) {
+            return None;
+        }
+        addrs
+            .iter()
+            .find(|a| forbidden_target(a.ip()))
+            .map(|bad| refused(host, bad.ip()))
     }
 }
 
 /// The URL's host, IPv6 brackets removed.
-fn host_of(url: &reqwest::Url) -> Option<&str> {
+fn host_of(url: &url::Url) -> Option<&str> {
     url.host_str()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
 }
@@ -99,29 +101,6 @@ fn refused(host: &str, ip: IpAddr) -> String {
     format!(
         "{host} resolves to {ip}, a loopback or link-local address; an operator can allow it in registry.allowed_hosts"
     )
-}
-
-struct GuardedResolver(Egress);
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let egress = self.0.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            // The port is the connector's; resolution only needs the name.
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if egress.allows_host(&host) {
-                return Ok(Box::new(addrs.into_iter()) as Addrs);
-            }
-            // One forbidden address refuses the name: a rebinding attacker answers with
-            // a mix, hoping the client tries the private one.
-            if let Some(bad) = addrs.iter().find(|a| forbidden_target(a.ip())) {
-                return Err(refused(&host, bad.ip()).into());
-            }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
-        })
-    }
 }
 
 #[cfg(test)]
@@ -149,7 +128,7 @@ mod tests {
     #[tokio::test]
     async fn addresses_in_urls_and_allowed_hosts() {
         let strict = Egress::default();
-        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let url = |s: &str| url::Url::parse(s).unwrap();
         assert!(
             strict
                 .refusal(&url("http://169.254.169.254/latest"))

@@ -2,6 +2,7 @@
 
 pub mod connection;
 pub mod egress;
+pub mod http_client;
 pub mod sse;
 pub mod stdio;
 pub mod streamable_http;

@@ -5,44 +5,44 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use http::Method;
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use sse_stream::SseStream;
 use tokio_util::sync::CancellationToken;
 
 use super::egress::Egress;
-use super::streamable_http::{
-    configured_headers, display_url, http_client, status_failure, upstream_url, without_url,
-};
+use super::http_client::{self, Endpoint, HttpClient};
+use super::streamable_http::{base_headers, display_url, status_failure, upstream_url};
 use super::transport::{Inbox, Outbox, TransportHandle};
 use crate::config::UpstreamConfig;
 use crate::gateway::jsonrpc;
 
 /// Messages are POSTed to the endpoint the stream named; answers arrive on the stream.
 struct PostOutbox {
-    client: reqwest::Client,
-    endpoint: reqwest::Url,
-    headers: reqwest::header::HeaderMap,
+    client: HttpClient,
+    endpoint: Endpoint,
+    /// The configured headers with `Content-Type: application/json`.
+    headers: HeaderMap,
     name: Arc<str>,
     inbox: Inbox,
 }
 
 impl PostOutbox {
     fn post(&self, msg: Value) -> BoxFuture<'static, ()> {
-        let request = self
-            .client
-            .post(self.endpoint.clone())
-            .headers(self.headers.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .json(&msg);
+        let body = Bytes::from(serde_json::to_vec(&msg).expect("JSON values serialize"));
+        let request =
+            http_client::request(Method::POST, &self.endpoint, self.headers.clone(), body);
+        let client = self.client.clone();
         let (name, inbox) = (Arc::clone(&self.name), self.inbox.clone());
         Box::pin(async move {
-            let failure = match request.send().await {
+            let failure = match client.send(request).await {
                 Ok(r) if r.status().is_success() => None,
                 Ok(r) => Some(status_failure(r.status())),
-                Err(e) => Some(without_url(&e)),
+                Err(e) => Some(e),
             };
             let id = msg.get("id").filter(|_| msg.get("method").is_some());
             if let (Some(reason), Some(id)) = (failure, id) {
@@ -70,23 +70,28 @@ pub async fn connect(
     egress: Option<&Egress>,
     inbox: Inbox,
 ) -> Result<TransportHandle, String> {
-    let url = upstream_url(config, egress)?;
-    let client = http_client(egress);
-    let headers = configured_headers(config)?;
+    let stream_endpoint = upstream_url(config, egress)?;
+    let url = stream_endpoint.url.clone();
+    let client = HttpClient::new(egress);
+    let mut headers = base_headers(config, &stream_endpoint)?;
+    let mut get_headers = headers.clone();
+    get_headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
     let response = client
-        .get(url.clone())
-        .headers(headers.clone())
-        .header(ACCEPT, "text/event-stream")
-        .send()
+        .send(http_client::request(
+            Method::GET,
+            &stream_endpoint,
+            get_headers,
+            Bytes::new(),
+        ))
         .await
-        .map_err(|e| format!("cannot reach {}: {}", display_url(&url), without_url(&e)))?;
+        .map_err(|e| format!("cannot reach {}: {e}", display_url(&url)))?;
     if !response.status().is_success() {
         return Err(format!(
             "SSE endpoint: {}",
             status_failure(response.status())
         ));
     }
-    let mut events = SseStream::from_bytes_stream(response.bytes_stream());
+    let mut events = SseStream::new(response.into_body());
     let endpoint = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| e.to_string())?;
@@ -107,6 +112,9 @@ pub async fn connect(
             display_url(&endpoint)
         ));
     }
+    // `headers` carries the stream URL's credentials; they hold for its origin.
+    let endpoint = Endpoint::parse(endpoint)?;
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
 
     let stop = CancellationToken::new();
     let name = Arc::<str>::from(name);

@@ -4,30 +4,40 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 use sse_stream::SseStream;
 use tokio_util::sync::CancellationToken;
 
 use super::egress::Egress;
+use super::http_client::{self, Endpoint, HttpClient};
 use super::transport::{Inbox, Outbox, TransportHandle};
 use crate::config::{UpstreamConfig, resolve_reference};
 use crate::gateway::era::{HEADER_PROTOCOL_VERSION, HEADER_SESSION_ID};
 use crate::gateway::jsonrpc;
 
+/// Kept as header values, ready to send: every request carries them.
 #[derive(Default)]
 struct SessionState {
-    session_id: Option<String>,
-    protocol_version: Option<String>,
+    session_id: Option<HeaderValue>,
+    protocol_version: Option<HeaderValue>,
     initialize_id: Option<Value>,
 }
 
+const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
+const ACCEPT_SSE: HeaderValue = HeaderValue::from_static("text/event-stream");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
 struct Shared {
     name: String,
-    url: reqwest::Url,
-    client: reqwest::Client,
+    endpoint: Endpoint,
+    client: HttpClient,
+    /// The configured headers (and the URL's credentials), sent with every request.
     headers: HeaderMap,
     state: Mutex<SessionState>,
     inbox: Inbox,
@@ -55,41 +65,27 @@ pub fn configured_headers(config: &UpstreamConfig) -> Result<HeaderMap, String> 
     Ok(headers)
 }
 
-/// The HTTP client of one remote upstream; `egress` restricts a registered server's
-/// addresses (see [`Egress`]).
-pub fn http_client(egress: Option<&Egress>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        // Proxy matching per request costs more than the rest of the client work; an
-        // upstream behind an egress proxy is configured with its full URL instead.
-        .no_proxy()
-        // A redirect would take the request, body and headers, to a URL nobody checked
-        // (a registered server could point the gateway at its own network).
-        .redirect(reqwest::redirect::Policy::none());
-    if let Some(egress) = egress {
-        builder = builder.dns_resolver(egress.resolver());
-    }
-    builder.build().expect("HTTP client builds")
-}
-
 /// The upstream's URL, refused before any connection when it names a forbidden address
 /// itself (a name is checked by the client's resolver on every connection).
-pub fn upstream_url(
-    config: &UpstreamConfig,
-    egress: Option<&Egress>,
-) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(config.url.as_deref().unwrap_or_default())
-        .map_err(|e| e.to_string())?;
+pub fn upstream_url(config: &UpstreamConfig, egress: Option<&Egress>) -> Result<Endpoint, String> {
+    let url =
+        url::Url::parse(config.url.as_deref().unwrap_or_default()).map_err(|e| e.to_string())?;
     match egress.and_then(|e| e.address_refusal(&url)) {
         Some(refusal) => Err(refusal),
-        None => Ok(url),
+        None => Endpoint::parse(url),
     }
+}
+
+/// The headers every request to `endpoint` starts from: the configured ones, and the
+/// URL's credentials unless an `Authorization` header is configured.
+pub fn base_headers(config: &UpstreamConfig, endpoint: &Endpoint) -> Result<HeaderMap, String> {
+    let mut headers = configured_headers(config)?;
+    endpoint.add_credentials(&mut headers);
+    Ok(headers)
 }
 
 /// Why a non-success answer failed the request, for the caller's error.
-pub fn status_failure(status: reqwest::StatusCode) -> String {
+pub fn status_failure(status: StatusCode) -> String {
     if status.is_redirection() {
         format!(
             "upstream answered HTTP {status}, a redirect; gantry does not follow redirects: configure the URL the server moved to"
@@ -105,12 +101,12 @@ pub async fn connect(
     egress: Option<&Egress>,
     inbox: Inbox,
 ) -> Result<TransportHandle, String> {
-    let url = upstream_url(config, egress)?;
+    let endpoint = upstream_url(config, egress)?;
     let shared = Arc::new(Shared {
         name: name.to_string(),
-        url,
-        client: http_client(egress),
-        headers: configured_headers(config)?,
+        headers: base_headers(config, &endpoint)?,
+        endpoint,
+        client: HttpClient::new(egress),
         state: Mutex::new(SessionState::default()),
         inbox,
         stop: CancellationToken::new(),
@@ -123,24 +119,22 @@ pub async fn connect(
 }
 
 impl Shared {
-    fn request_headers(&self) -> HeaderMap {
+    fn request(&self, method: Method, accept: HeaderValue, body: Bytes) -> http_client::Request {
         let mut headers = self.headers.clone();
-        let state = self.state.lock().unwrap();
-        if let Some(sid) = state
-            .session_id
-            .as_deref()
-            .and_then(|s| HeaderValue::from_str(s).ok())
         {
-            headers.insert(HEADER_SESSION_ID, sid);
+            let state = self.state.lock().unwrap();
+            if let Some(sid) = &state.session_id {
+                headers.insert(HEADER_SESSION_ID, sid.clone());
+            }
+            if let Some(version) = &state.protocol_version {
+                headers.insert(HEADER_PROTOCOL_VERSION, version.clone());
+            }
         }
-        if let Some(v) = state
-            .protocol_version
-            .as_deref()
-            .and_then(|s| HeaderValue::from_str(s).ok())
-        {
-            headers.insert(HEADER_PROTOCOL_VERSION, v);
+        headers.insert(ACCEPT, accept);
+        if !body.is_empty() {
+            headers.insert(CONTENT_TYPE, JSON);
         }
-        headers
+        http_client::request(method, &self.endpoint, headers, body)
     }
 
     async fn post(self: Arc<Self>, msg: Value) {
@@ -157,39 +151,25 @@ impl Shared {
             self.state.lock().unwrap().initialize_id = id.clone();
         }
         let related = id.as_ref().and_then(Value::as_u64);
+        let body = Bytes::from(serde_json::to_vec(&msg).expect("JSON values serialize"));
         let response = self
             .client
-            .post(self.url.clone())
-            .headers(self.request_headers())
-            .header(ACCEPT, "application/json, text/event-stream")
-            .header(CONTENT_TYPE, "application/json")
-            .json(&msg)
-            .send()
+            .send(self.request(Method::POST, ACCEPT_BOTH, body))
             .await;
         let response = match response {
             Ok(r) => r,
             Err(e) => {
-                let reason = format!(
-                    "cannot reach {}: {}",
-                    display_url(&self.url),
-                    without_url(&e)
-                );
+                let reason = format!("cannot reach {}: {e}", display_url(&self.endpoint.url));
                 self.fail(id.as_ref(), &reason);
                 self.inbox.close(reason);
                 return;
             }
         };
-        if let Some(sid) = response
-            .headers()
-            .get(HEADER_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-        {
-            self.state.lock().unwrap().session_id = Some(sid.to_string());
+        if let Some(sid) = response.headers().get(HEADER_SESSION_ID) {
+            self.state.lock().unwrap().session_id = Some(sid.clone());
         }
         let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND
-            && self.state.lock().unwrap().session_id.is_some()
-        {
+        if status == StatusCode::NOT_FOUND && self.state.lock().unwrap().session_id.is_some() {
             self.fail(id.as_ref(), "upstream session expired");
             self.inbox.close("upstream session expired (404)".into());
             return;
@@ -201,26 +181,25 @@ impl Shared {
         if method == "notifications/initialized" {
             self.clone().spawn_get_stream();
         }
-        if status == reqwest::StatusCode::ACCEPTED || id.is_none() {
+        if status == StatusCode::ACCEPTED || id.is_none() {
             return;
         }
-        let is_sse = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        let is_sse = is_event_stream(response.headers());
+        let body = response.into_body();
         let answered = if is_sse {
-            self.read_sse(response, related, id.as_ref()).await
+            self.read_sse(body, related, id.as_ref()).await
         } else {
-            match response.json::<Value>().await {
+            let parsed = http_client::read_body(body).await.and_then(|bytes| {
+                serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string())
+            });
+            match parsed {
                 Ok(body) => {
                     let answers = answers(&body, id.as_ref());
                     self.deliver(body, related);
                     answers
                 }
                 Err(e) => {
-                    let reason = format!("unreadable upstream response: {}", without_url(&e));
-                    self.fail(id.as_ref(), &reason);
+                    self.fail(id.as_ref(), &format!("unreadable upstream response: {e}"));
                     true
                 }
             }
@@ -234,11 +213,11 @@ impl Shared {
     /// (the stream is then done with), false if the stream ended without it.
     async fn read_sse(
         &self,
-        response: reqwest::Response,
+        body: Incoming,
         related: Option<u64>,
         request_id: Option<&Value>,
     ) -> bool {
-        let mut events = SseStream::from_bytes_stream(response.bytes_stream());
+        let mut events = SseStream::new(body);
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return false,
@@ -273,7 +252,7 @@ impl Shared {
                 state.protocol_version = msg
                     .pointer("/result/protocolVersion")
                     .and_then(Value::as_str)
-                    .map(String::from);
+                    .and_then(|v| HeaderValue::from_str(v).ok());
                 state.initialize_id = None;
             }
         }
@@ -302,17 +281,14 @@ impl Shared {
             while !self.stop.is_cancelled() && failures < 5 {
                 let response = self
                     .client
-                    .get(self.url.clone())
-                    .headers(self.request_headers())
-                    .header(ACCEPT, "text/event-stream")
-                    .send()
+                    .send(self.request(Method::GET, ACCEPT_SSE, Bytes::new()))
                     .await;
                 match response {
                     Ok(r) if r.status().is_success() => {
                         failures = 0;
-                        self.read_sse(r, None, None).await;
+                        self.read_sse(r.into_body(), None, None).await;
                     }
-                    Ok(r) if r.status() == reqwest::StatusCode::METHOD_NOT_ALLOWED => return,
+                    Ok(r) if r.status() == StatusCode::METHOD_NOT_ALLOWED => return,
                     _ => failures += 1,
                 }
                 tokio::select! {
@@ -327,16 +303,17 @@ impl Shared {
         self.stop.cancel();
         let has_session = self.state.lock().unwrap().session_id.is_some();
         if has_session {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                self.client
-                    .delete(self.url.clone())
-                    .headers(self.request_headers())
-                    .send(),
-            )
-            .await;
+            let request = self.request(Method::DELETE, ACCEPT_BOTH, Bytes::new());
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.client.send(request)).await;
         }
     }
+}
+
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
 }
 
 /// Whether `msg` is the response to the request with `id`.
@@ -346,7 +323,7 @@ fn answers(msg: &Value, id: Option<&Value>) -> bool {
 
 /// The URL as it may appear in logs and errors: without credentials or query (API keys
 /// are often passed there).
-pub fn display_url(url: &reqwest::Url) -> String {
+pub fn display_url(url: &url::Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
@@ -359,26 +336,6 @@ pub fn display_url(url: &reqwest::Url) -> String {
     text
 }
 
-/// The error with its causes ("error sending request" alone does not say that the
-/// connection was refused, or which address the egress rule refused), without the URL
-/// reqwest embeds: it can carry credentials in its query.
-pub fn without_url(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    if let Some(pos) = text.find(" for url (") {
-        text.truncate(pos);
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,10 +343,10 @@ mod tests {
     #[test]
     fn urls_in_errors_carry_no_credentials() {
         let url =
-            reqwest::Url::parse("https://user:pa55@mcp.example.com/v1/mcp?api_key=s3cret").unwrap();
+            url::Url::parse("https://user:pa55@mcp.example.com/v1/mcp?api_key=s3cret").unwrap();
         let shown = display_url(&url);
         assert_eq!(shown, "https://mcp.example.com/v1/mcp?…");
-        let plain = reqwest::Url::parse("http://10.0.0.1:8080/mcp").unwrap();
+        let plain = url::Url::parse("http://10.0.0.1:8080/mcp").unwrap();
         assert_eq!(display_url(&plain), "http://10.0.0.1:8080/mcp");
     }
 }
