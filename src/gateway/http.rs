@@ -25,7 +25,7 @@ pub struct Ctx {
     pub route: Route,
     pub principal: Principal,
     pub era: Era,
-    pub session: Option<SessionClaims>,
+    pub session: Option<Arc<SessionClaims>>,
     pub caps: ClientCaps,
     pub accepts_sse: bool,
     /// The JSON-RPC method being served.
@@ -164,7 +164,7 @@ fn legacy_session(
     route: &Route,
     principal: &Principal,
     id: &Value,
-) -> Result<SessionClaims, Response> {
+) -> Result<Arc<SessionClaims>, Response> {
     let Some(raw) = era::header_str(headers, era::HEADER_SESSION_ID) else {
         return Err(rpc_error(
             StatusCode::BAD_REQUEST,

@@ -2,6 +2,9 @@
 //! inside the id itself, encrypted and authenticated (AES-256-GCM), so any gantry process
 //! holding the same key can serve any session without a shared store.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use aes_gcm::aead::{Aead, KeyInit, OsRng, rand_core::RngCore};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
@@ -11,6 +14,12 @@ use serde::{Deserialize, Serialize};
 /// Session ids longer than this are rejected before any decoding work.
 const MAX_SESSION_ID_LEN: usize = 2048;
 const NONCE_LEN: usize = 12;
+/// Session ids opened recently, kept so a session's every request does not pay for
+/// base64, AES-GCM and JSON again (about a twentieth of a proxied call). Only ids that
+/// opened enter, and the same id always opens to the same claims, so the cache answers
+/// exactly what decryption would; expiry and revocation are checked by the caller on
+/// every request. Past this many entries it starts over.
+const OPENED_CACHE_ENTRIES: usize = 4096;
 /// Binds ciphertexts to their purpose, so a sealed value of one kind is never accepted as
 /// another (a session id as an MRTR request state, say).
 const SESSION_PURPOSE: &[u8] = b"gantry-session-v1";
@@ -47,6 +56,7 @@ pub struct ClientCaps {
 #[derive(Clone)]
 pub struct SessionCodec {
     cipher: Aes256Gcm,
+    opened: Arc<Mutex<HashMap<Box<str>, Arc<SessionClaims>>>>,
 }
 
 pub fn decode_key(encoded: &str) -> Result<[u8; 32], &'static str> {
@@ -62,6 +72,7 @@ impl SessionCodec {
     pub fn new(key: [u8; 32]) -> Self {
         Self {
             cipher: Aes256Gcm::new(&key.into()),
+            opened: Arc::default(),
         }
     }
 
@@ -76,8 +87,17 @@ impl SessionCodec {
     }
 
     /// Opens a session id; any tampering, truncation or foreign key yields `None`.
-    pub fn open(&self, session_id: &str) -> Option<SessionClaims> {
-        self.open_value(session_id, SESSION_PURPOSE)
+    pub fn open(&self, session_id: &str) -> Option<Arc<SessionClaims>> {
+        if let Some(claims) = self.opened.lock().unwrap().get(session_id) {
+            return Some(Arc::clone(claims));
+        }
+        let claims = Arc::new(self.open_value::<SessionClaims>(session_id, SESSION_PURPOSE)?);
+        let mut opened = self.opened.lock().unwrap();
+        if opened.len() >= OPENED_CACHE_ENTRIES {
+            opened.clear();
+        }
+        opened.insert(session_id.into(), Arc::clone(&claims));
+        Some(claims)
     }
 
     /// Seals any value for `purpose` into a URL-safe string.
@@ -173,6 +193,9 @@ mod tests {
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
         assert!(codec.open(std::str::from_utf8(&bytes).unwrap()).is_none());
         assert!(codec.open(&id[..id.len() - 3]).is_none());
+        // Opened once (and cached), the id still opens the same; its tampered forms do not.
+        assert_eq!(*codec.open(&id).unwrap(), *codec.open(&id).unwrap());
+        assert!(codec.open(std::str::from_utf8(&bytes).unwrap()).is_none());
     }
 
     #[test]

@@ -90,7 +90,7 @@ fn method_of(v: &Value) -> &str {
 pub fn session_stream(
     gw: Arc<Gateway>,
     route: Route,
-    claims: SessionClaims,
+    claims: Arc<SessionClaims>,
     access: Option<&Access>,
 ) -> Response {
     let (tx, rx) = mpsc::channel(64);
