@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -34,6 +33,7 @@ use crate::identity::throttle::LoginThrottle;
 use crate::identity::tokens::TokenIssuer;
 use crate::policy::limiter::RateLimiter;
 use crate::store::{Dialect, Store};
+use crate::telemetry::http_metrics::HttpMetricsLayer;
 use crate::telemetry::metrics as m;
 use crate::upstream::{ListKind, State as UpState, Upstreams};
 
@@ -442,19 +442,7 @@ impl Application {
             .route("/ready", get(ready))
             .route("/metrics", get(render_metrics))
             .with_state(state)
-            .route_layer(middleware::from_fn(track_http))
-            .layer(DefaultBodyLimit::max(self.gateway.config.server.max_body_bytes))
-            .layer(
-                TraceLayer::new_for_http()
-                    .make_span_with(|request: &Request| {
-                        let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                        tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
-                    })
-                    // One access-log line per request, carrying the request id via its span.
-                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO).latency_unit(LatencyUnit::Micros)),
-            )
-            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .route_layer(HttpMetricsLayer::default())
     }
 
     /// Serves until SIGTERM/SIGINT (or `stop`), then drains for at most the grace
@@ -464,7 +452,24 @@ impl Application {
         ready_file: Option<PathBuf>,
         stop: Option<tokio_util::sync::CancellationToken>,
     ) -> anyhow::Result<()> {
-        let router = self.router();
+        // Layers every request passes once go around the router: given to `Router::layer`
+        // they would wrap, and box, every route again.
+        let app = tower::ServiceBuilder::new()
+            // axum serves responses with its own body type.
+            .map_response(|response: http::Response<_>| response.map(axum::body::Body::new))
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|request: &Request| {
+                        let id = request.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                        tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                    })
+                    // One access-log line per request, carrying the request id via its span.
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO).latency_unit(LatencyUnit::Micros)),
+            )
+            .layer(DefaultBodyLimit::max(self.gateway.config.server.max_body_bytes))
+            .service(self.router());
         let addr = self.local_addr();
         if let Some(path) = ready_file {
             std::fs::write(&path, addr.to_string())?;
@@ -481,7 +486,7 @@ impl Application {
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let server = axum::serve(listener, router)
+        let server = axum::serve(listener, axum::ServiceExt::into_make_service(app))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let server = tokio::spawn(async move { server.await });
         shutdown.cancelled().await;
@@ -523,22 +528,6 @@ async fn wait_for_signal(stop: Option<tokio_util::sync::CancellationToken>) {
         _ = int.recv() => {}
         _ = external => {}
     }
-}
-
-async fn track_http(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().as_str().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(m::HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!(m::HTTP_DURATION, "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
 }
 
 async fn health() -> impl IntoResponse {

@@ -21,7 +21,6 @@ use super::jsonrpc;
 use super::mrtr;
 use super::result_cache::{CacheKeys, ResultCache};
 use super::session::ClientCaps;
-use crate::telemetry::metrics as m;
 use crate::upstream::{Admission, Call, CallEvent, Connection, Upstream, UpstreamError};
 
 /// Final touches for the client's era.
@@ -112,8 +111,8 @@ impl Drop for Cancellable {
 struct InFlight(metrics::Gauge);
 
 impl InFlight {
-    fn start(server: &str) -> Self {
-        let gauge = metrics::gauge!(m::MCP_IN_FLIGHT, "server" => server.to_string());
+    fn start(upstream: &Upstream) -> Self {
+        let gauge = upstream.metrics.in_flight().clone();
         gauge.increment(1.0);
         Self(gauge)
     }
@@ -138,11 +137,9 @@ fn settle(
     if let Some(audited) = audited {
         audited.record(&upstream.name, method, outcome, started);
     }
-    let server = upstream.name.as_str();
-    let method = metric_method(method);
-    metrics::counter!(m::MCP_REQUESTS, "server" => server.to_string(), "method" => method, "outcome" => outcome).increment(1);
-    metrics::histogram!(m::MCP_DURATION, "server" => server.to_string(), "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    upstream
+        .metrics
+        .record(metric_method(method), outcome, started.elapsed());
 }
 
 /// Method names are client input: only known ones become label values, so a hostile
@@ -331,7 +328,7 @@ pub async fn relay(
     let running = Running {
         call,
         conn,
-        _in_flight: InFlight::start(&upstream.name),
+        _in_flight: InFlight::start(&upstream),
         upstream: Arc::clone(&upstream),
         method,
         started,

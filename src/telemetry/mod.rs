@@ -1,5 +1,7 @@
 //! Logs (JSON by default, with request ids) and Prometheus metrics.
 
+pub mod http_metrics;
+pub mod mcp_metrics;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;

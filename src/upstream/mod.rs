@@ -157,6 +157,7 @@ pub struct Upstream {
     catalog_ttl: Duration,
     breaker: Mutex<Breaker>,
     stop: CancellationToken,
+    pub metrics: crate::telemetry::mcp_metrics::CallMetrics,
 }
 
 impl Upstream {
@@ -169,6 +170,7 @@ impl Upstream {
         version: i64,
     ) -> Arc<Self> {
         Arc::new(Self {
+            metrics: crate::telemetry::mcp_metrics::CallMetrics::new(&name),
             permits: Arc::new(Semaphore::new(config.max_concurrency)),
             name,
             tenant,

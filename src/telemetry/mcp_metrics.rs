@@ -1,0 +1,67 @@
+//! One upstream's `mcp_requests_total{server,method,outcome}`,
+//! `mcp_request_duration_seconds{server,method}` and `mcp_requests_in_flight{server}`.
+//!
+//! Handles are looked up once per label set and kept with the upstream: registering a
+//! metric on each call (building its key, hashing it, finding it in the registry) costs
+//! more than recording it. Methods and outcomes are `'static` labels from closed lists,
+//! so the set stays small.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+
+use super::metrics as m;
+
+pub struct CallMetrics {
+    server: String,
+    in_flight: Gauge,
+    counts: Mutex<Vec<(&'static str, &'static str, Counter)>>,
+    durations: Mutex<Vec<(&'static str, Histogram)>>,
+}
+
+impl CallMetrics {
+    pub fn new(server: &str) -> Self {
+        Self {
+            server: server.to_string(),
+            in_flight: metrics::gauge!(m::MCP_IN_FLIGHT, "server" => server.to_string()),
+            counts: Mutex::new(Vec::new()),
+            durations: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Requests sent upstream and not yet answered or abandoned.
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    pub fn record(&self, method: &'static str, outcome: &'static str, elapsed: Duration) {
+        let count = {
+            let mut counts = self.counts.lock().unwrap();
+            match counts
+                .iter()
+                .find(|(mm, o, _)| *mm == method && *o == outcome)
+            {
+                Some((_, _, c)) => c.clone(),
+                None => {
+                    let c = metrics::counter!(m::MCP_REQUESTS, "server" => self.server.clone(), "method" => method, "outcome" => outcome);
+                    counts.push((method, outcome, c.clone()));
+                    c
+                }
+            }
+        };
+        count.increment(1);
+        let duration = {
+            let mut durations = self.durations.lock().unwrap();
+            match durations.iter().find(|(mm, _)| *mm == method) {
+                Some((_, h)) => h.clone(),
+                None => {
+                    let h = metrics::histogram!(m::MCP_DURATION, "server" => self.server.clone(), "method" => method);
+                    durations.push((method, h.clone()));
+                    h
+                }
+            }
+        };
+        duration.record(elapsed.as_secs_f64());
+    }
+}
