@@ -107,6 +107,9 @@ impl Writer {
         metrics::gauge!(m::AUDIT_STORE_UP, "store" => self.store.name()).set(1.0);
         let mut retry = tokio::time::interval(RETRY_EVERY);
         let mut purge = tokio::time::interval(PURGE_EVERY);
+        // Reused: growing a new vector of events for every batch costs more than the
+        // batch's own bookkeeping.
+        let mut batch = Vec::new();
         loop {
             let first = tokio::select! {
                 biased;
@@ -124,7 +127,7 @@ impl Writer {
             let Some(first) = first else { break };
             // Gather for a moment: under load, batches grow and the store commits (and
             // syncs to disk) far less often; when idle, an event waits at most this long.
-            let mut batch = vec![first];
+            batch.push(first);
             let flush_at = tokio::time::Instant::now() + GATHER_FOR;
             while batch.len() < self.batch_size {
                 tokio::select! {
@@ -136,25 +139,26 @@ impl Writer {
                     _ = tokio::time::sleep_until(flush_at) => break,
                 }
             }
-            self.deliver(batch).await;
+            self.deliver(&batch).await;
+            batch.clear();
         }
         // Shutting down: what is queued is written or spilled, not abandoned.
         rx.close();
-        let mut batch = Vec::new();
         while let Some(event) = rx.recv().await {
             batch.push(event);
             if batch.len() == self.batch_size {
-                self.deliver(std::mem::take(&mut batch)).await;
+                self.deliver(&batch).await;
+                batch.clear();
             }
         }
         if !batch.is_empty() {
-            self.deliver(batch).await;
+            self.deliver(&batch).await;
         }
     }
 
-    async fn deliver(&mut self, batch: Vec<AuditEvent>) {
+    async fn deliver(&mut self, batch: &[AuditEvent]) {
         if self.down_since.is_none() && self.spill.is_empty() {
-            match tokio::time::timeout(WRITE_TIMEOUT, self.store.write(&batch)).await {
+            match tokio::time::timeout(WRITE_TIMEOUT, self.store.write(batch)).await {
                 Ok(Ok(())) => {
                     metrics::counter!(m::AUDIT_EVENTS, "result" => "written")
                         .increment(batch.len() as u64);
@@ -166,7 +170,7 @@ impl Writer {
         }
         // While the store is down, or older events wait in the spill file, new events join
         // them there so they are replayed in order.
-        self.spill.append(&batch).await;
+        self.spill.append(batch).await;
     }
 
     fn mark_down(&mut self, reason: &str) {
