@@ -35,11 +35,15 @@ pub struct Ctx {
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut response = (
+    json_bytes_response(
         status,
         serde_json::to_vec(body).expect("JSON values serialize"),
     )
-        .into_response();
+}
+
+/// A response of JSON text already written.
+pub fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

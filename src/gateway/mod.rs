@@ -13,6 +13,7 @@ pub mod jsonrpc;
 pub mod limits;
 pub mod mrtr;
 pub mod policy;
+pub mod raw_response;
 pub mod registry;
 pub mod relay;
 pub mod rest;

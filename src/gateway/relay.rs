@@ -16,12 +16,22 @@ use tokio_util::sync::CancellationToken;
 use super::Gateway;
 use super::audited::Audited;
 use super::era::{self, Era};
-use super::http::{Ctx, json_response};
+use super::http::{Ctx, json_bytes_response, json_response};
 use super::jsonrpc;
 use super::mrtr;
+use super::raw_response::RawResponse;
 use super::result_cache::{CacheKeys, ResultCache};
 use super::session::ClientCaps;
 use crate::upstream::{Admission, Call, CallEvent, Connection, Upstream, UpstreamError};
+
+/// An upstream's answer, relayed as it came (2026-07-28 clients get their result fields
+/// added, which needs the tree).
+fn finish_answer(ctx: &Ctx, response: RawResponse) -> Response {
+    if ctx.era == Era::Modern {
+        return finish(ctx, response.to_value());
+    }
+    json_bytes_response(StatusCode::OK, response.to_vec())
+}
 
 /// Final touches for the client's era.
 pub fn finish(ctx: &Ctx, mut response: Value) -> Response {
@@ -60,7 +70,11 @@ pub fn upstream_error_response(id: &Value, error: &UpstreamError) -> Response {
 }
 
 fn outcome_label(response: &Value) -> &'static str {
-    match response.pointer("/error/code").and_then(Value::as_i64) {
+    error_outcome(response.pointer("/error/code").and_then(Value::as_i64))
+}
+
+fn error_outcome(code: Option<i64>) -> &'static str {
+    match code {
         None => "ok",
         Some(jsonrpc::REQUEST_TIMEOUT) => "timeout",
         Some(jsonrpc::UPSTREAM_UNAVAILABLE) => "unavailable",
@@ -373,17 +387,17 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     };
     let first = match first {
         Some(CallEvent::Response(mut response)) => {
-            response["id"] = id;
-            run.settle(outcome_label(&response));
+            response.set_id(id);
+            run.settle(error_outcome(response.error_code()));
             if let Some(keys) = &run.cache_keys {
-                gw.results.put(keys, &response);
+                gw.results.put(keys, &response.to_value());
             }
-            if let (Some(uri), Some(_)) = (run.subscribe_uri.take(), response.get("result")) {
+            if let (Some(uri), true) = (run.subscribe_uri.take(), response.has_result()) {
                 if let Some(claims) = &ctx.session {
                     gw.remember_subscription(claims, uri);
                 }
             }
-            return finish(&ctx, response);
+            return finish_answer(&ctx, response);
         }
         Some(CallEvent::ServerRequest { upstream_id, msg }) if mrtr::applies(&ctx, &msg) => {
             return finish(&ctx, mrtr::park(&gw, &ctx, &id, run, upstream_id, msg));
@@ -449,7 +463,8 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                         run.conn.answer_unrouted(&upstream_id, &msg);
                     }
                 }
-                Some(CallEvent::Response(mut response)) => {
+                Some(CallEvent::Response(response)) => {
+                    let mut response = response.to_value();
                     response["id"] = id.clone();
                     let label = outcome_label(&response);
                     if ctx.era == Era::Modern {

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::transport::{Inbox, Outbox};
 use crate::gateway::jsonrpc::{self, Message};
+use crate::gateway::raw_response::{RawResponse, Shape};
 
 /// What a caller sees while its request is in flight.
 #[derive(Debug)]
@@ -26,8 +27,9 @@ pub enum CallEvent {
     Notification(Value),
     /// The server asks the client something; answer with [`Connection::respond`].
     ServerRequest { upstream_id: Value, msg: Value },
-    /// The final response, with the caller's original id restored.
-    Response(Value),
+    /// The final response, with the caller's original id restored, as the upstream
+    /// wrote it.
+    Response(RawResponse),
     /// The upstream went away before answering.
     Failed(String),
     /// The deadline given to [`Connection::start_call`] passed first; the upstream was
@@ -135,6 +137,13 @@ impl Call {
     }
 }
 
+/// What an upstream sent that is not JSON, and why.
+#[derive(Debug)]
+pub struct NotJson {
+    pub bytes: bytes::Bytes,
+    pub error: serde_json::Error,
+}
+
 /// Why a call the gateway made for itself ended without an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoAnswer {
@@ -148,7 +157,7 @@ impl Call {
     pub async fn answer(&mut self) -> Result<Value, NoAnswer> {
         loop {
             match self.next().await {
-                Some(CallEvent::Response(r)) => return Ok(r),
+                Some(CallEvent::Response(r)) => return Ok(r.to_value()),
                 Some(CallEvent::Failed(e)) => return Err(NoAnswer::Failed(e)),
                 Some(CallEvent::TimedOut) => return Err(NoAnswer::TimedOut),
                 None => return Err(NoAnswer::Failed("connection closed".into())),
@@ -354,6 +363,48 @@ impl Connection {
         }
     }
 
+    /// Routes one message as the transport read it: answers go to their call without
+    /// being parsed into a tree ([`RawResponse`]), anything else through [`route`].
+    /// The id of the response delivered, if it was one.
+    ///
+    /// [`route`]: Self::route
+    pub(super) fn route_bytes(
+        &self,
+        bytes: bytes::Bytes,
+        related: Option<u64>,
+    ) -> Result<Option<Value>, NotJson> {
+        match RawResponse::classify(bytes) {
+            Shape::Response(response) => {
+                let id = response.id();
+                self.route_response(response);
+                Ok(Some(id))
+            }
+            Shape::Other(bytes) => {
+                let msg: Value = match serde_json::from_slice(&bytes) {
+                    Ok(msg) => msg,
+                    Err(error) => return Err(NotJson { bytes, error }),
+                };
+                let id = msg
+                    .get("id")
+                    .filter(|_| msg.get("method").is_none())
+                    .cloned();
+                self.route(msg, related);
+                Ok(id)
+            }
+        }
+    }
+
+    fn route_response(&self, mut response: RawResponse) {
+        let Some(n) = response.id().as_u64() else {
+            return;
+        };
+        let Some(p) = self.pending.lock().unwrap().remove(&n) else {
+            return;
+        };
+        response.set_id(p.original_id);
+        let _ = p.tx.send(CallEvent::Response(response));
+    }
+
     pub(super) fn route(&self, msg: Value, related: Option<u64>) {
         let message = match jsonrpc::classify(msg) {
             Ok(m) => m,
@@ -363,13 +414,13 @@ impl Connection {
             }
         };
         match message {
-            Message::Response { id, mut body } => {
-                let Some(n) = id.as_u64() else { return };
-                let Some(p) = self.pending.lock().unwrap().remove(&n) else {
-                    return;
-                };
-                body.insert("id".into(), p.original_id);
-                let _ = p.tx.send(CallEvent::Response(Value::Object(body)));
+            Message::Response { body, .. } => {
+                // Rare here (answers the transport made up, the handshake): the common
+                // case arrives as bytes, through route_bytes.
+                let bytes = serde_json::to_vec(&body).expect("JSON values serialize");
+                if let Shape::Response(response) = RawResponse::classify(bytes.into()) {
+                    self.route_response(response);
+                }
             }
             Message::Notification { method, mut body } => {
                 if method == "notifications/progress" {

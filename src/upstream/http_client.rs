@@ -15,7 +15,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http::header::{AUTHORIZATION, HeaderValue};
+use http::header::{AUTHORIZATION, HOST, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -37,6 +37,8 @@ pub struct Endpoint {
     pub url: url::Url,
     pub uri: http::Uri,
     pub basic_auth: Option<HeaderValue>,
+    /// The `Host` header, written once rather than by the client on every request.
+    pub host: HeaderValue,
 }
 
 impl Endpoint {
@@ -62,16 +64,26 @@ impl Endpoint {
         let _ = bare.set_password(None);
         bare.set_fragment(None);
         let uri = http::Uri::try_from(bare.as_str()).map_err(|e| e.to_string())?;
+        let host_name = url.host_str().ok_or("the URL has no host")?;
+        let host = match url.port() {
+            Some(port) => format!("{host_name}:{port}"),
+            None => host_name.to_string(),
+        };
+        let host = HeaderValue::try_from(host).map_err(|e| e.to_string())?;
         Ok(Self {
             url,
             uri,
             basic_auth,
+            host,
         })
     }
 
-    /// Adds the URL's credentials to `headers`, unless an `Authorization` header is
-    /// configured: that one wins.
-    pub fn add_credentials(&self, headers: &mut http::HeaderMap) {
+    /// Adds `Host` and the URL's credentials to `headers`, unless configured: the
+    /// configured ones win.
+    pub fn add_defaults(&self, headers: &mut http::HeaderMap) {
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, self.host.clone());
+        }
         if let Some(auth) = &self.basic_auth {
             if !headers.contains_key(AUTHORIZATION) {
                 headers.insert(AUTHORIZATION, auth.clone());
@@ -226,11 +238,14 @@ mod tests {
             endpoint.uri.to_string(),
             "https://mcp.example.com/v1/mcp?x=1"
         );
+        assert_eq!(endpoint.host, "mcp.example.com");
         let expected = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode("us@er:p:ss")
         );
         assert_eq!(endpoint.basic_auth.unwrap(), expected.as_str());
         assert!(Endpoint::parse(url::Url::parse("ftp://example.com/").unwrap()).is_err());
+        let v6 = Endpoint::parse(url::Url::parse("http://[::1]:8080/mcp").unwrap()).unwrap();
+        assert_eq!(v6.host, "[::1]:8080");
     }
 }

@@ -129,9 +129,8 @@ pub async fn connect(
                 event = events.next() => match event {
                     Some(Ok(event)) => {
                         let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
-                        match serde_json::from_str::<Value>(&data) {
-                            Ok(msg) => reader_inbox.deliver(msg, None),
-                            Err(_) => tracing::warn!(upstream = %reader_name, "upstream sent a non-JSON SSE event"),
+                        if reader_inbox.deliver_bytes(data.into(), None).is_err() {
+                            tracing::warn!(upstream = %reader_name, "upstream sent a non-JSON SSE event");
                         }
                     }
                     Some(Err(e)) => break format!("SSE stream broke: {e}"),

@@ -106,12 +106,12 @@ async fn read_loop(
     while let Some(line) = lines.next().await {
         match line {
             Ok(line) if line.trim().is_empty() => {}
-            Ok(line) => match serde_json::from_str::<Value>(&line) {
-                Ok(msg) => inbox.deliver(msg, None),
-                Err(_) => {
+            Ok(line) => {
+                if let Err(e) = inbox.deliver_bytes(line.into(), None) {
+                    let line = String::from_utf8_lossy(&e.bytes);
                     tracing::warn!(upstream = %name, line = %truncate(&line), "upstream wrote a non-JSON line to stdout");
                 }
-            },
+            }
             Err(e) => {
                 failure = Some(format!("unreadable output: {e}"));
                 break;

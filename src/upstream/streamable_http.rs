@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sse_stream::SseStream;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::NotJson;
 use super::egress::Egress;
 use super::http_client::{self, Endpoint, HttpClient};
 use super::transport::{Inbox, Outbox, TransportHandle};
@@ -26,7 +27,6 @@ use crate::gateway::jsonrpc;
 struct SessionState {
     session_id: Option<HeaderValue>,
     protocol_version: Option<HeaderValue>,
-    initialize_id: Option<Value>,
 }
 
 const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
@@ -76,11 +76,11 @@ pub fn upstream_url(config: &UpstreamConfig, egress: Option<&Egress>) -> Result<
     }
 }
 
-/// The headers every request to `endpoint` starts from: the configured ones, and the
-/// URL's credentials unless an `Authorization` header is configured.
+/// The headers every request to `endpoint` starts from: the configured ones, then
+/// `Host` and the URL's credentials where none are configured.
 pub fn base_headers(config: &UpstreamConfig, endpoint: &Endpoint) -> Result<HeaderMap, String> {
     let mut headers = configured_headers(config)?;
-    endpoint.add_credentials(&mut headers);
+    endpoint.add_defaults(&mut headers);
     Ok(headers)
 }
 
@@ -147,9 +147,8 @@ impl Shared {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        if method == "initialize" {
-            self.state.lock().unwrap().initialize_id = id.clone();
-        }
+        // Its answer carries the protocol version every later request must name.
+        let initialize = method == "initialize";
         let related = id.as_ref().and_then(Value::as_u64);
         let body = Bytes::from(serde_json::to_vec(&msg).expect("JSON values serialize"));
         let response = self
@@ -187,17 +186,16 @@ impl Shared {
         let is_sse = is_event_stream(response.headers());
         let body = response.into_body();
         let answered = if is_sse {
-            self.read_sse(body, related, id.as_ref()).await
+            self.read_sse(body, related, id.as_ref(), initialize).await
         } else {
-            let parsed = http_client::read_body(body).await.and_then(|bytes| {
-                serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string())
-            });
-            match parsed {
-                Ok(body) => {
-                    let answers = answers(&body, id.as_ref());
-                    self.deliver(body, related);
-                    answers
-                }
+            let delivered = match http_client::read_body(body).await {
+                Ok(bytes) => self
+                    .deliver(bytes, related, id.as_ref(), initialize)
+                    .map_err(|e| e.error.to_string()),
+                Err(e) => Err(e),
+            };
+            match delivered {
+                Ok(answers) => answers,
                 Err(e) => {
                     self.fail(id.as_ref(), &format!("unreadable upstream response: {e}"));
                     true
@@ -216,6 +214,7 @@ impl Shared {
         body: Incoming,
         related: Option<u64>,
         request_id: Option<&Value>,
+        initialize: bool,
     ) -> bool {
         let mut events = SseStream::new(body);
         loop {
@@ -224,14 +223,9 @@ impl Shared {
                 event = events.next() => match event {
                     Some(Ok(event)) => {
                         let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
-                        match serde_json::from_str::<Value>(&data) {
-                            Ok(msg) => {
-                                let done = answers(&msg, request_id);
-                                self.deliver(msg, related);
-                                if done {
-                                    return true;
-                                }
-                            }
+                        match self.deliver(data.into(), related, request_id, initialize) {
+                            Ok(true) => return true,
+                            Ok(false) => {}
                             Err(_) => tracing::warn!(upstream = %self.name, "upstream sent a non-JSON SSE event"),
                         }
                     }
@@ -245,18 +239,28 @@ impl Shared {
         }
     }
 
-    fn deliver(&self, msg: Value, related: Option<u64>) {
-        {
-            let mut state = self.state.lock().unwrap();
-            if state.initialize_id.is_some() && msg.get("id") == state.initialize_id.as_ref() {
-                state.protocol_version = msg
-                    .pointer("/result/protocolVersion")
-                    .and_then(Value::as_str)
-                    .and_then(|v| HeaderValue::from_str(v).ok());
-                state.initialize_id = None;
+    /// Delivers one message read from the upstream; true when it is the answer to
+    /// `request_id`. For the `initialize` request, the answer's protocol version is
+    /// kept first.
+    fn deliver(
+        &self,
+        bytes: Bytes,
+        related: Option<u64>,
+        request_id: Option<&Value>,
+        initialize: bool,
+    ) -> Result<bool, NotJson> {
+        if initialize {
+            if let Ok(msg) = serde_json::from_slice::<Value>(&bytes) {
+                if request_id.is_some() && msg.get("id") == request_id {
+                    self.state.lock().unwrap().protocol_version = msg
+                        .pointer("/result/protocolVersion")
+                        .and_then(Value::as_str)
+                        .and_then(|v| HeaderValue::from_str(v).ok());
+                }
             }
         }
-        self.inbox.deliver(msg, related);
+        let answered = self.inbox.deliver_bytes(bytes, related)?;
+        Ok(request_id.is_some() && answered.as_ref() == request_id)
     }
 
     /// Answers a request the upstream failed at the HTTP level, so the caller is not left
@@ -286,7 +290,7 @@ impl Shared {
                 match response {
                     Ok(r) if r.status().is_success() => {
                         failures = 0;
-                        self.read_sse(r.into_body(), None, None).await;
+                        self.read_sse(r.into_body(), None, None, false).await;
                     }
                     Ok(r) if r.status() == StatusCode::METHOD_NOT_ALLOWED => return,
                     _ => failures += 1,
@@ -314,11 +318,6 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"))
-}
-
-/// Whether `msg` is the response to the request with `id`.
-fn answers(msg: &Value, id: Option<&Value>) -> bool {
-    id.is_some() && msg.get("id") == id && msg.get("method").is_none()
 }
 
 /// The URL as it may appear in logs and errors: without credentials or query (API keys

@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::connection::Connection;
+use super::connection::{Connection, NotJson};
 
 pub trait Outbox: Send + Sync {
     /// Sends a request; the returned future carries the exchange and must be polled by
@@ -40,6 +40,19 @@ impl Inbox {
     pub fn deliver(&self, msg: Value, related: Option<u64>) {
         if let Some(conn) = self.conn.upgrade() {
             conn.route(msg, related);
+        }
+    }
+
+    /// A message from the upstream as read from the wire; the id of the response
+    /// delivered, if it was one.
+    pub fn deliver_bytes(
+        &self,
+        bytes: bytes::Bytes,
+        related: Option<u64>,
+    ) -> Result<Option<Value>, NotJson> {
+        match self.conn.upgrade() {
+            Some(conn) => conn.route_bytes(bytes, related),
+            None => Ok(None),
         }
     }
 
