@@ -213,6 +213,10 @@ pub struct AuditConfig {
     /// Events waiting to be written; beyond it new events are dropped and counted.
     pub queue_capacity: usize,
     pub batch_size: usize,
+    /// How long the writer gathers events into one batch before writing it (a full
+    /// batch is written at once). Longer batches cost less per event; events wait in
+    /// memory that long.
+    pub flush_interval_ms: u64,
     /// Where events wait while the store is down (survives restarts).
     pub spill_dir: PathBuf,
     pub spill_max_bytes: u64,
@@ -228,6 +232,7 @@ impl Default for AuditConfig {
             store: Secret::new("sql"),
             queue_capacity: 10_000,
             batch_size: 500,
+            flush_interval_ms: 1000,
             spill_dir: PathBuf::from("audit-spill"),
             spill_max_bytes: 256 * 1024 * 1024,
             retention_days: 90,
@@ -831,6 +836,12 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
         return Err((
             "audit.queue_capacity".into(),
             "queue_capacity and batch_size must be at least 1".into(),
+        ));
+    }
+    if !(1..=60_000).contains(&config.audit.flush_interval_ms) {
+        return Err((
+            "audit.flush_interval_ms".into(),
+            "must be between 1 and 60000".into(),
         ));
     }
     if config.audit.retention_days == 0 {

@@ -20,7 +20,6 @@ use crate::telemetry::metrics as m;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_EVERY: Duration = Duration::from_secs(2);
-const GATHER_FOR: Duration = Duration::from_millis(25);
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
@@ -80,6 +79,7 @@ pub fn start(store: Arc<dyn AuditStore>, config: &AuditConfig) -> (AuditQueue, A
         store,
         spill,
         batch_size: config.batch_size,
+        gather_for: Duration::from_millis(config.flush_interval_ms),
         retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
         down_since: None,
     };
@@ -96,6 +96,7 @@ struct Writer {
     store: Arc<dyn AuditStore>,
     spill: Spill,
     batch_size: usize,
+    gather_for: Duration,
     retention: Duration,
     /// Set while the store is failing: batches then go straight to the spill file
     /// instead of each waiting for a timeout.
@@ -125,18 +126,19 @@ impl Writer {
                 }
             };
             let Some(first) = first else { break };
-            // Gather for a moment: under load, batches grow and the store commits (and
-            // syncs to disk) far less often; when idle, an event waits at most this long.
+            // Gather for a while: the store then commits (and syncs to disk) once per
+            // batch rather than per event, and the writer and the store's threads wake
+            // once per batch. An event waits at most this long; a full batch goes at once.
             batch.push(first);
-            let flush_at = tokio::time::Instant::now() + GATHER_FOR;
+            let flush = tokio::time::sleep(self.gather_for);
+            tokio::pin!(flush);
             while batch.len() < self.batch_size {
+                let room = self.batch_size - batch.len();
                 tokio::select! {
                     biased;
-                    event = rx.recv() => match event {
-                        Some(event) => batch.push(event),
-                        None => break,
-                    },
-                    _ = tokio::time::sleep_until(flush_at) => break,
+                    received = rx.recv_many(&mut batch, room) => if received == 0 { break },
+                    _ = &mut flush => break,
+                    _ = stop.cancelled() => break,
                 }
             }
             self.deliver(&batch).await;
@@ -309,22 +311,34 @@ impl Spill {
         self.bytes == 0
     }
 
+    /// Appends the batch, oldest first, as far as the file's bound allows; the rest is
+    /// dropped and counted.
     async fn append(&mut self, batch: &[AuditEvent]) {
         let mut data = Vec::new();
+        let mut kept = 0;
         for event in batch {
+            let before = data.len();
             serde_json::to_writer(&mut data, event).expect("events serialize");
             data.push(b'\n');
+            if self.bytes + data.len() as u64 > self.max_bytes {
+                data.truncate(before);
+                break;
+            }
+            kept += 1;
         }
-        if self.bytes + data.len() as u64 > self.max_bytes {
-            metrics::counter!(m::AUDIT_DROPPED, "reason" => "spill_full")
-                .increment(batch.len() as u64);
+        let dropped = batch.len() - kept;
+        if dropped > 0 {
+            metrics::counter!(m::AUDIT_DROPPED, "reason" => "spill_full").increment(dropped as u64);
             tracing::error!(
-                events = batch.len(),
+                events = dropped,
                 max_bytes = self.max_bytes,
                 "audit spill file full: events dropped"
             );
+        }
+        if kept == 0 {
             return;
         }
+        let batch = &batch[..kept];
         let written = async {
             if let Some(dir) = self.path.parent() {
                 tokio::fs::create_dir_all(dir).await?;
@@ -451,5 +465,33 @@ mod tests {
         // A process started after the first one ended adopts its slot and its events.
         let third = Spill::claim(dir.path(), 1024);
         assert_eq!(third.path, dir.path().join("audit-spill.jsonl"));
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_room_left_keeps_its_oldest_events() {
+        let event = |n: usize| crate::audit::AuditEvent {
+            id: format!("event-{n}"),
+            time: n as i64,
+            tenant_id: String::new(),
+            principal: "key:test".into(),
+            server: "demo".into(),
+            method: "tools/call".into(),
+            tool: Some("echo".into()),
+            arguments: None,
+            outcome: "ok".into(),
+            latency_ms: 1.0,
+            request_id: None,
+        };
+        let line = serde_json::to_vec(&event(0)).unwrap().len() as u64 + 1;
+        let dir = tempfile::tempdir().unwrap();
+        let mut spill = Spill::claim(dir.path(), line * 3 + line / 2);
+        let batch: Vec<_> = (0..5).map(event).collect();
+        spill.append(&batch).await;
+        let kept: Vec<crate::audit::AuditEvent> = std::fs::read_to_string(&spill.path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(kept, batch[..3]);
     }
 }

@@ -29,6 +29,7 @@ def test_version_names_every_protocol_era():
     ("custom.toml", '[upstreams.web]\ntransport = "streamable-http"\nurl = "ftp://x"\n', "upstreams.web.url"),
     ("stdio.toml", '[upstreams.t]\ntransport = "stdio"\n', "upstreams.t.command"),
     ("threads.toml", '[server]\nworker_threads = 0\n', "server.worker_threads"),
+    ("flush.toml", '[audit]\nflush_interval_ms = 0\n', "audit.flush_interval_ms"),
 ])
 def test_bad_config_exits_2_with_one_message_naming_key_and_file(tmp_path, filename, text, key):
     cfg = tmp_path / filename
