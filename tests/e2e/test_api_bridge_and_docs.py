@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from conftest import problem
+from conftest import problem, wait_until
 
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
@@ -37,8 +37,10 @@ def test_rest_bridge_lists_and_calls_tools_under_the_keys_policy(control_plane):
     problem(httpx2.get(g.base + "/api/v1/tools", timeout=30), 401)
     problem(httpx2.get(g.base + "/api/v1/tools", headers={"Authorization": f"Bearer {token}"}, timeout=30), 401)
 
-    audited = api.request("GET", "/v1/audit", token=token, params={"tool": "add"}).json()["items"]
-    assert {"a": 2, "b": 40} in [e["arguments"] for e in audited], "bridge calls are audited like MCP calls"
+    # The audit is written in batches (within audit.flush_interval_ms), so it is awaited.
+    wait_until(lambda: {"a": 2, "b": 40} in [e["arguments"] for e in api.request(
+        "GET", "/v1/audit", token=token, params={"tool": "add"}).json()["items"]],
+        what="the bridge call in the audit, like an MCP call's")
 
 
 def test_swagger_ui_is_served_from_vendored_assets(control_plane):
