@@ -9,7 +9,7 @@ import httpx2
 import pytest
 from mcp import types
 
-from conftest import port_open, EVERYTHING_JS, TIME_SERVER, demo_stdio, everything_stdio, free_port, sdk_client, wait_until
+from conftest import BIN, port_open, EVERYTHING_JS, TIME_SERVER, demo_stdio, everything_stdio, free_port, sdk_client, wait_until
 
 
 def start_everything_http(mode: str):
@@ -160,3 +160,84 @@ def test_unknown_fields_pass_through_untouched(gantry):
     tools = g.post({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, path="/mcp/everything", headers=h).json()
     echo = next(t for t in tools["result"]["tools"] if t["name"] == "echo")
     assert "inputSchema" in echo and "description" in echo
+
+
+TLS_NGINX = """
+user root;  # the worker reads the test's private temporary directory
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {dir}/server.pem;
+        ssl_certificate_key {dir}/server.key;
+        auth_basic "mcp";
+        auth_basic_user_file {dir}/htpasswd;
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream};
+            proxy_http_version 1.1;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def tls_demo(tmp_path):
+    """The demo server behind nginx with TLS (a certificate of a test CA) and Basic auth."""
+    d = tmp_path / "tls"
+    d.mkdir()
+    ssl = lambda *args: subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Gantry test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "server.pem")
+    password = ssl("passwd", "-apr1", "s3cret/pass").stdout.decode().strip()
+    (d / "htpasswd").write_text(f"mcp-user:{password}\n")
+    demo_port, port = free_port(), free_port()
+    demo = subprocess.Popen([BIN, "demo-upstream", "--http", f"127.0.0.1:{demo_port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (d / "nginx.conf").write_text(TLS_NGINX.format(dir=d, port=port, upstream=demo_port))
+    nginx = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: port_open(port) and port_open(demo_port), what="nginx with TLS and the demo")
+    yield {"port": port, "ca": d / "ca.pem"}
+    for p in (nginx, demo):
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def test_https_upstream_is_verified_and_url_credentials_authenticate(gantry, tls_demo):
+    """A remote server over TLS: its certificate is checked against the trust store (a private
+    CA is trusted through SSL_CERT_FILE), and credentials in its URL are sent as Basic auth."""
+    port, ca = tls_demo["port"], tls_demo["ca"]
+
+    def server(password):
+        return {"transport": "streamable-http", "url": f"https://mcp-user:{password}@localhost:{port}/mcp"}
+
+    g = gantry({"upstreams": {"tls": server("s3cret%2Fpass"), "wrongpass": server("nope")}},
+               env={"SSL_CERT_FILE": str(ca)})
+    sid, init = g.initialize(path="/mcp/tls")
+    r = g.post({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "over TLS"}}},
+               path="/mcp/tls", headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": init["protocolVersion"]})
+    assert r.json()["result"]["content"][0]["text"] == "over TLS", r.text
+    ready = httpx2.get(g.base + "/ready", timeout=10).json()["upstreams"]
+    assert ready["wrongpass"]["status"] == "down" and "401" in ready["wrongpass"]["reason"], ready
+    assert "s3cret" not in g.logs() and "nope" not in ready["wrongpass"]["reason"]
+
+    # Without the test CA in the trust store, the same server is refused.
+    untrusting = gantry({"upstreams": {"tls": server("s3cret%2Fpass")}})
+    down = httpx2.get(untrusting.base + "/ready", timeout=10).json()["upstreams"]["tls"]
+    assert down["status"] == "down" and "certificate" in down["reason"].lower(), down
