@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ TOOLS = Path(os.environ.get("E2E_TOOLS_DIR", "/var/tmp/gantry-tools"))
 EVERYTHING = TOOLS / "npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 DURATION = os.environ.get("BENCH_DURATION", "5s")
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,16,64").split(",")]
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -46,7 +48,8 @@ def rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 1e6
 
 
-def wait_port(port: int, timeout=30):
+def wait_port(port: int, proc=None, timeout=30):
+    """Until something listens on `port`; `proc`, the process that should, is ended if not."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -54,6 +57,9 @@ def wait_port(port: int, timeout=30):
                 return
         except OSError:
             time.sleep(0.05)
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=10)
     raise RuntimeError(f"nothing listening on {port}")
 
 
@@ -61,7 +67,7 @@ def start_demo_http():
     port = free_port()
     proc = subprocess.Popen([GANTRY, "demo-upstream", "--http", f"127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    wait_port(port, proc)
     return proc, port
 
 
@@ -69,7 +75,7 @@ def start_everything_http():
     port = free_port()
     proc = subprocess.Popen(["node", str(EVERYTHING), "streamableHttp"], env={**os.environ, "PORT": str(port)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    wait_port(port, proc)
     return proc, port
 
 
@@ -110,9 +116,17 @@ class Nginx:
         (d / "nginx.conf").write_text(NGINX_CONF.format(dir=d, upstream=upstream_port, port=self.port))
         self.proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port)
-        # The worker does the proxying; the master only supervises.
-        self.worker = int(next(Path(f"/proc/{self.proc.pid}/task").iterdir()).joinpath("children").read_text().split()[0])
+        wait_port(self.port, self.proc)
+        # The worker does the proxying; the master only supervises. The master listens
+        # before it forks the worker, so the port alone does not say the worker is there.
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        deadline = time.time() + 10
+        while not children.read_text().split():
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError("nginx started no worker")
+            time.sleep(0.01)
+        self.worker = int(children.read_text().split()[0])
 
     def stop(self):
         self.proc.terminate()
@@ -166,7 +180,9 @@ def wrk(port: int, path: str, tool: str, conc: int, auth=None, session=None, wat
            "BENCH_SESSION": session or "", "BENCH_VERSION": "2025-11-25"}
     before = {pid: cpu_seconds(pid) for pid in watch}
     peak = {pid: rss_mb(pid) for pid in watch}
-    proc = subprocess.Popen(["wrk", "-t", str(min(conc, 2)), "-c", str(conc), "-d", DURATION, "--latency",
+    # A generous timeout: server-everything pauses now and then (it keeps every event in
+    # memory), and a slow answer is a measurement, not a socket error.
+    proc = subprocess.Popen(["wrk", "-t", str(min(conc, 2)), "-c", str(conc), "-d", DURATION, "--latency", "--timeout", "30s",
                              "-s", str(HERE / "mcp_call.lua"), f"http://127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, text=True, env=env)
     while proc.poll() is None:
@@ -185,9 +201,104 @@ def wrk(port: int, path: str, tool: str, conc: int, auth=None, session=None, wat
     return result
 
 
-def cpu(result: dict, process: int = 0) -> float:
-    """CPU ms per request of the `process`-th watched process (gantry or the proxy first)."""
-    return list(result["cpu_ms_per_req"].values())[process]
+class Processes:
+    """Everything a measurement started, ended (by PID) even when the measurement fails."""
+
+    def __init__(self):
+        self.stack = []
+
+    def add(self, stop):
+        self.stack.append(stop)
+
+    def stop_all(self):
+        while self.stack:
+            try:
+                self.stack.pop()()
+            except Exception as e:  # one that will not stop must not keep the others alive
+                print(f"warning: could not stop a benchmark process: {e}", file=sys.stderr)
+
+
+def ended(proc):
+    def stop():
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+    return stop
+
+
+def measure_once(conc: int, tmp: Path, startup: list, idle_rss: list) -> dict:
+    """One round at one concurrency: every configuration, each against fresh processes."""
+    row = {}
+    procs = Processes()
+    try:
+        # Baseline: straight to server-everything over Streamable HTTP.
+        upstream, port = start_everything_http(); procs.add(ended(upstream))
+        sid = initialize(port, "/mcp", None)
+        row["direct"] = wrk(port, "/mcp", "echo", conc, session=sid, watch=(upstream.pid,))
+        procs.stop_all()
+
+        # Through nginx (plain proxy) to a fresh server-everything: the reference hop.
+        upstream, port = start_everything_http(); procs.add(ended(upstream))
+        proxy = Nginx(port, tmp); procs.add(proxy.stop)
+        sid = initialize(proxy.port, "/mcp", None)
+        row["nginx"] = wrk(proxy.port, "/mcp", "echo", conc, session=sid, watch=(proxy.worker, upstream.pid))
+        procs.stop_all()
+
+        # Through gantry to a fresh server-everything over Streamable HTTP.
+        upstream, port = start_everything_http(); procs.add(ended(upstream))
+        g = Gantry(f'[upstreams.everything]\ntransport = "streamable-http"\nurl = "http://127.0.0.1:{port}/mcp"\n', tmp)
+        procs.add(g.stop)
+        startup.append(g.startup_ms)
+        idle_rss.append(rss_mb(g.proc.pid))
+        gsid = initialize(g.port, "/mcp/everything", g.key)
+        row["via_http"] = wrk(g.port, "/mcp/everything", "echo", conc, auth=g.key, session=gsid,
+                              watch=(g.proc.pid, upstream.pid))
+        procs.stop_all()
+
+        # Through gantry to server-everything over stdio, and to the built-in demo over stdio.
+        g = Gantry(f'[upstreams.everything]\ntransport = "stdio"\ncommand = "node"\nargs = ["{EVERYTHING}", "stdio"]\n'
+                   f'[upstreams.demo]\ntransport = "stdio"\ncommand = "{GANTRY}"\nargs = ["demo-upstream"]\n', tmp)
+        procs.add(g.stop)
+        gsid = initialize(g.port, "/mcp/everything", g.key)
+        row["via_stdio"] = wrk(g.port, "/mcp/everything", "echo", conc, auth=g.key, session=gsid, watch=(g.proc.pid,))
+        dsid = initialize(g.port, "/mcp/demo", g.key)
+        row["demo_stdio"] = wrk(g.port, "/mcp/demo", "echo", conc, auth=g.key, session=dsid, watch=(g.proc.pid,))
+        procs.stop_all()
+
+        # The built-in demo served over Streamable HTTP: direct, then through gantry.
+        upstream, port = start_demo_http(); procs.add(ended(upstream))
+        sid = initialize(port, "/mcp", None)
+        row["demo_direct"] = wrk(port, "/mcp", "echo", conc, session=sid, watch=(upstream.pid,))
+        procs.stop_all()
+        upstream, port = start_demo_http(); procs.add(ended(upstream))
+        g = Gantry(f'[upstreams.demo]\ntransport = "streamable-http"\nurl = "http://127.0.0.1:{port}/mcp"\n', tmp)
+        procs.add(g.stop)
+        gsid = initialize(g.port, "/mcp/demo", g.key)
+        row["demo_http"] = wrk(g.port, "/mcp/demo", "echo", conc, auth=g.key, session=gsid,
+                               watch=(g.proc.pid, upstream.pid))
+    finally:
+        procs.stop_all()
+    return row
+
+
+def median_row(rounds: list) -> dict:
+    """Per configuration, the median of each figure over the rounds. Rounds alternate the
+    configurations, so a slow spell of the machine (or of server-everything, which slows
+    as it runs) touches all of them rather than deciding one ratio."""
+    out = {}
+    for name in rounds[0]:
+        runs = [r[name] for r in rounds]
+        out[name] = {
+            "rps": statistics.median(x["rps"] for x in runs),
+            "p50_ms": statistics.median(x["p50_ms"] for x in runs),
+            "p99_ms": statistics.median(x["p99_ms"] for x in runs),
+            "cpu": [statistics.median(list(x["cpu_ms_per_req"].values())[i] for x in runs)
+                    for i in range(len(runs[0]["cpu_ms_per_req"]))],
+            "peak_rss_mb": max(max(x["peak_rss_mb"].values()) for x in runs),
+            "rounds": [(round(x["rps"]), round(x["p50_ms"], 3), [round(c, 4) for c in x["cpu_ms_per_req"].values()])
+                       for x in runs],
+        }
+    return out
 
 
 def main():
@@ -197,66 +308,30 @@ def main():
     startup = []
     idle_rss = []
     for conc in CONCURRENCY:
-        # Baseline: straight to server-everything over Streamable HTTP.
-        upstream, port = start_everything_http()
-        sid = initialize(port, "/mcp", None)
-        direct = wrk(port, "/mcp", "echo", conc, session=sid, watch=(upstream.pid,))
-        upstream.terminate(); upstream.wait()
+        rounds = []
+        for n in range(ROUNDS):
+            print(f"concurrency {conc}: round {n + 1} of {ROUNDS} …", file=sys.stderr, flush=True)
+            rounds.append(measure_once(conc, tmp, startup, idle_rss))
+        rows.append({"c": conc, **median_row(rounds)})
 
-        # Through nginx (plain proxy) to a fresh server-everything: the reference hop.
-        upstream, port = start_everything_http()
-        proxy = Nginx(port, tmp)
-        sid = initialize(proxy.port, "/mcp", None)
-        nginx = wrk(proxy.port, "/mcp", "echo", conc, session=sid, watch=(proxy.worker, upstream.pid))
-        proxy.stop(); upstream.terminate(); upstream.wait()
+    def cpu(cell, i=0):
+        return cell["cpu"][i]
 
-        # Through gantry to a fresh server-everything over Streamable HTTP.
-        upstream, port = start_everything_http()
-        g = Gantry(f'[upstreams.everything]\ntransport = "streamable-http"\nurl = "http://127.0.0.1:{port}/mcp"\n', tmp)
-        startup.append(g.startup_ms)
-        idle_rss.append(rss_mb(g.proc.pid))
-        gsid = initialize(g.port, "/mcp/everything", g.key)
-        via = wrk(g.port, "/mcp/everything", "echo", conc, auth=g.key, session=gsid, watch=(g.proc.pid, upstream.pid))
-        g.stop(); upstream.terminate(); upstream.wait()
-
-        # Through gantry to server-everything over stdio, and to the built-in demo over stdio.
-        g = Gantry(f'[upstreams.everything]\ntransport = "stdio"\ncommand = "node"\nargs = ["{EVERYTHING}", "stdio"]\n'
-                   f'[upstreams.demo]\ntransport = "stdio"\ncommand = "{GANTRY}"\nargs = ["demo-upstream"]\n', tmp)
-        gsid = initialize(g.port, "/mcp/everything", g.key)
-        stdio = wrk(g.port, "/mcp/everything", "echo", conc, auth=g.key, session=gsid, watch=(g.proc.pid,))
-        dsid = initialize(g.port, "/mcp/demo", g.key)
-        demo = wrk(g.port, "/mcp/demo", "echo", conc, auth=g.key, session=dsid, watch=(g.proc.pid,))
-        g.stop()
-
-        # The built-in demo served over Streamable HTTP: direct, then through gantry.
-        upstream, port = start_demo_http()
-        sid = initialize(port, "/mcp", None)
-        demo_direct = wrk(port, "/mcp", "echo", conc, session=sid, watch=(upstream.pid,))
-        upstream.terminate(); upstream.wait()
-        upstream, port = start_demo_http()
-        g = Gantry(f'[upstreams.demo]\ntransport = "streamable-http"\nurl = "http://127.0.0.1:{port}/mcp"\n', tmp)
-        gsid = initialize(g.port, "/mcp/demo", g.key)
-        demo_http = wrk(g.port, "/mcp/demo", "echo", conc, auth=g.key, session=gsid, watch=(g.proc.pid, upstream.pid))
-        g.stop(); upstream.terminate(); upstream.wait()
-
-        rows.append({"c": conc, "direct": direct, "nginx": nginx, "via_http": via, "via_stdio": stdio,
-                     "demo_stdio": demo, "demo_direct": demo_direct, "demo_http": demo_http})
-
+    print(f"\nmedians of {ROUNDS} interleaved rounds of {DURATION} per cell (raw rounds in the JSON file below)")
     print("\nserver-everything (echo), direct over Streamable HTTP vs through gantry, same run")
     print(f"{'conc':>4} {'direct rps':>10} {'gantry rps':>10} {'ratio':>6} {'p50 direct':>10} {'p50 gantry':>10} "
           f"{'+p50 ms':>8} {'gantry CPU ms/req':>17} {'upstream CPU ms/req':>19} {'gantry peak RSS':>15}")
     for r in rows:
         d, v = r["direct"], r["via_http"]
-        peak_rss = list(v["peak_rss_mb"].values())[0]
         print(f"{r['c']:>4} {d['rps']:>10.0f} {v['rps']:>10.0f} {v['rps'] / d['rps']:>6.2f} {d['p50_ms']:>10.3f} "
               f"{v['p50_ms']:>10.3f} {v['p50_ms'] - d['p50_ms']:>8.3f} {cpu(v):>17.3f} "
-              f"{cpu(d):>19.3f} {peak_rss:>13.1f}MB")
+              f"{cpu(d):>19.3f} {v['peak_rss_mb']:>13.1f}MB")
     print("\nreference: nginx as a plain proxy in front of the same server, same run")
-    print(f"{'conc':>4} {'nginx rps':>10} {'ratio':>6} {'+p50 ms':>8} {'nginx CPU ms/req':>16}")
+    print(f"{'conc':>4} {'nginx rps':>10} {'ratio':>6} {'+p50 ms':>8} {'nginx CPU ms/req':>16} {'gantry/nginx CPU':>16}")
     for r in rows:
-        d, n = r["direct"], r["nginx"]
+        d, n, v = r["direct"], r["nginx"], r["via_http"]
         print(f"{r['c']:>4} {n['rps']:>10.0f} {n['rps'] / d['rps']:>6.2f} {n['p50_ms'] - d['p50_ms']:>8.3f} "
-              f"{cpu(n):>16.3f}")
+              f"{cpu(n):>16.3f} {cpu(v) / cpu(n):>15.1f}x")
     print("\nbuilt-in demo upstream (echo): direct over Streamable HTTP vs through gantry (HTTP and stdio upstream)")
     print(f"{'conc':>4} {'direct rps':>10} {'via HTTP':>9} {'ratio':>6} {'+p50 ms':>8} {'CPU ms/req':>10} "
           f"{'via stdio':>9} {'ratio':>6} {'+p50 ms':>8} {'CPU ms/req':>10} {'demo CPU ms/req':>15}")
@@ -271,7 +346,21 @@ def main():
         st, d = r["via_stdio"], r["direct"]
         print(f"{r['c']:>4} {st['rps']:>8.0f} {st['rps'] / d['rps']:>6.2f} {st['p50_ms']:>7.3f} {cpu(st):>17.3f}")
     print(f"\ngantry start-up to ready (with one upstream): {min(startup):.0f} ms (best of {len(startup)})")
-    print(f"gantry idle RSS after start-up: {min(idle_rss):.1f} MB")
+    print(f"gantry idle RSS after start-up: {statistics.median(idle_rss):.1f} MB (median of {len(idle_rss)})")
+
+    # The issue's targets, in front of server-everything over Streamable HTTP.
+    print("\ntargets (in front of server-everything over Streamable HTTP):")
+    checks = []
+    for r in rows:
+        d, v = r["direct"], r["via_http"]
+        checks.append((f"c={r['c']}: throughput >= 0.95 of direct", v["rps"] / d["rps"] >= 0.95, f"{v['rps'] / d['rps']:.2f}"))
+        checks.append((f"c={r['c']}: CPU <= 0.12 ms per request", cpu(v) <= 0.12, f"{cpu(v):.3f} ms"))
+        if r["c"] == 1:
+            added = v["p50_ms"] - d["p50_ms"]
+            checks.append(("c=1: p50 adds <= 0.15 ms", added <= 0.15, f"{added:+.3f} ms"))
+    checks.append(("idle RSS < 30 MB", statistics.median(idle_rss) < 30, f"{statistics.median(idle_rss):.1f} MB"))
+    for what, ok, got in checks:
+        print(f"  {'met ' if ok else 'MISS'}  {what:<42} {got}")
     json.dump(rows, open(tmp / "results.json", "w"), indent=1, default=str)
     print(f"raw results: {tmp / 'results.json'}")
 
