@@ -294,7 +294,9 @@ def median_row(rounds: list) -> dict:
             "p99_ms": statistics.median(x["p99_ms"] for x in runs),
             "cpu": [statistics.median(list(x["cpu_ms_per_req"].values())[i] for x in runs)
                     for i in range(len(runs[0]["cpu_ms_per_req"]))],
-            "peak_rss_mb": max(max(x["peak_rss_mb"].values()) for x in runs),
+            # Per watched process, like "cpu": gantry's (or the proxy's) first.
+            "peak_rss_mb": [max(list(x["peak_rss_mb"].values())[i] for x in runs)
+                            for i in range(len(runs[0]["peak_rss_mb"]))],
             "rounds": [(round(x["rps"]), round(x["p50_ms"], 3), [round(c, 4) for c in x["cpu_ms_per_req"].values()])
                        for x in runs],
         }
@@ -325,7 +327,7 @@ def main():
         d, v = r["direct"], r["via_http"]
         print(f"{r['c']:>4} {d['rps']:>10.0f} {v['rps']:>10.0f} {v['rps'] / d['rps']:>6.2f} {d['p50_ms']:>10.3f} "
               f"{v['p50_ms']:>10.3f} {v['p50_ms'] - d['p50_ms']:>8.3f} {cpu(v):>17.3f} "
-              f"{cpu(d):>19.3f} {v['peak_rss_mb']:>13.1f}MB")
+              f"{cpu(d):>19.3f} {v['peak_rss_mb'][0]:>13.1f}MB")
     print("\nreference: nginx as a plain proxy in front of the same server, same run")
     print(f"{'conc':>4} {'nginx rps':>10} {'ratio':>6} {'+p50 ms':>8} {'nginx CPU ms/req':>16} {'gantry/nginx CPU':>16}")
     for r in rows:
