@@ -1,6 +1,7 @@
 //! Audit events in the relational database (`audit.store = "sql"`): PostgreSQL under
 //! row-level security, or the embedded SQLite file.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use sqlx::Row;
@@ -8,94 +9,72 @@ use sqlx::Row;
 use super::{AuditError, AuditEvent, AuditFilter, AuditStore};
 use crate::store::{Dialect, Store, StoreError};
 
-const COLUMNS: usize = 11;
-/// Rows per statement, largest first; 11 parameters a row stays well under SQLite's
-/// (32 766) and PostgreSQL's (65 535) limits. Fewer than 10 rows left go in one
-/// statement of their exact size: at most 9 more statement texts to prepare, and a
-/// batch of 49 takes 5 round trips rather than 13.
-const CHUNK_SIZES: [usize; 3] = [250, 50, 10];
-
-/// The insert statement for `rows` events, written once per size and dialect (at most
-/// the chunk sizes and 1 to 9 rows, for each dialect).
-fn insert_statement(rows: usize, dialect: Dialect) -> &'static str {
-    static TEXTS: std::sync::Mutex<Vec<(usize, bool, &'static str)>> =
-        std::sync::Mutex::new(Vec::new());
-    let postgres = dialect == Dialect::Postgres;
-    let mut texts = TEXTS.lock().unwrap();
-    if let Some((_, _, text)) = texts.iter().find(|(r, p, _)| *r == rows && *p == postgres) {
-        return text;
-    }
-    let text: &'static str = Box::leak(insert_statement_text(rows, dialect).into_boxed_str());
-    texts.push((rows, postgres, text));
-    text
-}
-
-/// `INSERT … VALUES ($1 … $11), ($12 … $22), …` for `rows` events; idempotent by id.
-/// SQLite gets anonymous `?` placeholders: binding a numbered one makes sqlx look its
-/// name up, a linear scan in SQLite, so a 2 750-parameter statement cost quadratic time.
-fn insert_statement_text(rows: usize, dialect: Dialect) -> String {
-    let mut sql = String::from(
-        "INSERT INTO audit_events (id, tenant_id, time, principal, server, method, tool, arguments, outcome, latency_ms, request_id) VALUES ",
-    );
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
+/// Inserts a batch of one tenant's events, passed as one JSON array (`$2`) of [`AuditRow`]s,
+/// in one statement; idempotent by id. Binding eleven parameters per event cost more
+/// than the insert itself (each value copied twice on its way to the driver), and a
+/// statement per batch size had to be prepared for every size seen.
+fn insert_statement(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => {
+            "INSERT INTO audit_events (id, tenant_id, time, principal, server, method, tool, arguments, outcome, latency_ms, request_id) \
+             SELECT e.id, $1, e.time, e.principal, e.server, e.method, e.tool, e.arguments, e.outcome, e.latency_ms, e.request_id \
+             FROM json_to_recordset($2::json) AS e(id text, time bigint, principal text, server text, method text, tool text, \
+                                                   arguments text, outcome text, latency_ms double precision, request_id text) \
+             ON CONFLICT (id) DO NOTHING"
         }
-        sql.push('(');
-        for col in 0..COLUMNS {
-            if col > 0 {
-                sql.push_str(", ");
-            }
-            match dialect {
-                Dialect::Postgres => sql.push_str(&format!("${}", row * COLUMNS + col + 1)),
-                Dialect::Sqlite => sql.push('?'),
-            }
+        // `WHERE true` keeps SQLite from reading ON CONFLICT as part of the SELECT's join.
+        Dialect::Sqlite => {
+            "INSERT INTO audit_events (id, tenant_id, time, principal, server, method, tool, arguments, outcome, latency_ms, request_id) \
+             SELECT value ->> 'id', $1, value ->> 'time', value ->> 'principal', value ->> 'server', value ->> 'method', \
+                    value ->> 'tool', value ->> 'arguments', value ->> 'outcome', value ->> 'latency_ms', value ->> 'request_id' \
+             FROM json_each($2) WHERE true \
+             ON CONFLICT (id) DO NOTHING"
         }
-        sql.push(')');
     }
-    sql.push_str(" ON CONFLICT (id) DO NOTHING");
-    sql
 }
 
-/// One statement per chunk rather than per event: a busy gateway writes thousands of
-/// events a second, and round trips would be the bottleneck. A few fixed sizes, so the
-/// prepared statements are reused.
-fn chunked<'a>(events: &'a [&'a AuditEvent]) -> Vec<&'a [&'a AuditEvent]> {
-    let mut chunks = Vec::new();
-    let mut rest = events;
-    while !rest.is_empty() {
-        let size = CHUNK_SIZES
-            .iter()
-            .copied()
-            .find(|&n| n <= rest.len())
-            .unwrap_or(rest.len());
-        let (chunk, tail) = rest.split_at(size);
-        chunks.push(chunk);
-        rest = tail;
-    }
-    chunks
+/// An event as the insert statement reads it. `arguments` is the JSON text the column
+/// keeps, carried as a string: PostgreSQL would otherwise re-read it, and refuses a
+/// `\u0000` escape anywhere in a document it reads. Text columns cannot hold NUL on
+/// PostgreSQL either, so client-chosen text (tool, method) has it replaced; one such
+/// event must not fail every batch it is replayed in.
+#[derive(serde::Serialize)]
+struct AuditRow<'a> {
+    id: &'a str,
+    time: i64,
+    principal: Cow<'a, str>,
+    server: &'a str,
+    method: Cow<'a, str>,
+    tool: Option<Cow<'a, str>>,
+    arguments: Option<String>,
+    outcome: &'a str,
+    latency_ms: f64,
+    request_id: Option<Cow<'a, str>>,
 }
 
-fn insert_query<'q>(
-    chunk: &[&'q AuditEvent],
-    dialect: Dialect,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    let mut query = sqlx::query(insert_statement(chunk.len(), dialect));
-    for e in chunk {
-        query = query
-            .bind(&e.id)
-            .bind(&e.tenant_id)
-            .bind(e.time)
-            .bind(&e.principal)
-            .bind(&e.server)
-            .bind(&e.method)
-            .bind(&e.tool)
-            .bind(e.arguments.as_ref().map(|a| a.to_string()))
-            .bind(&e.outcome)
-            .bind(e.latency_ms)
-            .bind(&e.request_id);
+impl<'a> AuditRow<'a> {
+    fn new(e: &'a AuditEvent) -> Self {
+        Self {
+            id: &e.id,
+            time: e.time,
+            principal: without_nul(&e.principal),
+            server: &e.server,
+            method: without_nul(&e.method),
+            tool: e.tool.as_deref().map(without_nul),
+            arguments: e.arguments.as_ref().map(|a| a.to_string()),
+            outcome: &e.outcome,
+            latency_ms: e.latency_ms,
+            request_id: e.request_id.as_deref().map(without_nul),
+        }
     }
-    query
+}
+
+fn without_nul(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 pub struct SqlAudit {
@@ -124,25 +103,16 @@ impl AuditStore for SqlAudit {
         for e in events {
             by_tenant.entry(e.tenant_id.as_str()).or_default().push(e);
         }
-        let dialect = self.store.dialect();
+        let statement = insert_statement(self.store.dialect());
         for (tenant, events) in by_tenant {
-            let chunks = chunked(&events);
+            let rows: Vec<AuditRow> = events.into_iter().map(AuditRow::new).collect();
+            let batch = serde_json::to_string(&rows).expect("audit rows serialize");
+            let query = sqlx::query(statement).bind(tenant).bind(batch);
             // One statement is atomic by itself: no transaction round trips around it.
-            if let [only] = chunks.as_slice() {
-                self.store
-                    .execute_scoped(tenant, insert_query(only, dialect))
-                    .await
-                    .map_err(unavailable)?;
-                continue;
-            }
-            let mut tx = self.store.scoped(tenant).await.map_err(unavailable)?;
-            for chunk in chunks {
-                insert_query(chunk, dialect)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-            }
-            tx.commit().await.map_err(unavailable)?;
+            self.store
+                .execute_scoped(tenant, query)
+                .await
+                .map_err(unavailable)?;
         }
         Ok(())
     }
@@ -232,17 +202,6 @@ impl AuditStore for SqlAudit {
 mod tests {
     use super::*;
 
-    #[test]
-    fn insert_statement_numbers_every_parameter_once() {
-        let sql = insert_statement(3, Dialect::Postgres);
-        assert!(sql.contains("($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11), ($12,"));
-        assert!(sql.contains("$33)") && !sql.contains("$34"));
-        assert!(sql.ends_with("ON CONFLICT (id) DO NOTHING"));
-        let sql = insert_statement(2, Dialect::Sqlite);
-        assert_eq!(sql.matches('?').count(), 22);
-        assert!(!sql.contains('$'));
-    }
-
     fn event(n: usize, tenant: &str) -> AuditEvent {
         AuditEvent {
             id: format!("{tenant}-{n}"),
@@ -259,8 +218,8 @@ mod tests {
         }
     }
 
-    /// Batches of every shape (one statement, several in a transaction, two tenants)
-    /// arrive whole, and writing a batch again (a replayed spill) adds nothing.
+    /// Batches of every size and of two tenants arrive whole, and writing a batch again
+    /// (a replayed spill) adds nothing.
     #[tokio::test]
     async fn batches_of_any_size_are_written_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -286,5 +245,85 @@ mod tests {
             );
             assert_eq!(audit.query("other", &all).await.unwrap().len(), 1);
         }
+    }
+
+    /// What goes in comes out: text that needs escaping, arguments of any shape (key
+    /// order kept, absent ones absent), large and fractional numbers; NUL, which text
+    /// columns cannot hold, is replaced outside the arguments.
+    #[tokio::test]
+    async fn events_are_kept_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/audit.db", dir.path().display());
+        let store = Store::connect(&url, &Default::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        let audit = SqlAudit::new(store);
+        let tricky = AuditEvent {
+            id: "018f-tricky".into(),
+            time: i64::MAX - 1,
+            principal: "key:\"quoted\" \\ back\u{2028}slash".into(),
+            server: "srv ünïcödé 🚀".into(),
+            tool: Some("file:///tmp/a b?c=d#e".into()),
+            arguments: Some(serde_json::json!({
+                "z": [1, -2.5, 1e300, 9007199254740993u64, null, true],
+                "a": { "nested": "line\nbreak\u{0}", "": "" },
+                "m": "[REDACTED]"
+            })),
+            latency_ms: 0.123,
+            request_id: Some("req-1".into()),
+            ..event(0, "t")
+        };
+        let bare = AuditEvent {
+            id: "018f-bare".into(),
+            tool: None,
+            arguments: None,
+            request_id: None,
+            ..event(1, "t")
+        };
+        let nul = AuditEvent {
+            id: "018f-nul".into(),
+            tool: Some("echo\0x".into()),
+            method: "tools/call\0".into(),
+            arguments: Some(serde_json::json!({ "m": "a\u{0}b" })),
+            ..event(3, "t")
+        };
+        let as_string = AuditEvent {
+            id: "018f-string".into(),
+            arguments: Some(serde_json::json!("just text")),
+            ..event(2, "t")
+        };
+        audit
+            .write(&[tricky.clone(), bare.clone(), as_string.clone(), nul.clone()])
+            .await
+            .unwrap();
+        let kept = audit
+            .query(
+                "t",
+                &AuditFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let find = |id: &str| kept.iter().find(|e| e.id == id).unwrap().clone();
+        assert_eq!(find("018f-tricky"), tricky);
+        let keys: Vec<_> = find("018f-tricky")
+            .arguments
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(keys, ["z", "a", "m"], "argument order is kept");
+        assert_eq!(find("018f-bare"), bare);
+        assert_eq!(find("018f-string"), as_string);
+        let kept_nul = find("018f-nul");
+        assert_eq!(kept_nul.tool.as_deref(), Some("echo\u{FFFD}x"));
+        assert_eq!(kept_nul.method, "tools/call\u{FFFD}");
+        assert_eq!(
+            kept_nul.arguments, nul.arguments,
+            "escaped in JSON text, NUL is kept"
+        );
     }
 }

@@ -170,3 +170,32 @@ def test_the_embedded_database_answers_reads_while_a_write_is_open(control_plane
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_text_a_column_cannot_hold_does_not_stop_the_audit(control_plane):
+    """A NUL in a client-chosen tool name or argument (PostgreSQL text cannot hold one)
+    must not fail the batch it travels in, and with it every replay of that batch: the
+    event is kept (NUL replaced in names, escaped in the arguments' JSON) and so is every
+    event after it."""
+    g, api = control_plane()
+    token, key, _ = setup_key(api)
+    h = {"Authorization": f"Bearer {key}"}
+    init = g.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "pytest", "version": "1"}}},
+        path="/mcp/demo", headers=h)
+    h.update({"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"})
+    g.post({"jsonrpc": "2.0", "method": "notifications/initialized"}, path="/mcp/demo", headers=h)
+
+    unknown = g.post({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo\u0000x", "arguments": {}}},
+                     path="/mcp/demo", headers=h).json()
+    assert "error" in unknown or unknown["result"]["isError"], unknown
+    echoed = g.post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "a\u0000b"}}},
+                    path="/mcp/demo", headers=h).json()
+    assert echoed["result"]["content"][0]["text"] == "a\u0000b"
+    assert key_call(g.base, key, "tools/call", {"name": "demo__add", "arguments": {"a": 1, "b": 2}}).status_code == 200
+
+    items = wait_until(lambda: (lambda e: e if len(e) >= 3 else None)(events(api, token)["items"]), what="3 audit events")
+    assert {e["tool"] for e in items} == {"echo\ufffdx", "echo", "add"}
+    assert next(e for e in items if e["tool"] == "echo")["arguments"] == {"message": "a\u0000b"}
+    assert not g.metric("audit_events_total", result="spilled"), "the store never refused a batch"
+    assert api.request("GET", "/ready").status_code == 200
