@@ -27,7 +27,7 @@ fn insert_statement(dialect: Dialect) -> &'static str {
             "INSERT INTO audit_events (id, tenant_id, time, principal, server, method, tool, arguments, outcome, latency_ms, request_id) \
              SELECT value ->> 'id', $1, value ->> 'time', value ->> 'principal', value ->> 'server', value ->> 'method', \
                     value ->> 'tool', value ->> 'arguments', value ->> 'outcome', value ->> 'latency_ms', value ->> 'request_id' \
-             FROM json_each($2) WHERE true \
+             FROM jsonb_each(jsonb($2)) WHERE true \
              ON CONFLICT (id) DO NOTHING"
         }
     }
