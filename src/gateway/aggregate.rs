@@ -208,28 +208,39 @@ fn param_str<'a>(body: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
         .and_then(Value::as_str)
 }
 
+/// What the aggregate makes of a request: answered by itself, or one upstream's to
+/// answer (the caller relays it).
+pub enum Handled {
+    Answered(Response),
+    Relay(Arc<Upstream>, Map<String, Value>),
+}
+
+impl From<Response> for Handled {
+    fn from(response: Response) -> Self {
+        Handled::Answered(response)
+    }
+}
+
 pub async fn handle(
-    gw: Arc<Gateway>,
-    ctx: Ctx,
-    id: Value,
+    gw: &Gateway,
+    ctx: &Ctx,
+    id: &Value,
     method: String,
     mut body: Map<String, Value>,
-) -> Response {
-    // An owned handle, so the borrow does not pin `ctx` while it moves into a relay.
-    let access_owned = ctx.principal.access.clone();
-    let access = access_owned.as_deref();
+) -> Handled {
+    let access = ctx.principal.access.as_deref();
     if let Some(kind) = ListKind::from_method(&method) {
         let started = std::time::Instant::now();
-        let merged = merged(&gw, kind, access).await;
-        if let Some(audited) = Audited::new(&gw, &ctx, &body) {
+        let merged = merged(gw, kind, access).await;
+        if let Some(audited) = Audited::new(gw, ctx, &body) {
             audited.record("*", &method, "ok", started);
         }
         let mut result = Map::new();
         result.insert(kind.result_key().into(), Value::Array(merged.items));
-        return finish(&ctx, jsonrpc::result_response(&id, Value::Object(result)));
+        return finish(ctx, jsonrpc::result_response(id, Value::Object(result))).into();
     }
-    match method.as_str() {
-        "ping" => finish(&ctx, jsonrpc::result_response(&id, json!({}))),
+    let answer = match method.as_str() {
+        "ping" => finish(ctx, jsonrpc::result_response(id, json!({}))),
         "tools/call" | "prompts/get" => {
             let kind = if method == "tools/call" {
                 ListKind::Tools
@@ -237,10 +248,10 @@ pub async fn handle(
                 ListKind::Prompts
             };
             let Some(exposed) = param_str(&body, "name").map(String::from) else {
-                return invalid_params(&id, "params.name is required");
+                return invalid_params(id, "params.name is required").into();
             };
-            let Some((upstream, name)) = resolve(&gw, kind, &exposed, access).await else {
-                if let Some(audited) = Audited::new(&gw, &ctx, &body) {
+            let Some((upstream, name)) = resolve(gw, kind, &exposed, access).await else {
+                if let Some(audited) = Audited::new(gw, ctx, &body) {
                     audited.record("*", &method, "error", std::time::Instant::now());
                 }
                 let what = if kind == ListKind::Tools {
@@ -248,21 +259,21 @@ pub async fn handle(
                 } else {
                     "prompt"
                 };
-                return invalid_params(&id, &format!("Unknown {what}: {exposed}"));
+                return invalid_params(id, &format!("Unknown {what}: {exposed}")).into();
             };
             set_param(&mut body, "name", Value::String(name));
-            relay::relay(gw, ctx, upstream, id, body).await
+            return Handled::Relay(upstream, body);
         }
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             let Some(uri) = param_str(&body, "uri").map(String::from) else {
-                return invalid_params(&id, "params.uri is required");
+                return invalid_params(id, "params.uri is required").into();
             };
-            match resolve_uri(&gw, &uri, access).await {
-                Some(upstream) => relay::relay(gw, ctx, upstream, id, body).await,
+            match resolve_uri(gw, &uri, access).await {
+                Some(upstream) => return Handled::Relay(upstream, body),
                 None => finish(
-                    &ctx,
+                    ctx,
                     jsonrpc::error_response(
-                        &id,
+                        id,
                         jsonrpc::RESOURCE_NOT_FOUND,
                         "Resource not found",
                         Some(json!({ "uri": uri })),
@@ -281,7 +292,7 @@ pub async fn handle(
                         .get("name")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    resolve(&gw, ListKind::Prompts, exposed, access)
+                    resolve(gw, ListKind::Prompts, exposed, access)
                         .await
                         .map(|(u, name)| {
                             let mut reference = reference.clone();
@@ -294,18 +305,21 @@ pub async fn handle(
                         .get("uri")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    resolve_uri(&gw, uri, access)
+                    resolve_uri(gw, uri, access)
                         .await
                         .map(|u| (u, reference.clone()))
                 }
-                _ => return invalid_params(&id, "params.ref must be a ref/prompt or ref/resource"),
+                _ => {
+                    return invalid_params(id, "params.ref must be a ref/prompt or ref/resource")
+                        .into();
+                }
             };
             match target {
                 Some((upstream, reference)) => {
                     set_param(&mut body, "ref", reference);
-                    relay::relay(gw, ctx, upstream, id, body).await
+                    return Handled::Relay(upstream, body);
                 }
-                None => invalid_params(&id, "Unknown prompt or resource in params.ref"),
+                None => invalid_params(id, "Unknown prompt or resource in params.ref"),
             }
         }
         "logging/setLevel" => {
@@ -321,12 +335,12 @@ pub async fn handle(
                 }
             });
             futures::future::join_all(sends).await;
-            finish(&ctx, jsonrpc::result_response(&id, json!({})))
+            finish(ctx, jsonrpc::result_response(id, json!({})))
         }
         _ => finish(
-            &ctx,
+            ctx,
             jsonrpc::error_response(
-                &id,
+                id,
                 jsonrpc::METHOD_NOT_FOUND,
                 &format!(
                     "Method not found: {method} (use /mcp/{{server}} to reach one server directly)"
@@ -334,6 +348,21 @@ pub async fn handle(
                 None,
             ),
         ),
+    };
+    answer.into()
+}
+
+/// Answers a request on the aggregate, relaying it when one upstream is to answer.
+pub async fn respond(
+    gw: Arc<Gateway>,
+    ctx: Ctx,
+    id: Value,
+    method: String,
+    body: Map<String, Value>,
+) -> Response {
+    match handle(&gw, &ctx, &id, method, body).await {
+        Handled::Answered(response) => response,
+        Handled::Relay(upstream, body) => relay::relay(gw, ctx, upstream, id, body).await,
     }
 }
 

@@ -10,6 +10,7 @@ use super::http::Ctx;
 use super::jsonrpc;
 use crate::audit::{AuditEvent, AuditQueue};
 
+#[derive(Clone)]
 pub struct Audited {
     queue: AuditQueue,
     principal: String,
@@ -41,21 +42,22 @@ impl Audited {
         })
     }
 
-    pub fn record(&self, server: &str, method: &str, outcome: &str, started: Instant) {
+    /// Records the request's outcome, moving what it holds into the event.
+    pub fn record(self, server: &str, method: &str, outcome: &str, started: Instant) {
         self.queue.record(AuditEvent {
             // Time-ordered ids: the stores' indexes grow at the end instead of everywhere.
             id: uuid::Uuid::now_v7().to_string(),
             time: crate::store::now_ms(),
-            tenant_id: self.tenant_id.clone(),
-            principal: self.principal.clone(),
+            tenant_id: self.tenant_id,
+            principal: self.principal,
             server: server.to_string(),
             method: method.to_string(),
-            tool: self.tool.clone(),
-            arguments: self.arguments.clone(),
+            tool: self.tool,
+            arguments: self.arguments,
             outcome: outcome.to_string(),
             // Microsecond precision is plenty, and keeps the documents readable.
             latency_ms: (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
-            request_id: self.request_id.clone(),
+            request_id: self.request_id,
         });
     }
 }

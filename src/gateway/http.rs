@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
@@ -211,29 +211,49 @@ fn legacy_session(
     Ok(claims)
 }
 
-pub async fn post_aggregate(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    post(gw, None, headers, body).await
+pub async fn post_aggregate(State(gw): State<Arc<Gateway>>, http: Request) -> Response {
+    post(gw, None, http).await
 }
 
 pub async fn post_server(
     State(gw): State<Arc<Gateway>>,
     Path(server): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    http: Request,
 ) -> Response {
-    post(gw, Some(server), headers, body).await
+    post(gw, Some(server), http).await
 }
 
-async fn post(
-    gw: Arc<Gateway>,
-    server: Option<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// The request's body, read only once the caller is admitted (a stranger cannot make
+/// the gateway buffer `server.max_body_bytes`), up to that limit.
+async fn read_body(gw: &Gateway, body: axum::body::Body) -> Result<Bytes, Response> {
+    let limit = gw.config.server.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            rpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                &format!("Payload Too Large: the request body exceeds {limit} bytes (server.max_body_bytes)"),
+                None,
+            )
+        } else {
+            rpc_error(
+                StatusCode::BAD_REQUEST,
+                &Value::Null,
+                jsonrpc::PARSE_ERROR,
+                &format!("Bad Request: the request body could not be read: {e}"),
+                None,
+            )
+        }
+    })
+}
+
+async fn post(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Response {
+    // The request's parts, not a copy of its headers (the `HeaderMap` extractor clones).
+    let (parts, body) = http.into_parts();
+    let headers = parts.headers;
     let principal = match admit(&gw, &headers).await {
         Ok(p) => p,
         Err(r) => return r,
@@ -245,6 +265,10 @@ async fn post(
     };
     let route = match route_for(&gw, server, &principal) {
         Ok(r) => r,
+        Err(r) => return r,
+    };
+    let body = match read_body(&gw, body).await {
+        Ok(b) => b,
         Err(r) => return r,
     };
     let message = match jsonrpc::parse(&body) {
@@ -282,14 +306,20 @@ async fn request(
     mut body: Map<String, Value>,
 ) -> Response {
     let sse = accepts_sse(&headers);
-    match era::detect(&method, &body, &headers) {
-        Era::Legacy if method == "initialize" => initialize(&gw, route, principal, id, &body).await,
+    let request_id = era::header_str(&headers, "x-request-id").map(String::from);
+    let ctx = match era::detect(&method, &body, &headers) {
+        // Boxed, like every path a request seldom takes: an async fn's future is as large
+        // as its largest path, and the common path's future is allocated and copied on
+        // every request.
+        Era::Legacy if method == "initialize" => {
+            return Box::pin(initialize(&gw, route, principal, id, &body)).await;
+        }
         Era::Legacy => {
             let claims = match legacy_session(&gw, &headers, &route, &principal, &id) {
                 Ok(c) => c,
                 Err(r) => return r,
             };
-            let ctx = Ctx {
+            Ctx {
                 route,
                 principal,
                 era: Era::Legacy,
@@ -297,9 +327,8 @@ async fn request(
                 session: Some(claims),
                 accepts_sse: sse,
                 method: method.clone(),
-                request_id: era::header_str(&headers, "x-request-id").map(String::from),
-            };
-            dispatch(gw, ctx, id, method, body).await
+                request_id,
+            }
         }
         Era::Modern => {
             if let Err(e) = era::validate_modern(&method, &body, &headers) {
@@ -311,7 +340,7 @@ async fn request(
                     .and_then(|m| m.get(era::META_CLIENT_CAPABILITIES)),
             );
             era::strip_modern_meta(&mut body);
-            let ctx = Ctx {
+            Ctx {
                 route,
                 principal,
                 era: Era::Modern,
@@ -319,11 +348,11 @@ async fn request(
                 caps,
                 accepts_sse: sse,
                 method: method.clone(),
-                request_id: era::header_str(&headers, "x-request-id").map(String::from),
-            };
-            dispatch(gw, ctx, id, method, body).await
+                request_id,
+            }
         }
-    }
+    };
+    dispatch(gw, ctx, id, method, body).await
 }
 
 async fn initialize(
@@ -391,16 +420,18 @@ async fn dispatch(
                         aggregate::discover(&gw, ctx.principal.access.as_deref()),
                     ),
                 ),
-                Route::Server(name) => relay::discover_server(&gw, &ctx, name, &id).await,
+                Route::Server(name) => Box::pin(relay::discover_server(&gw, &ctx, name, &id)).await,
             };
         }
-        ("subscriptions/listen", Era::Modern) => return streams::listen(gw, ctx, id, body).await,
+        ("subscriptions/listen", Era::Modern) => {
+            return Box::pin(streams::listen(gw, ctx, id, body)).await;
+        }
         _ => {}
     }
-    match ctx.route.clone() {
+    match &ctx.route {
         Route::Server(name) => {
-            let Some(upstream) = gw.find(ctx.principal.access.as_deref(), &name) else {
-                return no_such_server(&id, &name);
+            let Some(upstream) = gw.find(ctx.principal.access.as_deref(), name) else {
+                return no_such_server(&id, name);
             };
             let access = ctx.principal.access.clone();
             if upstream.config.restricts_tools()
@@ -414,7 +445,7 @@ async fn dispatch(
             }
             relay::relay(gw, ctx, upstream, id, body).await
         }
-        Route::Aggregate => aggregate::handle(gw, ctx, id, method, body).await,
+        Route::Aggregate => aggregate::respond(gw, ctx, id, method, body).await,
     }
 }
 

@@ -94,7 +94,7 @@ pub fn park(
         "method": msg.get("method").cloned().unwrap_or(Value::Null),
         "params": msg.get("params").cloned().unwrap_or_else(|| json!({})),
     });
-    run.settle("input_required");
+    run.settle_parked();
     let remaining = run.timeout.saturating_sub(run.started.elapsed());
     let name = run.target.clone();
     let parked = Parked {

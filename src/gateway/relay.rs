@@ -145,7 +145,7 @@ fn settle(
     method: &str,
     started: Instant,
     outcome: &'static str,
-    audited: Option<&Audited>,
+    audited: Option<Audited>,
 ) {
     upstream.record_outcome(outcome, admission);
     if let Some(audited) = audited {
@@ -225,14 +225,28 @@ pub struct Running {
 }
 
 impl Running {
-    pub(super) fn settle(&self, outcome: &'static str) {
+    /// Settles the call's final outcome (its audit record included).
+    pub(super) fn settle(&mut self, outcome: &'static str) {
         settle(
             &self.upstream,
             self.admission,
             &self.method,
             self.started,
             outcome,
-            self.audited.as_ref(),
+            self.audited.take(),
+        );
+    }
+
+    /// Settles the request that parked the call for a client's input; the request that
+    /// resumes it settles again, with its own audit record.
+    pub(super) fn settle_parked(&self) {
+        settle(
+            &self.upstream,
+            self.admission,
+            &self.method,
+            self.started,
+            "input_required",
+            self.audited.clone(),
         );
     }
 }
@@ -246,7 +260,7 @@ pub async fn relay(
     mut body: Map<String, Value>,
 ) -> Response {
     if mrtr::is_retry(&ctx, &body) {
-        return mrtr::resume(gw, ctx, id, body).await;
+        return Box::pin(mrtr::resume(gw, ctx, id, body)).await;
     }
     let started = Instant::now();
     let method = body
@@ -263,7 +277,7 @@ pub async fn relay(
             &method,
             started,
             "cached",
-            audited.as_ref(),
+            audited,
         );
         return finish(&ctx, jsonrpc::result_response(&id, result));
     }
@@ -274,7 +288,7 @@ pub async fn relay(
             &method,
             started,
             "rate_limited",
-            audited.as_ref(),
+            audited,
         );
         return refusal.into_response();
     }
@@ -287,7 +301,7 @@ pub async fn relay(
                 &method,
                 started,
                 "circuit_open",
-                audited.as_ref(),
+                audited,
             );
             return upstream_error_response(&id, &e);
         }
@@ -304,7 +318,7 @@ pub async fn relay(
                 &method,
                 started,
                 "overloaded",
-                audited.as_ref(),
+                audited,
             );
             return upstream_error_response(&id, &e);
         }
@@ -321,7 +335,7 @@ pub async fn relay(
                 &method,
                 started,
                 "unavailable",
-                audited.as_ref(),
+                audited,
             );
             return upstream_error_response(&id, &e);
         }

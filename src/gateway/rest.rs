@@ -75,7 +75,7 @@ async fn run(
     body.insert("id".into(), id.clone());
     body.insert("method".into(), json!(method));
     body.insert("params".into(), params);
-    let response = aggregate::handle(gw, ctx, id, method.to_string(), body).await;
+    let response = aggregate::respond(gw, ctx, id, method.to_string(), body).await;
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .map_err(|e| ApiError::Internal(format!("reading the gateway's answer: {e}")))?;

@@ -94,8 +94,17 @@ impl RateLimiter {
             let mut conn = redis.clone();
             let mut invocation = self.script.key(format!("{}rl:{bucket}", self.prefix));
             invocation.arg(rate.interval_ms()).arg(rate.tolerance_ms());
-            let call = invocation.invoke_async::<(i64, i64)>(&mut conn);
-            match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+            // Boxed: the Redis exchange is a large future, and every request's future
+            // would otherwise carry its space (copied, and allocated, per request) even
+            // where no rate limit applies.
+            let call = Box::pin(async move {
+                tokio::time::timeout(
+                    REDIS_TIMEOUT,
+                    invocation.invoke_async::<(i64, i64)>(&mut conn),
+                )
+                .await
+            });
+            match call.await {
                 Ok(Ok((1, _))) => return Ok(()),
                 Ok(Ok((_, wait))) => return Err(Duration::from_millis(wait.max(1) as u64)),
                 Ok(Err(e)) => self.redis_failed(&format!("{:?}", e.kind()), now),

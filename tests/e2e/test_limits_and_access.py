@@ -26,7 +26,13 @@ def test_missing_and_wrong_keys_get_401_with_a_challenge(g):
 
 def test_oversized_body_is_413(g):
     big = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * 100_000}})
-    assert g.post(big).status_code == 413
+    for path in ("/mcp", "/mcp/demo"):
+        r = g.post(big, path=path)
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["code"] == -32600 and "max_body_bytes" in r.json()["error"]["message"], (r.headers, r.text)
+    # A caller who is not admitted is refused before its body is read.
+    r = httpx2.post(g.url, content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 401
 
 
 def test_malformed_json_is_parse_error(g):
