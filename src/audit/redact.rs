@@ -20,7 +20,18 @@ impl Redactor {
         }
     }
 
+    /// Runs for every argument key of every audited call, so ASCII keys (nearly all)
+    /// are compared in place rather than lower-cased into a new string.
     fn secret_key(&self, key: &str) -> bool {
+        if key.is_ascii() {
+            let key = key.as_bytes();
+            return self.fragments.iter().any(|f| {
+                f.is_empty()
+                    || key
+                        .windows(f.len())
+                        .any(|w| w.eq_ignore_ascii_case(f.as_bytes()))
+            });
+        }
         let key = key.to_lowercase();
         self.fragments.iter().any(|f| key.contains(f.as_str()))
     }
@@ -34,7 +45,8 @@ impl Redactor {
             return Value::String("[…]".into());
         }
         match value {
-            Value::String(s) if s.chars().count() > MAX_STRING => {
+            // A string of at most MAX_STRING bytes has at most as many characters.
+            Value::String(s) if s.len() > MAX_STRING && s.chars().count() > MAX_STRING => {
                 let cut: String = s.chars().take(MAX_STRING).collect();
                 Value::String(format!("{cut}…"))
             }
@@ -46,7 +58,7 @@ impl Redactor {
                     .collect(),
             ),
             Value::Object(map) => {
-                let mut out = Map::new();
+                let mut out = Map::with_capacity(map.len().min(MAX_ITEMS));
                 for (k, v) in map.iter().take(MAX_ITEMS) {
                     let v = if self.secret_key(k) {
                         Value::String(REDACTED.into())
@@ -102,6 +114,47 @@ mod tests {
         assert_eq!(out["list"][0]["apiKey"], REDACTED);
         assert!(out["long"].as_str().unwrap().chars().count() <= MAX_STRING + 1);
         assert!(!out.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn keys_match_fragments_whatever_their_case_or_script() {
+        let r = Redactor::new(&default_fragments());
+        let out = r.redact(&json!({
+            "ÜBER_SECRET": "s",
+            "x-AUTHORIZATION-y": "a",
+            "tok": "not a token key",
+            "é".repeat(200): "é".repeat(200),
+        }));
+        assert_eq!(out["ÜBER_SECRET"], REDACTED);
+        assert_eq!(out["x-AUTHORIZATION-y"], REDACTED);
+        assert_eq!(out["tok"], "not a token key");
+        // 400 bytes, but 200 characters: within the limit, kept whole.
+        assert_eq!(out["é".repeat(200)], "é".repeat(200));
+    }
+
+    proptest::proptest! {
+        /// The in-place comparison of ASCII keys says what lower-casing would.
+        #[test]
+        fn ascii_keys_are_judged_as_lower_casing_would(
+            before in "[ -~]{0,12}",
+            fragment in proptest::sample::select(default_fragments()),
+            cut in 0usize..16,
+            cases in proptest::prelude::any::<u64>(),
+            after in "[ -~]{0,12}",
+        ) {
+            // A fragment in random case, whole or cut short (then it must not match by itself).
+            let inner: String = fragment
+                .chars()
+                .take(cut)
+                .enumerate()
+                .map(|(i, c)| if cases >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let key = format!("{before}{inner}{after}");
+            let r = Redactor::new(&default_fragments());
+            let lower = key.to_lowercase();
+            let expected = default_fragments().iter().any(|f| lower.contains(f.as_str()));
+            proptest::prop_assert_eq!(r.secret_key(&key), expected);
+        }
     }
 
     #[test]
