@@ -1,13 +1,14 @@
 -- wrk script: a JSON-RPC tools/call per request with a unique id; every response body is
 -- checked for the echoed marker, and failures are counted and reported.
 -- Environment: BENCH_PATH, BENCH_TOOL, BENCH_AUTH (optional), BENCH_SESSION (optional),
--- BENCH_VERSION (protocol version header).
+-- BENCH_VERSION (protocol version header), BENCH_ID_BASE (where ids start; a warm-up run
+-- on the same session uses other ids).
 local threads = {}
 local counter = 0
 local bad = 0
 
 function setup(thread)
-  thread:set("id_base", #threads * 100000000)
+  thread:set("id_base", tonumber(os.getenv("BENCH_ID_BASE") or "0") + #threads * 100000000)
   table.insert(threads, thread)
 end
 

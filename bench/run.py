@@ -27,6 +27,7 @@ GANTRY = os.environ.get("BENCH_GANTRY_BIN", "/var/tmp/gantry-target/release/gant
 TOOLS = Path(os.environ.get("E2E_TOOLS_DIR", "/var/tmp/gantry-tools"))
 EVERYTHING = TOOLS / "npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 DURATION = os.environ.get("BENCH_DURATION", "5s")
+WARMUP = os.environ.get("BENCH_WARMUP", "1s")
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,16,64").split(",")]
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -175,16 +176,25 @@ def initialize(port: int, path: str, auth: str | None) -> str | None:
     return sid
 
 
-def wrk(port: int, path: str, tool: str, conc: int, auth=None, session=None, watch=()):
+def start_wrk(port: int, path: str, tool: str, conc: int, duration: str, auth, session, id_base: int):
     env = {**os.environ, "BENCH_PATH": path, "BENCH_TOOL": tool, "BENCH_AUTH": auth or "",
-           "BENCH_SESSION": session or "", "BENCH_VERSION": "2025-11-25"}
-    before = {pid: cpu_seconds(pid) for pid in watch}
-    peak = {pid: rss_mb(pid) for pid in watch}
+           "BENCH_SESSION": session or "", "BENCH_VERSION": "2025-11-25", "BENCH_ID_BASE": str(id_base)}
     # A generous timeout: server-everything pauses now and then (it keeps every event in
     # memory), and a slow answer is a measurement, not a socket error.
-    proc = subprocess.Popen(["wrk", "-t", str(min(conc, 2)), "-c", str(conc), "-d", DURATION, "--latency", "--timeout", "30s",
+    return subprocess.Popen(["wrk", "-t", str(min(conc, 2)), "-c", str(conc), "-d", duration, "--latency", "--timeout", "30s",
                              "-s", str(HERE / "mcp_call.lua"), f"http://127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, text=True, env=env)
+
+
+def wrk(port: int, path: str, tool: str, conc: int, auth=None, session=None, watch=()):
+    # Warm-up, not measured: a fresh Node upstream compiles its hot paths in its first
+    # second, and every configuration starts from a fresh one.
+    if WARMUP != "0s":
+        warm = start_wrk(port, path, tool, conc, WARMUP, auth, session, 500_000_000)
+        warm.communicate()
+    before = {pid: cpu_seconds(pid) for pid in watch}
+    peak = {pid: rss_mb(pid) for pid in watch}
+    proc = start_wrk(port, path, tool, conc, DURATION, auth, session, 0)
     while proc.poll() is None:
         for pid in watch:
             peak[pid] = max(peak[pid], rss_mb(pid))
