@@ -242,7 +242,7 @@ async fn read_body(gw: &Gateway, body: axum::body::Body) -> Result<Bytes, Respon
             rpc_error(
                 StatusCode::BAD_REQUEST,
                 &Value::Null,
-                jsonrpc::PARSE_ERROR,
+                jsonrpc::INVALID_REQUEST,
                 &format!("Bad Request: the request body could not be read: {e}"),
                 None,
             )

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::channel::mpsc as call_events;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
@@ -43,7 +45,7 @@ pub enum CallEvent {
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 struct Pending {
-    tx: mpsc::UnboundedSender<CallEvent>,
+    tx: call_events::UnboundedSender<CallEvent>,
     original_id: Value,
     original_token: Option<Value>,
     deadline: Instant,
@@ -108,7 +110,7 @@ pub struct Connection {
 pub struct Call {
     id: u64,
     conn: Arc<Connection>,
-    rx: mpsc::UnboundedReceiver<CallEvent>,
+    rx: call_events::UnboundedReceiver<CallEvent>,
     finished: bool,
     /// The transport's exchange for this request, driven by whoever awaits the call, so
     /// the request's own I/O runs in the caller's task.
@@ -121,10 +123,10 @@ impl Call {
             match self.exchange.as_mut() {
                 Some(exchange) => tokio::select! {
                     biased;
-                    event = self.rx.recv() => break event,
+                    event = self.rx.next() => break event,
                     () = exchange => self.exchange = None,
                 },
-                None => break self.rx.recv().await,
+                None => break self.rx.next().await,
             }
         };
         if matches!(
@@ -291,7 +293,9 @@ impl Connection {
     /// restored on everything routed back.
     pub fn start_call(self: &Arc<Self>, mut body: Map<String, Value>, timeout: Duration) -> Call {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        // A linked queue, allocated per event: most calls see one event (their answer),
+        // and tokio's channel allocates room for 32 of them up front (5 KB a call).
+        let (tx, rx) = call_events::unbounded();
         let original_id = body.insert("id".into(), json!(id)).unwrap_or(Value::Null);
         let original_token = body
             .get_mut("params")
@@ -306,7 +310,7 @@ impl Connection {
             exchange: None,
         };
         if self.closed.is_cancelled() {
-            let _ = tx.send(CallEvent::Failed(self.close_reason()));
+            let _ = tx.unbounded_send(CallEvent::Failed(self.close_reason()));
             return call;
         }
         self.pending.lock().unwrap().insert(
@@ -359,7 +363,7 @@ impl Connection {
             .map(|(_, p)| p)
             .collect();
         for p in pending {
-            let _ = p.tx.send(CallEvent::Failed(reason.clone()));
+            let _ = p.tx.unbounded_send(CallEvent::Failed(reason.clone()));
         }
     }
 
@@ -402,7 +406,7 @@ impl Connection {
             return;
         };
         response.set_id(p.original_id);
-        let _ = p.tx.send(CallEvent::Response(response));
+        let _ = p.tx.unbounded_send(CallEvent::Response(response));
     }
 
     pub(super) fn route(&self, msg: Value, related: Option<u64>) {
@@ -435,13 +439,15 @@ impl Connection {
                                 p.original_token.clone().unwrap_or(Value::Null),
                             );
                         }
-                        let _ = p.tx.send(CallEvent::Notification(Value::Object(body)));
+                        let _ =
+                            p.tx.unbounded_send(CallEvent::Notification(Value::Object(body)));
                     }
                     return;
                 }
                 if let Some(r) = related {
                     if let Some(p) = self.pending.lock().unwrap().get(&r) {
-                        let _ = p.tx.send(CallEvent::Notification(Value::Object(body)));
+                        let _ =
+                            p.tx.unbounded_send(CallEvent::Notification(Value::Object(body)));
                         return;
                     }
                 }
@@ -457,7 +463,7 @@ impl Connection {
                     .or_else(|| pending.iter().max_by_key(|(k, _)| **k).map(|(_, p)| p));
                 match target {
                     Some(p) => {
-                        let _ = p.tx.send(CallEvent::ServerRequest {
+                        let _ = p.tx.unbounded_send(CallEvent::ServerRequest {
                             upstream_id: id,
                             msg,
                         });
@@ -532,7 +538,7 @@ async fn sweep_overdue(conn: std::sync::Weak<Connection>) {
                 .collect()
         };
         for (id, p) in overdue {
-            let _ = p.tx.send(CallEvent::TimedOut);
+            let _ = p.tx.unbounded_send(CallEvent::TimedOut);
             conn.send(jsonrpc::notification(
                 "notifications/cancelled",
                 json!({ "requestId": id, "reason": "timed out in the gateway" }),
