@@ -146,7 +146,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => Self::NotFound("resource"),
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
-            StoreError::Unavailable(_) => {
+            StoreError::Unavailable(cause) => {
+                // The caller learns only that it may retry; the operator needs the cause.
+                tracing::warn!(%cause, "database unavailable: answering 503");
                 Self::Unavailable("the database is unavailable; retry shortly".into())
             }
             other => Self::Internal(other.to_string()),

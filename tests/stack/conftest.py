@@ -216,3 +216,16 @@ def stack(tmp_path_factory):
                 print(f"stack kept: cd {directory} && COMPOSE_PROJECT_NAME={PROJECT} ...")
             else:
                 s.compose("--profile", "restore", "down", "-v", "--remove-orphans", check=False, timeout=300)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed check against the live stack reports what the gantry services logged last,
+    since the stack is removed when the run ends."""
+    outcome = yield
+    report = outcome.get_result()
+    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+    if report.when == "call" and report.failed and isinstance(stack, Stack):
+        logs = stack.compose("logs", "--no-color", "--tail", "40", "api_server", "mcp_gateway",
+                             check=False, timeout=60)
+        report.sections.append(("gantry service logs (last 40 lines each)", logs.stdout + logs.stderr))
