@@ -218,15 +218,20 @@ mod tests {
         }
     }
 
+    /// The audit on a fresh, migrated SQLite file in `dir`.
+    async fn sqlite_audit(dir: &tempfile::TempDir) -> SqlAudit {
+        let url = format!("sqlite://{}/audit.db", dir.path().display());
+        let store = Store::connect(&url, &Default::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        SqlAudit::new(store)
+    }
+
     /// Batches of every size and of two tenants arrive whole, and writing a batch again
     /// (a replayed spill) adds nothing.
     #[tokio::test]
     async fn batches_of_any_size_are_written_once() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/audit.db", dir.path().display());
-        let store = Store::connect(&url, &Default::default()).await.unwrap();
-        store.migrate().await.unwrap();
-        let audit = SqlAudit::new(store.clone());
+        let audit = sqlite_audit(&dir).await;
         let all = AuditFilter {
             limit: 1000,
             ..Default::default()
@@ -253,10 +258,7 @@ mod tests {
     #[tokio::test]
     async fn events_are_kept_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/audit.db", dir.path().display());
-        let store = Store::connect(&url, &Default::default()).await.unwrap();
-        store.migrate().await.unwrap();
-        let audit = SqlAudit::new(store);
+        let audit = sqlite_audit(&dir).await;
         let tricky = AuditEvent {
             id: "018f-tricky".into(),
             time: i64::MAX - 1,

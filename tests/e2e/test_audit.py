@@ -27,6 +27,13 @@ def events(api, token, **params):
     return r.json()
 
 
+def audited(api, token, count, timeout=30.0):
+    """The newest events once at least `count` are readable: the audit is written in
+    batches, within audit.flush_interval_ms of the calls."""
+    return wait_until(lambda: (lambda items: items if len(items) >= count else None)(events(api, token)["items"]),
+                      timeout=timeout, what=f"{count} audit events")
+
+
 def test_every_request_is_audited_with_redacted_arguments(control_plane):
     g, api = control_plane()
     token, key, key_id = setup_key(api)
@@ -37,8 +44,7 @@ def test_every_request_is_audited_with_redacted_arguments(control_plane):
     unknown = key_call(g.base, key, "tools/call", {"name": "demo__nope", "arguments": {}})
     assert "error" in unknown.json()
 
-    got = wait_until(lambda: (lambda e: e if len(e["items"]) >= 4 else None)(events(api, token)), what="4 audit events")
-    items = got["items"]
+    items = audited(api, token, 4)
     assert [e["time"] for e in items] == sorted((e["time"] for e in items), reverse=True), "newest first"
     echo = next(e for e in items if e["tool"] == "echo")
     assert echo["server"] == "demo" and echo["method"] == "tools/call" and echo["outcome"] == "ok"
@@ -129,7 +135,7 @@ def test_spilled_events_outlive_a_gantry_restart(control_plane, mongo, gantry):
     g2, api2 = control_plane(config, bootstrap=False)
     assert g2.dir == g.dir, "same working directory, so the same spill file"
     token = api2.login()["access_token"]
-    wait_until(lambda: len(events(api2, token)["items"]) >= 3, timeout=60, what="events replayed after restart")
+    audited(api2, token, 3, timeout=60)  # replayed after the restart
     wait_until(lambda: not spill.exists(), what="spill file removed once replayed")
 
 
@@ -159,7 +165,7 @@ def test_the_embedded_database_answers_reads_while_a_write_is_open(control_plane
     g, api = control_plane()
     token, key, _ = setup_key(api)
     assert key_call(g.base, key, "tools/call", {"name": "demo__add", "arguments": {"a": 1, "b": 2}}).status_code == 200
-    wait_until(lambda: events(api, token)["items"], what="the call's audit event")
+    audited(api, token, 1)
     writer = sqlite3.connect(database.url.removeprefix("sqlite://"), timeout=1, isolation_level=None)
     try:
         assert writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -194,7 +200,7 @@ def test_text_a_column_cannot_hold_does_not_stop_the_audit(control_plane):
     assert echoed["result"]["content"][0]["text"] == "a\u0000b"
     assert key_call(g.base, key, "tools/call", {"name": "demo__add", "arguments": {"a": 1, "b": 2}}).status_code == 200
 
-    items = wait_until(lambda: (lambda e: e if len(e) >= 3 else None)(events(api, token)["items"]), what="3 audit events")
+    items = audited(api, token, 3)
     assert {e["tool"] for e in items} == {"echo\ufffdx", "echo", "add"}
     assert next(e for e in items if e["tool"] == "echo")["arguments"] == {"message": "a\u0000b"}
     assert not g.metric("audit_events_total", result="spilled"), "the store never refused a batch"

@@ -331,18 +331,16 @@ def test_every_metric_the_dashboards_and_alerts_name_is_really_scraped(stack):
         named |= metric_names(expr)
     assert len(named) > 20, named
 
-    def missing():
+    def all_scraped():
         out = stack.exec("prometheus", "wget", "-q", "-O", "-", "http://127.0.0.1:9090/api/v1/label/__name__/values").stdout
         scraped = set(json.loads(out)["data"])
         # The MongoDB exporter cannot run here (see EXPECTED); its metrics alone go unchecked.
-        return {m for m in named - scraped if not m.startswith("mongodb_")}
+        missing = {m for m in named - scraped if not m.startswith("mongodb_")}
+        assert not missing, f"named by a dashboard but absent from every scrape: {sorted(missing)}"
+        return True
     # Some series exist only once their event happened (the first backup) and the next
     # scrape saw it: wait a few scrape intervals rather than race the scraper.
-    left, deadline = missing(), time.time() + 60
-    while left and time.time() < deadline:
-        time.sleep(5)
-        left = missing()
-    assert not left, f"named by a dashboard but absent from every scrape: {sorted(left)}"
+    wait_until(all_scraped, timeout=60, interval=5, what="every metric the dashboards name")
 
 
 def audit_count(stack, token):
