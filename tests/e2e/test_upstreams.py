@@ -219,6 +219,15 @@ def tls_demo(tmp_path):
         p.wait(timeout=10)
 
 
+def judged(g, name):
+    """`/ready`'s upstreams once `name` has been tried: each connects in the background,
+    and is "starting" until its first attempt ends."""
+    def upstreams():
+        ups = httpx2.get(g.base + "/ready", timeout=10).json()["upstreams"]
+        return ups if ups[name]["status"] != "starting" else None
+    return wait_until(upstreams, what=f"upstream {name} to leave 'starting'")
+
+
 def test_https_upstream_is_verified_and_url_credentials_authenticate(gantry, tls_demo):
     """A remote server over TLS: its certificate is checked against the trust store (a private
     CA is trusted through SSL_CERT_FILE), and credentials in its URL are sent as Basic auth."""
@@ -233,11 +242,11 @@ def test_https_upstream_is_verified_and_url_credentials_authenticate(gantry, tls
     r = g.post({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "over TLS"}}},
                path="/mcp/tls", headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": init["protocolVersion"]})
     assert r.json()["result"]["content"][0]["text"] == "over TLS", r.text
-    ready = httpx2.get(g.base + "/ready", timeout=10).json()["upstreams"]
+    ready = judged(g, "wrongpass")
     assert ready["wrongpass"]["status"] == "down" and "401" in ready["wrongpass"]["reason"], ready
     assert "s3cret" not in g.logs() and "nope" not in ready["wrongpass"]["reason"]
 
     # Without the test CA in the trust store, the same server is refused.
     untrusting = gantry({"upstreams": {"tls": server("s3cret%2Fpass")}})
-    down = httpx2.get(untrusting.base + "/ready", timeout=10).json()["upstreams"]["tls"]
+    down = judged(untrusting, "tls")["tls"]
     assert down["status"] == "down" and "certificate" in down["reason"].lower(), down
