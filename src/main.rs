@@ -6,6 +6,14 @@ use gantry::cli::{AdminCommand, BridgeArgs, Cli, Command, ServeArgs};
 use gantry::config::{self, UpstreamConfig};
 use gantry::startup::{Application, Role, StartupError};
 
+// mimalloc rather than glibc's malloc: a proxied call allocates and frees a few hundred
+// small objects, and glibc's allocator spent about an eighth of its instructions on them
+// (callgrind: 190k per call with glibc, 173k with mimalloc; 12 % less CPU per request at
+// concurrency 16; idle RSS about 2 MB higher). Built without transparent huge pages, which
+// raised idle RSS by another 8 MB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_path = cli.config;
