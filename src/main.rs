@@ -6,7 +6,7 @@ use gantry::cli::{AdminCommand, BridgeArgs, Cli, Command, ServeArgs};
 use gantry::config::{self, UpstreamConfig};
 use gantry::startup::{Application, Role, StartupError};
 
-// mimalloc rather than glibc's malloc: a proxied call allocates and frees a few hundred
+// mimalloc rather than glibc's malloc: a proxied call allocates and frees over a hundred
 // small objects, and glibc's allocator spent about an eighth of its instructions on them
 // (callgrind: 190k per call with glibc, 173k with mimalloc; 12 % less CPU per request at
 // concurrency 16; idle RSS about 2 MB higher). Built without transparent huge pages, which
