@@ -40,11 +40,22 @@ if ! podman image exists localhost/debian:bookworm; then
   rm -rf "$W/rootfs"
 fi
 
-# The Docker API for `docker compose`, served by Podman.
+# The Docker API for `docker compose`, served by Podman. Its containers' conmon inherits
+# the service's working directory and cannot start without one, so the service runs from
+# "$W", and one left running from a directory since deleted (a CI checkout) is replaced.
 sock="$W/podman.sock"
+service=$(pgrep -f "^podman system service --time=0 unix://$sock\$" | head -1 || true)
+if [ -n "$service" ] && [[ "$(readlink "/proc/$service/cwd")" == *" (deleted)" ]]; then
+  log "restarting the Podman API service: its working directory was deleted"
+  kill "$service" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$service" 2>/dev/null || break; sleep 0.1; done
+fi
 if ! curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
   rm -f "$sock"
+  # Not in a subshell: one kept `eval "$(prepare.sh)"` waiting until the service ended.
+  cd "$W"
   nohup podman system service --time=0 "unix://$sock" >"$W/podman-service.log" 2>&1 &
+  cd "$OLDPWD"
   for _ in $(seq 1 50); do curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 mkdir -p "$W/docker-config/cli-plugins"
