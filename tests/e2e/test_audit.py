@@ -30,8 +30,10 @@ def events(api, token, **params):
 def audited(api, token, count, timeout=30.0):
     """The newest events once at least `count` are readable: the audit is written in
     batches, within audit.flush_interval_ms of the calls."""
-    return wait_until(lambda: (lambda items: items if len(items) >= count else None)(events(api, token)["items"]),
-                      timeout=timeout, what=f"{count} audit events")
+    def enough():
+        items = events(api, token)["items"]
+        return items if len(items) >= count else None
+    return wait_until(enough, timeout=timeout, what=f"{count} audit events")
 
 
 def test_every_request_is_audited_with_redacted_arguments(control_plane):
