@@ -244,8 +244,24 @@ def reload_nginx_once_dns_shows(stack, service, replicas):
         return (len(containers) == replicas and all(ips & answered for ips in containers)
                 and answered <= set().union(*containers))
     wait_until(resolved, timeout=30, what=f"DNS to list {replicas} {service}")
+    old = nginx_workers(stack)
     stack.exec("nginx", "nginx", "-s", "reload")
-    time.sleep(1)
+    # `nginx -s reload` only signals the master, which then re-reads the configuration
+    # (resolving every upstream name) before it starts new workers: until they run, the old
+    # ones accept requests with the old addresses. A CI run that slept a second here got a
+    # 504 after connect timeouts to both old addresses.
+    wait_until(lambda: (now := nginx_workers(stack)) and not now & old, timeout=30,
+               interval=0.2, what="nginx's workers to be replaced by the reload")
+
+
+def nginx_workers(stack):
+    """PIDs of nginx's accepting workers (a worker told to quit retitles itself 'worker
+    process is shutting down' as it closes its listening sockets)."""
+    listing = stack.exec("nginx", "sh", "-c",
+                         'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " < "$p/cmdline")"; done',
+                         check=False).stdout
+    return {int(pid) for pid, _, title in (line.partition(" ") for line in listing.splitlines())
+            if title.strip() == "nginx: worker process"}
 
 
 def data_digest(stack):
