@@ -170,14 +170,15 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 64; }}
 http {{
-    access_log off;
+    log_format calls '$server_protocol $connection $request_method $status';
+    access_log {dir}/access.log calls;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     server {{
-        listen 127.0.0.1:{port} ssl;
+        listen 127.0.0.1:{port} ssl{http2};
         ssl_certificate {dir}/server.pem;
         ssl_certificate_key {dir}/server.key;
         auth_basic "mcp";
@@ -192,9 +193,10 @@ http {{
 """
 
 
-@pytest.fixture
-def tls_demo(tmp_path):
-    """The demo server behind nginx with TLS (a certificate of a test CA) and Basic auth."""
+@pytest.fixture(params=["http/1.1", "h2"])
+def tls_demo(tmp_path, request):
+    """The demo server behind nginx with TLS (a certificate of a test CA) and Basic auth,
+    offering HTTP/1.1 only, or HTTP/2 too (chosen by ALPN)."""
     d = tmp_path / "tls"
     d.mkdir()
     ssl = lambda *args: subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
@@ -209,11 +211,12 @@ def tls_demo(tmp_path):
     demo_port, port = free_port(), free_port()
     demo = subprocess.Popen([BIN, "demo-upstream", "--http", f"127.0.0.1:{demo_port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    (d / "nginx.conf").write_text(TLS_NGINX.format(dir=d, port=port, upstream=demo_port))
+    http2 = " http2" if request.param == "h2" else ""
+    (d / "nginx.conf").write_text(TLS_NGINX.format(dir=d, port=port, upstream=demo_port, http2=http2))
     nginx = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: port_open(port) and port_open(demo_port), what="nginx with TLS and the demo")
-    yield {"port": port, "ca": d / "ca.pem"}
+    yield {"port": port, "ca": d / "ca.pem", "protocol": request.param, "log": d / "access.log"}
     for p in (nginx, demo):
         p.terminate()
         p.wait(timeout=10)
@@ -242,6 +245,18 @@ def test_https_upstream_is_verified_and_url_credentials_authenticate(gantry, tls
     r = g.post({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "over TLS"}}},
                path="/mcp/tls", headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": init["protocolVersion"]})
     assert r.json()["result"]["content"][0]["text"] == "over TLS", r.text
+    for i in range(5):
+        r = g.post({"jsonrpc": "2.0", "id": 2 + i, "method": "tools/call", "params": {"name": "add", "arguments": {"a": i, "b": 1}}},
+                   path="/mcp/tls", headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": init["protocolVersion"]})
+        assert r.json()["result"]["content"][0]["text"] == str(i + 1), r.text
+    # The upstream's answered POSTs: in the protocol the server offered, and on connections
+    # kept open and reused (HTTP/2 multiplexes them all on one).
+    posts = [line.split() for line in tls_demo["log"].read_text().splitlines()]
+    posts = [(proto, conn) for proto, conn, method, status in posts if method == "POST" and status in ("200", "202")]
+    assert len(posts) >= 7, posts
+    expected = "HTTP/2.0" if tls_demo["protocol"] == "h2" else "HTTP/1.1"
+    assert {proto for proto, _ in posts} == {expected}, posts
+    assert len({conn for _, conn in posts}) <= 2, posts
     ready = judged(g, "wrongpass")
     assert ready["wrongpass"]["status"] == "down" and "401" in ready["wrongpass"]["reason"], ready
     assert "s3cret" not in g.logs() and "nope" not in ready["wrongpass"]["reason"]
