@@ -306,7 +306,7 @@ async fn request(
     mut body: Map<String, Value>,
 ) -> Response {
     let sse = accepts_sse(&headers);
-    let request_id = era::header_str(&headers, "x-request-id").map(String::from);
+    let request_id = era::header_str(&headers, era::HEADER_REQUEST_ID).map(String::from);
     let ctx = match era::detect(&method, &body, &headers) {
         // Boxed, like every path a request seldom takes: an async fn's future is as large
         // as its largest path, and the common path's future is allocated and copied on

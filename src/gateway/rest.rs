@@ -55,7 +55,8 @@ async fn caller(
         caps: ClientCaps::default(),
         accepts_sse: false,
         method: String::new(),
-        request_id: super::era::header_str(headers, "x-request-id").map(String::from),
+        request_id: super::era::header_str(headers, super::era::HEADER_REQUEST_ID)
+            .map(String::from),
     };
     Ok((ctx, slots))
 }
