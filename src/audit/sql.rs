@@ -70,9 +70,7 @@ impl<'a> AuditRow<'a> {
             request_id: e.request_id.as_deref().map(without_nul),
         }
     }
-}
 
-impl AuditRow<'_> {
     /// The row as a JSON array in the SQLite statement's column order.
     fn as_array(&self) -> impl serde::Serialize + '_ {
         (
