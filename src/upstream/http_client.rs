@@ -322,14 +322,24 @@ impl HttpClient {
                 })
             }
             Sender::Http2(mut sender) => {
+                // HTTP/2 carries the origin in `:authority` (RFC 9113 8.3.1); with a `Host`
+                // header as well, nginx 1.22 left the request unanswered in our tests. Put
+                // back if the request goes to a new connection instead.
+                let host = request.headers_mut().remove(HOST);
+                let unsent = |mut request: Request| {
+                    if let Some(host) = host.clone() {
+                        request.headers_mut().insert(HOST, host);
+                    }
+                    Failure::NotSent(request)
+                };
                 if sender.ready().await.is_err() {
-                    return Err(Failure::NotSent(request));
+                    return Err(unsent(request));
                 }
                 sender
                     .try_send_request(request)
                     .await
                     .map_err(|mut e| match e.take_message() {
-                        Some(unsent) => Failure::NotSent(unsent),
+                        Some(request) => unsent(request),
                         None => Failure::Failed(error_chain(&e.into_error())),
                     })
             }
