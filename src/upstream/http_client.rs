@@ -248,9 +248,17 @@ impl HttpClient {
             pool.http2 = None;
         }
         let now = Instant::now();
-        pool.http1.retain(|c| {
-            !c.sender.is_closed()
-                && (!c.sender.is_ready() || now.duration_since(c.last_used) < IDLE_TIMEOUT)
+        pool.http1.retain_mut(|c| {
+            if c.sender.is_closed() {
+                return false;
+            }
+            // A busy connection (a response still being read, an SSE stream) is in use:
+            // its idle time starts when it is next seen ready, not when its request began.
+            if !c.sender.is_ready() {
+                c.last_used = now;
+                return true;
+            }
+            now.duration_since(c.last_used) < IDLE_TIMEOUT
         });
         let ready = pool.http1.iter().rposition(|c| c.sender.is_ready())?;
         Some(Sender::Http1(pool.http1.swap_remove(ready).sender))

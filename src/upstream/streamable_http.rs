@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
@@ -32,6 +32,8 @@ struct SessionState {
 const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
 const ACCEPT_SSE: HeaderValue = HeaderValue::from_static("text/event-stream");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// How long a POST's event stream is read on after its answer (see `finish_stream`).
+const DRAIN_FOR: Duration = Duration::from_secs(2);
 
 struct Shared {
     name: String,
@@ -186,7 +188,14 @@ impl Shared {
         let is_sse = is_event_stream(response.headers());
         let body = response.into_body();
         let answered = if is_sse {
-            self.read_sse(body, related, id.as_ref(), initialize).await
+            let mut events = SseStream::new(body);
+            let answered = self
+                .read_sse(&mut events, related, id.as_ref(), initialize)
+                .await;
+            if answered {
+                self.finish_stream(events);
+            }
+            answered
         } else {
             let delivered = match http_client::read_body(body).await {
                 Ok(bytes) => self
@@ -211,32 +220,69 @@ impl Shared {
     /// (the stream is then done with), false if the stream ended without it.
     async fn read_sse(
         &self,
-        body: Incoming,
+        events: &mut SseStream<Incoming>,
         related: Option<u64>,
         request_id: Option<&Value>,
         initialize: bool,
     ) -> bool {
-        let mut events = SseStream::new(body);
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return false,
-                event = events.next() => match event {
-                    Some(Ok(event)) => {
-                        let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
-                        match self.deliver(data.into(), related, request_id, initialize) {
-                            Ok(true) => return true,
-                            Ok(false) => {}
-                            Err(_) => tracing::warn!(upstream = %self.name, "upstream sent a non-JSON SSE event"),
-                        }
+                event = events.next() => {
+                    if let Some(answered) = self.on_event(event, related, request_id, initialize) {
+                        return answered;
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(upstream = %self.name, error = %e, "upstream SSE stream broke");
-                        return false;
-                    }
-                    None => return false,
                 }
             }
         }
+    }
+
+    /// Handles what an event stream yielded: `Some(answered)` when the stream is done
+    /// with (its answer came, or it ended or broke without it), `None` to read on.
+    fn on_event(
+        &self,
+        event: Option<Result<sse_stream::Sse, sse_stream::Error>>,
+        related: Option<u64>,
+        request_id: Option<&Value>,
+        initialize: bool,
+    ) -> Option<bool> {
+        match event {
+            Some(Ok(event)) => {
+                let data = event.data.filter(|d| !d.trim().is_empty())?;
+                match self.deliver(data.into(), related, request_id, initialize) {
+                    Ok(true) => Some(true),
+                    Ok(false) => None,
+                    Err(_) => {
+                        tracing::warn!(upstream = %self.name, "upstream sent a non-JSON SSE event");
+                        None
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(upstream = %self.name, error = %e, "upstream SSE stream broke");
+                Some(false)
+            }
+            None => Some(false),
+        }
+    }
+
+    /// Reads a POST's event stream to its end after the answer, off the caller's path: an
+    /// HTTP/1.1 connection whose response body is dropped unread is closed, and the next
+    /// request pays for a new connection (and TLS handshake). The end usually arrives with
+    /// the answer, or just after it (behind a proxy); a server that keeps the stream open
+    /// after answering gets its connection closed after `DRAIN_FOR`, as before.
+    fn finish_stream(self: &Arc<Self>, mut events: SseStream<Incoming>) {
+        // What has arrived already is read here; only a stream still open needs a task.
+        while let Some(event) = events.next().now_or_never() {
+            if self.on_event(event, None, None, false).is_some() {
+                return;
+            }
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let rest = this.read_sse(&mut events, None, None, false);
+            let _ = tokio::time::timeout(DRAIN_FOR, rest).await;
+        });
     }
 
     /// Delivers one message read from the upstream; true when it is the answer to
@@ -290,7 +336,8 @@ impl Shared {
                 match response {
                     Ok(r) if r.status().is_success() => {
                         failures = 0;
-                        self.read_sse(r.into_body(), None, None, false).await;
+                        let mut events = SseStream::new(r.into_body());
+                        self.read_sse(&mut events, None, None, false).await;
                     }
                     Ok(r) if r.status() == StatusCode::METHOD_NOT_ALLOWED => return,
                     _ => failures += 1,
@@ -338,6 +385,73 @@ pub fn display_url(url: &url::Url) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::connection::{CallEvent, Connection};
+    use std::collections::BTreeSet;
+    use std::net::SocketAddr;
+
+    /// An upstream that answers each POST on an event stream and ends the stream
+    /// `end_after` later (as servers behind a proxy appear to); it reports the client
+    /// port of every request, one port per connection.
+    async fn slow_ending_upstream(
+        end_after: Duration,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<u16>) {
+        use axum::extract::ConnectInfo;
+        let (seen, ports) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/mcp",
+            axum::routing::post(
+                move |ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Bytes| async move {
+                    let _ = seen.send(peer.port());
+                    let msg: Value = serde_json::from_slice(&body).unwrap();
+                    let answer = json!({"jsonrpc": "2.0", "id": msg["id"], "result": {}});
+                    let event = Bytes::from(format!("event: message\ndata: {answer}\n\n"));
+                    let stream = futures::stream::unfold(Some(event), move |next| async move {
+                        match next {
+                            Some(event) => Some((Ok::<_, std::io::Error>(event), None)),
+                            None => {
+                                tokio::time::sleep(end_after).await;
+                                None
+                            }
+                        }
+                    });
+                    axum::response::Response::builder()
+                        .header(CONTENT_TYPE, "text/event-stream")
+                        .body(axum::body::Body::from_stream(stream))
+                        .unwrap()
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, service).await });
+        (url, ports)
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_when_the_answer_comes_before_the_stream_ends() {
+        let (url, mut ports) = slow_ending_upstream(Duration::from_millis(20)).await;
+        let config: UpstreamConfig =
+            serde_json::from_value(json!({"transport": "streamable-http", "url": url})).unwrap();
+        let (conn, inbox) = Connection::new("slow-end");
+        let handle = connect("slow-end", &config, None, inbox).await.unwrap();
+        conn.attach(handle.outbox);
+        for i in 0..3 {
+            let body = json!({"jsonrpc": "2.0", "id": i, "method": "ping"});
+            let Value::Object(body) = body else {
+                unreachable!()
+            };
+            let mut call = conn.start_call(body, Duration::from_secs(5));
+            assert!(matches!(call.next().await, Some(CallEvent::Response(_))));
+            // The client's pace: its next call comes after the stream has ended.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut used = BTreeSet::new();
+        while let Ok(port) = ports.try_recv() {
+            used.insert(port);
+        }
+        assert_eq!(used.len(), 1, "client ports of the three calls: {used:?}");
+    }
 
     #[test]
     fn urls_in_errors_carry_no_credentials() {

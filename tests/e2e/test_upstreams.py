@@ -250,16 +250,23 @@ def test_https_upstream_is_verified_and_url_credentials_authenticate(gantry, tls
                    path="/mcp/tls", headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": init["protocolVersion"]})
         assert r.json()["result"]["content"][0]["text"] == str(i + 1), r.text
     # The upstream's answered POSTs: in the protocol the server offered, and on connections
-    # kept open and reused (HTTP/2 multiplexes them all on one). An HTTP/1.1 connection is
-    # closed when an SSE answer arrives before its stream's end (the rest is not waited
-    # for), so reuse is most of the time, not every time.
+    # kept open and reused (HTTP/2 multiplexes them all on one).
     posts = [line.split() for line in tls_demo["log"].read_text().splitlines()]
     posts = [(proto, conn) for proto, conn, method, status in posts if method == "POST" and status in ("200", "202")]
-    assert len(posts) >= 7, posts
+    assert len(posts) == 8, posts
     expected = "HTTP/2.0" if tls_demo["protocol"] == "h2" else "HTTP/1.1"
     assert {proto for proto, _ in posts} == {expected}, posts
-    # (Two HTTP/2 connections when the first two requests start together.)
-    assert len({conn for _, conn in posts}) <= (2 if tls_demo["protocol"] == "h2" else len(posts) // 2), posts
+    if tls_demo["protocol"] == "h2":
+        # (Two connections when the first two requests start together.)
+        assert len({conn for _, conn in posts}) <= 2, posts
+    else:
+        # HTTP/1.1: the connection of `initialize` goes on to carry the GET stream, so the
+        # calls need another; each answer's stream is read to its end after the answer, so
+        # the next call finds the connection free — unless it starts before that end has
+        # arrived through nginx, and takes a second one. Never a connection per call.
+        calls = [conn for _, conn in posts[2:]]
+        switches = sum(a != b for a, b in zip(calls, calls[1:]))
+        assert switches <= 2, posts
     ready = judged(g, "wrongpass")
     assert ready["wrongpass"]["status"] == "down" and "401" in ready["wrongpass"]["reason"], ready
     assert "s3cret" not in g.logs() and "nope" not in ready["wrongpass"]["reason"]
