@@ -1,6 +1,7 @@
 //! Remote Streamable HTTP upstream (2025-03-26 and later): every message is a POST; the
 //! answer is JSON or an SSE stream; unsolicited messages arrive on the GET stream.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ const ACCEPT_SSE: HeaderValue = HeaderValue::from_static("text/event-stream");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 /// How long a POST's event stream is read on after its answer (see `finish_stream`).
 const DRAIN_FOR: Duration = Duration::from_secs(2);
+/// Streams read on at once, per upstream. A server that never ends its streams would
+/// otherwise keep a connection open per call for `DRAIN_FOR`: thousands under load.
+const MAX_DRAINING: usize = 64;
 
 struct Shared {
     name: String,
@@ -44,6 +48,8 @@ struct Shared {
     state: Mutex<SessionState>,
     inbox: Inbox,
     stop: CancellationToken,
+    /// Answered streams being read to their end (`finish_stream`).
+    draining: AtomicUsize,
 }
 
 struct HttpOutbox(Arc<Shared>);
@@ -112,6 +118,7 @@ pub async fn connect(
         state: Mutex::new(SessionState::default()),
         inbox,
         stop: CancellationToken::new(),
+        draining: AtomicUsize::new(0),
     });
     let closer = Arc::clone(&shared);
     Ok(TransportHandle {
@@ -270,7 +277,8 @@ impl Shared {
     /// HTTP/1.1 connection whose response body is dropped unread is closed, and the next
     /// request pays for a new connection (and TLS handshake). The end usually arrives with
     /// the answer, or just after it (behind a proxy); a server that keeps the stream open
-    /// after answering gets its connection closed after `DRAIN_FOR`, as before.
+    /// after answering gets its connection closed after `DRAIN_FOR`, as before (at once
+    /// when `MAX_DRAINING` streams are being read on already).
     fn finish_stream(self: &Arc<Self>, mut events: SseStream<Incoming>) {
         // What has arrived already is read here; only a stream still open needs a task.
         while let Some(event) = events.next().now_or_never() {
@@ -278,10 +286,15 @@ impl Shared {
                 return;
             }
         }
+        if self.draining.fetch_add(1, Ordering::Relaxed) >= MAX_DRAINING {
+            self.draining.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let rest = this.read_sse(&mut events, None, None, false);
             let _ = tokio::time::timeout(DRAIN_FOR, rest).await;
+            this.draining.fetch_sub(1, Ordering::Relaxed);
         });
     }
 
@@ -390,67 +403,115 @@ mod tests {
     use std::net::SocketAddr;
 
     /// An upstream that answers each POST on an event stream and ends the stream
-    /// `end_after` later (as servers behind a proxy appear to); it reports the client
-    /// port of every request, one port per connection.
-    async fn slow_ending_upstream(
-        end_after: Duration,
-    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<u16>) {
+    /// `end_after` later (as servers behind a proxy appear to).
+    struct SlowEndingUpstream {
+        url: String,
+        /// The client port of every request: one port per connection.
+        ports: tokio::sync::mpsc::UnboundedReceiver<u16>,
+        /// Streams not yet ended or dropped by the client.
+        open: Arc<AtomicUsize>,
+    }
+
+    /// Counts a stream as open for as long as it lives.
+    struct OpenStream(Arc<AtomicUsize>);
+
+    impl Drop for OpenStream {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn slow_ending_upstream(end_after: Duration) -> SlowEndingUpstream {
         use axum::extract::ConnectInfo;
         let (seen, ports) = tokio::sync::mpsc::unbounded_channel();
-        let app = axum::Router::new().route(
-            "/mcp",
-            axum::routing::post(
-                move |ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Bytes| async move {
-                    let _ = seen.send(peer.port());
-                    let msg: Value = serde_json::from_slice(&body).unwrap();
-                    let answer = json!({"jsonrpc": "2.0", "id": msg["id"], "result": {}});
-                    let event = Bytes::from(format!("event: message\ndata: {answer}\n\n"));
-                    let stream = futures::stream::unfold(Some(event), move |next| async move {
+        let open = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&open);
+        let answer = move |ConnectInfo(peer): ConnectInfo<SocketAddr>, body: Bytes| {
+            let _ = seen.send(peer.port());
+            counter.fetch_add(1, Ordering::SeqCst);
+            let guard = OpenStream(Arc::clone(&counter));
+            async move {
+                let msg: Value = serde_json::from_slice(&body).unwrap();
+                let answer = json!({"jsonrpc": "2.0", "id": msg["id"], "result": {}});
+                let event = Bytes::from(format!("event: message\ndata: {answer}\n\n"));
+                let stream = futures::stream::unfold(
+                    (Some(event), guard),
+                    move |(next, guard)| async move {
                         match next {
-                            Some(event) => Some((Ok::<_, std::io::Error>(event), None)),
+                            Some(event) => Some((Ok::<_, std::io::Error>(event), (None, guard))),
                             None => {
                                 tokio::time::sleep(end_after).await;
                                 None
                             }
                         }
-                    });
-                    axum::response::Response::builder()
-                        .header(CONTENT_TYPE, "text/event-stream")
-                        .body(axum::body::Body::from_stream(stream))
-                        .unwrap()
-                },
-            ),
-        );
+                    },
+                );
+                axum::response::Response::builder()
+                    .header(CONTENT_TYPE, "text/event-stream")
+                    .body(axum::body::Body::from_stream(stream))
+                    .unwrap()
+            }
+        };
+        let app = axum::Router::new().route("/mcp", axum::routing::post(answer));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/mcp", listener.local_addr().unwrap());
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, service).await });
-        (url, ports)
+        SlowEndingUpstream { url, ports, open }
     }
 
-    #[tokio::test]
-    async fn a_connection_is_reused_when_the_answer_comes_before_the_stream_ends() {
-        let (url, mut ports) = slow_ending_upstream(Duration::from_millis(20)).await;
+    async fn connected(url: &str) -> Arc<Connection> {
         let config: UpstreamConfig =
             serde_json::from_value(json!({"transport": "streamable-http", "url": url})).unwrap();
         let (conn, inbox) = Connection::new("slow-end");
         let handle = connect("slow-end", &config, None, inbox).await.unwrap();
         conn.attach(handle.outbox);
+        conn
+    }
+
+    async fn ping(conn: &Arc<Connection>, id: u64) {
+        let Value::Object(body) = json!({"jsonrpc": "2.0", "id": id, "method": "ping"}) else {
+            unreachable!()
+        };
+        let mut call = conn.start_call(body, Duration::from_secs(5));
+        assert!(matches!(call.next().await, Some(CallEvent::Response(_))));
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_when_the_answer_comes_before_the_stream_ends() {
+        let mut upstream = slow_ending_upstream(Duration::from_millis(20)).await;
+        let conn = connected(&upstream.url).await;
         for i in 0..3 {
-            let body = json!({"jsonrpc": "2.0", "id": i, "method": "ping"});
-            let Value::Object(body) = body else {
-                unreachable!()
-            };
-            let mut call = conn.start_call(body, Duration::from_secs(5));
-            assert!(matches!(call.next().await, Some(CallEvent::Response(_))));
+            ping(&conn, i).await;
             // The client's pace: its next call comes after the stream has ended.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let mut used = BTreeSet::new();
-        while let Ok(port) = ports.try_recv() {
+        while let Ok(port) = upstream.ports.try_recv() {
             used.insert(port);
         }
         assert_eq!(used.len(), 1, "client ports of the three calls: {used:?}");
+    }
+
+    #[tokio::test]
+    async fn streams_left_open_after_the_answer_are_read_on_only_up_to_a_bound() {
+        let upstream = slow_ending_upstream(Duration::from_secs(3600)).await;
+        let conn = connected(&upstream.url).await;
+        let calls = MAX_DRAINING + 36;
+        for i in 0..calls {
+            ping(&conn, i as u64).await;
+        }
+        // Beyond the bound, a stream is dropped (its connection closed) once answered.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while upstream.open.load(Ordering::SeqCst) > MAX_DRAINING {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {calls} streams still open",
+                upstream.open.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(upstream.open.load(Ordering::SeqCst), MAX_DRAINING);
     }
 
     #[test]
