@@ -224,7 +224,8 @@ impl Shared {
     }
 
     /// Delivers every message of an SSE stream; true once the answer to `request_id` came
-    /// (the stream is then done with), false if the stream ended without it.
+    /// (the rest of the stream is then `finish_stream`'s), false if the stream ended
+    /// without it.
     async fn read_sse(
         &self,
         events: &mut SseStream<Incoming>,
