@@ -1,7 +1,6 @@
 //! Remote Streamable HTTP upstream (2025-03-26 and later): every message is a POST; the
 //! answer is JSON or an SSE stream; unsolicited messages arrive on the GET stream.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use sse_stream::SseStream;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::NotJson;
@@ -48,8 +48,8 @@ struct Shared {
     state: Mutex<SessionState>,
     inbox: Inbox,
     stop: CancellationToken,
-    /// Answered streams being read to their end (`finish_stream`).
-    draining: AtomicUsize,
+    /// Room for answered streams being read to their end (`finish_stream`).
+    draining: Arc<Semaphore>,
 }
 
 struct HttpOutbox(Arc<Shared>);
@@ -118,7 +118,7 @@ pub async fn connect(
         state: Mutex::new(SessionState::default()),
         inbox,
         stop: CancellationToken::new(),
-        draining: AtomicUsize::new(0),
+        draining: Arc::new(Semaphore::new(MAX_DRAINING)),
     });
     let closer = Arc::clone(&shared);
     Ok(TransportHandle {
@@ -287,15 +287,14 @@ impl Shared {
                 return;
             }
         }
-        if self.draining.fetch_add(1, Ordering::Relaxed) >= MAX_DRAINING {
-            self.draining.fetch_sub(1, Ordering::Relaxed);
+        let Ok(permit) = Arc::clone(&self.draining).try_acquire_owned() else {
             return;
-        }
+        };
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let rest = this.read_sse(&mut events, None, None, false);
             let _ = tokio::time::timeout(DRAIN_FOR, rest).await;
-            this.draining.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
         });
     }
 
@@ -402,6 +401,7 @@ mod tests {
     use crate::upstream::connection::{CallEvent, Connection};
     use std::collections::BTreeSet;
     use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// An upstream that answers each POST on an event stream and ends the stream
     /// `end_after` later (as servers behind a proxy appear to).
