@@ -96,8 +96,14 @@ impl Store {
         let dialect = Dialect::of(url).ok_or_else(|| {
             StoreError::Unavailable("database URL must start with postgres:// or sqlite:".into())
         })?;
+        // Two connections are kept open even when idle: a request that finds none free
+        // would otherwise pay for opening one (name lookup, TCP, SCRAM) itself. Under
+        // Podman, name lookups just after containers start sometimes stall for seconds,
+        // and a sign-in that had to open a connection then was answered 503 when the
+        // acquire timeout ran out.
         let mut options = AnyPoolOptions::new()
             .max_connections(config.max_connections)
+            .min_connections(config.max_connections.min(2))
             .acquire_timeout(Duration::from_secs(config.connect_timeout_secs));
         if dialect == Dialect::Sqlite {
             options = options.after_connect(|conn, _| Box::pin(sqlite_pragmas(conn)));
