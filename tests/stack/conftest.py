@@ -7,6 +7,7 @@ Needs tests/stack/prepare.sh to have run (scripts/test.sh does) and its environm
 """
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -160,9 +161,18 @@ class Stack:
             parsed = payload.decode(errors="replace")
         return status, rheaders, parsed
 
-    def login(self):
-        status, _, body = self.request("POST", "/api/v1/auth/login",
-                                       {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+    def login(self, timeout=30):
+        """Signs in as the admin. A 503 (a dependency unreachable for now: the API asks
+        callers to retry shortly) is retried, as a client would, for up to `timeout`
+        seconds; any other failure fails at once."""
+        def answered():
+            status, _, body = self.request("POST", "/api/v1/auth/login",
+                                           {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+            if status == 503:
+                print(f"sign-in answered 503, retrying: {body}")
+                return None
+            return status, body
+        status, body = wait_until(answered, timeout=timeout, interval=2, what="sign-in not answered 503")
         assert status == 200, body
         return body["access_token"]
 
@@ -216,6 +226,42 @@ def stack(tmp_path_factory):
                 print(f"stack kept: cd {directory} && COMPOSE_PROJECT_NAME={PROJECT} ...")
             else:
                 s.compose("--profile", "restore", "down", "-v", "--remove-orphans", check=False, timeout=300)
+
+
+class Operator:
+    """The platform admin and the API key the rollout plan has the operator create."""
+
+    def __init__(self, created_user, key):
+        self.created_user = created_user  # what `gantry admin create-user` printed
+        self.key = key
+
+
+@pytest.fixture(scope="session")
+def operator(stack):
+    """Creates, once, the first admin (ADMIN_EMAIL) and a key of the default tenant with the
+    operator CLI inside an api_server container, as the README tells operators to. Every
+    test that signs in or calls a tool asks for it, so any subset of the tests runs alone
+    (`-k`) and none depends on another having run first."""
+    def admin(*args, **kw):
+        # Just after the stack starts, the CLI (a new process each time) may find Vault or
+        # the database unreachable for a few seconds (name lookups stall under Podman):
+        # it says so and exits non-zero, and running it again is what an operator does.
+        def ran():
+            r = stack.exec("api_server", "gantry", "admin", *args, check=False, **kw)
+            if r.returncode != 0 and ("unavailable" in r.stderr or "Vault" in r.stderr):
+                print(f"gantry admin {args[0]} exited {r.returncode}, retrying: {r.stderr.strip()}")
+                return None
+            return r
+        r = wait_until(ran, timeout=60, interval=2, what=f"gantry admin {args[0]} to reach its dependencies")
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r
+
+    user = admin("create-user", "--email", ADMIN_EMAIL, "--platform-admin", "--password-stdin",
+                 input=ADMIN_PASSWORD + "\n")
+    made = admin("create-key", "--tenant", "default", "--name", "stack-test")
+    key = re.search(r"gty_[A-Za-z0-9_-]+", made.stdout)
+    assert key, f"create-key printed no key:\n{made.stdout}\n{made.stderr}"
+    return Operator(user, key.group(0))
 
 
 @pytest.hookimpl(hookwrapper=True)
