@@ -186,7 +186,9 @@ pub struct DatabaseConfig {
     /// Apply pending migrations at start-up. On by default for the embedded SQLite
     /// database; in production run `gantry migrate` once per release instead.
     pub migrate_on_start: Option<bool>,
+    /// Connections per process; two of them are kept open even when idle.
     pub max_connections: u32,
+    /// How long opening a connection, or waiting for a free one, may take.
     pub connect_timeout_secs: u64,
 }
 
