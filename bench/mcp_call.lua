@@ -2,7 +2,8 @@
 -- checked for the echoed marker, and failures are counted and reported.
 -- Environment: BENCH_PATH, BENCH_TOOL, BENCH_AUTH (optional), BENCH_SESSION (optional),
 -- BENCH_VERSION (protocol version header), BENCH_ID_BASE (where ids start; a warm-up run
--- on the same session uses other ids).
+-- on the same session uses other ids). BENCH_VERSION=2026-07-28 sends stateless requests:
+-- no session, the version and client capabilities in `_meta`, Mcp-Method and Mcp-Name.
 local threads = {}
 local counter = 0
 local bad = 0
@@ -21,15 +22,23 @@ function init(args)
   if auth and auth ~= "" then wrk.headers["Authorization"] = "Bearer " .. auth end
   local session = os.getenv("BENCH_SESSION")
   if session and session ~= "" then wrk.headers["Mcp-Session-Id"] = session end
-  wrk.headers["MCP-Protocol-Version"] = os.getenv("BENCH_VERSION") or "2025-11-25"
+  version = os.getenv("BENCH_VERSION") or "2025-11-25"
+  wrk.headers["MCP-Protocol-Version"] = version
   tool = os.getenv("BENCH_TOOL") or "echo"
+  meta = ""
+  if version == "2026-07-28" then
+    wrk.headers["Mcp-Method"] = "tools/call"
+    wrk.headers["Mcp-Name"] = tool
+    meta = string.format(',"_meta":{"io.modelcontextprotocol/protocolVersion":"%s",'
+      .. '"io.modelcontextprotocol/clientCapabilities":{}}', version)
+  end
 end
 
 function request()
   counter = counter + 1
   local body = string.format(
-    '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":{"message":"bench-%d"}}}',
-    id_base + counter, tool, counter)
+    '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":{"message":"bench-%d"}%s}}',
+    id_base + counter, tool, counter, meta)
   return wrk.format(nil, nil, nil, body)
 end
 

@@ -24,6 +24,8 @@ import httpx2
 
 HERE = Path(__file__).resolve().parent
 GANTRY = os.environ.get("BENCH_GANTRY_BIN", "/var/tmp/gantry-target/release/gantry")
+# The optimized build (scripts/build-optimized.sh), measured beside GANTRY when given.
+OPTIMIZED = os.environ.get("BENCH_OPTIMIZED_BIN") or None
 TOOLS = Path(os.environ.get("E2E_TOOLS_DIR", "/var/tmp/gantry-tools"))
 EVERYTHING = TOOLS / "npm/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 DURATION = os.environ.get("BENCH_DURATION", "5s")
@@ -135,7 +137,7 @@ class Nginx:
 
 
 class Gantry:
-    def __init__(self, upstreams: str, tmp: Path):
+    def __init__(self, upstreams: str, tmp: Path, binary: str | None = None):
         self.key = "gty_" + secrets.token_urlsafe(32)
         cfg = tmp / f"bench-{secrets.token_hex(3)}.toml"
         ready = tmp / f"ready-{secrets.token_hex(3)}"
@@ -145,7 +147,7 @@ class Gantry:
         )
         started = time.perf_counter()
         # In its own directory: `serve` keeps its embedded database (and audit) there.
-        self.proc = subprocess.Popen([GANTRY, "--config", str(cfg), "serve", "--listen", "127.0.0.1:0",
+        self.proc = subprocess.Popen([binary or GANTRY, "--config", str(cfg), "serve", "--listen", "127.0.0.1:0",
                                       "--ready-file", str(ready)], cwd=tmp,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while not (ready.exists() and ready.read_text()):
@@ -176,9 +178,10 @@ def initialize(port: int, path: str, auth: str | None) -> str | None:
     return sid
 
 
-def start_wrk(port: int, path: str, tool: str, conc: int, duration: str, auth, session, id_base: int):
+def start_wrk(port: int, path: str, tool: str, conc: int, duration: str, auth, session, id_base: int,
+              version="2025-11-25"):
     env = {**os.environ, "BENCH_PATH": path, "BENCH_TOOL": tool, "BENCH_AUTH": auth or "",
-           "BENCH_SESSION": session or "", "BENCH_VERSION": "2025-11-25", "BENCH_ID_BASE": str(id_base)}
+           "BENCH_SESSION": session or "", "BENCH_VERSION": version, "BENCH_ID_BASE": str(id_base)}
     # A generous timeout: server-everything pauses now and then (it keeps every event in
     # memory), and a slow answer is a measurement, not a socket error.
     return subprocess.Popen(["wrk", "-t", str(min(conc, 2)), "-c", str(conc), "-d", duration, "--latency", "--timeout", "30s",
@@ -186,15 +189,15 @@ def start_wrk(port: int, path: str, tool: str, conc: int, duration: str, auth, s
                             stdout=subprocess.PIPE, text=True, env=env)
 
 
-def wrk(port: int, path: str, tool: str, conc: int, auth=None, session=None, watch=()):
+def wrk(port: int, path: str, tool: str, conc: int, auth=None, session=None, watch=(), version="2025-11-25"):
     # Warm-up, not measured: a fresh Node upstream compiles its hot paths in its first
     # second, and every configuration starts from a fresh one.
     if WARMUP != "0s":
-        warm = start_wrk(port, path, tool, conc, WARMUP, auth, session, 500_000_000)
+        warm = start_wrk(port, path, tool, conc, WARMUP, auth, session, 500_000_000, version)
         warm.communicate()
     before = {pid: cpu_seconds(pid) for pid in watch}
     peak = {pid: rss_mb(pid) for pid in watch}
-    proc = start_wrk(port, path, tool, conc, DURATION, auth, session, 0)
+    proc = start_wrk(port, path, tool, conc, DURATION, auth, session, 0, version)
     while proc.poll() is None:
         for pid in watch:
             peak[pid] = max(peak[pid], rss_mb(pid))
@@ -255,15 +258,10 @@ def measure_once(conc: int, tmp: Path, startup: list, idle_rss: list) -> dict:
         procs.stop_all()
 
         # Through gantry to a fresh server-everything over Streamable HTTP.
-        upstream, port = start_everything_http(); procs.add(ended(upstream))
-        g = Gantry(f'[upstreams.everything]\ntransport = "streamable-http"\nurl = "http://127.0.0.1:{port}/mcp"\n', tmp)
-        procs.add(g.stop)
-        startup.append(g.startup_ms)
-        idle_rss.append(rss_mb(g.proc.pid))
-        gsid = initialize(g.port, "/mcp/everything", g.key)
-        row["via_http"] = wrk(g.port, "/mcp/everything", "echo", conc, auth=g.key, session=gsid,
-                              watch=(g.proc.pid, upstream.pid))
-        procs.stop_all()
+        row["via_http"] = through_gantry(start_everything_http, "everything", conc, tmp, procs, startup, idle_rss)
+        if OPTIMIZED:
+            row["via_http_opt"] = through_gantry(start_everything_http, "everything", conc, tmp, procs,
+                                                 binary=OPTIMIZED)
 
         # Through gantry to server-everything over stdio, and to the built-in demo over stdio.
         g = Gantry(f'[upstreams.everything]\ntransport = "stdio"\ncommand = "node"\nargs = ["{EVERYTHING}", "stdio"]\n'
@@ -280,15 +278,30 @@ def measure_once(conc: int, tmp: Path, startup: list, idle_rss: list) -> dict:
         sid = initialize(port, "/mcp", None)
         row["demo_direct"] = wrk(port, "/mcp", "echo", conc, session=sid, watch=(upstream.pid,))
         procs.stop_all()
-        upstream, port = start_demo_http(); procs.add(ended(upstream))
-        g = Gantry(f'[upstreams.demo]\ntransport = "streamable-http"\nurl = "http://127.0.0.1:{port}/mcp"\n', tmp)
-        procs.add(g.stop)
-        gsid = initialize(g.port, "/mcp/demo", g.key)
-        row["demo_http"] = wrk(g.port, "/mcp/demo", "echo", conc, auth=g.key, session=gsid,
-                               watch=(g.proc.pid, upstream.pid))
+        row["demo_http"] = through_gantry(start_demo_http, "demo", conc, tmp, procs)
+        if OPTIMIZED:
+            row["demo_http_opt"] = through_gantry(start_demo_http, "demo", conc, tmp, procs, binary=OPTIMIZED)
     finally:
         procs.stop_all()
     return row
+
+
+def through_gantry(start_upstream, name: str, conc: int, tmp: Path, procs: Processes,
+                   startup: list | None = None, idle_rss: list | None = None, binary: str | None = None) -> dict:
+    """wrk → gantry (`binary`, else GANTRY) → a fresh upstream over Streamable HTTP; every
+    process is ended before it returns."""
+    upstream, port = start_upstream(); procs.add(ended(upstream))
+    g = Gantry(f'[upstreams.{name}]\ntransport = "streamable-http"\nurl = "http://127.0.0.1:{port}/mcp"\n', tmp,
+               binary)
+    procs.add(g.stop)
+    if startup is not None:
+        startup.append(g.startup_ms)
+    if idle_rss is not None:
+        idle_rss.append(rss_mb(g.proc.pid))
+    gsid = initialize(g.port, f"/mcp/{name}", g.key)
+    result = wrk(g.port, f"/mcp/{name}", "echo", conc, auth=g.key, session=gsid, watch=(g.proc.pid, upstream.pid))
+    procs.stop_all()
+    return result
 
 
 def median_row(rounds: list) -> dict:
@@ -352,6 +365,16 @@ def main():
         print(f"{r['c']:>4} {d['rps']:>10.0f} {h['rps']:>9.0f} {h['rps'] / d['rps']:>6.2f} {h['p50_ms'] - d['p50_ms']:>8.3f} "
               f"{cpu(h):>10.3f} {st['rps']:>9.0f} {st['rps'] / d['rps']:>6.2f} "
               f"{st['p50_ms'] - d['p50_ms']:>8.3f} {cpu(st):>10.3f} {cpu(d):>15.3f}")
+    if OPTIMIZED:
+        print("\noptimized build (scripts/build-optimized.sh: PGO + BOLT), HTTP upstreams, same run")
+        print(f"{'conc':>4} {'everything rps':>14} {'ratio':>6} {'+p50 ms':>8} {'CPU ms/req':>10} {'CPU vs release':>14} "
+              f"{'demo rps':>9} {'ratio':>6} {'+p50 ms':>8} {'CPU ms/req':>10} {'CPU vs release':>14}")
+        for r in rows:
+            d, o, v = r["direct"], r["via_http_opt"], r["via_http"]
+            dd, do, dv = r["demo_direct"], r["demo_http_opt"], r["demo_http"]
+            print(f"{r['c']:>4} {o['rps']:>14.0f} {o['rps'] / d['rps']:>6.2f} {o['p50_ms'] - d['p50_ms']:>8.3f} "
+                  f"{cpu(o):>10.3f} {cpu(o) / cpu(v):>13.2f}x {do['rps']:>9.0f} {do['rps'] / dd['rps']:>6.2f} "
+                  f"{do['p50_ms'] - dd['p50_ms']:>8.3f} {cpu(do):>10.3f} {cpu(do) / cpu(dv):>13.2f}x")
     print("\nserver-everything through gantry over stdio (ratio against its direct HTTP run above)")
     print(f"{'conc':>4} {'rps':>8} {'ratio':>6} {'p50 ms':>7} {'gantry CPU ms/req':>17}")
     for r in rows:
@@ -363,16 +386,19 @@ def main():
     # The issue's targets, in front of server-everything over Streamable HTTP.
     print("\ntargets (in front of server-everything over Streamable HTTP):")
     checks = []
-    for r in rows:
-        d, v = r["direct"], r["via_http"]
-        checks.append((f"c={r['c']}: throughput >= 0.95 of direct", v["rps"] / d["rps"] >= 0.95, f"{v['rps'] / d['rps']:.2f}"))
-        checks.append((f"c={r['c']}: CPU <= 0.12 ms per request", cpu(v) <= 0.12, f"{cpu(v):.3f} ms"))
-        if r["c"] == 1:
-            added = v["p50_ms"] - d["p50_ms"]
-            checks.append(("c=1: p50 adds <= 0.15 ms", added <= 0.15, f"{added:+.3f} ms"))
+    builds = [("release", "via_http")] + ([("optimized", "via_http_opt")] if OPTIMIZED else [])
+    for build, key in builds:
+        for r in rows:
+            d, v = r["direct"], r[key]
+            checks.append((f"{build} c={r['c']}: throughput >= 0.95 of direct", v["rps"] / d["rps"] >= 0.95,
+                           f"{v['rps'] / d['rps']:.2f}"))
+            checks.append((f"{build} c={r['c']}: CPU <= 0.12 ms per request", cpu(v) <= 0.12, f"{cpu(v):.3f} ms"))
+            if r["c"] == 1:
+                added = v["p50_ms"] - d["p50_ms"]
+                checks.append((f"{build} c=1: p50 adds <= 0.15 ms", added <= 0.15, f"{added:+.3f} ms"))
     checks.append(("idle RSS < 30 MB", statistics.median(idle_rss) < 30, f"{statistics.median(idle_rss):.1f} MB"))
     for what, ok, got in checks:
-        print(f"  {'met ' if ok else 'MISS'}  {what:<42} {got}")
+        print(f"  {'met ' if ok else 'MISS'}  {what:<52} {got}")
     json.dump(rows, open(tmp / "results.json", "w"), indent=1, default=str)
     print(f"raw results: {tmp / 'results.json'}")
 

@@ -3,6 +3,8 @@
 #   bash bench/run.sh           gateway overhead: direct vs through gantry (bench/run.py)
 #   bash bench/run.sh auth      API-key authentication on /mcp and an authenticated API read (bench/auth.py)
 # Traffic stays on loopback; each wrk run is bounded by BENCH_DURATION (default 5s).
+# The gateway benchmark also measures the optimized build (scripts/build-optimized.sh: PGO +
+# BOLT, about twice a release build's time) beside the plain one; BENCH_OPTIMIZED=0 skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/gantry-target}"
@@ -17,4 +19,8 @@ case "${1:-gateway}" in
   auth) script=bench/auth.py ;;
   *) echo "usage: bash bench/run.sh [gateway|auth]" >&2; exit 2 ;;
 esac
+if [ "$script" = bench/run.py ] && [ "${BENCH_OPTIMIZED:-1}" != 0 ]; then
+  bash scripts/build-optimized.sh
+  export BENCH_OPTIMIZED_BIN="$CARGO_TARGET_DIR/optimized/gantry"
+fi
 BENCH_GANTRY_BIN="$CARGO_TARGET_DIR/release/gantry" exec "$TOOLS/venv/bin/python" "$script"
