@@ -239,8 +239,9 @@ def ended(proc):
     return stop
 
 
-def measure_once(conc: int, tmp: Path, startup: list, idle_rss: list) -> dict:
-    """One round at one concurrency: every configuration, each against fresh processes."""
+def measure_once(conc: int, tmp: Path, startup: list, idle_rss: list, round_no: int = 0) -> dict:
+    """One round at one concurrency: every configuration, each against fresh processes. The
+    two builds take turns going first, so neither is always measured on the later spell."""
     row = {}
     procs = Processes()
     try:
@@ -258,10 +259,10 @@ def measure_once(conc: int, tmp: Path, startup: list, idle_rss: list) -> dict:
         procs.stop_all()
 
         # Through gantry to a fresh server-everything over Streamable HTTP.
-        row["via_http"] = through_gantry(start_everything_http, "everything", conc, tmp, procs, startup, idle_rss)
-        if OPTIMIZED:
-            row["via_http_opt"] = through_gantry(start_everything_http, "everything", conc, tmp, procs,
-                                                 binary=OPTIMIZED)
+        for key, binary in builds("via_http", round_no):
+            release = binary is None
+            row[key] = through_gantry(start_everything_http, "everything", conc, tmp, procs,
+                                      startup if release else None, idle_rss if release else None, binary)
 
         # Through gantry to server-everything over stdio, and to the built-in demo over stdio.
         g = Gantry(f'[upstreams.everything]\ntransport = "stdio"\ncommand = "node"\nargs = ["{EVERYTHING}", "stdio"]\n'
@@ -278,12 +279,18 @@ def measure_once(conc: int, tmp: Path, startup: list, idle_rss: list) -> dict:
         sid = initialize(port, "/mcp", None)
         row["demo_direct"] = wrk(port, "/mcp", "echo", conc, session=sid, watch=(upstream.pid,))
         procs.stop_all()
-        row["demo_http"] = through_gantry(start_demo_http, "demo", conc, tmp, procs)
-        if OPTIMIZED:
-            row["demo_http_opt"] = through_gantry(start_demo_http, "demo", conc, tmp, procs, binary=OPTIMIZED)
+        for key, binary in builds("demo_http", round_no):
+            row[key] = through_gantry(start_demo_http, "demo", conc, tmp, procs, binary=binary)
     finally:
         procs.stop_all()
     return row
+
+
+def builds(key: str, round_no: int) -> list:
+    """(row key, binary) of each build to measure: the release build (None: GANTRY), and the
+    optimized one when given, going first in odd rounds."""
+    order = [(key, None)] + ([(key + "_opt", OPTIMIZED)] if OPTIMIZED else [])
+    return order if round_no % 2 == 0 else order[::-1]
 
 
 def through_gantry(start_upstream, name: str, conc: int, tmp: Path, procs: Processes,
@@ -336,7 +343,7 @@ def main():
         rounds = []
         for n in range(ROUNDS):
             print(f"concurrency {conc}: round {n + 1} of {ROUNDS} …", file=sys.stderr, flush=True)
-            rounds.append(measure_once(conc, tmp, startup, idle_rss))
+            rounds.append(measure_once(conc, tmp, startup, idle_rss, n))
         rows.append({"c": conc, **median_row(rounds)})
 
     def cpu(cell, i=0):
