@@ -32,7 +32,13 @@ def main() -> int:
         print(__doc__, file=sys.stderr)
         return 2
     run.GANTRY = sys.argv[1]
-    tmp = Path(tempfile.mkdtemp(prefix="gantry-train-"))
+    # Each training leaves nothing behind: the build trains three times per run.
+    with tempfile.TemporaryDirectory(prefix="gantry-train-") as tmp:
+        train(Path(tmp))
+    return 0
+
+
+def train(tmp: Path):
     procs = run.Processes()
     try:
         demo, demo_port = run.start_demo_http()
@@ -59,7 +65,6 @@ def main() -> int:
     finally:
         # gantry writes its profile when it exits normally: SIGTERM, then its graceful stop.
         procs.stop_all()
-    return 0
 
 
 if __name__ == "__main__":
