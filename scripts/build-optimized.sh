@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the optimized release binary: compiled with profile-guided optimization (PGO),
 # then laid out again by BOLT, both trained on bench/train.py (tool calls through every
-# endpoint and protocol era, checked answer by answer). Same source, same behaviour as
+# endpoint and protocol era, and the control plane's sign-in, keys and reads, checked
+# answer by answer). Same source, same behaviour as
 # `cargo build --release`; the code the request path runs is packed together, which
 # matters most when requests are few and the caches cold (see bench/README.md).
 #
@@ -33,8 +34,8 @@ train() { "$TOOLS/venv/bin/python" bench/train.py "$1"; }
 
 mkdir -p "$WORK"
 # Training is not deterministic, so neither is the binary: an unchanged source is not built again.
-stamp=$( { rustc -vV; find Cargo.toml Cargo.lock src migrations bench/train.py bench/run.py bench/mcp_call.lua \
-  scripts/build-optimized.sh -type f -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16)
+stamp=$( { rustc -vV; find Cargo.toml Cargo.lock src migrations bench/train.py bench/run.py bench/auth.py \
+  bench/mcp_call.lua bench/api_read.lua scripts/build-optimized.sh -type f -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -c1-16)
 if [ -x "$WORK/gantry" ] && [ "$(cat "$WORK/gantry.stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "optimized binary up to date: $WORK/gantry" >&2
   exit 0
