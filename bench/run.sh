@@ -9,10 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/gantry-target}"
 TOOLS="${E2E_TOOLS_DIR:-/var/tmp/gantry-tools}"
-for tool in wrk nginx; do
-  command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$tool"; }
-done
-[ -x "$TOOLS/venv/bin/python" ] || bash scripts/test.sh --collect-only -q >/dev/null  # installs the tools
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk; }
+bash scripts/install-test-tools.sh >&2  # nginx, Node, server-everything, the Python venv
 cargo build --release --quiet
 case "${1:-gateway}" in
   gateway) script=bench/run.py ;;

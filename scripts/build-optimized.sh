@@ -9,7 +9,7 @@
 #   bash scripts/build-optimized.sh      # -> $CARGO_TARGET_DIR/optimized/gantry
 #
 # Needs llvm-profdata and llvm-bolt of rustc's LLVM version (Debian: llvm-N, bolt-N; installed
-# with apt when missing), wrk, and the test tools (scripts/test.sh installs them). About
+# with apt when missing), wrk, and the test tools (scripts/install-test-tools.sh). About
 # twice a release build's time: an instrumented build, then the optimized one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ if [ ! -x "$LLVM_BIN/llvm-profdata" ] || [ ! -x "$LLVM_BIN/llvm-bolt" ]; then
   fi
 fi
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk; }
-[ -x "$TOOLS/venv/bin/python" ] || bash scripts/test.sh --collect-only -q >/dev/null  # installs the tools
+bash scripts/install-test-tools.sh >&2
 train() { "$TOOLS/venv/bin/python" bench/train.py "$1"; }
 
 mkdir -p "$WORK"
