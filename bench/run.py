@@ -393,8 +393,8 @@ def main():
     # The targets, in front of server-everything over Streamable HTTP.
     print("\ntargets (in front of server-everything over Streamable HTTP):")
     checks = []
-    builds = [("release", "via_http")] + ([("optimized", "via_http_opt")] if OPTIMIZED else [])
-    for build, key in builds:
+    measured = [("release", "via_http")] + ([("optimized", "via_http_opt")] if OPTIMIZED else [])
+    for build, key in measured:
         for r in rows:
             d, v = r["direct"], r[key]
             checks.append((f"{build} c={r['c']}: throughput >= 0.95 of direct", v["rps"] / d["rps"] >= 0.95,
