@@ -80,7 +80,7 @@ pub fn classify(value: Value) -> Result<Message, Rejection> {
     } else {
         Value::Null
     };
-    if body.get("jsonrpc") != Some(&Value::String("2.0".into())) {
+    if body.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err(invalid("\"jsonrpc\" must be \"2.0\"", reply_id));
     }
     if !id_ok {
