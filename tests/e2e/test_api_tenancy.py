@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from conftest import MEMBER_PASSWORD, ADMIN_EMAIL, key_call, problem
+from conftest import MEMBER_PASSWORD, ADMIN_EMAIL, key_call, problem, wait_until
 
 def mcp_list(base: str, key: str) -> httpx2.Response:
     return key_call(base, key, "tools/list")
@@ -88,8 +88,9 @@ def test_api_keys_work_on_mcp_until_revoked(control_plane):
     r = mcp_list(g.base, key)
     assert r.status_code == 200, r.text
     assert "demo__echo" in [t["name"] for t in r.json()["result"]["tools"]]
-    used = api.request("GET", f"/v1/keys/{record['id']}", token=owner).json()
-    assert used["last_used_at"] is not None
+    # The last use is written beside the call, never in its way: poll the record for it.
+    wait_until(lambda: api.request("GET", f"/v1/keys/{record['id']}", token=owner).json()["last_used_at"],
+               timeout=10, what="the key's last use to be recorded")
 
     api_only = api.request("POST", "/v1/keys", token=owner, json_body={"name": "ops", "scopes": ["api"]}).json()["key"]
     assert mcp_list(g.base, api_only).status_code == 401, "a key without the mcp scope is refused on /mcp"
