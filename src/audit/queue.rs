@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +25,10 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 #[derive(Clone)]
 pub struct AuditQueue {
     tx: mpsc::Sender<AuditEvent>,
+    /// Told when a whole batch is queued: the writer, while it gathers, does not watch
+    /// the channel itself (see `Writer::run`).
+    batch_ready: Arc<Notify>,
+    batch_size: usize,
     redactor: Arc<Redactor>,
     /// When a full queue was last reported in the log (ms).
     last_warning: Arc<AtomicI64>,
@@ -33,7 +37,12 @@ pub struct AuditQueue {
 impl AuditQueue {
     /// Never waits: the call being audited must not be slowed by its audit.
     pub fn record(&self, event: AuditEvent) {
-        if self.tx.try_send(event).is_err() {
+        if self.tx.try_send(event).is_ok() {
+            // The writer holds the batch's first event already while it gathers.
+            if self.tx.max_capacity() - self.tx.capacity() + 1 >= self.batch_size {
+                self.batch_ready.notify_one();
+            }
+        } else {
             metrics::counter!(m::AUDIT_DROPPED, "reason" => "queue_full").increment(1);
             // Once a minute at most: a full queue under load must not flood the log too.
             let now = crate::store::now_ms();
@@ -73,6 +82,7 @@ impl AuditWriter {
 
 pub fn start(store: Arc<dyn AuditStore>, config: &AuditConfig) -> (AuditQueue, AuditWriter) {
     let (tx, rx) = mpsc::channel(config.queue_capacity);
+    let batch_ready = Arc::new(Notify::new());
     let stop = CancellationToken::new();
     let spill = Spill::claim(&config.spill_dir, config.spill_max_bytes);
     let writer = Writer {
@@ -83,9 +93,11 @@ pub fn start(store: Arc<dyn AuditStore>, config: &AuditConfig) -> (AuditQueue, A
         retention: Duration::from_secs(u64::from(config.retention_days) * 86_400),
         down_since: None,
     };
-    let handle = tokio::spawn(writer.run(rx, stop.clone()));
+    let handle = tokio::spawn(writer.run(rx, Arc::clone(&batch_ready), stop.clone()));
     let queue = AuditQueue {
         tx,
+        batch_ready,
+        batch_size: config.batch_size,
         redactor: Arc::new(Redactor::new(&config.redact_keys)),
         last_warning: Arc::new(AtomicI64::new(0)),
     };
@@ -104,7 +116,12 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<AuditEvent>, stop: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<AuditEvent>,
+        batch_ready: Arc<Notify>,
+        stop: CancellationToken,
+    ) {
         metrics::gauge!(m::AUDIT_STORE_UP, "store" => self.store.name()).set(1.0);
         let mut retry = tokio::time::interval(RETRY_EVERY);
         let mut purge = tokio::time::interval(PURGE_EVERY);
@@ -129,16 +146,24 @@ impl Writer {
             // Gather for a while: the store then commits (and syncs to disk) once per
             // batch rather than per event, and the writer and the store's threads wake
             // once per batch. An event waits at most this long; a full batch goes at once.
+            // The channel is not watched meanwhile: a receiver waiting on it is woken by
+            // every event sent, which would run this task once per audited call.
             batch.push(first);
-            let flush = tokio::time::sleep(self.gather_for);
-            tokio::pin!(flush);
-            while batch.len() < self.batch_size {
-                let room = self.batch_size - batch.len();
+            let deadline = tokio::time::Instant::now() + self.gather_for;
+            // A notification may be stale (left from a batch already written): the queue
+            // is looked at again before the gathering ends early.
+            while batch.len() + rx.len() < self.batch_size {
                 tokio::select! {
                     biased;
-                    received = rx.recv_many(&mut batch, room) => if received == 0 { break },
-                    _ = &mut flush => break,
                     _ = stop.cancelled() => break,
+                    _ = batch_ready.notified() => {}
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            while batch.len() < self.batch_size {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
                 }
             }
             self.deliver(&batch).await;
@@ -452,7 +477,131 @@ impl Spill {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
     use super::Spill;
+    use crate::audit::{AuditError, AuditEvent, AuditFilter, AuditStore};
+    use crate::config::AuditConfig;
+
+    fn event(n: usize) -> AuditEvent {
+        AuditEvent {
+            id: format!("event-{n}"),
+            time: n as i64,
+            tenant_id: String::new(),
+            principal: "key:test".into(),
+            server: "demo".into(),
+            method: "tools/call".into(),
+            tool: Some("echo".into()),
+            arguments: None,
+            outcome: "ok".into(),
+            latency_ms: 1.0,
+            request_id: None,
+        }
+    }
+
+    /// Keeps every batch it is given, with the (tokio) time it came.
+    #[derive(Default)]
+    struct Batches(Mutex<Vec<(Instant, Vec<String>)>>);
+
+    #[async_trait::async_trait]
+    impl AuditStore for Batches {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        async fn write(&self, events: &[AuditEvent]) -> Result<(), AuditError> {
+            let ids = events.iter().map(|e| e.id.clone()).collect();
+            self.0.lock().unwrap().push((Instant::now(), ids));
+            Ok(())
+        }
+        async fn query(&self, _: &str, _: &AuditFilter) -> Result<Vec<AuditEvent>, AuditError> {
+            Ok(Vec::new())
+        }
+        async fn ping(&self) -> Result<(), AuditError> {
+            Ok(())
+        }
+        async fn purge(&self, _: i64) -> Result<u64, AuditError> {
+            Ok(0)
+        }
+    }
+
+    fn config(dir: &std::path::Path, batch_size: usize, flush_interval_ms: u64) -> AuditConfig {
+        AuditConfig {
+            batch_size,
+            flush_interval_ms,
+            spill_dir: dir.to_path_buf(),
+            ..AuditConfig::default()
+        }
+    }
+
+    /// Lets the writer run until the store has `n` batches, for at most 200 s of paused
+    /// time (it moves only when every task waits, so this takes no real time).
+    async fn batches(store: &Batches, n: usize) -> Vec<(Instant, Vec<String>)> {
+        for _ in 0..20_000 {
+            if store.0.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store.0.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_arriving_while_a_batch_gathers_are_written_together_after_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Batches::default());
+        let (queue, _writer) = super::start(store.clone(), &config(dir.path(), 10, 1000));
+        let start = Instant::now();
+        queue.record(event(1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        queue.record(event(2));
+        queue.record(event(3));
+        let written = batches(&store, 1).await;
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert_eq!(written[0].1, ["event-1", "event-2", "event-3"]);
+        assert!(written[0].0 - start >= Duration::from_millis(1000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_is_written_without_waiting_for_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Batches::default());
+        let (queue, _writer) = super::start(store.clone(), &config(dir.path(), 3, 60_000));
+        let start = Instant::now();
+        for n in 0..7 {
+            queue.record(event(n));
+        }
+        let written = batches(&store, 2).await;
+        assert_eq!(written[0].1, ["event-0", "event-1", "event-2"]);
+        assert_eq!(written[1].1, ["event-3", "event-4", "event-5"]);
+        assert!(
+            written[1].0 - start < Duration::from_secs(60),
+            "{written:?}"
+        );
+        // The seventh waits for its batch to fill or for the interval.
+        assert_eq!(written.len(), 2);
+        let written = batches(&store, 3).await;
+        assert_eq!(written[2].1, ["event-6"]);
+        assert!(written[2].0 - start >= Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutting_down_writes_what_is_gathering_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Batches::default());
+        let (queue, writer) = super::start(store.clone(), &config(dir.path(), 100, 60_000));
+        let start = Instant::now();
+        queue.record(event(1));
+        queue.record(event(2));
+        tokio::task::yield_now().await;
+        writer.shutdown(Duration::from_secs(5)).await;
+        let written = store.0.lock().unwrap().clone();
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert_eq!(written[0].1, ["event-1", "event-2"]);
+        assert!(written[0].0 - start < Duration::from_secs(5));
+    }
 
     #[test]
     fn processes_sharing_a_spill_directory_get_separate_files() {
@@ -469,25 +618,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_larger_than_the_room_left_keeps_its_oldest_events() {
-        let event = |n: usize| crate::audit::AuditEvent {
-            id: format!("event-{n}"),
-            time: n as i64,
-            tenant_id: String::new(),
-            principal: "key:test".into(),
-            server: "demo".into(),
-            method: "tools/call".into(),
-            tool: Some("echo".into()),
-            arguments: None,
-            outcome: "ok".into(),
-            latency_ms: 1.0,
-            request_id: None,
-        };
         let line = serde_json::to_vec(&event(0)).unwrap().len() as u64 + 1;
         let dir = tempfile::tempdir().unwrap();
         let mut spill = Spill::claim(dir.path(), line * 3 + line / 2);
         let batch: Vec<_> = (0..5).map(event).collect();
         spill.append(&batch).await;
-        let kept: Vec<crate::audit::AuditEvent> = std::fs::read_to_string(&spill.path)
+        let kept: Vec<AuditEvent> = std::fs::read_to_string(&spill.path)
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
