@@ -840,6 +840,17 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
             "queue_capacity and batch_size must be at least 1".into(),
         ));
     }
+    // A batch gathers inside the queue, so one larger than the queue never fills: events
+    // would be dropped while the writer waits out the interval.
+    if config.audit.batch_size > config.audit.queue_capacity {
+        return Err((
+            "audit.batch_size".into(),
+            format!(
+                "must not exceed audit.queue_capacity ({})",
+                config.audit.queue_capacity
+            ),
+        ));
+    }
     if !(1..=60_000).contains(&config.audit.flush_interval_ms) {
         return Err((
             "audit.flush_interval_ms".into(),

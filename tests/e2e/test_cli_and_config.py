@@ -30,6 +30,7 @@ def test_version_names_every_protocol_era():
     ("stdio.toml", '[upstreams.t]\ntransport = "stdio"\n', "upstreams.t.command"),
     ("threads.toml", '[server]\nworker_threads = 0\n', "server.worker_threads"),
     ("flush.toml", '[audit]\nflush_interval_ms = 0\n', "audit.flush_interval_ms"),
+    ("batch.toml", '[audit]\nqueue_capacity = 100\nbatch_size = 101\n', "audit.batch_size"),
 ])
 def test_bad_config_exits_2_with_one_message_naming_key_and_file(tmp_path, filename, text, key):
     cfg = tmp_path / filename
