@@ -7,9 +7,11 @@
 //! would carry the request to a URL nobody checked) and retries nothing itself.
 
 use std::error::Error as StdError;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -17,17 +19,17 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::header::{AUTHORIZATION, HOST, HeaderValue};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::egress::Egress;
 
 pub type Request = http::Request<Full<Bytes>>;
-pub type Response = http::Response<Incoming>;
+pub type Response = http::Response<Body>;
 
 /// An upstream's URL, parsed once: `url` for display, joins and origin checks, `uri` for
 /// requests. Credentials in the URL (`https://user:pass@host/`) become a Basic
@@ -164,6 +166,11 @@ fn https_connector(http: HttpConnector<Resolver>) -> HttpsConnector<HttpConnecto
 /// back, and moves its large futures around: about 9k instructions of a proxied call's
 /// ~135k on the request thread. Every upstream talks to a single origin, so the pool is a
 /// plain list of hyper connections.
+///
+/// An HTTP/1.1 connection is not given a task of its own either: whoever holds it drives
+/// it — the request until its response's head arrives, then the response's [`Body`] —
+/// so a call's upstream I/O runs in the caller's task, with no wake-ups between tasks.
+/// An HTTP/2 connection carries many requests at once and runs in its own task.
 #[derive(Clone)]
 pub struct HttpClient {
     connector: HttpsConnector<HttpConnector<Resolver>>,
@@ -173,25 +180,67 @@ pub struct HttpClient {
 /// Connections to the upstream's origin.
 #[derive(Default)]
 struct Pool {
-    /// HTTP/1.1 connections, idle or busy: a busy one is not ready and is passed over.
-    http1: Vec<Http1>,
+    /// Idle HTTP/1.1 connections; one in use is held by its request or response body.
+    /// Boxed: a connection's state is large (1.8 kB) and moves in and out of the pool,
+    /// into its request and response body, on every request.
+    #[allow(clippy::vec_box)]
+    http1: Vec<Box<Http1>>,
     /// The HTTP/2 connection, when the server chose HTTP/2 (ALPN): one carries every request.
     http2: Option<http2::SendRequest<Full<Bytes>>>,
 }
 
+type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+/// An HTTP/1.1 connection: the handle requests are sent through, and the future that
+/// does its reading and writing, polled by whoever holds it.
 struct Http1 {
     sender: http1::SendRequest<Full<Bytes>>,
+    driver: http1::Connection<Io, Full<Bytes>>,
+    /// The driver has finished: the connection is closed (or broke).
+    ended: bool,
     last_used: Instant,
+}
+
+impl Http1 {
+    /// Polls the connection's reading and writing; true once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.ended {
+            if let Poll::Ready(result) = Pin::new(&mut self.driver).poll(cx) {
+                if let Err(e) = result {
+                    tracing::debug!(error = %error_chain(&e), "upstream HTTP/1.1 connection ended");
+                }
+                self.ended = true;
+            }
+        }
+        self.ended
+    }
+
+    /// Ready for a request, or false when the connection has closed.
+    async fn ready(&mut self) -> bool {
+        poll_fn(|cx| {
+            if let Poll::Ready(result) = self.sender.poll_ready(cx) {
+                return Poll::Ready(result.is_ok());
+            }
+            // Driven, the connection finishes its previous exchange and becomes ready.
+            let ended = self.drive(cx);
+            match self.sender.poll_ready(cx) {
+                Poll::Ready(result) => Poll::Ready(result.is_ok()),
+                Poll::Pending if ended => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
 }
 
 /// HTTP/1.1 connections idle for this long are closed when the pool is next used (servers
 /// close idle connections sooner: Node after 5 s, nginx after 75 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Open HTTP/1.1 connections kept for reuse; more are made under load and closed after use.
+/// Idle HTTP/1.1 connections kept for reuse; more are made under load and closed after use.
 const MAX_HTTP1: usize = 512;
 
 enum Sender {
-    Http1(http1::SendRequest<Full<Bytes>>),
+    Http1(Box<Http1>),
     Http2(http2::SendRequest<Full<Bytes>>),
 }
 
@@ -238,7 +287,8 @@ impl HttpClient {
         }
     }
 
-    /// A ready connection from the pool; closed and long-idle ones are dropped on the way.
+    /// The HTTP/2 connection, or the most recently used idle HTTP/1.1 one; closed and
+    /// long-idle ones are dropped on the way.
     fn checkout(&self) -> Option<Sender> {
         let mut pool = self.pool.lock().unwrap();
         if let Some(h2) = &pool.http2 {
@@ -248,20 +298,21 @@ impl HttpClient {
             pool.http2 = None;
         }
         let now = Instant::now();
-        pool.http1.retain_mut(|c| {
-            if c.sender.is_closed() {
-                return false;
-            }
-            // A busy connection (a response still being read, an SSE stream) is in use:
-            // its idle time starts when it is next seen ready, not when its request began.
-            if !c.sender.is_ready() {
-                c.last_used = now;
-                return true;
-            }
-            now.duration_since(c.last_used) < IDLE_TIMEOUT
-        });
-        let ready = pool.http1.iter().rposition(|c| c.sender.is_ready())?;
-        Some(Sender::Http1(pool.http1.swap_remove(ready).sender))
+        pool.http1
+            .retain(|c| !c.ended && now.duration_since(c.last_used) < IDLE_TIMEOUT);
+        pool.http1.pop().map(Sender::Http1)
+    }
+
+    /// Takes an HTTP/1.1 connection back once its response has been read to the end.
+    fn checkin(pool: &Mutex<Pool>, mut conn: Box<Http1>) {
+        if conn.ended {
+            return;
+        }
+        conn.last_used = Instant::now();
+        let mut pool = pool.lock().unwrap();
+        if pool.http1.len() < MAX_HTTP1 {
+            pool.http1.push(conn);
+        }
     }
 
     async fn connect(&self, uri: http::Uri) -> Result<Sender, String> {
@@ -286,18 +337,18 @@ impl HttpClient {
             self.pool.lock().unwrap().http2 = Some(sender.clone());
             return Ok(Sender::Http2(sender));
         }
-        let (sender, connection) = http1::handshake(io).await.map_err(|e| error_chain(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %error_chain(&e), "upstream HTTP/1.1 connection ended");
-            }
-        });
-        Ok(Sender::Http1(sender))
+        let (sender, driver) = http1::handshake(io).await.map_err(|e| error_chain(&e))?;
+        Ok(Sender::Http1(Box::new(Http1 {
+            sender,
+            driver,
+            ended: false,
+            last_used: Instant::now(),
+        })))
     }
 
     async fn send_on(&self, sender: Sender, mut request: Request) -> Result<Response, Failure> {
         match sender {
-            Sender::Http1(mut sender) => {
+            Sender::Http1(mut conn) => {
                 // HTTP/1.1 names the target by path; the origin is the connection's.
                 let target = request
                     .uri()
@@ -306,28 +357,36 @@ impl HttpClient {
                     .parse()
                     .expect("a path of a parsed URI parses");
                 let absolute = std::mem::replace(request.uri_mut(), target);
-                if sender.ready().await.is_err() {
+                if !conn.ready().await {
                     *request.uri_mut() = absolute;
                     return Err(Failure::NotSent(request));
                 }
-                let sent = sender.try_send_request(request).await;
-                // Back in the pool at once: it is busy (not ready) until the response's body
-                // has been read, and connections that are not ready are passed over.
-                let mut pool = self.pool.lock().unwrap();
-                if pool.http1.len() < MAX_HTTP1 {
-                    pool.http1.push(Http1 {
-                        sender,
-                        last_used: Instant::now(),
-                    });
-                }
-                drop(pool);
-                sent.map_err(|mut e| match e.take_message() {
-                    Some(mut unsent) => {
-                        *unsent.uri_mut() = absolute;
-                        Failure::NotSent(unsent)
+                let mut sent = std::pin::pin!(conn.sender.try_send_request(request));
+                // The response's head comes through the connection: polled again after the
+                // connection has been driven, it is taken at once. Once the connection has
+                // ended, the request's future says how.
+                let sent = poll_fn(|cx| {
+                    if let Poll::Ready(result) = sent.as_mut().poll(cx) {
+                        return Poll::Ready(result);
                     }
-                    None => Failure::Failed(error_chain(&e.into_error())),
+                    conn.drive(cx);
+                    sent.as_mut().poll(cx)
                 })
+                .await;
+                match sent {
+                    Ok(response) => Ok(response.map(|incoming| Body {
+                        incoming,
+                        conn: Some(conn),
+                        pool: Some(Arc::clone(&self.pool)),
+                    })),
+                    Err(mut e) => Err(match e.take_message() {
+                        Some(mut unsent) => {
+                            *unsent.uri_mut() = absolute;
+                            Failure::NotSent(unsent)
+                        }
+                        None => Failure::Failed(error_chain(&e.into_error())),
+                    }),
+                }
             }
             Sender::Http2(mut sender) => {
                 // HTTP/2 carries the origin in `:authority` (RFC 9113 8.3.1); with a `Host`
@@ -346,12 +405,116 @@ impl HttpClient {
                 sender
                     .try_send_request(request)
                     .await
+                    .map(|response| response.map(Body::from))
                     .map_err(|mut e| match e.take_message() {
                         Some(request) => unsent(request),
                         None => Failure::Failed(error_chain(&e.into_error())),
                     })
             }
         }
+    }
+}
+
+/// A response's body. Over HTTP/1.1 it holds its connection and drives it while it is
+/// read; read to its end, it puts the connection back in the pool (dropped before its
+/// end, see its `Drop`).
+pub struct Body {
+    incoming: Incoming,
+    conn: Option<Box<Http1>>,
+    pool: Option<Arc<Mutex<Pool>>>,
+}
+
+impl From<Incoming> for Body {
+    fn from(incoming: Incoming) -> Self {
+        Self {
+            incoming,
+            conn: None,
+            pool: None,
+        }
+    }
+}
+
+impl Body {
+    fn release(&mut self) {
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
+            HttpClient::checkin(&pool, conn);
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let mut frame = Pin::new(&mut this.incoming).poll_frame(cx);
+        if frame.is_pending() {
+            if let Some(conn) = &mut this.conn {
+                // What the connection reads is taken at once, by polling again. An ended
+                // connection leaves the body to report its end or its error.
+                conn.drive(cx);
+                frame = Pin::new(&mut this.incoming).poll_frame(cx);
+            }
+        }
+        let frame = ready!(frame);
+        if frame.is_none() || this.incoming.is_end_stream() {
+            this.release();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+/// What a body dropped before its end may still read in the dropping task (see `Drop`).
+const READ_ON_DROP: usize = 16 * 1024;
+/// How long a connection whose body was dropped is driven for hyper to read or refuse
+/// the rest.
+const DISCARD_FOR: Duration = Duration::from_secs(1);
+
+impl Drop for Body {
+    /// A body dropped before its end would take its connection with it. What has arrived
+    /// already (the "Accepted" of a 202, the end of an answered stream) is read here, and
+    /// the connection goes back to the pool. Otherwise hyper, driven off the caller's
+    /// path, reads a rest that is already there or closes the connection.
+    fn drop(&mut self) {
+        if self.conn.is_none() {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut read = 0;
+        while self.conn.is_some() && read <= READ_ON_DROP {
+            match Pin::new(&mut *self).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    read += frame.data_ref().map_or(0, Bytes::len);
+                }
+                Poll::Ready(_) => return,
+                Poll::Pending => break,
+            }
+        }
+        let (Some(mut conn), Some(pool)) = (self.conn.take(), self.pool.take()) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // By the time the task runs, the body's half of the connection is gone: hyper
+        // then drains what has arrived or closes.
+        runtime.spawn(async move {
+            if let Ok(true) = tokio::time::timeout(DISCARD_FOR, conn.ready()).await {
+                HttpClient::checkin(&pool, conn);
+            }
+        });
     }
 }
 
@@ -370,7 +533,7 @@ pub fn request(
 }
 
 /// The whole body of a response.
-pub async fn read_body(body: Incoming) -> Result<Bytes, String> {
+pub async fn read_body(body: Body) -> Result<Bytes, String> {
     body.collect()
         .await
         .map(|collected| collected.to_bytes())
@@ -396,6 +559,149 @@ pub fn error_chain(e: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+
+    /// A plain HTTP/1.1 server: answers each request with `response`, keeps a connection
+    /// open for `per_connection` requests and then closes it (without announcing it, as
+    /// servers closing idle connections do). Reports each connection's number of answers
+    /// when it closes.
+    async fn server(
+        response: &'static str,
+        per_connection: usize,
+    ) -> (String, mpsc::UnboundedReceiver<usize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let (closed, report) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let answered = answer(socket, response, per_connection).await;
+                    let _ = closed.send(answered);
+                });
+            }
+        });
+        (url, report)
+    }
+
+    async fn answer(mut socket: TcpStream, response: &str, per_connection: usize) -> usize {
+        let mut buf = Vec::new();
+        let mut answered = 0;
+        while answered < per_connection {
+            let head_end = loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return answered,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            buf.drain(..head_end);
+            socket.write_all(response.as_bytes()).await.unwrap();
+            answered += 1;
+        }
+        answered
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    fn get(url: &str) -> Request {
+        let endpoint = Endpoint::parse(url::Url::parse(url).unwrap()).unwrap();
+        let mut headers = http::HeaderMap::new();
+        endpoint.add_defaults(&mut headers);
+        request(http::Method::GET, &endpoint, headers, Bytes::new())
+    }
+
+    async fn get_text(client: &HttpClient, url: &str) -> String {
+        let response = client.send(get(url)).await.unwrap();
+        let body = read_body(response.into_body()).await.unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_the_end_is_reused() {
+        let (url, mut closed) = server(OK, usize::MAX).await;
+        let client = HttpClient::new(None);
+        for _ in 0..5 {
+            assert_eq!(get_text(&client, &url).await, "ok");
+        }
+        drop(client);
+        assert_eq!(closed.recv().await, Some(5), "all five on one connection");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_replaced_unseen() {
+        let (url, mut closed) = server(OK, 1).await;
+        let client = HttpClient::new(None);
+        assert_eq!(get_text(&client, &url).await, "ok");
+        // The server has closed the pooled connection before the next request.
+        assert_eq!(closed.recv().await, Some(1));
+        assert_eq!(get_text(&client, &url).await, "ok");
+        assert_eq!(closed.recv().await, Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_after_it_arrived_leaves_its_connection_reusable() {
+        let (url, mut closed) = server(OK, usize::MAX).await;
+        let client = HttpClient::new(None);
+        for _ in 0..3 {
+            // The head alone, as for a 202 whose body nobody needs.
+            let response = client.send(get(&url)).await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        assert_eq!(get_text(&client, &url).await, "ok");
+        drop(client);
+        assert_eq!(closed.recv().await, Some(4), "all four on one connection");
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_its_connection() {
+        // Twelve bytes promised, two sent: the rest never comes.
+        let (url, mut closed) = server(
+            "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\nok",
+            usize::MAX,
+        )
+        .await;
+        let client = HttpClient::new(None);
+        let response = client.send(get(&url)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        drop(response);
+        assert_eq!(closed.recv().await, Some(1));
+        assert!(client.pool.lock().unwrap().http1.is_empty());
+        // The next request gets a new connection.
+        let response = client.send(get(&url)).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_each_get_a_connection_and_leave_them_pooled() {
+        let (url, mut closed) = server(OK, usize::MAX).await;
+        let client = HttpClient::new(None);
+        let calls = (0..8).map(|_| get_text(&client, &url));
+        let answers = futures::future::join_all(calls).await;
+        assert!(answers.iter().all(|a| a == "ok"));
+        let pooled = client.pool.lock().unwrap().http1.len();
+        assert!((1..=8).contains(&pooled), "{pooled} pooled");
+        // Later requests reuse them: no new connection is made.
+        for _ in 0..8 {
+            assert_eq!(get_text(&client, &url).await, "ok");
+        }
+        assert_eq!(client.pool.lock().unwrap().http1.len(), pooled);
+        drop(client);
+        let mut answered = 0;
+        for _ in 0..pooled {
+            answered += closed.recv().await.unwrap();
+        }
+        assert_eq!(
+            answered, 16,
+            "every answer came over the {pooled} pooled connections"
+        );
+    }
 
     #[test]
     fn credentials_in_a_url_become_basic_auth_and_leave_the_uri() {

@@ -9,7 +9,6 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 use sse_stream::SseStream;
 use tokio::sync::Semaphore;
@@ -228,7 +227,7 @@ impl Shared {
     /// without it.
     async fn read_sse(
         &self,
-        events: &mut SseStream<Incoming>,
+        events: &mut SseStream<http_client::Body>,
         related: Option<u64>,
         request_id: Option<&Value>,
         initialize: bool,
@@ -280,7 +279,7 @@ impl Shared {
     /// the answer, or just after it (behind a proxy); a server that keeps the stream open
     /// after answering gets its connection closed after `DRAIN_FOR`, as before (at once
     /// when `MAX_DRAINING` streams are being read on already).
-    fn finish_stream(self: &Arc<Self>, mut events: SseStream<Incoming>) {
+    fn finish_stream(self: &Arc<Self>, mut events: SseStream<http_client::Body>) {
         // What has arrived already is read here; only a stream still open needs a task.
         while let Some(event) = events.next().now_or_never() {
             if self.on_event(event, None, None, false).is_some() {
