@@ -195,40 +195,52 @@ type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 /// does its reading and writing, polled by whoever holds it.
 struct Http1 {
     sender: http1::SendRequest<Full<Bytes>>,
-    driver: http1::Connection<Io, Full<Bytes>>,
-    /// The driver has finished: the connection is closed (or broke).
-    ended: bool,
+    driver: Driver,
     last_used: Instant,
 }
 
-impl Http1 {
-    /// Polls the connection's reading and writing; true once it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+struct Driver {
+    conn: http1::Connection<Io, Full<Bytes>>,
+    /// The connection has finished: closed, or broken.
+    ended: bool,
+}
+
+impl Driver {
+    /// Polls `half` — what waits on the connection: readiness for a request, the
+    /// response's head, its body — and when it is pending, polls the connection's reading
+    /// and writing and then `half` again, so what the connection has just read is taken
+    /// at once. Once the connection has ended, `half` reports how.
+    fn poll_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut half: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        if let Poll::Ready(value) = half(cx) {
+            return Poll::Ready(value);
+        }
         if !self.ended {
-            if let Poll::Ready(result) = Pin::new(&mut self.driver).poll(cx) {
+            if let Poll::Ready(result) = Pin::new(&mut self.conn).poll(cx) {
                 if let Err(e) = result {
                     tracing::debug!(error = %error_chain(&e), "upstream HTTP/1.1 connection ended");
                 }
                 self.ended = true;
             }
         }
-        self.ended
+        half(cx)
     }
+}
 
+impl Http1 {
     /// Ready for a request, or false when the connection has closed.
     async fn ready(&mut self) -> bool {
-        poll_fn(|cx| {
-            if let Poll::Ready(result) = self.sender.poll_ready(cx) {
-                return Poll::Ready(result.is_ok());
-            }
-            // Driven, the connection finishes its previous exchange and becomes ready.
-            let ended = self.drive(cx);
-            match self.sender.poll_ready(cx) {
+        // Driven, the connection finishes its previous exchange and becomes ready.
+        poll_fn(
+            |cx| match self.driver.poll_with(cx, |cx| self.sender.poll_ready(cx)) {
                 Poll::Ready(result) => Poll::Ready(result.is_ok()),
-                Poll::Pending if ended => Poll::Ready(false),
+                Poll::Pending if self.driver.ended => Poll::Ready(false),
                 Poll::Pending => Poll::Pending,
-            }
-        })
+            },
+        )
         .await
     }
 }
@@ -298,14 +310,15 @@ impl HttpClient {
             pool.http2 = None;
         }
         let now = Instant::now();
+        // Idle connections are not driven: a server's close is seen when one is next used.
         pool.http1
-            .retain(|c| !c.ended && now.duration_since(c.last_used) < IDLE_TIMEOUT);
+            .retain(|c| now.duration_since(c.last_used) < IDLE_TIMEOUT);
         pool.http1.pop().map(Sender::Http1)
     }
 
     /// Takes an HTTP/1.1 connection back once its response has been read to the end.
     fn checkin(pool: &Mutex<Pool>, mut conn: Box<Http1>) {
-        if conn.ended {
+        if conn.driver.ended {
             return;
         }
         conn.last_used = Instant::now();
@@ -337,11 +350,10 @@ impl HttpClient {
             self.pool.lock().unwrap().http2 = Some(sender.clone());
             return Ok(Sender::Http2(sender));
         }
-        let (sender, driver) = http1::handshake(io).await.map_err(|e| error_chain(&e))?;
+        let (sender, conn) = http1::handshake(io).await.map_err(|e| error_chain(&e))?;
         Ok(Sender::Http1(Box::new(Http1 {
             sender,
-            driver,
-            ended: false,
+            driver: Driver { conn, ended: false },
             last_used: Instant::now(),
         })))
     }
@@ -362,22 +374,12 @@ impl HttpClient {
                     return Err(Failure::NotSent(request));
                 }
                 let mut sent = std::pin::pin!(conn.sender.try_send_request(request));
-                // The response's head comes through the connection: polled again after the
-                // connection has been driven, it is taken at once. Once the connection has
-                // ended, the request's future says how.
-                let sent = poll_fn(|cx| {
-                    if let Poll::Ready(result) = sent.as_mut().poll(cx) {
-                        return Poll::Ready(result);
-                    }
-                    conn.drive(cx);
-                    sent.as_mut().poll(cx)
-                })
-                .await;
+                let sent =
+                    poll_fn(|cx| conn.driver.poll_with(cx, |cx| sent.as_mut().poll(cx))).await;
                 match sent {
                     Ok(response) => Ok(response.map(|incoming| Body {
                         incoming,
-                        conn: Some(conn),
-                        pool: Some(Arc::clone(&self.pool)),
+                        held: Some((conn, Arc::clone(&self.pool))),
                     })),
                     Err(mut e) => Err(match e.take_message() {
                         Some(mut unsent) => {
@@ -420,23 +422,22 @@ impl HttpClient {
 /// end, see its `Drop`).
 pub struct Body {
     incoming: Incoming,
-    conn: Option<Box<Http1>>,
-    pool: Option<Arc<Mutex<Pool>>>,
+    /// The HTTP/1.1 connection and the pool it goes back to.
+    held: Option<(Box<Http1>, Arc<Mutex<Pool>>)>,
 }
 
 impl From<Incoming> for Body {
     fn from(incoming: Incoming) -> Self {
         Self {
             incoming,
-            conn: None,
-            pool: None,
+            held: None,
         }
     }
 }
 
 impl Body {
     fn release(&mut self) {
-        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
+        if let Some((conn, pool)) = self.held.take() {
             HttpClient::checkin(&pool, conn);
         }
     }
@@ -451,16 +452,13 @@ impl hyper::body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let mut frame = Pin::new(&mut this.incoming).poll_frame(cx);
-        if frame.is_pending() {
-            if let Some(conn) = &mut this.conn {
-                // What the connection reads is taken at once, by polling again. An ended
-                // connection leaves the body to report its end or its error.
-                conn.drive(cx);
-                frame = Pin::new(&mut this.incoming).poll_frame(cx);
-            }
-        }
-        let frame = ready!(frame);
+        let incoming = &mut this.incoming;
+        let frame = ready!(match &mut this.held {
+            Some((conn, _)) => conn
+                .driver
+                .poll_with(cx, |cx| Pin::new(&mut *incoming).poll_frame(cx)),
+            None => Pin::new(incoming).poll_frame(cx),
+        });
         if frame.is_none() || this.incoming.is_end_stream() {
             this.release();
         }
@@ -488,12 +486,12 @@ impl Drop for Body {
     /// the connection goes back to the pool. Otherwise hyper, driven off the caller's
     /// path, reads a rest that is already there or closes the connection.
     fn drop(&mut self) {
-        if self.conn.is_none() {
+        if self.held.is_none() {
             return;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut read = 0;
-        while self.conn.is_some() && read <= READ_ON_DROP {
+        while self.held.is_some() && read <= READ_ON_DROP {
             match Pin::new(&mut *self).poll_frame(&mut cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     read += frame.data_ref().map_or(0, Bytes::len);
@@ -502,7 +500,7 @@ impl Drop for Body {
                 Poll::Pending => break,
             }
         }
-        let (Some(mut conn), Some(pool)) = (self.conn.take(), self.pool.take()) else {
+        let Some((mut conn, pool)) = self.held.take() else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
