@@ -102,6 +102,9 @@ http {{
             proxy_pass http://mcp;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # The client's Host, as a production proxy passes it: the built-in demo
+            # upstream checks it (DNS rebinding); server-everything does not look.
+            proxy_set_header Host $http_host;
             proxy_buffering off;
         }}
     }}
@@ -112,14 +115,20 @@ http {{
 class Nginx:
     """A plain reverse proxy, as the reference for what one extra HTTP hop costs here."""
 
-    def __init__(self, upstream_port: int, tmp: Path):
+    def __init__(self, upstream_port: int, tmp: Path, prefix: tuple = ()):
+        """`prefix` runs nginx under another program (valgrind): then as one process, with
+        no master forking a worker, so that the program sees the proxying."""
         self.port = free_port()
         d = tmp / f"nginx-{secrets.token_hex(3)}"
         d.mkdir()
         (d / "nginx.conf").write_text(NGINX_CONF.format(dir=d, upstream=upstream_port, port=self.port))
-        self.proc = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")],
+        single = ["-g", "master_process off;"] if prefix else []
+        self.proc = subprocess.Popen([*prefix, "nginx", "-p", str(d), "-c", str(d / "nginx.conf"), *single],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, self.proc)
+        if single:
+            self.worker = self.proc.pid
+            return
         # The worker does the proxying; the master only supervises. The master listens
         # before it forks the worker, so the port alone does not say the worker is there.
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
@@ -137,7 +146,7 @@ class Nginx:
 
 
 class Gantry:
-    def __init__(self, upstreams: str, tmp: Path, binary: str | None = None):
+    def __init__(self, upstreams: str, tmp: Path, binary: str | None = None, prefix: tuple = ()):
         self.key = "gty_" + secrets.token_urlsafe(32)
         cfg = tmp / f"bench-{secrets.token_hex(3)}.toml"
         ready = tmp / f"ready-{secrets.token_hex(3)}"
@@ -147,7 +156,7 @@ class Gantry:
         )
         started = time.perf_counter()
         # In its own directory: `serve` keeps its embedded database (and audit) there.
-        self.proc = subprocess.Popen([binary or GANTRY, "--config", str(cfg), "serve", "--listen", "127.0.0.1:0",
+        self.proc = subprocess.Popen([*prefix, binary or GANTRY, "--config", str(cfg), "serve", "--listen", "127.0.0.1:0",
                                       "--ready-file", str(ready)], cwd=tmp,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while not (ready.exists() and ready.read_text()):
