@@ -21,7 +21,9 @@ Run through `bash bench/run.sh footprint`, or directly:
 
     python bench/footprint.py [GANTRY_BINARY ...]    (default: the release build)
 
-Each binary is measured in turn; nginx once. Needs valgrind (Debian's `valgrind`). Under
+Each binary is measured in turn; nginx once. With BENCH_FOOTPRINT_KEEP=DIR the callgrind
+profiles are kept in DIR (one folder per proxy, one file per thread), for
+`callgrind_annotate --inclusive=yes FILE`. Needs valgrind (Debian's `valgrind`). Under
 valgrind the API key's SHA-256 runs in software (valgrind hides the CPU's SHA extensions):
 its lines are counted, and are listed under `sha2`.
 """
@@ -42,6 +44,7 @@ from pathlib import Path
 import run
 
 CALLS = int(os.environ.get("BENCH_FOOTPRINT_CALLS", "1000"))
+KEEP = os.environ.get("BENCH_FOOTPRINT_KEEP")
 LINE, PAGE = 64, 4096
 TOP = 15
 
@@ -206,6 +209,12 @@ def main():
         finally:
             demo.terminate()
             demo.wait(timeout=10)
+        if KEEP:
+            for profile in tmp.glob("*/cg.*"):
+                kept = Path(KEEP) / profile.parent.name
+                kept.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(profile, kept)
+            print(f"callgrind profiles kept in {KEEP}", file=sys.stderr)
     print(f"\ncallgrind, {CALLS} tools/call counted per proxy at concurrency 1, in front of the built-in demo "
           f"upstream over Streamable HTTP;\ncode run on most calls = 64-byte lines (and their 4 KiB pages) holding "
           f"an instruction executed >= {CALLS // 2} times, on the busiest thread\n")
