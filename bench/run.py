@@ -119,6 +119,7 @@ class Nginx:
         """`prefix` runs nginx under another program (valgrind): then as one process, with
         no master forking a worker, so that the program sees the proxying."""
         self.port = free_port()
+        self.worker: int | None = None
         d = tmp / f"nginx-{secrets.token_hex(3)}"
         d.mkdir()
         (d / "nginx.conf").write_text(NGINX_CONF.format(dir=d, upstream=upstream_port, port=self.port))
@@ -142,6 +143,14 @@ class Nginx:
 
     def stop(self):
         self.proc.terminate()
+        if self.worker == self.proc.pid:
+            # Under valgrind the signal waits until nginx returns from epoll_wait, which
+            # with nothing to do is its next timer, a minute away (seen here): a
+            # connection wakes it.
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                pass
         self.proc.wait(timeout=10)
 
 
