@@ -64,6 +64,12 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// How long a client has to send each request head, the wait for the next request on
+    /// a kept-alive connection included; then the connection is closed. Bounds what a
+    /// slow or silent client holds (slowloris). Longer than a proxy's idle keep-alive
+    /// to gantry (nginx's upstream `keepalive_timeout`, 60 s by default): a connection
+    /// the proxy still counts as open must not be closed under its next request.
+    pub header_read_timeout_secs: u64,
     /// Threads serving requests. 1 (the default) runs everything on one thread: no
     /// cross-thread wake-ups, the lowest CPU per request, about 20k requests/s per
     /// process on a small machine. Raise it on large machines, or run more replicas.
@@ -78,6 +84,7 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             shutdown_grace_secs: 10,
+            header_read_timeout_secs: 75,
             worker_threads: 1,
         }
     }
@@ -771,6 +778,12 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
         return Err((
             "server.worker_threads".into(),
             "must be between 1 and 1024".into(),
+        ));
+    }
+    if config.server.header_read_timeout_secs == 0 {
+        return Err((
+            "server.header_read_timeout_secs".into(),
+            "must be at least 1".into(),
         ));
     }
     if config.server.max_body_bytes < 1024 {

@@ -9,6 +9,7 @@ pub mod demo_upstream;
 pub mod doctor;
 pub mod gateway;
 pub mod healthcheck;
+pub mod http_server;
 pub mod identity;
 pub mod policy;
 pub mod startup;

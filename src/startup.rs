@@ -486,9 +486,12 @@ impl Application {
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let server = axum::serve(listener, axum::ServiceExt::into_make_service(app))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(crate::http_server::serve(
+            listener,
+            app,
+            Duration::from_secs(self.gateway.config.server.header_read_timeout_secs),
+            shutdown.clone(),
+        ));
         shutdown.cancelled().await;
         let started = Instant::now();
         match tokio::time::timeout(self.grace, server).await {

@@ -1,6 +1,7 @@
 """Limits, bad input, access control and observability."""
 
 import json
+import socket
 import threading
 
 import httpx2
@@ -133,6 +134,25 @@ def test_deeply_nested_json_is_a_parse_error_not_a_crash(g):
     assert r.status_code == 400 and r.json()["error"]["code"] == -32700
     r = g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "still alive"}})
     assert r.json()["result"]["content"][0]["text"] == "still alive"
+
+
+def test_slow_and_silent_clients_are_disconnected_but_a_long_call_is_answered(gantry):
+    g = gantry({"server": {"header_read_timeout_secs": 1}, "upstreams": {"demo": demo_stdio()}})
+    host, port = g.addr.rsplit(":", 1)
+    silent = socket.create_connection((host, int(port)))
+    slowloris = socket.create_connection((host, int(port)))
+    slowloris.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Trickle: a")
+    # The timeout bounds the wait for a request head, not the answer to one.
+    r = g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 2500}}, timeout=30)
+    assert r.status_code == 200 and "result" in r.json(), r.text
+    for client in (silent, slowloris):
+        client.settimeout(10)
+        try:
+            assert client.recv(1024) == b"", "no answer to a request head never finished"
+        except ConnectionResetError:
+            pass
+        client.close()
+    assert g.modern("tools/list").status_code == 200
 
 
 def test_oversized_headers_and_garbage_session_ids_are_refused_cleanly(g):
