@@ -27,11 +27,12 @@ use tower::ServiceExt;
 
 /// Serves `app` on every connection `listener` accepts until `stop` is cancelled; then
 /// accepts no more, lets each connection finish the request it is answering (idle ones
-/// close at once), and returns when all have closed.
+/// close at once), and returns when all have closed. `header_read_timeout: None` leaves
+/// request heads untimed, for a server reachable only through a proxy that times them.
 pub async fn serve<L, S>(
     mut listener: L,
     app: S,
-    header_read_timeout: Duration,
+    header_read_timeout: Option<Duration>,
     stop: CancellationToken,
 ) where
     L: Listener,
@@ -42,9 +43,15 @@ pub async fn serve<L, S>(
     S::Future: Send + 'static,
 {
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+    if let Some(timeout) = header_read_timeout {
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout);
+    } else {
+        // Without a timer hyper times nothing; said outright, it does not warn that its
+        // 30 s default goes unused.
+        builder.header_read_timeout(None);
+    }
     let connections = GracefulShutdown::new();
     loop {
         // `Listener::accept` retries failed accepts itself (after a pause when out of

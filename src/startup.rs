@@ -489,7 +489,10 @@ impl Application {
         let server = tokio::spawn(crate::http_server::serve(
             listener,
             app,
-            Duration::from_secs(self.gateway.config.server.header_read_timeout_secs),
+            match self.gateway.config.server.header_read_timeout_secs {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             shutdown.clone(),
         ));
         shutdown.cancelled().await;
