@@ -157,8 +157,9 @@ def serve_calls(port: int, path: str, key: str | None, pid: int, tag: str):
 
 
 def measure(label: str, binary: str | None, tmp: Path, upstream_port: int) -> list[Profile]:
-    out = tmp / re.sub(r"\W", "-", label)
-    out.mkdir()
+    # Written straight into BENCH_FOOTPRINT_KEEP when set; file names carry the pid.
+    out = (Path(KEEP) if KEEP else tmp) / re.sub(r"\W", "-", label)
+    out.mkdir(parents=True, exist_ok=True)
     prefix = ("valgrind", "--tool=callgrind", "--separate-threads=yes", "--instr-atstart=no",
               "--dump-instr=yes", f"--callgrind-out-file={out}/cg.%p")
     if binary is None:
@@ -209,12 +210,8 @@ def main():
         finally:
             demo.terminate()
             demo.wait(timeout=10)
-        if KEEP:
-            for profile in tmp.glob("*/cg.*"):
-                kept = Path(KEEP) / profile.parent.name
-                kept.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(profile, kept)
-            print(f"callgrind profiles kept in {KEEP}", file=sys.stderr)
+    if KEEP:
+        print(f"callgrind profiles kept in {KEEP}", file=sys.stderr)
     print(f"\ncallgrind, {CALLS} tools/call counted per proxy at concurrency 1, in front of the built-in demo "
           f"upstream over Streamable HTTP;\ncode run on most calls = 64-byte lines (and their 4 KiB pages) holding "
           f"an instruction executed >= {CALLS // 2} times, on the busiest thread\n")
