@@ -64,15 +64,14 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
-    /// How long a client has to send each request head, the wait for the next request on
-    /// a kept-alive connection included; then the connection is closed. Bounds what a
-    /// slow or silent client holds (slowloris). Longer than a proxy's idle keep-alive
-    /// to gantry (nginx's upstream `keepalive_timeout`, 60 s by default): a connection
-    /// the proxy still counts as open must not be closed under its next request. 0 turns
-    /// it off, for a gantry only reachable through a proxy that times out slow clients
-    /// itself (the Docker stack's nginx): the timer armed for every request costs a few
-    /// per cent of CPU per call at low concurrency (bench/README.md).
-    pub header_read_timeout_secs: u64,
+    /// How long a connection may wait on its client: for each request, head and body, the
+    /// wait for the next one on a kept-alive connection included. Then it is closed
+    /// (checked four times per period, so at most a quarter later). Bounds what a slow or
+    /// silent client holds (slowloris). An answer being written is not timed. Longer than
+    /// a proxy's idle keep-alive to gantry (nginx's upstream `keepalive_timeout`, 60 s by
+    /// default): a connection the proxy still counts as open must not be closed under its
+    /// next request. 0 turns it off.
+    pub request_read_timeout_secs: u64,
     /// Threads serving requests. 1 (the default) runs everything on one thread: no
     /// cross-thread wake-ups, the lowest CPU per request, about 20k requests/s per
     /// process on a small machine. Raise it on large machines, or run more replicas.
@@ -87,7 +86,7 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             shutdown_grace_secs: 10,
-            header_read_timeout_secs: 75,
+            request_read_timeout_secs: 75,
             worker_threads: 1,
         }
     }

@@ -489,7 +489,7 @@ impl Application {
         let server = tokio::spawn(crate::http_server::serve(
             listener,
             app,
-            match self.gateway.config.server.header_read_timeout_secs {
+            match self.gateway.config.server.request_read_timeout_secs {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },

@@ -138,6 +138,11 @@ class Gantry:
         return httpx2.post(self.base + path, content=content, headers=h, timeout=kw.pop("timeout", 30), **kw)
 
     def modern(self, method, params=None, path="/mcp", headers=None, id=1, name=None, **kw) -> httpx2.Response:
+        body, h = self.modern_request(method, params, headers, id, name)
+        return self.post(body, path=path, headers=h, **kw)
+
+    def modern_request(self, method, params=None, headers=None, id=1, name=None) -> tuple[dict, dict]:
+        """The body and the MCP headers of a stateless (2026-07-28) request; `post` adds the rest."""
         params = dict(params or {})
         params["_meta"] = {
             **params.get("_meta", {}),
@@ -150,7 +155,7 @@ class Gantry:
         if n and method in ("tools/call", "prompts/get", "resources/read"):
             h["Mcp-Name"] = n
         h.update(headers or {})
-        return self.post({"jsonrpc": "2.0", "id": id, "method": method, "params": params}, path=path, headers=h, **kw)
+        return {"jsonrpc": "2.0", "id": id, "method": method, "params": params}, h
 
     def initialize(self, path="/mcp", version="2025-11-25", capabilities=None) -> tuple[str, dict]:
         r = self.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {

@@ -29,7 +29,7 @@ def test_version_names_every_protocol_era():
     ("custom.toml", '[upstreams.web]\ntransport = "streamable-http"\nurl = "ftp://x"\n', "upstreams.web.url"),
     ("stdio.toml", '[upstreams.t]\ntransport = "stdio"\n', "upstreams.t.command"),
     ("threads.toml", '[server]\nworker_threads = 0\n', "server.worker_threads"),
-    ("headers.toml", '[server]\nheader_read_timeout_secs = -1\n', "server.header_read_timeout_secs"),
+    ("request-read.toml", '[server]\nrequest_read_timeout_secs = -1\n', "server.request_read_timeout_secs"),
     ("flush.toml", '[audit]\nflush_interval_ms = 0\n', "audit.flush_interval_ms"),
     ("batch.toml", '[audit]\nqueue_capacity = 100\nbatch_size = 101\n', "audit.batch_size"),
 ])

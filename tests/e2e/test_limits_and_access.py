@@ -1,13 +1,15 @@
 """Limits, bad input, access control and observability."""
 
+import http.client
 import json
 import socket
 import threading
+import time
 
 import httpx2
 import pytest
 
-from conftest import demo_stdio
+from conftest import ACCEPT, demo_stdio
 
 
 @pytest.fixture
@@ -136,22 +138,42 @@ def test_deeply_nested_json_is_a_parse_error_not_a_crash(g):
     assert r.json()["result"]["content"][0]["text"] == "still alive"
 
 
-def test_slow_and_silent_clients_are_disconnected_but_a_long_call_is_answered(gantry):
-    g = gantry({"server": {"header_read_timeout_secs": 1}, "upstreams": {"demo": demo_stdio()}})
+def test_slow_silent_and_idle_clients_are_disconnected_but_a_long_call_is_answered(gantry):
+    g = gantry({"server": {"request_read_timeout_secs": 1}, "upstreams": {"demo": demo_stdio()}})
     host, port = g.addr.rsplit(":", 1)
     silent = socket.create_connection((host, int(port)))
     slowloris = socket.create_connection((host, int(port)))
     slowloris.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Trickle: a")
-    # The timeout bounds the wait for a request head, not the answer to one.
-    r = g.modern("tools/call", {"name": "demo__sleep", "arguments": {"ms": 2500}}, timeout=30)
-    assert r.status_code == 200 and "result" in r.json(), r.text
-    for client in (silent, slowloris):
+    slow_body = socket.create_connection((host, int(port)))
+    slow_body.sendall(f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {g.key}\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode())
+    kept_alive = http.client.HTTPConnection(host, int(port), timeout=30)
+
+    def call(method, params):
+        body, headers = g.modern_request(method, params)
+        headers = {"Content-Type": "application/json", "Accept": ACCEPT, **g.auth(), **headers}
+        kept_alive.request("POST", "/mcp", body=json.dumps(body), headers=headers)
+        r = kept_alive.getresponse()
+        return r.status, r.read()
+
+    # The timeout bounds the wait for a request, not the answer to one.
+    status, body = call("tools/call", {"name": "demo__sleep", "arguments": {"ms": 2500}})
+    assert status == 200 and "result" in json.loads(body), body
+    # Nor is a connection closed under the request that follows a long answer at once.
+    status, body = call("tools/list", {})
+    assert status == 200 and "result" in json.loads(body), body
+    answered = time.monotonic()
+    for client in (silent, slowloris, slow_body, kept_alive.sock):
         client.settimeout(10)
         try:
-            assert client.recv(1024) == b"", "no answer to a request head never finished"
+            assert client.recv(1024) == b"", "no answer to a request never finished"
         except ConnectionResetError:
             pass
+    # A kept-alive connection gets the whole timeout for its next request.
+    assert time.monotonic() - answered >= 0.95
+    for client in (silent, slowloris, slow_body):
         client.close()
+    kept_alive.close()
     assert g.modern("tools/list").status_code == 200
 
 
