@@ -8,7 +8,8 @@
 //! timed by it, however long it takes.
 //!
 //! HTTP/1.1 only: TLS and HTTP/2 end at the proxy in front (nginx), which speaks HTTP/1.1
-//! to its upstreams.
+//! to its upstreams; and the watchdog relies on HTTP/1.1 answering a connection's
+//! requests one at a time.
 
 mod idle;
 
@@ -71,7 +72,7 @@ pub async fn serve<L, S>(
             builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let connection = connections.watch(connection);
         tokio::spawn(async move {
-            let idle = async {
+            let stalled = async {
                 match request_read_timeout {
                     Some(timeout) => activity.stalled_for(timeout).await,
                     None => std::future::pending().await,
@@ -86,7 +87,7 @@ pub async fn serve<L, S>(
                     }
                 }
                 // No answer is in progress on the connection: dropping it only closes it.
-                () = idle => tracing::debug!("closed a connection that waited on its client for the request read timeout"),
+                () = stalled => tracing::debug!("closed a connection that waited on its client for the request read timeout"),
             }
         });
     }

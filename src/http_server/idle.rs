@@ -1,13 +1,13 @@
-//! Closes a client connection that has been waiting on its client for too long: one that
-//! connects and sends nothing, trickles a request head or body (slowloris and its slow-body
-//! variant), or sits idle between requests on a kept-alive connection. A request whose
-//! body has arrived is being answered, and is not timed however long the answer takes.
+//! Closes a connection that has waited too long on its client: one that connects and
+//! sends nothing, trickles a request head or body (slowloris and its slow-body variant),
+//! or sits idle between requests on a kept-alive connection. A request whose body has
+//! arrived is being answered, and is not timed however long the answer takes.
 //!
 //! One coarse watchdog per connection, in place of hyper's header read timeout: that one
-//! arms a boxed timer for every request and reads the socket once more after every request
-//! head to start it, which cost several per cent of CPU per call at concurrency 1
-//! (bench/README.md), and it does not time bodies. Here a request costs a few counter
-//! updates; the watchdog wakes four times per timeout, however many requests pass.
+//! makes, registers and drops a timer for every request (a few per cent of CPU per call
+//! at concurrency 1 on one machine, within the noise on another: bench/README.md), and
+//! does not time bodies. Here a request costs a few counter updates; the watchdog wakes
+//! four times per timeout, however many requests pass.
 //!
 //! hyper serves an HTTP/1.1 connection's requests one at a time: it reads the next head
 //! only once the previous answer is written and dropped. So one state per connection says
