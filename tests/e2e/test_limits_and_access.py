@@ -159,7 +159,7 @@ def test_slow_silent_and_idle_clients_are_disconnected_but_a_long_call_is_answer
     # The timeout bounds the wait for a request, not the answer to one.
     status, body = call("tools/call", {"name": "demo__sleep", "arguments": {"ms": 2500}})
     assert status == 200 and "result" in json.loads(body), body
-    # Nor is a connection closed under the request that follows a long answer at once.
+    # Nor is a kept-alive connection closed under the request sent right after a long answer.
     status, body = call("tools/list", {})
     assert status == 200 and "result" in json.loads(body), body
     answered = time.monotonic()
