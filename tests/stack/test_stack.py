@@ -423,9 +423,8 @@ def test_redis_outage_degrades_readiness_and_recovers(stack, operator):
         # Tool calls still work: rate limits fall back to in-process counting.
         _, answer = stack.mcp_call(operator.key, "demo__add", {"a": 1, "b": 2})
         assert answer["result"]["content"][0]["text"] == "3", answer
-        # Every readiness answer names the cache, and saying so takes no replica out of
-        # nginx's rotation (max_fails=3 each, two replicas): the rest of the API keeps
-        # answering.
+        # Every readiness answer names the cache, and the rest of the API keeps answering
+        # through nginx.
         for _ in range(8):
             status, _, body = stack.request("GET", "/api/ready")
             assert status == 503 and isinstance(body, dict) and "cache" in body.get("failed", []), body
