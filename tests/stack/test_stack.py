@@ -355,19 +355,23 @@ def audit_count(stack, token, since_ms=0):
     return len(body["items"])
 
 
+def readiness_reports_down(stack, component) -> bool:
+    """Whether /api/ready answers 503 naming `component` as failed; prints the answer if not."""
+    status, _, body = stack.request("GET", "/api/ready")
+    if status == 503 and isinstance(body, dict) and component in body.get("failed", []):
+        return True
+    print(f"/api/ready answered {status}: {body}")
+    return False
+
+
 @contextlib.contextmanager
 def outage(stack, service, component):
     """Stops `service` until the block ends; readiness must report `component` down
     meanwhile, and ready again once the service is back."""
     stack.compose("stop", service)
     try:
-        def unready():
-            status, _, body = stack.request("GET", "/api/ready")
-            if status == 503 and isinstance(body, dict) and component in body.get("failed", []):
-                return True
-            print(f"/api/ready answered {status}: {body}")
-            return False
-        wait_until(unready, timeout=30, what=f"readiness to report {component} down")
+        wait_until(lambda: readiness_reports_down(stack, component), timeout=30,
+                   what=f"readiness to report {component} down")
         yield
     finally:
         stack.compose("start", service)
@@ -426,8 +430,7 @@ def test_redis_outage_degrades_readiness_and_recovers(stack, operator):
         # Every readiness answer names the cache, and the rest of the API keeps answering
         # through nginx.
         for _ in range(8):
-            status, _, body = stack.request("GET", "/api/ready")
-            assert status == 503 and isinstance(body, dict) and "cache" in body.get("failed", []), body
+            assert readiness_reports_down(stack, "cache")
         status, _, body = stack.request("GET", "/api/health")
         assert status == 200, body
 
