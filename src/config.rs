@@ -404,6 +404,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive; `RUST_LOG` overrides it.
     pub level: String,
+    /// Lines waiting for stderr to take them; beyond this they are dropped and counted.
+    pub buffer_lines: usize,
 }
 
 impl Default for LogConfig {
@@ -411,6 +413,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Json,
             level: "info".into(),
+            buffer_lines: 16_384,
         }
     }
 }
@@ -780,6 +783,12 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
         return Err((
             "server.worker_threads".into(),
             "must be between 1 and 1024".into(),
+        ));
+    }
+    if config.log.buffer_lines == 0 || config.log.buffer_lines > 1_000_000 {
+        return Err((
+            "log.buffer_lines".into(),
+            "must be between 1 and 1000000".into(),
         ));
     }
     if config.server.max_body_bytes < 1024 {

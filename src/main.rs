@@ -117,7 +117,7 @@ fn doctor(config_path: Option<PathBuf>) -> Result<ExitCode, ExitCode> {
 
 fn migrate(config_path: Option<PathBuf>) -> Result<ExitCode, ExitCode> {
     let config = load(config_path.as_deref())?;
-    gantry::telemetry::init(&config.log);
+    let _log = gantry::telemetry::init(&config.log);
     let url = config
         .database
         .migrate_url
@@ -145,7 +145,7 @@ fn migrate(config_path: Option<PathBuf>) -> Result<ExitCode, ExitCode> {
 
 fn admin(config_path: Option<PathBuf>, command: AdminCommand) -> Result<ExitCode, ExitCode> {
     let config = load(config_path.as_deref())?;
-    gantry::telemetry::init(&config.log);
+    let _log = gantry::telemetry::init(&config.log);
     match runtime(1).block_on(gantry::admin::run(&config, command)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(gantry::admin::AdminError::Usage(m)) => {
@@ -213,11 +213,14 @@ fn with_config(mut config: config::Config, args: ServeArgs, role: Role) -> ExitC
             ));
         }
     }
-    runtime(config.server.worker_threads).block_on(serve_with(config, args, role))
+    let log = gantry::telemetry::init(&config.log);
+    let status = runtime(config.server.worker_threads).block_on(serve_with(config, args, role));
+    // After the runtime, so that what its tasks logged while it shut down is written too.
+    drop(log);
+    status
 }
 
 async fn serve_with(config: config::Config, args: ServeArgs, role: Role) -> ExitCode {
-    gantry::telemetry::init(&config.log);
     let app = match Application::build(config, role).await {
         Ok(app) => app,
         Err(e @ StartupError::Config(_)) => return config_error(e.to_string()),

@@ -578,6 +578,6 @@ async fn ready(State(state): State<AppState>) -> Response {
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        crate::telemetry::metrics::render(&state.metrics),
     )
 }

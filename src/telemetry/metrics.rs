@@ -24,6 +24,8 @@ pub const TOOL_CACHE: &str = "mcp_tool_cache_total";
 pub const RATE_LIMITED: &str = "rate_limited_total";
 /// Rate-limit checks made in-process because Redis did not answer.
 pub const RATE_LIMIT_FALLBACK: &str = "rate_limit_fallback_total";
+/// Log lines dropped because stderr was not read fast enough (`log.buffer_lines`).
+pub const LOG_LINES_DROPPED: &str = "log_lines_dropped_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -76,7 +78,18 @@ pub fn install() -> PrometheusHandle {
                 UPSTREAM_RESTARTS,
                 "Upstream restarts after a crash or disconnect"
             );
+            metrics::describe_counter!(
+                LOG_LINES_DROPPED,
+                "Log lines dropped because stderr was not read fast enough"
+            );
             handle
         })
         .clone()
+}
+
+/// The metrics as Prometheus text, with the counters kept outside the recorder brought
+/// up to date first.
+pub fn render(handle: &PrometheusHandle) -> String {
+    metrics::counter!(LOG_LINES_DROPPED).absolute(super::dropped_lines());
+    handle.render()
 }

@@ -91,7 +91,8 @@ def demo_stdio(**extra) -> dict:
 class Gantry:
     """One running gantry process."""
 
-    def __init__(self, tmp: Path, config: dict, args=(), env=None, session_key=None, role="serve"):
+    def __init__(self, tmp: Path, config: dict, args=(), env=None, session_key=None, role="serve",
+                 stderr=None):
         self.key = "gty_" + secrets.token_urlsafe(32)
         config = json.loads(json.dumps(config))
         config.setdefault("auth", {}).setdefault("api_keys", []).append(
@@ -111,7 +112,7 @@ class Gantry:
             [BIN, "--config", str(self.config_path), role, "--listen", "127.0.0.1:0",
              "--ready-file", str(self.ready_file), *args],
             stdout=open(self.stdout_path, "wb"),
-            stderr=open(self.log_path, "wb"),
+            stderr=stderr or open(self.log_path, "wb"),
             env=env,
             cwd=tmp,
         )
@@ -127,7 +128,21 @@ class Gantry:
         self.url = f"{self.base}/mcp"
 
     def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """stderr so far. gantry writes its log from a thread of its own, a moment after the
+        fact; while it runs, a request with a marker id is made and its access line awaited
+        first, so that every line logged before the call is in the file."""
+        def read():
+            return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        if getattr(self, "base", None) and self.proc.poll() is None:
+            marker = "logs-read-" + secrets.token_hex(6)
+            try:
+                httpx2.get(self.base + "/health", headers={"x-request-id": marker}, timeout=10)
+            except httpx2.HTTPError:
+                return read()
+            deadline = time.time() + 10
+            while marker not in read() and time.time() < deadline and self.proc.poll() is None:
+                time.sleep(0.02)
+        return read()
 
     def auth(self, extra=None) -> dict:
         return {"Authorization": f"Bearer {self.key}", **(extra or {})}

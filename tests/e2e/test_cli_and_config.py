@@ -32,6 +32,7 @@ def test_version_names_every_protocol_era():
     ("request-read.toml", '[server]\nrequest_read_timeout_secs = -1\n', "server.request_read_timeout_secs"),
     ("flush.toml", '[audit]\nflush_interval_ms = 0\n', "audit.flush_interval_ms"),
     ("batch.toml", '[audit]\nqueue_capacity = 100\nbatch_size = 101\n', "audit.batch_size"),
+    ("log.toml", '[log]\nbuffer_lines = 0\n', "log.buffer_lines"),
 ])
 def test_bad_config_exits_2_with_one_message_naming_key_and_file(tmp_path, filename, text, key):
     cfg = tmp_path / filename

@@ -1,9 +1,12 @@
 """Aggregation under failure, sessions across replicas, supervision and shutdown."""
 
 import base64
+import json
 import os
 import secrets
+import select
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -331,3 +334,73 @@ def test_half_open_circuit_lets_exactly_one_trial_through(gantry):
     t.join(timeout=30)
     assert result["r"]["error"]["code"] == -32001, "the trial itself timed out"
     assert "circuit open" in g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "x"}}).json()["error"]["message"]
+
+
+class PipeReader:
+    """Reads a pipe into lines on a thread, only while `reading` is set."""
+
+    def __init__(self, pipe):
+        self.fd = pipe.fileno()
+        self.lines: list[str] = []
+        self.reading = threading.Event()
+        self.closed = False
+        self._partial = b""
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while not self.closed:
+            if not self.reading.wait(0.1) or not select.select([self.fd], [], [], 0.1)[0]:
+                continue
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                self.closed = True
+                break
+            *whole, self._partial = (self._partial + chunk).split(b"\n")
+            self.lines += [line.decode() for line in whole]
+
+
+def test_a_stalled_log_reader_stalls_no_call_and_every_line_is_written_or_counted(gantry):
+    # stderr is a pipe that nobody reads at first: its 64 KiB fill after a few hundred
+    # access lines, and a gantry that wrote its log itself would stop answering there.
+    g = gantry({"upstreams": {"demo": demo_stdio()}, "log": {"level": "info", "buffer_lines": 50}},
+               stderr=subprocess.PIPE)
+    reader = PipeReader(g.proc.stderr)
+    requests = 2000
+    with httpx2.Client(base_url=g.base, timeout=10) as client:
+        for _ in range(requests):
+            assert client.get("/health").status_code == 200
+    r = g.modern("tools/call", {"name": "demo__echo", "arguments": {"message": "still here"}})
+    assert r.status_code == 200 and "still here" in r.text, r.text
+
+    # Read again: the queued lines come out, then new ones.
+    reader.reading.set()
+    markers = 0
+
+    def marker_seen():
+        nonlocal markers
+        markers += 1
+        httpx2.get(g.base + "/log-marker", timeout=10)
+        return any("/log-marker" in line for line in reader.lines)
+
+    wait_until(marker_seen, timeout=30, interval=0.2, what="a new access line after the log stalled")
+    entries = [json.loads(line) for line in list(reader.lines)]  # every line whole JSON
+    written = sum(1 for e in entries if e.get("span", {}).get("path") == "/health"
+                  and e.get("message") == "finished processing request")
+    markers_written = sum(1 for e in entries if e.get("span", {}).get("path") == "/log-marker"
+                          and e.get("message") == "finished processing request")
+    dropped = g.metric("log_lines_dropped_total")
+    assert 0 < written < requests and dropped, (written, dropped)
+    # Every access line was written or counted; nothing else was dropped but the few
+    # lines of the tool call and of the markers sent while the queue was still full.
+    assert requests - written <= dropped <= requests - written + (markers - markers_written) + 5
+
+    # A log stalled again holds up neither the calls nor the exit.
+    # (The reader may take one more chunk before it sees this: 1,000 lines fill the pipe anyway.)
+    reader.reading.clear()
+    with httpx2.Client(base_url=g.base, timeout=10) as client:
+        for _ in range(1000):
+            assert client.get("/health").status_code == 200
+    assert g.metric("log_lines_dropped_total") > dropped
+    started = time.monotonic()
+    assert g.stop(timeout=15) == 0
+    assert time.monotonic() - started < 10

@@ -1,0 +1,79 @@
+//! Where log lines go: stderr, written by a thread of their own.
+//!
+//! Formatting a line stays on the thread that logs; writing it does not. A process that
+//! writes to stderr itself stops when stderr's reader does (a full pipe to a slow log
+//! driver, a terminal paused with Ctrl-S): on gantry's single runtime thread, every
+//! connection would stop with it. Here lines queue for the writer thread instead, and
+//! beyond `log.buffer_lines` they are dropped and counted (`log_lines_dropped_total`):
+//! the log is a diagnostic, and the audit trail, which must not lose anything, has its
+//! own store.
+
+use std::io::BufWriter;
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Counts the lines dropped by the writer installed by [`init`].
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Keeps the writer thread. Dropped at exit, it writes out what is queued, waiting for
+/// a stalled stderr for about a second at most, so a stuck log never holds up exit.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard(Option<WorkerGuard>);
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        let dropped = dropped_lines();
+        if self.0.is_some() && dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "log lines were dropped because stderr was not read fast enough"
+            );
+        }
+    }
+}
+
+/// Installs the global subscriber. Logs go to stderr so stdout stays free for the
+/// start-up banner (and, for `demo-upstream`, for the MCP protocol itself). Only the
+/// first call in a process installs anything.
+pub fn init(config: &LogConfig) -> LogGuard {
+    if DROPPED.get().is_some() {
+        return LogGuard(None);
+    }
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(config.buffer_lines)
+        .thread_name("gantry-log")
+        // The writer thread flushes once its queue is empty: lines queued together reach
+        // stderr in one write.
+        .finish(BufWriter::new(std::io::stderr()));
+    let counter = writer.error_counter();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let installed = match config.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+    if installed.is_err() || DROPPED.set(counter).is_err() {
+        return LogGuard(None);
+    }
+    LogGuard(Some(guard))
+}
+
+/// Log lines dropped so far because stderr did not take them in time.
+pub fn dropped_lines() -> u64 {
+    DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
+}
