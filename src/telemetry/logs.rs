@@ -8,21 +8,20 @@
 //! the log is a diagnostic, and the audit trail, which must not lose anything, has its
 //! own store.
 
-use std::io::BufWriter;
 use std::sync::OnceLock;
 
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
+use super::log_writer::{self, LineQueue, WriterGuard};
 use crate::config::{LogConfig, LogFormat};
 
-/// Counts the lines dropped by the writer installed by [`init`].
-static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+/// The queue of the writer installed by [`init`], which counts what it dropped.
+static QUEUE: OnceLock<LineQueue> = OnceLock::new();
 
 /// Keeps the writer thread. Dropped at exit, it writes out what is queued, waiting for
-/// a stalled stderr for about a second at most, so a stuck log never holds up exit.
+/// a stalled stderr for a second at most, so a stuck log never holds up exit.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(Option<WorkerGuard>);
+pub struct LogGuard(Option<WriterGuard>);
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
@@ -40,17 +39,11 @@ impl Drop for LogGuard {
 /// start-up banner (and, for `demo-upstream`, for the MCP protocol itself). Only the
 /// first call in a process installs anything.
 pub fn init(config: &LogConfig) -> LogGuard {
-    if DROPPED.get().is_some() {
+    if QUEUE.get().is_some() {
         return LogGuard(None);
     }
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(config.buffer_lines)
-        .thread_name("gantry-log")
-        // The writer thread flushes once its queue is empty: lines queued together reach
-        // stderr in one write.
-        .finish(BufWriter::new(std::io::stderr()));
-    let counter = writer.error_counter();
+    let (writer, guard) = log_writer::spawn(std::io::stderr(), config.buffer_lines);
+    let queue = writer.clone();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
     let builder = tracing_subscriber::fmt()
@@ -65,7 +58,7 @@ pub fn init(config: &LogConfig) -> LogGuard {
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
-    if installed.is_err() || DROPPED.set(counter).is_err() {
+    if installed.is_err() || QUEUE.set(queue).is_err() {
         return LogGuard(None);
     }
     LogGuard(Some(guard))
@@ -73,7 +66,5 @@ pub fn init(config: &LogConfig) -> LogGuard {
 
 /// Log lines dropped so far because stderr did not take them in time.
 pub fn dropped_lines() -> u64 {
-    DROPPED
-        .get()
-        .map_or(0, |counter| counter.dropped_lines() as u64)
+    QUEUE.get().map_or(0, LineQueue::dropped)
 }

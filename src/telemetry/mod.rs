@@ -1,6 +1,7 @@
 //! Logs (JSON by default, with request ids) and Prometheus metrics.
 
 pub mod http_metrics;
+mod log_writer;
 mod logs;
 pub mod mcp_metrics;
 pub mod metrics;
