@@ -1,6 +1,6 @@
 //! A writer thread for log lines: loggers queue lines without waiting or waking anyone,
-//! the thread writes what has queued a few times a second, and lines that find the queue
-//! full are dropped and counted.
+//! the thread writes what has queued every 20 ms, and lines that find the queue full are
+//! dropped and counted.
 //!
 //! Not `tracing-appender`'s non-blocking writer, which was measured first: its channel
 //! wakes the writer thread for every line, and at the default log level (one access line
