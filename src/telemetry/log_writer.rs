@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
@@ -124,10 +124,12 @@ fn spawn_with<W: Write + Send + 'static>(
         .spawn(move || {
             let mut batch = Vec::with_capacity(BATCH_BYTES);
             let mut quiet = 0;
+            let mut drops = DropReport::default();
             loop {
                 let closing = state.closing.load(Ordering::SeqCst);
                 if write_queued(&state, &mut out, &mut batch) {
                     quiet = 0;
+                    drops.report(state.dropped.load(Ordering::Relaxed));
                 } else {
                     quiet += 1;
                 }
@@ -152,6 +154,33 @@ fn spawn_with<W: Write + Send + 'static>(
         .expect("the log writer thread starts");
     let _ = shared.writer.set(thread.thread().clone());
     (LineQueue(Arc::clone(&shared)), WriterGuard { shared, done })
+}
+
+/// Says in the log itself where lines went missing, once lines are written again, so
+/// that a reader without the metric sees the gap explained. At most once per
+/// [`REPORT_EVERY`], however long a slow reader keeps lines dropping.
+#[derive(Default)]
+struct DropReport {
+    reported: u64,
+    last: Option<Instant>,
+}
+
+/// The least time between two reports of dropped lines.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl DropReport {
+    fn report(&mut self, dropped: u64) {
+        if dropped == self.reported || self.last.is_some_and(|at| at.elapsed() < REPORT_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            dropped = dropped - self.reported,
+            dropped_in_all = dropped,
+            "log lines were dropped because stderr was not read fast enough"
+        );
+        self.reported = dropped;
+        self.last = Some(Instant::now());
+    }
 }
 
 /// Writes every queued line to `out` in batches; false when none was queued.
@@ -181,7 +210,6 @@ fn write_queued(shared: &Shared, out: &mut impl Write, batch: &mut Vec<u8>) -> b
 mod tests {
     use super::*;
     use std::sync::{Condvar, Mutex};
-    use std::time::Instant;
 
     /// An output that keeps what it is given, and can be held shut.
     #[derive(Clone, Default)]

@@ -25,10 +25,10 @@ pub struct LogGuard(Option<WriterGuard>);
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        let dropped = dropped_lines();
-        if self.0.is_some() && dropped > 0 {
+        let dropped_in_all = dropped_lines();
+        if self.0.is_some() && dropped_in_all > 0 {
             tracing::warn!(
-                dropped,
+                dropped_in_all,
                 "log lines were dropped because stderr was not read fast enough"
             );
         }

@@ -383,6 +383,9 @@ def test_a_stalled_log_reader_stalls_no_call_and_every_line_is_written_or_counte
         return any("/log-marker" in line for line in reader.lines)
 
     wait_until(marker_seen, timeout=30, interval=0.2, what="a new access line after the log stalled")
+    # The log itself says where lines went missing.
+    wait_until(lambda: any("log lines were dropped" in line and '"dropped":' in line for line in reader.lines),
+               timeout=10, what="the log's own note of the dropped lines")
     entries = [json.loads(line) for line in list(reader.lines)]  # every line whole JSON
     written = sum(1 for e in entries if e.get("span", {}).get("path") == "/health"
                   and e.get("message") == "finished processing request")
