@@ -24,12 +24,16 @@ const TICK: Duration = Duration::from_millis(20);
 const TICKS_BEFORE_PARK: u32 = 50;
 /// How long dropping the guard waits for the queued lines to be written.
 const FLUSH_AT_EXIT: Duration = Duration::from_secs(1);
+/// The least time between two notes of dropped lines in the log.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// A batch is written once it holds this much, so that one write stays bounded.
 const BATCH_BYTES: usize = 64 * 1024;
 
 struct Shared {
     lines: ArrayQueue<Vec<u8>>,
     dropped: AtomicU64,
+    /// How many of the dropped lines the log has already noted.
+    reported: AtomicU64,
     /// Set by the writer before it parks; a logger that sees it wakes the writer.
     parked: AtomicBool,
     closing: AtomicBool,
@@ -41,6 +45,22 @@ impl Shared {
         if let Some(thread) = self.writer.get() {
             thread.unpark();
         }
+    }
+
+    /// Notes in the log itself the lines dropped since its last note, so that a reader
+    /// without the metric sees the gap explained; false when there were none.
+    fn report_drops(&self) -> bool {
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        let reported = self.reported.swap(dropped, Ordering::Relaxed);
+        if dropped == reported {
+            return false;
+        }
+        tracing::warn!(
+            dropped = dropped - reported,
+            dropped_in_all = dropped,
+            "log lines were dropped because stderr was not read fast enough"
+        );
+        true
     }
 }
 
@@ -92,6 +112,8 @@ pub struct WriterGuard {
 
 impl Drop for WriterGuard {
     fn drop(&mut self) {
+        // Drops not yet noted (the writer notes them at most every REPORT_EVERY).
+        self.shared.report_drops();
         self.shared.closing.store(true, Ordering::SeqCst);
         self.shared.wake();
         let _ = self.done.recv_timeout(FLUSH_AT_EXIT);
@@ -113,6 +135,7 @@ fn spawn_with<W: Write + Send + 'static>(
     let shared = Arc::new(Shared {
         lines: ArrayQueue::new(capacity),
         dropped: AtomicU64::new(0),
+        reported: AtomicU64::new(0),
         parked: AtomicBool::new(false),
         closing: AtomicBool::new(false),
         writer: OnceLock::new(),
@@ -124,12 +147,18 @@ fn spawn_with<W: Write + Send + 'static>(
         .spawn(move || {
             let mut batch = Vec::with_capacity(BATCH_BYTES);
             let mut quiet = 0;
-            let mut drops = DropReport::default();
+            let mut last_report: Option<Instant> = None;
             loop {
                 let closing = state.closing.load(Ordering::SeqCst);
                 if write_queued(&state, &mut out, &mut batch) {
                     quiet = 0;
-                    drops.report(state.dropped.load(Ordering::Relaxed));
+                    // Once lines are written again, and not more often than REPORT_EVERY
+                    // however long a slow reader keeps lines dropping.
+                    if last_report.is_none_or(|at| at.elapsed() >= REPORT_EVERY)
+                        && state.report_drops()
+                    {
+                        last_report = Some(Instant::now());
+                    }
                 } else {
                     quiet += 1;
                 }
@@ -154,33 +183,6 @@ fn spawn_with<W: Write + Send + 'static>(
         .expect("the log writer thread starts");
     let _ = shared.writer.set(thread.thread().clone());
     (LineQueue(Arc::clone(&shared)), WriterGuard { shared, done })
-}
-
-/// Says in the log itself where lines went missing, once lines are written again, so
-/// that a reader without the metric sees the gap explained. At most once per
-/// [`REPORT_EVERY`], however long a slow reader keeps lines dropping.
-#[derive(Default)]
-struct DropReport {
-    reported: u64,
-    last: Option<Instant>,
-}
-
-/// The least time between two reports of dropped lines.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
-
-impl DropReport {
-    fn report(&mut self, dropped: u64) {
-        if dropped == self.reported || self.last.is_some_and(|at| at.elapsed() < REPORT_EVERY) {
-            return;
-        }
-        tracing::warn!(
-            dropped = dropped - self.reported,
-            dropped_in_all = dropped,
-            "log lines were dropped because stderr was not read fast enough"
-        );
-        self.reported = dropped;
-        self.last = Some(Instant::now());
-    }
 }
 
 /// Writes every queued line to `out` in batches; false when none was queued.

@@ -18,21 +18,12 @@ use crate::config::{LogConfig, LogFormat};
 /// The queue of the writer installed by [`init`], which counts what it dropped.
 static QUEUE: OnceLock<LineQueue> = OnceLock::new();
 
-/// Keeps the writer thread. Dropped at exit, it writes out what is queued, waiting for
-/// a stalled stderr for a second at most, so a stuck log never holds up exit.
+/// Keeps the writer thread. Dropped at exit, it notes lines dropped since the log last
+/// did and writes out what is queued, waiting for a stalled stderr for a second at most,
+/// so a stuck log never holds up exit.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard(Option<WriterGuard>);
-
-impl Drop for LogGuard {
-    fn drop(&mut self) {
-        let dropped_in_all = dropped_lines();
-        if self.0.is_some() && dropped_in_all > 0 {
-            tracing::warn!(
-                dropped_in_all,
-                "log lines were dropped because stderr was not read fast enough"
-            );
-        }
-    }
+pub struct LogGuard {
+    _writer: Option<WriterGuard>,
 }
 
 /// Installs the global subscriber. Logs go to stderr so stdout stays free for the
@@ -40,7 +31,7 @@ impl Drop for LogGuard {
 /// first call in a process installs anything.
 pub fn init(config: &LogConfig) -> LogGuard {
     if QUEUE.get().is_some() {
-        return LogGuard(None);
+        return LogGuard { _writer: None };
     }
     let (writer, guard) = log_writer::spawn(std::io::stderr(), config.buffer_lines);
     let queue = writer.clone();
@@ -59,9 +50,11 @@ pub fn init(config: &LogConfig) -> LogGuard {
         LogFormat::Pretty => builder.try_init(),
     };
     if installed.is_err() || QUEUE.set(queue).is_err() {
-        return LogGuard(None);
+        return LogGuard { _writer: None };
     }
-    LogGuard(Some(guard))
+    LogGuard {
+        _writer: Some(guard),
+    }
 }
 
 /// Log lines dropped so far because stderr did not take them in time.
