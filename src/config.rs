@@ -67,11 +67,16 @@ pub struct ServerConfig {
     /// How long a connection may wait on its client: for each request, head and body, the
     /// wait for the next one on a kept-alive connection included. Then it is closed
     /// (checked four times per period, so at most a quarter later). Bounds what a slow or
-    /// silent client holds (slowloris). An answer being written is not timed. Longer than
-    /// a proxy's idle keep-alive to gantry (nginx's upstream `keepalive_timeout`, 60 s by
-    /// default): a connection the proxy still counts as open must not be closed under its
-    /// next request. 0 turns it off.
+    /// silent client holds (slowloris). An answer being awaited or written is not timed by
+    /// it. Longer than a proxy's idle keep-alive to gantry (nginx's upstream
+    /// `keepalive_timeout`, 60 s by default): a connection the proxy still counts as open
+    /// must not be closed under its next request. 0 turns it off.
     pub request_read_timeout_secs: u64,
+    /// How long a client may take none of an answer's bytes before its connection is
+    /// closed (nginx's `send_timeout`, 60 s): bounds what a client that stops reading, or
+    /// vanishes without closing, holds. A client that keeps taking bytes, however slowly,
+    /// and an answer still awaited from upstream are not timed. 0 turns it off.
+    pub response_write_timeout_secs: u64,
     /// Threads serving requests. 1 (the default) runs everything on one thread: no
     /// cross-thread wake-ups, the lowest CPU per request, about 20k requests/s per
     /// process on a small machine. Raise it on large machines, or run more replicas.
@@ -87,6 +92,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             shutdown_grace_secs: 10,
             request_read_timeout_secs: 75,
+            response_write_timeout_secs: 60,
             worker_threads: 1,
         }
     }
@@ -771,6 +777,10 @@ fn apply_database_passwords(db: &mut DatabaseConfig) -> Result<(), (String, Stri
     Ok(())
 }
 
+/// The longest a client timeout may be: a connection's watchdog keeps deadlines in
+/// `Instant`s, and "for ever" is said with 0.
+const MAX_CLIENT_TIMEOUT_SECS: u64 = 86_400;
+
 /// Checks that serde cannot express: cross-field rules and value formats.
 pub fn validate(config: &Config) -> Result<(), (String, String)> {
     config.server.listen.parse::<SocketAddr>().map_err(|e| {
@@ -784,6 +794,23 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
             "server.worker_threads".into(),
             "must be between 1 and 1024".into(),
         ));
+    }
+    for (key, secs) in [
+        (
+            "server.request_read_timeout_secs",
+            config.server.request_read_timeout_secs,
+        ),
+        (
+            "server.response_write_timeout_secs",
+            config.server.response_write_timeout_secs,
+        ),
+    ] {
+        if secs > MAX_CLIENT_TIMEOUT_SECS {
+            return Err((
+                key.into(),
+                format!("must be at most {MAX_CLIENT_TIMEOUT_SECS} (a day); 0 turns it off"),
+            ));
+        }
     }
     if config.log.buffer_lines == 0 || config.log.buffer_lines > 1_000_000 {
         return Err((

@@ -2,10 +2,11 @@
 //! stop; then finishes what is in flight.
 //!
 //! In place of `axum::serve`, which times nothing: there a client that sends its request
-//! slowly or never (slowloris), or a keep-alive connection left idle, holds its
-//! connection and a file descriptor for ever. Here a connection that waits on its client
-//! for `request_read_timeout` is closed ([`idle`]); a request being answered is not
-//! timed by it, however long it takes.
+//! slowly or never (slowloris), leaves a keep-alive connection idle, or stops reading its
+//! answer, holds its connection, a file descriptor and what its answer holds for ever.
+//! Here a connection that waits on its client for the read or write timeout is closed
+//! ([`idle`]); a request whose answer is awaited from upstream is not timed, however long
+//! it takes.
 //!
 //! HTTP/1.1 only: TLS and HTTP/2 end at the proxy in front (nginx), which speaks HTTP/1.1
 //! to its upstreams; and the watchdog relies on HTTP/1.1 answering a connection's
@@ -13,9 +14,10 @@
 
 mod idle;
 
+pub use idle::Timeouts;
+
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::serve::Listener;
@@ -27,17 +29,14 @@ use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::telemetry::metrics as m;
+
 /// Serves `app` on every connection `listener` accepts until `stop` is cancelled; then
 /// accepts no more, lets each connection finish the request it is answering (idle ones
-/// close at once), and returns when all have closed. `request_read_timeout: None` waits
-/// on clients for ever, for a server reachable only through a proxy that times them out
-/// itself.
-pub async fn serve<L, S>(
-    mut listener: L,
-    app: S,
-    request_read_timeout: Option<Duration>,
-    stop: CancellationToken,
-) where
+/// close at once), and returns when all have closed. A timeout of `None` waits on clients
+/// for ever, for a server reachable only through a proxy that times them out itself.
+pub async fn serve<L, S>(mut listener: L, app: S, timeouts: Timeouts, stop: CancellationToken)
+where
     L: Listener,
     S: tower::Service<http::Request<Body>, Response = axum::response::Response, Error = Infallible>
         + Clone
@@ -68,16 +67,13 @@ pub async fn serve<L, S>(
                 let activity = Arc::clone(&activity);
                 move |response: axum::response::Response| response.map(|body| activity.answer(body))
             });
-        let connection =
-            builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+        let connection = builder.serve_connection(
+            TokioIo::new(idle::Watched::new(io, &activity)),
+            TowerToHyperService::new(service),
+        );
         let connection = connections.watch(connection);
         tokio::spawn(async move {
-            let stalled = async {
-                match request_read_timeout {
-                    Some(timeout) => activity.stalled_for(timeout).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let stalled = activity.stalled_for(timeouts);
             tokio::select! {
                 ended = connection => {
                     // A client that goes away ends its own connection; nothing else is
@@ -86,8 +82,13 @@ pub async fn serve<L, S>(
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 }
-                // No answer is in progress on the connection: dropping it only closes it.
-                () = stalled => tracing::debug!("closed a connection that waited on its client for the request read timeout"),
+                // Dropping the connection closes it, and drops an answer its client stopped
+                // taking (which cancels the upstream call, if it still runs).
+                stall = stalled => {
+                    let timeout = stall.as_str();
+                    metrics::counter!(m::CONNECTIONS_TIMED_OUT, "timeout" => timeout).increment(1);
+                    tracing::debug!(timeout, "closed a connection that waited on its client for the timeout");
+                }
             }
         });
     }

@@ -482,6 +482,11 @@ impl Application {
             tracing::info!("shutdown requested: no new connections, draining in-flight requests");
             signal_token.cancel();
         });
+        let seconds = |secs| (secs > 0).then(|| Duration::from_secs(secs));
+        let timeouts = crate::http_server::Timeouts {
+            read: seconds(self.gateway.config.server.request_read_timeout_secs),
+            write: seconds(self.gateway.config.server.response_write_timeout_secs),
+        };
         // Without TCP_NODELAY every small SSE event waits on the peer's delayed ACK (~40 ms).
         let listener = self.listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
@@ -489,10 +494,7 @@ impl Application {
         let server = tokio::spawn(crate::http_server::serve(
             listener,
             app,
-            match self.gateway.config.server.request_read_timeout_secs {
-                0 => None,
-                secs => Some(Duration::from_secs(secs)),
-            },
+            timeouts,
             shutdown.clone(),
         ));
         shutdown.cancelled().await;

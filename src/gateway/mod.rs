@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod audited;
 pub mod auth;
+pub mod call_stream;
 pub mod catalog;
 pub mod era;
 pub mod host_policy;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
 use http::{HeaderValue, StatusCode};
 use serde_json::{Map, Value, json};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use super::audited::Audited;
+use super::call_stream;
 use super::era::{self, Era};
 use super::http::{Ctx, json_bytes_response, json_response};
 use super::jsonrpc;
@@ -436,7 +438,8 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     };
 
     // Something arrives before the answer: stream it, then the answer, over SSE.
-    let (tx, rx) = mpsc::channel::<Value>(64);
+    let (mut out, stream) =
+        call_stream::channel(run.upstream.metrics.notifications_dropped().clone());
     tokio::spawn(async move {
         let mut minted = MintedIds::new(&gw);
         let mut event = Some(first);
@@ -446,22 +449,16 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                 None => tokio::select! {
                     e = run.call.next() => e,
                     _ = cancel.token.cancelled() => break "cancelled",
-                    _ = tx.closed() => break "cancelled",
+                    () = out.gone() => break "cancelled",
                 },
             };
             match current {
-                Some(CallEvent::Notification(n)) => {
-                    if tx.send(n).await.is_err() {
-                        break "cancelled";
-                    }
-                }
+                Some(CallEvent::Notification(n)) => out.notify(&n),
                 Some(CallEvent::ServerRequest { upstream_id, msg })
                     if mrtr::applies(&ctx, &msg) =>
                 {
                     // The input request ends this response; the call waits, parked.
-                    let _ = tx
-                        .send(mrtr::park(&gw, &ctx, &id, run, upstream_id, msg))
-                        .await;
+                    out.send(&mrtr::park(&gw, &ctx, &id, run, upstream_id, msg));
                     return;
                 }
                 Some(CallEvent::ServerRequest {
@@ -470,9 +467,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                 }) => {
                     if relays_to_client(&ctx, &msg) {
                         msg["id"] = Value::String(minted.mint(&run.conn, upstream_id));
-                        if tx.send(msg).await.is_err() {
-                            break "cancelled";
-                        }
+                        out.send(&msg);
                     } else {
                         run.conn.answer_unrouted(&upstream_id, &msg);
                     }
@@ -484,27 +479,45 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                     if ctx.era == Era::Modern {
                         era::mark_complete(&mut response, &ctx.method);
                     }
-                    let _ = tx.send(response).await;
+                    out.send(&response);
                     break label;
                 }
                 Some(CallEvent::Failed(reason)) => {
                     let error = UpstreamError::Unavailable(run.upstream.name.clone(), reason);
-                    let _ = tx.send(upstream_error(&id, &error)).await;
+                    out.send(&upstream_error(&id, &error));
                     break "unavailable";
                 }
                 Some(CallEvent::TimedOut) => {
                     let error =
                         UpstreamError::Timeout(run.upstream.name.clone(), run.timeout.as_millis());
-                    let _ = tx.send(upstream_error(&id, &error)).await;
+                    out.send(&upstream_error(&id, &error));
                     break "timeout";
                 }
-                None => break "unavailable",
+                None => {
+                    let error = UpstreamError::Unavailable(
+                        run.upstream.name.clone(),
+                        "connection closed".into(),
+                    );
+                    out.send(&upstream_error(&id, &error));
+                    break "unavailable";
+                }
             }
         };
+        if out.dropped() > 0 {
+            tracing::warn!(
+                server = %run.upstream.name,
+                method = %run.method,
+                dropped = out.dropped(),
+                "the client read its stream too slowly: notifications were dropped"
+            );
+        }
+        // The answer is queued for the client: the upstream's slot is free from here,
+        // however long the client takes to read it.
+        drop(out);
         drop(minted);
         run.settle(outcome);
     });
-    sse_response(rx, None)
+    sse(stream, None)
 }
 
 /// Whether a server request met during a session-era call goes to the client on the
@@ -561,14 +574,24 @@ impl Drop for MintedIds {
 
 /// An SSE response of JSON-RPC messages; `keep_alive` for long-lived streams.
 pub fn sse_response(rx: mpsc::Receiver<Value>, keep_alive: Option<Duration>) -> Response {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
+    let messages = futures::stream::unfold(rx, |mut rx| async move {
         let msg = rx.recv().await?;
-        let event = Event::default()
-            .event("message")
-            .data(serde_json::to_string(&msg).expect("JSON values serialize"));
-        Some((Ok::<_, Infallible>(event), rx))
+        Some((
+            serde_json::to_string(&msg).expect("JSON values serialize"),
+            rx,
+        ))
     });
-    let sse = Sse::new(stream);
+    sse(messages, keep_alive)
+}
+
+/// An SSE response of JSON-RPC messages given as JSON text.
+fn sse<S>(messages: S, keep_alive: Option<Duration>) -> Response
+where
+    S: Stream<Item = String> + Send + 'static,
+{
+    let events =
+        messages.map(|json| Ok::<_, Infallible>(Event::default().event("message").data(json)));
+    let sse = Sse::new(events);
     let mut response = match keep_alive {
         Some(interval) => sse
             .keep_alive(KeepAlive::new().interval(interval).text(""))

@@ -70,6 +70,7 @@ fn forward(
                                 }
                             }
                             Err(broadcast::error::RecvError::Lagged(n)) => {
+                                upstream.metrics.notifications_dropped().increment(n);
                                 tracing::warn!(upstream = %upstream.name, skipped = n, "slow stream client missed notifications");
                             }
                             Err(broadcast::error::RecvError::Closed) => break,

@@ -1,7 +1,9 @@
 //! Closes a connection that has waited too long on its client: one that connects and
 //! sends nothing, trickles a request head or body (slowloris and its slow-body variant),
-//! or sits idle between requests on a kept-alive connection. A request whose body has
-//! arrived is being answered, and is not timed however long the answer takes.
+//! or sits idle between requests on a kept-alive connection; and one whose client takes
+//! none of its answer's bytes for too long (it stopped reading, or vanished without a
+//! FIN). A request whose answer gantry is still waiting for is not timed, however long the
+//! upstream takes; nor is a client that keeps taking bytes, however slowly.
 //!
 //! One coarse watchdog per connection, in place of hyper's header read timeout: that one
 //! makes, registers and drops a timer for every request (a few per cent of CPU per call
@@ -13,25 +15,71 @@
 //! only once the previous answer is written and dropped. So one state per connection says
 //! where it is.
 
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, MissedTickBehavior};
 
-/// The watchdog checks this many times per timeout, so a connection closes between one
-/// and 1 + 1/CHECKS timeouts after it began to wait on its client.
+/// The watchdog checks this many times per (shortest) timeout, so a connection closes
+/// between one and 1 + 1/CHECKS timeouts after it began to wait on its client.
 const CHECKS: u32 = 4;
 
-/// Waiting for a request, or for the rest of one: timed.
+/// Waiting for a request, or for the rest of one: timed by the read timeout.
 const WAITING: u8 = 0;
-/// A request is in, its answer not yet written to the end: not timed.
+/// A request is in, its answer not yet written to the end: not timed, unless the client
+/// takes none of the bytes written.
 const ANSWERING: u8 = 1;
+
+/// How long a connection may wait on its client; `None` for ever.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timeouts {
+    /// For each request, head and body, and for the next one on a kept-alive connection.
+    pub read: Option<Duration>,
+    /// For the client to take any of the bytes written to it.
+    pub write: Option<Duration>,
+}
+
+/// Which wait on its client a connection ran out of time in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stall {
+    /// For a request, or the rest of one.
+    Read,
+    /// For the client to take bytes written to it.
+    Write,
+}
+
+impl Stall {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Stall::Read => "read",
+            Stall::Write => "write",
+        }
+    }
+}
+
+impl Timeouts {
+    /// The wait a connection is in and its timeout, if it is timed.
+    fn of(&self, state: u8, blocked: bool) -> Option<(Stall, Duration)> {
+        let write = self.write.filter(|_| blocked).map(|t| (Stall::Write, t));
+        let read = self
+            .read
+            .filter(|_| state == WAITING)
+            .map(|t| (Stall::Read, t));
+        // Both: bytes of the last answer still unsent when the next request is awaited.
+        match (read, write) {
+            (Some(r), Some(w)) => Some(if w.1 <= r.1 { w } else { r }),
+            (r, w) => r.or(w),
+        }
+    }
+}
 
 /// What the watchdog reads of one connection. Relaxed atomics suffice: hyper polls a
 /// connection's requests and bodies on the connection's own task, where the watchdog runs.
@@ -40,6 +88,8 @@ pub(super) struct Activity {
     /// connection stayed where it was.
     events: AtomicU64,
     state: AtomicU8,
+    /// The last write found the client's socket full: it took none of the bytes.
+    blocked: AtomicBool,
 }
 
 impl Activity {
@@ -47,6 +97,7 @@ impl Activity {
         Arc::new(Self {
             events: AtomicU64::new(0),
             state: AtomicU8::new(WAITING),
+            blocked: AtomicBool::new(false),
         })
     }
 
@@ -82,29 +133,104 @@ impl Activity {
         }
     }
 
-    /// Returns once the connection has waited on its client for `timeout` without a
-    /// change.
-    pub(super) async fn stalled_for(&self, timeout: Duration) {
-        let period = timeout / CHECKS;
+    /// A write to the client was attempted: `taken` if the client's socket took bytes.
+    fn wrote(&self, taken: bool) {
+        // One relaxed load on the common path, where nothing changes.
+        if self.blocked.load(Ordering::Relaxed) == taken {
+            self.blocked.store(!taken, Ordering::Relaxed);
+            self.events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns, with the wait it ran out of, once the connection has waited on its client
+    /// for that wait's timeout without a change; never if neither timeout is set.
+    pub(super) async fn stalled_for(&self, timeouts: Timeouts) -> Stall {
+        let Some(shortest) = [timeouts.read, timeouts.write].into_iter().flatten().min() else {
+            return std::future::pending().await;
+        };
+        let period = shortest / CHECKS;
         let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
         // A runtime too busy to tick on time checks late rather than in a burst that
         // would count one quiet period several times.
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut seen = self.events.load(Ordering::Relaxed);
-        let mut quiet = 0;
+        let mut quiet = Duration::ZERO;
         loop {
             ticks.tick().await;
             let events = self.events.load(Ordering::Relaxed);
-            if events != seen || self.state.load(Ordering::Relaxed) == ANSWERING {
+            let timed = timeouts.of(
+                self.state.load(Ordering::Relaxed),
+                self.blocked.load(Ordering::Relaxed),
+            );
+            let Some((stall, limit)) = timed.filter(|_| events == seen) else {
                 seen = events;
-                quiet = 0;
+                quiet = Duration::ZERO;
                 continue;
-            }
-            quiet += 1;
-            if quiet == CHECKS {
-                return;
+            };
+            quiet += period;
+            if quiet >= limit {
+                return stall;
             }
         }
+    }
+}
+
+/// A client connection whose writes tell the watchdog whether the client takes bytes.
+pub(super) struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Watched<T> {
+    pub(super) fn new(inner: T, activity: &Arc<Activity>) -> Self {
+        Self {
+            inner,
+            activity: Arc::clone(activity),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.wrote(polled.is_ready());
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.wrote(polled.is_ready());
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -188,15 +314,19 @@ mod tests {
     use std::convert::Infallible;
 
     const TIMEOUT: Duration = Duration::from_secs(60);
+    const BOTH: Timeouts = Timeouts {
+        read: Some(TIMEOUT),
+        write: Some(TIMEOUT),
+    };
 
     /// How long `stalled_for` took to return, on paused time, or `None` if it had not
     /// within `limit`.
     async fn stalled_within(activity: &Activity, limit: Duration) -> Option<Duration> {
         let started = Instant::now();
-        tokio::time::timeout(limit, activity.stalled_for(TIMEOUT))
+        tokio::time::timeout(limit, activity.stalled_for(BOTH))
             .await
             .ok()
-            .map(|()| started.elapsed())
+            .map(|_| started.elapsed())
     }
 
     #[tokio::test(start_paused = true)]
@@ -242,7 +372,7 @@ mod tests {
         let watchdog = tokio::spawn({
             let activity = Arc::clone(&activity);
             async move {
-                activity.stalled_for(TIMEOUT).await;
+                activity.stalled_for(BOTH).await;
                 Instant::now()
             }
         });
@@ -257,5 +387,122 @@ mod tests {
             waited <= TIMEOUT + TIMEOUT / CHECKS,
             "closed {waited:?} after the answer"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_the_client_takes_none_of_stalls_after_the_write_timeout() {
+        let activity = Activity::new();
+        let _request = activity.request(Empty::<Bytes>::new());
+        let _answer = activity.answer(Body::empty());
+        activity.wrote(false);
+        assert_eq!(stalled_within(&activity, TIMEOUT * 2).await, Some(TIMEOUT));
+        assert_eq!(activity.stalled_for(BOTH).await, Stall::Write);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_of_a_finished_answer_the_client_leaves_unsent_are_a_write_stall() {
+        let activity = Activity::new();
+        let _request = activity.request(Empty::<Bytes>::new());
+        drop(activity.answer(Body::empty()));
+        activity.wrote(false);
+        let timeouts = Timeouts {
+            read: Some(TIMEOUT * 2),
+            write: Some(TIMEOUT),
+        };
+        let started = Instant::now();
+        assert_eq!(activity.stalled_for(timeouts).await, Stall::Write);
+        assert_eq!(started.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_bytes_now_and_then_is_never_closed() {
+        let activity = Activity::new();
+        let _request = activity.request(Empty::<Bytes>::new());
+        let _answer = activity.answer(Body::empty());
+        let reader = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move {
+                loop {
+                    activity.wrote(false);
+                    tokio::time::sleep(TIMEOUT / 2).await;
+                    activity.wrote(true);
+                }
+            }
+        });
+        assert_eq!(stalled_within(&activity, TIMEOUT * 10).await, None);
+        reader.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_wait_has_its_own_timeout_and_none_means_for_ever() {
+        let read_only = Timeouts {
+            read: Some(TIMEOUT),
+            write: None,
+        };
+        let blocked = Activity::new();
+        let _request = blocked.request(Empty::<Bytes>::new());
+        let _answer = blocked.answer(Body::empty());
+        blocked.wrote(false);
+        let never = tokio::time::timeout(TIMEOUT * 10, blocked.stalled_for(read_only)).await;
+        assert!(
+            never.is_err(),
+            "a blocked write is not timed without a write timeout"
+        );
+
+        let write_only = Timeouts {
+            read: None,
+            write: Some(TIMEOUT / 2),
+        };
+        let waiting = Activity::new();
+        let never = tokio::time::timeout(TIMEOUT * 10, waiting.stalled_for(write_only)).await;
+        assert!(
+            never.is_err(),
+            "a wait for a request is not timed without a read timeout"
+        );
+
+        let both = Timeouts {
+            read: Some(TIMEOUT * 2),
+            write: Some(TIMEOUT / 2),
+        };
+        let started = Instant::now();
+        Activity::new().stalled_for(both).await;
+        assert_eq!(
+            started.elapsed(),
+            TIMEOUT * 2,
+            "the read timeout, on the write's ticks"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_the_client_does_not_read_blocks_and_stalls() {
+        let activity = Activity::new();
+        let _request = activity.request(Empty::<Bytes>::new());
+        let _answer = activity.answer(Body::empty());
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut ours = Watched::new(ours, &activity);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            ours.write_all(&[b'x'; 1024]).await
+        });
+        for _ in 0..100 {
+            if activity.blocked.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            activity.blocked.load(Ordering::Relaxed),
+            "a write the client left waiting"
+        );
+        assert_eq!(stalled_within(&activity, TIMEOUT * 2).await, Some(TIMEOUT));
+        // Once the client reads, the writes go through and the answer is timed no more.
+        let mut sink = Vec::new();
+        let reading = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            theirs.read_to_end(&mut sink).await.map(|_| sink.len())
+        });
+        writer.await.unwrap().unwrap();
+        assert!(!activity.blocked.load(Ordering::Relaxed));
+        reading.abort();
     }
 }

@@ -1,5 +1,6 @@
 //! One upstream's `mcp_requests_total{server,method,outcome}`,
-//! `mcp_request_duration_seconds{server,method}` and `mcp_requests_in_flight{server}`.
+//! `mcp_request_duration_seconds{server,method}`, `mcp_requests_in_flight{server}` and
+//! `mcp_notifications_dropped_total{server}`.
 //!
 //! Handles are looked up once per label set and kept with the upstream: registering a
 //! metric on each call (building its key, hashing it, finding it in the registry) costs
@@ -16,6 +17,7 @@ use super::metrics as m;
 pub struct CallMetrics {
     server: String,
     in_flight: Gauge,
+    notifications_dropped: Counter,
     counts: Mutex<Vec<(&'static str, &'static str, Counter)>>,
     durations: Mutex<Vec<(&'static str, Histogram)>>,
 }
@@ -25,6 +27,10 @@ impl CallMetrics {
         Self {
             server: server.to_string(),
             in_flight: metrics::gauge!(m::MCP_IN_FLIGHT, "server" => server.to_string()),
+            notifications_dropped: metrics::counter!(
+                m::NOTIFICATIONS_DROPPED,
+                "server" => server.to_string()
+            ),
             counts: Mutex::new(Vec::new()),
             durations: Mutex::new(Vec::new()),
         }
@@ -33,6 +39,11 @@ impl CallMetrics {
     /// Requests sent upstream and not yet answered or abandoned.
     pub fn in_flight(&self) -> &Gauge {
         &self.in_flight
+    }
+
+    /// Notifications a client read too slowly to be given (see `gateway::call_stream`).
+    pub fn notifications_dropped(&self) -> &Counter {
+        &self.notifications_dropped
     }
 
     pub fn record(&self, method: &'static str, outcome: &'static str, elapsed: Duration) {

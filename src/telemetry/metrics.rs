@@ -24,6 +24,11 @@ pub const TOOL_CACHE: &str = "mcp_tool_cache_total";
 pub const RATE_LIMITED: &str = "rate_limited_total";
 /// Rate-limit checks made in-process because Redis did not answer.
 pub const RATE_LIMIT_FALLBACK: &str = "rate_limit_fallback_total";
+/// Client connections closed for waiting on their client too long, by `timeout` (read:
+/// for a request; write: for the client to take its answer).
+pub const CONNECTIONS_TIMED_OUT: &str = "http_connections_timed_out_total";
+/// Notifications not given to a client that read its stream too slowly, by `server`.
+pub const NOTIFICATIONS_DROPPED: &str = "mcp_notifications_dropped_total";
 /// Log lines dropped because stderr was not read fast enough (`log.buffer_lines`).
 pub const LOG_LINES_DROPPED: &str = "log_lines_dropped_total";
 
@@ -77,6 +82,14 @@ pub fn install() -> PrometheusHandle {
             metrics::describe_counter!(
                 UPSTREAM_RESTARTS,
                 "Upstream restarts after a crash or disconnect"
+            );
+            metrics::describe_counter!(
+                CONNECTIONS_TIMED_OUT,
+                "Client connections closed after waiting on their client for the read or write timeout"
+            );
+            metrics::describe_counter!(
+                NOTIFICATIONS_DROPPED,
+                "Upstream notifications dropped for a client that read its stream too slowly"
             );
             metrics::describe_counter!(
                 LOG_LINES_DROPPED,

@@ -1,0 +1,260 @@
+//! The SSE stream of one relayed call: what the upstream sends before its answer
+//! (progress, logs, server requests), then the answer, queued for the client's connection.
+//!
+//! The relay takes the call's events as they come and never waits on the client: an
+//! upstream's events reach the gateway through a pipe or connection it shares with other
+//! calls, so waiting for one slow client would either stall the others or pile the events
+//! up unseen. Instead the queue is bounded: notifications that find it holding
+//! [`BACKLOG_BYTES`] are dropped and counted (`mcp_notifications_dropped_total`), so a
+//! client that stops reading costs a bounded amount of memory. Server requests and the
+//! answer always get in: the call depends on them, and there is at most one answer.
+//!
+//! The client's connection drains the whole queue each time it can write, so a client
+//! that keeps up loses nothing to a burst smaller than the bound.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use futures::task::AtomicWaker;
+use metrics::Counter;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// How many bytes of JSON may wait for one call's client before its notifications are
+/// dropped: about 27,000 progress notifications, several seconds of a flood that a client
+/// in Python parses more slowly than gantry relays it.
+pub const BACKLOG_BYTES: usize = 4 << 20;
+
+#[derive(Default)]
+struct Queue {
+    messages: VecDeque<String>,
+    bytes: usize,
+    /// No message will follow: the stream ends once `messages` is empty.
+    ended: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    reader: AtomicWaker,
+    /// The client's side was dropped: its connection closed or gave up on the response.
+    gone: CancellationToken,
+}
+
+/// The relay's side. Dropping it ends the stream after what is queued.
+pub struct Sender {
+    shared: Arc<Shared>,
+    dropped: Counter,
+    dropped_here: u64,
+}
+
+/// The client's side: JSON-RPC messages as JSON text, in the order they were queued.
+pub struct Receiver {
+    shared: Arc<Shared>,
+}
+
+/// A new stream; notifications it drops count in `dropped`.
+pub fn channel(dropped: Counter) -> (Sender, Receiver) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue::default()),
+        reader: AtomicWaker::new(),
+        gone: CancellationToken::new(),
+    });
+    let sender = Sender {
+        shared: Arc::clone(&shared),
+        dropped,
+        dropped_here: 0,
+    };
+    (sender, Receiver { shared })
+}
+
+impl Sender {
+    /// Queues a notification, or drops it if the client is too far behind.
+    pub fn notify(&mut self, message: &Value) {
+        let text = to_json(message);
+        let fits = {
+            let queue = self.shared.queue.lock().unwrap();
+            queue.bytes + text.len() <= BACKLOG_BYTES
+        };
+        if fits {
+            self.queue(text);
+        } else {
+            self.dropped.increment(1);
+            self.dropped_here += 1;
+        }
+    }
+
+    /// Queues a message the client must get: a server request or the answer.
+    pub fn send(&mut self, message: &Value) {
+        self.queue(to_json(message));
+    }
+
+    /// How many notifications this stream has dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_here
+    }
+
+    /// Resolves once the client's side is gone.
+    pub async fn gone(&self) {
+        self.shared.gone.cancelled().await;
+    }
+
+    fn queue(&mut self, text: String) {
+        {
+            let mut queue = self.shared.queue.lock().unwrap();
+            queue.bytes += text.len();
+            queue.messages.push_back(text);
+        }
+        self.shared.reader.wake();
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.shared.queue.lock().unwrap().ended = true;
+        self.shared.reader.wake();
+    }
+}
+
+impl Stream for Receiver {
+    type Item = String;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        let take = |queue: &mut Queue| match queue.messages.pop_front() {
+            Some(text) => {
+                queue.bytes -= text.len();
+                Poll::Ready(Some(text))
+            }
+            None if queue.ended => Poll::Ready(None),
+            None => Poll::Pending,
+        };
+        if let Poll::Ready(item) = take(&mut self.shared.queue.lock().unwrap()) {
+            return Poll::Ready(item);
+        }
+        // Registered before looking again, so a message queued in between wakes us.
+        self.shared.reader.register(cx.waker());
+        take(&mut self.shared.queue.lock().unwrap())
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shared.gone.cancel();
+    }
+}
+
+fn to_json(message: &Value) -> String {
+    serde_json::to_string(message).expect("JSON values serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{FutureExt, StreamExt};
+    use serde_json::json;
+
+    fn progress(i: usize) -> Value {
+        json!({"jsonrpc": "2.0", "method": "notifications/progress",
+               "params": {"progressToken": 1, "progress": i}})
+    }
+
+    fn counter() -> Counter {
+        Counter::noop()
+    }
+
+    #[tokio::test]
+    async fn a_client_that_keeps_up_gets_everything_in_order_then_the_answer() {
+        let (mut tx, mut rx) = channel(counter());
+        let sent = 10_000;
+        let mut got = Vec::new();
+        for i in 0..sent {
+            tx.notify(&progress(i));
+            if i % 100 == 99 {
+                // The client reads as it goes: nothing is dropped however many pass.
+                while let Some(Some(text)) = rx.next().now_or_never() {
+                    got.push(text);
+                }
+            }
+        }
+        assert_eq!(tx.dropped(), 0);
+        let answer = json!({"jsonrpc": "2.0", "id": 1, "result": {}});
+        tx.send(&answer);
+        drop(tx);
+        got.extend(rx.collect::<Vec<String>>().await);
+        assert_eq!(got.pop().unwrap(), to_json(&answer));
+        assert_eq!(got.len(), sent);
+        for (i, text) in got.iter().enumerate() {
+            assert_eq!(text, &to_json(&progress(i)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_client_costs_at_most_the_backlog_and_still_gets_the_answer() {
+        let (mut tx, rx) = channel(counter());
+        let sent = 200_000;
+        for i in 0..sent {
+            tx.notify(&progress(i));
+        }
+        let answer =
+            json!({"jsonrpc": "2.0", "id": 1, "result": {"big": "x".repeat(2 * BACKLOG_BYTES)}});
+        tx.send(&answer);
+        let dropped = tx.dropped();
+        drop(tx);
+        let got: Vec<String> = rx.collect().await;
+        let (answer_text, notifications) = got.split_last().unwrap();
+        assert_eq!(
+            answer_text,
+            &to_json(&answer),
+            "the answer is never dropped"
+        );
+        let queued: usize = notifications.iter().map(String::len).sum();
+        assert!(queued <= BACKLOG_BYTES, "{queued} bytes queued");
+        assert!(
+            queued > BACKLOG_BYTES - 200,
+            "the backlog was used: {queued} bytes"
+        );
+        assert_eq!(notifications.len() as u64 + dropped, sent as u64);
+        // The first ones are kept, in order: a gap, not a shuffle.
+        for (i, text) in notifications.iter().enumerate() {
+            assert_eq!(text, &to_json(&progress(i)));
+        }
+    }
+
+    #[tokio::test]
+    async fn room_freed_by_the_client_takes_notifications_again() {
+        let (mut tx, mut rx) = channel(counter());
+        let mut i = 0;
+        while tx.dropped() == 0 {
+            tx.notify(&progress(i));
+            i += 1;
+        }
+        while let Some(Some(_)) = rx.next().now_or_never() {}
+        tx.notify(&progress(i));
+        assert_eq!(rx.next().await.unwrap(), to_json(&progress(i)));
+        assert_eq!(tx.dropped(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_relay_learns_when_the_client_is_gone() {
+        let (tx, rx) = channel(counter());
+        drop(rx);
+        tokio::time::timeout(std::time::Duration::from_secs(1), tx.gone())
+            .await
+            .expect("gone resolves once the client side is dropped");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_client_is_woken_by_the_next_message() {
+        let (mut tx, mut rx) = channel(counter());
+        let reader = tokio::spawn(async move { rx.next().await });
+        tokio::task::yield_now().await;
+        tx.notify(&progress(7));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(1), reader)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(got.unwrap(), to_json(&progress(7)));
+    }
+}

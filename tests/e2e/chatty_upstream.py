@@ -1,0 +1,50 @@
+"""A stdio MCP server whose `flood` tool sends `count` progress notifications as fast as the
+pipe takes them (or in bursts of `burst`, `pause_ms` apart), then its result: an upstream
+far chattier than its client reads. The result's text names the count, so a client can
+tell it got the answer."""
+import json
+import sys
+import time
+
+print("chatty-upstream starting", file=sys.stderr, flush=True)
+
+
+def send(msg):
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+TOOL = {"name": "flood", "description": "progress notifications in one burst, then a result",
+        "inputSchema": {"type": "object", "properties": {
+            "count": {"type": "integer"}, "burst": {"type": "integer"}, "pause_ms": {"type": "integer"}},
+            "required": ["count"]}}
+
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, rid = msg.get("method"), msg.get("id")
+    if rid is None:
+        continue
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": rid, "result": {
+            "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+            "serverInfo": {"name": "chatty", "version": "1"}}})
+    elif method == "tools/list":
+        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL]}})
+    elif method == "tools/call":
+        params = msg.get("params", {})
+        args = params.get("arguments", {})
+        count = int(args.get("count", 0))
+        burst = int(args.get("burst", 0)) or max(count, 1)
+        token = params.get("_meta", {}).get("progressToken")
+        for start in range(0, count if token is not None else 0, burst):
+            if start:
+                time.sleep(int(args.get("pause_ms", 0)) / 1000)
+            sys.stdout.write("".join(
+                json.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                    "progressToken": token, "progress": i + 1, "total": count,
+                    "message": f"step {i + 1} of {count}"}}) + "\n"
+                for i in range(start, min(start + burst, count))))
+        send({"jsonrpc": "2.0", "id": rid, "result": {
+            "content": [{"type": "text", "text": f"flooded {count}"}]}})
+    else:
+        send({"jsonrpc": "2.0", "id": rid, "result": {}})

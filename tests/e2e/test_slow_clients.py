@@ -1,0 +1,154 @@
+"""Clients that read their answers slowly or not at all, in front of an upstream that sends
+faster than they read: gantry's memory stays bounded, the upstream's slot is given back
+when the upstream is done, and what reaches the client is whole, in order, and accounted
+for."""
+
+import http.client
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+from conftest import ACCEPT, wait_until
+
+CHATTY = Path(__file__).parent / "chatty_upstream.py"
+
+
+def chatty_stdio(**extra) -> dict:
+    return {"transport": "stdio", "command": sys.executable, "args": [str(CHATTY)], **extra}
+
+
+def flood_params(count: int, **pacing) -> dict:
+    return {"name": "flood", "arguments": {"count": count, **pacing}, "_meta": {"progressToken": "p"}}
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def sse_events(body: bytes) -> list[dict]:
+    return [json.loads(line[len(b"data: "):]) for line in body.splitlines() if line.startswith(b"data: ")]
+
+
+def progress_of(messages: list[dict]) -> list[int]:
+    return [m["params"]["progress"] for m in messages if m.get("method") == "notifications/progress"]
+
+
+def stalled_request(g, body: dict, headers: dict, path: str) -> socket.socket:
+    """Sends a request on a connection whose receive buffer is small and left unread."""
+    host, port = g.addr.rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    payload = json.dumps(body).encode()
+    head = {"Host": g.addr, "Content-Type": "application/json", "Accept": ACCEPT,
+            "Content-Length": str(len(payload)), **g.auth(), **headers}
+    request = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items()) + "\r\n"
+    sock.sendall(request.encode() + payload)
+    return sock
+
+
+def test_a_flood_larger_than_the_backlog_reaches_a_client_that_keeps_up_whole_and_in_order(gantry):
+    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    # About 9 MB of notifications, twice the per-call backlog, in bursts of 150 kB: the
+    # backlog bounds what waits for the client, not what passes through to it.
+    count = 60_000
+    r = g.modern("tools/call", flood_params(count, burst=1_000, pause_ms=20), path="/mcp/chatty",
+                 timeout=120)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    messages = sse_events(r.content)
+    assert progress_of(messages) == list(range(1, count + 1))
+    assert all(m["params"]["progressToken"] == "p" for m in messages[:-1]), "the client's own token"
+    assert messages[-1]["result"]["content"][0]["text"] == f"flooded {count}"
+    assert g.metric("mcp_notifications_dropped_total", server="chatty") == 0
+
+
+def test_a_client_that_stops_reading_costs_bounded_memory_holds_no_slot_and_still_gets_its_answer(gantry):
+    # One slot: a call that kept it until its client read would block every other call.
+    g = gantry({"upstreams": {"chatty": chatty_stdio(max_concurrency=1, timeout_secs=20)}})
+    assert g.modern("tools/call", flood_params(10), path="/mcp/chatty").status_code == 200
+    before = rss_kib(g.proc.pid)
+    count = 200_000  # about 30 MB of notifications, sent in one burst
+    body, headers = g.modern_request("tools/call", flood_params(count), id=7)
+    sock = stalled_request(g, body, headers, "/mcp/chatty")
+    try:
+        # The upstream answers while the client reads nothing: the call is settled then,
+        # and what did not fit the client's backlog was dropped and counted.
+        wait_until(lambda: (g.metric("mcp_requests_total", server="chatty", method="tools/call",
+                                     outcome="ok") or 0) >= 2,
+                   timeout=60, what="the flooded call settled while its client reads nothing")
+        dropped = g.metric("mcp_notifications_dropped_total", server="chatty")
+        assert dropped and dropped > count / 2, dropped
+        grown_mib = (rss_kib(g.proc.pid) - before) / 1024
+        assert grown_mib < 64, f"gantry grew by {grown_mib:.0f} MiB for a client that reads nothing"
+        # The upstream's one slot is free again while that client still reads nothing.
+        r = g.modern("tools/call", flood_params(3), path="/mcp/chatty", id=8, timeout=15)
+        assert sse_events(r.content)[-1]["result"]["content"][0]["text"] == "flooded 3"
+
+        # The client reads at last: what was kept, in order, then the answer.
+        sock.settimeout(30)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200
+        messages = sse_events(response.read())
+    finally:
+        sock.close()
+    assert messages[-1]["id"] == 7
+    assert messages[-1]["result"]["content"][0]["text"] == f"flooded {count}"
+    progress = progress_of(messages)
+    assert progress[0] == 1 and progress == sorted(progress), "a gap, never a shuffle"
+    assert len(progress) + dropped == count, "every notification was delivered or counted"
+    assert "notifications were dropped" in g.logs()
+
+
+def read_rest(sock: socket.socket) -> bytes:
+    """What the connection still brings: up to the end of the chunked answer, or until
+    gantry closes the connection."""
+    sock.settimeout(30)
+    data = b""
+    while not data.endswith(b"\r\n0\r\n\r\n"):
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_client_that_takes_none_of_its_answer_is_cut_off_but_a_slow_reader_is_not(gantry):
+    g = gantry({"server": {"response_write_timeout_secs": 2}, "upstreams": {"chatty": chatty_stdio()}})
+    count = 100_000
+    body, headers = g.modern_request("tools/call", flood_params(count), id=7)
+    stalled = stalled_request(g, body, headers, "/mcp/chatty")
+    body, headers = g.modern_request("tools/call", flood_params(count), id=8)
+    slow = stalled_request(g, body, headers, "/mcp/chatty")
+    try:
+        # The slow client takes 64 kB every 50 ms, less than gantry sends. The kernel lets
+        # gantry write again only once a good part of its send buffer (megabytes here) has
+        # drained, so "takes bytes" means about a megabyte per timeout, as for nginx's
+        # send_timeout.
+        started = time.monotonic()
+        slow.settimeout(10)
+        received = b""
+        while time.monotonic() - started < 6:
+            received += slow.recv(65536)
+            time.sleep(0.05)
+        assert g.metric("http_connections_timed_out_total", timeout="write") == 1, \
+            "the client that took nothing, and only that one, was cut off"
+        received += read_rest(slow)
+        assert received.startswith(b"HTTP/1.1 200")
+        assert f'"text":"flooded {count}"'.encode() in received, "the slow reader got its answer"
+
+        # The stalled client finds its answer cut short: the connection closed under it.
+        cut = read_rest(stalled)
+        assert cut.startswith(b"HTTP/1.1 200") and b"flooded" not in cut
+    finally:
+        stalled.close()
+        slow.close()
+    assert "closed a connection that waited on its client" in g.logs()
