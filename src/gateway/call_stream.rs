@@ -73,14 +73,7 @@ pub fn channel(dropped: Counter) -> (Sender, Receiver) {
 impl Sender {
     /// Queues a notification, or drops it if the client is too far behind.
     pub fn notify(&mut self, message: &Value) {
-        let text = to_json(message);
-        let fits = {
-            let queue = self.shared.queue.lock().unwrap();
-            queue.bytes + text.len() <= BACKLOG_BYTES
-        };
-        if fits {
-            self.queue(text);
-        } else {
+        if !self.queue(to_json(message), Some(BACKLOG_BYTES)) {
             self.dropped.increment(1);
             self.dropped_here += 1;
         }
@@ -88,7 +81,7 @@ impl Sender {
 
     /// Queues a message the client must get: a server request or the answer.
     pub fn send(&mut self, message: &Value) {
-        self.queue(to_json(message));
+        self.queue(to_json(message), None);
     }
 
     /// How many notifications this stream has dropped so far.
@@ -101,13 +94,18 @@ impl Sender {
         self.shared.gone.cancelled().await;
     }
 
-    fn queue(&mut self, text: String) {
+    /// Queues `text` unless that would take the queue past `limit` bytes.
+    fn queue(&mut self, text: String, limit: Option<usize>) -> bool {
         {
             let mut queue = self.shared.queue.lock().unwrap();
+            if limit.is_some_and(|limit| queue.bytes + text.len() > limit) {
+                return false;
+            }
             queue.bytes += text.len();
             queue.messages.push_back(text);
         }
         self.shared.reader.wake();
+        true
     }
 }
 
