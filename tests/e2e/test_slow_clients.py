@@ -122,23 +122,23 @@ def read_rest(sock: socket.socket) -> bytes:
 
 
 def test_a_client_that_takes_none_of_its_answer_is_cut_off_but_a_slow_reader_is_not(gantry):
-    g = gantry({"server": {"response_write_timeout_secs": 2}, "upstreams": {"chatty": chatty_stdio()}})
+    g = gantry({"server": {"response_write_timeout_secs": 3}, "upstreams": {"chatty": chatty_stdio()}})
     count = 100_000
     body, headers = g.modern_request("tools/call", flood_params(count), id=7)
     stalled = stalled_request(g, body, headers, "/mcp/chatty")
     body, headers = g.modern_request("tools/call", flood_params(count), id=8)
     slow = stalled_request(g, body, headers, "/mcp/chatty")
     try:
-        # The slow client takes 64 kB every 50 ms, less than gantry sends. The kernel lets
+        # The slow client takes 64 kB every 30 ms, less than gantry sends. The kernel lets
         # gantry write again only once a good part of its send buffer (megabytes here) has
         # drained, so "takes bytes" means about a megabyte per timeout, as for nginx's
         # send_timeout.
         started = time.monotonic()
         slow.settimeout(10)
         received = b""
-        while time.monotonic() - started < 6:
+        while time.monotonic() - started < 7:
             received += slow.recv(65536)
-            time.sleep(0.05)
+            time.sleep(0.03)
         assert g.metric("http_connections_timed_out_total", timeout="write") == 1, \
             "the client that took nothing, and only that one, was cut off"
         received += read_rest(slow)
