@@ -87,6 +87,11 @@ pub fn install() -> PrometheusHandle {
                 CONNECTIONS_TIMED_OUT,
                 "Client connections closed after waiting on their client for the read or write timeout"
             );
+            // Shown at 0 from the start, so that dashboards and rate() see the series
+            // before the first closure.
+            for timeout in ["read", "write"] {
+                metrics::counter!(CONNECTIONS_TIMED_OUT, "timeout" => timeout).increment(0);
+            }
             metrics::describe_counter!(
                 NOTIFICATIONS_DROPPED,
                 "Upstream notifications dropped for a client that read its stream too slowly"

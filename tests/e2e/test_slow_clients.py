@@ -123,6 +123,7 @@ def read_rest(sock: socket.socket) -> bytes:
 
 def test_a_client_that_takes_none_of_its_answer_is_cut_off_but_a_slow_reader_is_not(gantry):
     g = gantry({"server": {"response_write_timeout_secs": 3}, "upstreams": {"chatty": chatty_stdio()}})
+    assert g.metric("http_connections_timed_out_total", timeout="write") == 0, "shown from the start"
     count = 100_000
     body, headers = g.modern_request("tools/call", flood_params(count), id=7)
     stalled = stalled_request(g, body, headers, "/mcp/chatty")
