@@ -319,6 +319,15 @@ mod tests {
         write: Some(TIMEOUT),
     };
 
+    /// A connection whose request is in and whose answer is being written, as long as
+    /// the parts returned with it live.
+    fn answering() -> (Arc<Activity>, Body, AnswerBody) {
+        let activity = Activity::new();
+        let request = activity.request(Empty::<Bytes>::new());
+        let answer = activity.answer(Body::empty());
+        (activity, request, answer)
+    }
+
     /// How long `stalled_for` took to return, on paused time, or `None` if it had not
     /// within `limit`.
     async fn stalled_within(activity: &Activity, limit: Duration) -> Option<Duration> {
@@ -337,9 +346,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_being_answered_never_stalls_however_long_it_takes() {
-        let activity = Activity::new();
-        let _request = activity.request(Empty::<Bytes>::new());
-        let _answer = activity.answer(Body::empty());
+        let (activity, _request, _answer) = answering();
         assert_eq!(stalled_within(&activity, TIMEOUT * 10).await, None);
     }
 
@@ -391,9 +398,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_the_client_takes_none_of_stalls_after_the_write_timeout() {
-        let activity = Activity::new();
-        let _request = activity.request(Empty::<Bytes>::new());
-        let _answer = activity.answer(Body::empty());
+        let (activity, _request, _answer) = answering();
         activity.wrote(false);
         assert_eq!(stalled_within(&activity, TIMEOUT * 2).await, Some(TIMEOUT));
         assert_eq!(activity.stalled_for(BOTH).await, Stall::Write);
@@ -416,9 +421,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_takes_bytes_now_and_then_is_never_closed() {
-        let activity = Activity::new();
-        let _request = activity.request(Empty::<Bytes>::new());
-        let _answer = activity.answer(Body::empty());
+        let (activity, _request, _answer) = answering();
         let reader = tokio::spawn({
             let activity = Arc::clone(&activity);
             async move {
@@ -439,9 +442,7 @@ mod tests {
             read: Some(TIMEOUT),
             write: None,
         };
-        let blocked = Activity::new();
-        let _request = blocked.request(Empty::<Bytes>::new());
-        let _answer = blocked.answer(Body::empty());
+        let (blocked, _request, _answer) = answering();
         blocked.wrote(false);
         let never = tokio::time::timeout(TIMEOUT * 10, blocked.stalled_for(read_only)).await;
         assert!(
@@ -475,9 +476,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_socket_the_client_does_not_read_blocks_and_stalls() {
-        let activity = Activity::new();
-        let _request = activity.request(Empty::<Bytes>::new());
-        let _answer = activity.answer(Body::empty());
+        let (activity, _request, _answer) = answering();
         let (ours, mut theirs) = tokio::io::duplex(64);
         let mut ours = Watched::new(ours, &activity);
         let writer = tokio::spawn(async move {
