@@ -1,10 +1,10 @@
 //! The SSE stream of one relayed call: what the upstream sends before its answer
 //! (progress, logs, server requests), then the answer, queued for the client's connection.
 //!
-//! The relay takes the call's events as they come and never waits on the client: an
-//! upstream's events reach the gateway through a pipe or connection it shares with other
-//! calls, so waiting for one slow client would either stall the others or pile the events
-//! up unseen. Instead the queue is bounded: notifications that find it holding
+//! The relay takes the call's events as they come and never waits on the client: a stdio
+//! upstream's events for every call come through one pipe (a legacy SSE upstream's through
+//! one stream), so waiting for one slow client would either stall the other calls or pile
+//! the events up unseen. Instead the queue is bounded: notifications that find it holding
 //! [`BACKLOG_BYTES`] are dropped and counted (`mcp_notifications_dropped_total`), so a
 //! client that stops reading costs a bounded amount of memory. Server requests and the
 //! answer always get in: the call depends on them, and there is at most one answer.
