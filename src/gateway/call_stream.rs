@@ -43,11 +43,15 @@ struct Shared {
     gone: CancellationToken,
 }
 
-/// The relay's side. Dropping it ends the stream after what is queued.
+/// The relay's side. Dropping it ends the stream after what is queued, and logs how many
+/// notifications it dropped, however the call ended.
 pub struct Sender {
     shared: Arc<Shared>,
     dropped: Counter,
     dropped_here: u64,
+    /// The call's server and method, for that log line.
+    server: Box<str>,
+    method: Box<str>,
 }
 
 /// The client's side: JSON-RPC messages as JSON text, in the order they were queued.
@@ -55,8 +59,9 @@ pub struct Receiver {
     shared: Arc<Shared>,
 }
 
-/// A new stream; notifications it drops count in `dropped`.
-pub fn channel(dropped: Counter) -> (Sender, Receiver) {
+/// A new stream for a call of `method` on `server`; notifications it drops count in
+/// `dropped`.
+pub fn channel(server: &str, method: &str, dropped: Counter) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
         reader: AtomicWaker::new(),
@@ -66,6 +71,8 @@ pub fn channel(dropped: Counter) -> (Sender, Receiver) {
         shared: Arc::clone(&shared),
         dropped,
         dropped_here: 0,
+        server: server.into(),
+        method: method.into(),
     };
     (sender, Receiver { shared })
 }
@@ -85,7 +92,8 @@ impl Sender {
     }
 
     /// How many notifications this stream has dropped so far.
-    pub fn dropped(&self) -> u64 {
+    #[cfg(test)]
+    fn dropped(&self) -> u64 {
         self.dropped_here
     }
 
@@ -113,6 +121,14 @@ impl Drop for Sender {
     fn drop(&mut self) {
         self.shared.queue.lock().unwrap().ended = true;
         self.shared.reader.wake();
+        if self.dropped_here > 0 {
+            tracing::warn!(
+                server = %self.server,
+                method = %self.method,
+                dropped = self.dropped_here,
+                "the client read its stream too slowly: notifications were dropped"
+            );
+        }
     }
 }
 
@@ -158,13 +174,13 @@ mod tests {
                "params": {"progressToken": 1, "progress": i}})
     }
 
-    fn counter() -> Counter {
-        Counter::noop()
+    fn channel() -> (Sender, Receiver) {
+        super::channel("test", "tools/call", Counter::noop())
     }
 
     #[tokio::test]
     async fn a_client_that_keeps_up_gets_everything_in_order_then_the_answer() {
-        let (mut tx, mut rx) = channel(counter());
+        let (mut tx, mut rx) = channel();
         let sent = 10_000;
         let mut got = Vec::new();
         for i in 0..sent {
@@ -190,7 +206,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_client_costs_at_most_the_backlog_and_still_gets_the_answer() {
-        let (mut tx, rx) = channel(counter());
+        let (mut tx, rx) = channel();
         let sent = 200_000;
         for i in 0..sent {
             tx.notify(&progress(i));
@@ -222,7 +238,7 @@ mod tests {
 
     #[tokio::test]
     async fn room_freed_by_the_client_takes_notifications_again() {
-        let (mut tx, mut rx) = channel(counter());
+        let (mut tx, mut rx) = channel();
         let mut i = 0;
         while tx.dropped() == 0 {
             tx.notify(&progress(i));
@@ -236,7 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_relay_learns_when_the_client_is_gone() {
-        let (tx, rx) = channel(counter());
+        let (tx, rx) = channel();
         drop(rx);
         tokio::time::timeout(std::time::Duration::from_secs(1), tx.gone())
             .await
@@ -245,7 +261,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_client_is_woken_by_the_next_message() {
-        let (mut tx, mut rx) = channel(counter());
+        let (mut tx, mut rx) = channel();
         let reader = tokio::spawn(async move { rx.next().await });
         tokio::task::yield_now().await;
         tx.notify(&progress(7));

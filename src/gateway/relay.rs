@@ -438,8 +438,11 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     };
 
     // Something arrives before the answer: stream it, then the answer, over SSE.
-    let (mut out, stream) =
-        call_stream::channel(run.upstream.metrics.notifications_dropped().clone());
+    let (mut out, stream) = call_stream::channel(
+        &run.upstream.name,
+        &run.method,
+        run.upstream.metrics.notifications_dropped().clone(),
+    );
     tokio::spawn(async move {
         let mut minted = MintedIds::new(&gw);
         let mut event = Some(first);
@@ -503,14 +506,6 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                 }
             }
         };
-        if out.dropped() > 0 {
-            tracing::warn!(
-                server = %run.upstream.name,
-                method = %run.method,
-                dropped = out.dropped(),
-                "the client read its stream too slowly: notifications were dropped"
-            );
-        }
         // The answer is queued for the client: the upstream's slot is free from here,
         // however long the client takes to read it.
         drop(out);
