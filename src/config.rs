@@ -488,6 +488,21 @@ pub struct UpstreamConfig {
     /// How long a cached tool result is served.
     #[serde(default = "default_cache_ttl_secs")]
     pub cache_ttl_secs: u64,
+    /// The largest message accepted from this server: a JSON answer, one event of an
+    /// event stream, or one line of a stdio child. A larger one fails the call it answers
+    /// (a stdio child's, which cannot be told apart from the next, restarts the child), so
+    /// a broken or hostile server cannot take the memory the other calls need.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+}
+
+/// Limits of `max_message_bytes`: a message must fit an MCP handshake, and a gigabyte
+/// held per message is already far beyond any tool result a client can use.
+pub const MIN_MESSAGE_BYTES: usize = 1024;
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024 * 1024;
+
+fn default_max_message_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 fn default_cache_ttl_secs() -> u64 {
@@ -534,6 +549,7 @@ impl UpstreamConfig {
             rate_limit_per_minute: None,
             cache_tools: Vec::new(),
             cache_ttl_secs: default_cache_ttl_secs(),
+            max_message_bytes: default_max_message_bytes(),
         }
     }
 
@@ -1021,6 +1037,12 @@ pub fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), (String, 
     }
     if u.max_concurrency == 0 {
         return Err((key("max_concurrency"), "must be at least 1".into()));
+    }
+    if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&u.max_message_bytes) {
+        return Err((
+            key("max_message_bytes"),
+            format!("must be from {MIN_MESSAGE_BYTES} to {MAX_MESSAGE_BYTES} (1 GiB)"),
+        ));
     }
     if u.rate_limit_per_minute == Some(0) {
         return Err((

@@ -27,6 +27,7 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::egress::Egress;
+use super::message_limit::{Bounded, BoundedError};
 
 pub type Request = http::Request<Full<Bytes>>;
 pub type Response = http::Response<Body>;
@@ -530,12 +531,9 @@ pub fn request(
     request
 }
 
-/// The whole body of a response.
-pub async fn read_body(body: Body) -> Result<Bytes, String> {
-    body.collect()
-        .await
-        .map(|collected| collected.to_bytes())
-        .map_err(|e| error_chain(&e))
+/// The whole body of a response, if it is at most `limit` bytes (see `message_limit`).
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, BoundedError> {
+    Ok(Bounded::body(body, limit).collect().await?.to_bytes())
 }
 
 /// An error with its causes: "client error (Connect)" alone does not say that the
@@ -617,7 +615,7 @@ mod tests {
 
     async fn get_text(client: &HttpClient, url: &str) -> String {
         let response = client.send(get(url)).await.unwrap();
-        let body = read_body(response.into_body()).await.unwrap();
+        let body = read_body(response.into_body(), usize::MAX).await.unwrap();
         String::from_utf8(body.to_vec()).unwrap()
     }
 

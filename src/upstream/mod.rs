@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod egress;
 pub mod http_client;
+pub mod message_limit;
 pub mod sse;
 pub mod stdio;
 pub mod streamable_http;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::egress::Egress;
 use super::http_client::{self, Endpoint, HttpClient};
+use super::message_limit::{self, Bounded};
 use super::streamable_http::{base_headers, display_url, status_failure, upstream_url};
 use super::transport::{Inbox, Outbox, TransportHandle};
 use crate::config::UpstreamConfig;
@@ -91,7 +92,10 @@ pub async fn connect(
             status_failure(response.status())
         ));
     }
-    let mut events = SseStream::new(response.into_body());
+    let mut events = SseStream::new(Bounded::events(
+        response.into_body(),
+        config.max_message_bytes,
+    ));
     let endpoint = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| e.to_string())?;
@@ -133,7 +137,10 @@ pub async fn connect(
                             tracing::warn!(upstream = %reader_name, "upstream sent a non-JSON SSE event");
                         }
                     }
-                    Some(Err(e)) => break format!("SSE stream broke: {e}"),
+                    Some(Err(e)) => break match message_limit::too_large(&e) {
+                        Some(too_large) => format!("SSE stream sent {too_large}"),
+                        None => format!("SSE stream broke: {e}"),
+                    },
                     None => break "SSE stream ended".to_string(),
                 }
             }

@@ -17,11 +17,10 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::Mutex;
 use tokio_util::codec::{FramedRead, LinesCodec};
 
+use super::message_limit::TooLarge;
 use super::transport::{Inbox, Outbox, TransportHandle};
 use crate::config::{UpstreamConfig, resolve_reference};
 
-/// Longest line accepted from a child; a larger message closes the transport.
-const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 const STDERR_LINE_LIMIT: usize = 4096;
 
 /// Writes lines to the child's stdin; the lock keeps each message's line whole.
@@ -85,7 +84,8 @@ pub async fn connect(
     let stderr = child.stderr.take().expect("piped stderr");
 
     tokio::spawn(log_stderr(name.to_string(), stderr));
-    tokio::spawn(read_loop(name.to_string(), stdout, child, inbox));
+    let limit = config.max_message_bytes;
+    tokio::spawn(read_loop(name.to_string(), stdout, child, inbox, limit));
 
     Ok(TransportHandle {
         outbox: Arc::new(StdinOutbox {
@@ -95,13 +95,17 @@ pub async fn connect(
     })
 }
 
+/// Delivers the child's lines. A line longer than `limit` closes the transport: the rest
+/// of it cannot be told apart from the next message, and its call is not known until it
+/// is read whole.
 async fn read_loop(
     name: String,
     stdout: tokio::process::ChildStdout,
     mut child: Child,
     inbox: Inbox,
+    limit: usize,
 ) {
-    let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+    let mut lines = FramedRead::new(stdout, LinesCodec::new_with_max_length(limit));
     let mut failure = None;
     while let Some(line) = lines.next().await {
         match line {
@@ -112,12 +116,21 @@ async fn read_loop(
                     tracing::warn!(upstream = %name, line = %truncate(&line), "upstream wrote a non-JSON line to stdout");
                 }
             }
+            Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => {
+                let e = TooLarge { limit };
+                tracing::warn!(upstream = %name, limit, "upstream wrote {e}; restarting it");
+                failure = Some(format!("wrote {e}"));
+                break;
+            }
             Err(e) => {
                 failure = Some(format!("unreadable output: {e}"));
                 break;
             }
         }
     }
+    // A child still writing (the rest of a line too long) gets a broken pipe rather than
+    // blocking on a full one while it is waited on.
+    drop(lines);
     // Reap the child so its exit status names the cause; a child that closed stdout but
     // lingers is killed rather than waited on forever.
     let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {

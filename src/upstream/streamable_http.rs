@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::connection::NotJson;
 use super::egress::Egress;
 use super::http_client::{self, Endpoint, HttpClient};
+use super::message_limit::{self, Bounded};
 use super::transport::{Inbox, Outbox, TransportHandle};
 use crate::config::{UpstreamConfig, resolve_reference};
 use crate::gateway::era::{HEADER_PROTOCOL_VERSION, HEADER_SESSION_ID};
@@ -34,6 +35,9 @@ const ACCEPT_SSE: HeaderValue = HeaderValue::from_static("text/event-stream");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 /// How long a POST's event stream is read on after its answer (see `finish_stream`).
 const DRAIN_FOR: Duration = Duration::from_secs(2);
+/// An event stream from the upstream, each event bounded by `max_message_bytes`.
+type Events = SseStream<Bounded<http_client::Body>>;
+
 /// Streams read on at once, per upstream. A server that never ends its streams would
 /// otherwise keep a connection open per call for `DRAIN_FOR`: thousands under load.
 const MAX_DRAINING: usize = 64;
@@ -49,6 +53,8 @@ struct Shared {
     stop: CancellationToken,
     /// Room for answered streams being read to their end (`finish_stream`).
     draining: Arc<Semaphore>,
+    /// The largest answer or event read (`max_message_bytes`).
+    max_message_bytes: usize,
 }
 
 struct HttpOutbox(Arc<Shared>);
@@ -118,6 +124,7 @@ pub async fn connect(
         inbox,
         stop: CancellationToken::new(),
         draining: Arc::new(Semaphore::new(MAX_DRAINING)),
+        max_message_bytes: config.max_message_bytes,
     });
     let closer = Arc::clone(&shared);
     Ok(TransportHandle {
@@ -194,7 +201,7 @@ impl Shared {
         let is_sse = is_event_stream(response.headers());
         let body = response.into_body();
         let answered = if is_sse {
-            let mut events = SseStream::new(body);
+            let mut events = self.events(body);
             let answered = self
                 .read_sse(&mut events, related, id.as_ref(), initialize)
                 .await;
@@ -203,11 +210,17 @@ impl Shared {
             }
             answered
         } else {
-            let delivered = match http_client::read_body(body).await {
+            let delivered = match http_client::read_body(body, self.max_message_bytes).await {
                 Ok(bytes) => self
                     .deliver(bytes, related, id.as_ref(), initialize)
                     .map_err(|e| e.error.to_string()),
-                Err(e) => Err(e),
+                Err(e) => match message_limit::too_large(&e) {
+                    Some(too_large) => {
+                        self.refuse(id.as_ref(), too_large);
+                        return;
+                    }
+                    None => Err(http_client::error_chain(&e)),
+                },
             };
             match delivered {
                 Ok(answers) => answers,
@@ -222,12 +235,16 @@ impl Shared {
         }
     }
 
-    /// Delivers every message of an SSE stream; true once the answer to `request_id` came
-    /// (the rest of the stream is then `finish_stream`'s), false if the stream ended
-    /// without it.
+    fn events(&self, body: http_client::Body) -> Events {
+        SseStream::new(Bounded::events(body, self.max_message_bytes))
+    }
+
+    /// Delivers every message of an SSE stream; true once `request_id` is answered, by
+    /// the upstream (the rest of the stream is then `finish_stream`'s) or with the error
+    /// that broke the stream; false if the stream ended without an answer.
     async fn read_sse(
         &self,
-        events: &mut SseStream<http_client::Body>,
+        events: &mut Events,
         related: Option<u64>,
         request_id: Option<&Value>,
         initialize: bool,
@@ -245,7 +262,8 @@ impl Shared {
     }
 
     /// Handles what an event stream yielded: `Some(answered)` when the stream is done
-    /// with (its answer came, or it ended or broke without it), `None` to read on.
+    /// with (its answer came, or it ended or broke), `None` to read on. A stream that
+    /// broke answers `request_id` with why.
     fn on_event(
         &self,
         event: Option<Result<sse_stream::Sse, sse_stream::Error>>,
@@ -266,8 +284,13 @@ impl Shared {
                 }
             }
             Some(Err(e)) => {
-                tracing::warn!(upstream = %self.name, error = %e, "upstream SSE stream broke");
-                Some(false)
+                if let Some(too_large) = message_limit::too_large(&e) {
+                    self.refuse(request_id, too_large);
+                } else {
+                    tracing::warn!(upstream = %self.name, error = %e, "upstream SSE stream broke");
+                    self.fail(request_id, &format!("its event stream broke: {e}"));
+                }
+                Some(request_id.is_some())
             }
             None => Some(false),
         }
@@ -279,7 +302,7 @@ impl Shared {
     /// the answer, or just after it (behind a proxy); a server that keeps the stream open
     /// after answering gets its connection closed after `DRAIN_FOR`, as before (at once
     /// when `MAX_DRAINING` streams are being read on already).
-    fn finish_stream(self: &Arc<Self>, mut events: SseStream<http_client::Body>) {
+    fn finish_stream(self: &Arc<Self>, mut events: Events) {
         // What has arrived already is read here; only a stream still open needs a task.
         while let Some(event) = events.next().now_or_never() {
             if self.on_event(event, None, None, false).is_some() {
@@ -335,6 +358,22 @@ impl Shared {
         }
     }
 
+    /// Answers a request whose answer, or an event of its stream, was over
+    /// `max_message_bytes`. The server did answer: an error of the call, not a failure
+    /// of the server, so the circuit breaker does not count it.
+    fn refuse(&self, id: Option<&Value>, too_large: message_limit::TooLarge) {
+        tracing::warn!(upstream = %self.name, limit = too_large.limit, "upstream sent {too_large}; refused");
+        if let Some(id) = id {
+            let msg = jsonrpc::error_response(
+                id,
+                jsonrpc::INTERNAL_ERROR,
+                &format!("upstream '{}' sent {too_large}", self.name),
+                Some(json!({ "server": self.name, "maxMessageBytes": too_large.limit })),
+            );
+            self.inbox.deliver(msg, None);
+        }
+    }
+
     /// The GET stream carries messages unrelated to any request; servers without one
     /// answer 405, which is fine.
     fn spawn_get_stream(self: Arc<Self>) {
@@ -348,7 +387,7 @@ impl Shared {
                 match response {
                     Ok(r) if r.status().is_success() => {
                         failures = 0;
-                        let mut events = SseStream::new(r.into_body());
+                        let mut events = self.events(r.into_body());
                         self.read_sse(&mut events, None, None, false).await;
                     }
                     Ok(r) if r.status() == StatusCode::METHOD_NOT_ALLOWED => return,

@@ -1,7 +1,7 @@
 """A stdio MCP server whose `flood` tool sends `count` progress notifications as fast as the
 pipe takes them (or in bursts of `burst`, `pause_ms` apart), then its result: an upstream
 far chattier than its client reads. The result's text names the count, so a client can
-tell it got the answer."""
+tell it got the answer. Its `big` tool answers with a text of `size` bytes on one line."""
 import json
 import sys
 import time
@@ -19,6 +19,9 @@ TOOL = {"name": "flood", "description": "progress notifications in one burst, th
             "count": {"type": "integer"}, "burst": {"type": "integer"}, "pause_ms": {"type": "integer"}},
             "required": ["count"]}}
 
+BIG = {"name": "big", "description": "a result whose text is `size` bytes",
+       "inputSchema": {"type": "object", "properties": {"size": {"type": "integer"}}, "required": ["size"]}}
+
 for line in sys.stdin:
     msg = json.loads(line)
     method, rid = msg.get("method"), msg.get("id")
@@ -29,7 +32,10 @@ for line in sys.stdin:
             "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
             "serverInfo": {"name": "chatty", "version": "1"}}})
     elif method == "tools/list":
-        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL]}})
+        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL, BIG]}})
+    elif method == "tools/call" and msg.get("params", {}).get("name") == "big":
+        size = int(msg["params"].get("arguments", {}).get("size", 0))
+        send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "z" * size}]}})
     elif method == "tools/call":
         params = msg.get("params", {})
         args = params.get("arguments", {})

@@ -31,6 +31,8 @@ def test_version_names_every_protocol_era():
     ("threads.toml", '[server]\nworker_threads = 0\n', "server.worker_threads"),
     ("request-read.toml", '[server]\nrequest_read_timeout_secs = -1\n', "server.request_read_timeout_secs"),
     ("write.toml", '[server]\nresponse_write_timeout_secs = 100000000000\n', "server.response_write_timeout_secs"),
+    ("message.toml", '[upstreams.t]\ntransport = "stdio"\ncommand = "x"\nmax_message_bytes = 1000\n',
+     "upstreams.t.max_message_bytes"),
     ("flush.toml", '[audit]\nflush_interval_ms = 0\n', "audit.flush_interval_ms"),
     ("batch.toml", '[audit]\nqueue_capacity = 100\nbatch_size = 101\n', "audit.batch_size"),
     ("log.toml", '[log]\nbuffer_lines = 0\n', "log.buffer_lines"),

@@ -1,0 +1,109 @@
+"""A Streamable HTTP MCP server whose tools answer with messages of any size, for tests of
+gantry's `max_message_bytes`. Usage: oversized_upstream.py PORT.
+
+Tools (`tools/call` with `name`):
+- `endless_json`: a JSON answer with no declared length whose text never ends;
+- `declared_huge`: a JSON answer declaring 10 GiB, then sending until the reader leaves;
+- `endless_event`: an event stream whose one event never ends (one endless `data:` line);
+- `endless_lines`: an event stream whose event is short `data:` lines with no blank line;
+- `many_events`: `count` progress notifications of `size` bytes each as events, then the
+  answer: a stream larger than any one of its messages;
+- `fine`: a short answer.
+Every endless answer stops after 1 GiB, so a reader that never stops still ends."""
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CAP = 1 << 30
+CHUNK = b"x" * 65536
+TOOLS = ["endless_json", "declared_huge", "endless_event", "endless_lines", "many_events", "fine"]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def answer_json(self, msg: dict):
+        out = json.dumps(msg).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def endless(self, head: bytes, unit: bytes, headers: dict):
+        """Sends `head`, then `unit` until CAP or until the reader closes the connection."""
+        self.send_response(200)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        sent = 0
+        try:
+            self.wfile.write(head)
+            while sent < CAP:
+                self.wfile.write(unit)
+                sent += len(unit)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def do_POST(self):
+        msg = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        rid, method = msg.get("id"), msg.get("method")
+        if rid is None:
+            self.send_response(202)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        if method == "initialize":
+            return self.answer_json({"jsonrpc": "2.0", "id": rid, "result": {
+                "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                "serverInfo": {"name": "oversized", "version": "1"}}})
+        if method == "tools/list":
+            return self.answer_json({"jsonrpc": "2.0", "id": rid, "result": {"tools": [
+                {"name": t, "inputSchema": {"type": "object"}} for t in TOOLS]}})
+        if method != "tools/call":
+            return self.answer_json({"jsonrpc": "2.0", "id": rid, "result": {}})
+        params = msg.get("params", {})
+        name, args = params.get("name"), params.get("arguments", {})
+        start = ('{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"' % json.dumps(rid)).encode()
+        if name == "endless_json":
+            self.endless(start, CHUNK, {"content-type": "application/json"})
+        elif name == "declared_huge":
+            self.endless(start, CHUNK, {"content-type": "application/json", "content-length": str(10 << 30)})
+        elif name == "endless_event":
+            self.endless(b"event: message\ndata: " + start, CHUNK, {"content-type": "text/event-stream"})
+        elif name == "endless_lines":
+            self.endless(b"event: message\n", b"data: " + CHUNK[:1000] + b"\n", {"content-type": "text/event-stream"})
+        elif name == "many_events":
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            count, size = int(args.get("count", 0)), int(args.get("size", 0))
+            token = params.get("_meta", {}).get("progressToken", "p")
+            for i in range(count):
+                note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                    "progressToken": token, "progress": i + 1, "message": "y" * size}}
+                self.wfile.write(b"event: message\ndata: " + json.dumps(note).encode() + b"\n\n")
+            done = {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": f"sent {count}"}]}}
+            self.wfile.write(b"event: message\ndata: " + json.dumps(done).encode() + b"\n\n")
+        else:
+            self.answer_json({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "fine"}]}})
+
+    def do_GET(self):
+        self.send_response(405)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def do_DELETE(self):
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
