@@ -123,7 +123,7 @@ impl Drop for Sender {
         self.shared.reader.wake();
         if self.dropped_here > 0 {
             tracing::warn!(
-                server = %self.server,
+                upstream = %self.server,
                 method = %self.method,
                 dropped = self.dropped_here,
                 "the client read its stream too slowly: notifications were dropped"

@@ -1,5 +1,7 @@
 """A Streamable HTTP MCP server whose tools answer with messages of any size, for tests of
-gantry's `max_message_bytes`. Usage: oversized_upstream.py PORT.
+gantry's `max_message_bytes`. Usage: oversized_upstream.py PORT. It also speaks the legacy
+HTTP+SSE transport (GET /sse, then POST /messages), where every answer is an event of the
+one stream.
 
 Tools (`tools/call` with `name`):
 - `endless_json`: a JSON answer with no declared length whose text never ends;
@@ -11,11 +13,14 @@ Tools (`tools/call` with `name`):
 - `fine`: a short answer.
 Every endless answer stops after 1 GiB, so a reader that never stops still ends."""
 import json
+import queue
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CAP = 1 << 30
 CHUNK = b"x" * 65536
+# Answers for the legacy stream: bytes to write, or a (head, unit) pair to send endlessly.
+LEGACY = queue.Queue()
 TOOLS = ["endless_json", "declared_huge", "endless_event", "endless_lines", "many_events", "fine"]
 
 
@@ -50,8 +55,58 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+    def legacy_post(self, msg: dict):
+        """HTTP+SSE: accept the message; its answer goes to the stream."""
+        self.send_response(202)
+        self.send_header("content-length", "0")
+        self.end_headers()
+        rid, params = msg.get("id"), msg.get("params", {})
+        if rid is None:
+            return
+        if msg.get("method") == "initialize":
+            result = {"protocolVersion": "2024-11-05", "capabilities": {"tools": {}},
+                      "serverInfo": {"name": "oversized-legacy", "version": "1"}}
+        elif msg.get("method") == "tools/list":
+            result = {"tools": [{"name": t, "inputSchema": {"type": "object"}} for t in ("endless_event", "fine")]}
+        elif msg.get("method") == "tools/call" and params.get("name") == "endless_event":
+            start = '{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"' % json.dumps(rid)
+            LEGACY.put((b"event: message\ndata: " + start.encode(), CHUNK))
+            return
+        elif msg.get("method") == "tools/call":
+            result = {"content": [{"type": "text", "text": "fine"}]}
+        else:
+            result = {}
+        LEGACY.put(b"event: message\ndata: " + json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}).encode() + b"\n\n")
+
+    def legacy_stream(self):
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        while not LEGACY.empty():  # what a previous stream left unsent
+            LEGACY.get()
+        try:
+            self.wfile.write(b"event: endpoint\ndata: /messages\n\n")
+            self.wfile.flush()
+            while True:
+                item = LEGACY.get()
+                if isinstance(item, bytes):
+                    self.wfile.write(item)
+                    self.wfile.flush()
+                    continue
+                head, unit = item
+                self.wfile.write(head)
+                for _ in range(CAP // len(unit)):
+                    self.wfile.write(unit)
+                return
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def do_POST(self):
         msg = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if self.path.startswith("/messages"):
+            return self.legacy_post(msg)
         rid, method = msg.get("id"), msg.get("method")
         if rid is None:
             self.send_response(202)
@@ -96,6 +151,8 @@ class Handler(BaseHTTPRequestHandler):
             self.answer_json({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "fine"}]}})
 
     def do_GET(self):
+        if self.path.startswith("/sse"):
+            return self.legacy_stream()
         self.send_response(405)
         self.send_header("content-length", "0")
         self.end_headers()

@@ -85,3 +85,16 @@ def test_a_stdio_line_over_the_limit_fails_its_call_and_restarts_the_child(gantr
     assert logged_refusal(g, "chatty")
     # The restarted child serves the next call.
     wait_until(lambda: "result" in call(g, "chatty", "big", {"size": 10}).json(), what="a call after the restart")
+
+
+def test_a_legacy_sse_event_over_the_limit_fails_its_call_and_reconnects(gantry, oversized_url):
+    sse_url = oversized_url.removesuffix("/mcp") + "/sse"
+    g = gantry({"upstreams": {"legacy": {"transport": "sse", "url": sse_url, "max_message_bytes": LIMIT}}})
+    assert call(g, "legacy", "fine").json()["result"]["content"][0]["text"] == "fine"
+    started = time.time()
+    # One stream carries every answer, so the event cannot be skipped: the stream is
+    # dropped and its calls fail as when it breaks (-32010).
+    assert_refused(call(g, "legacy", "endless_event"), "legacy", -32010)
+    assert time.time() - started < 20, "refused once over the limit, not at the timeout"
+    wait_until(lambda: g.metric("mcp_upstream_restarts_total", server="legacy") == 1.0, what="a new stream")
+    wait_until(lambda: "result" in call(g, "legacy", "fine").json(), what="a call on the new stream")
