@@ -25,6 +25,7 @@ use crate::audit::queue::AuditWriter;
 use crate::audit::sql::SqlAudit;
 use crate::config::{Config, EMBEDDED_DATABASE, PrefixMode, UpstreamConfig};
 use crate::gateway::auth::{self, ConfigKeys};
+use crate::gateway::ended_sessions::EndedSessions;
 use crate::gateway::host_policy::HostPolicy;
 use crate::gateway::session::{SessionCodec, decode_key};
 use crate::gateway::{self, Gateway, aggregate};
@@ -163,10 +164,12 @@ async fn open_audit(
     Ok(Some(Arc::new(mongo)))
 }
 
-/// The Redis connection the configuration names (`cache.url`), connected lazily so a
-/// Redis that is down at start-up degrades rate limits to in-process instead of
-/// stopping the service.
-fn open_redis(config: &Config) -> Result<Option<redis::aio::ConnectionManager>, StartupError> {
+/// The Redis the configuration names (`cache.url`): its client and a connection
+/// connected lazily, so a Redis that is down at start-up degrades rate limits to
+/// in-process (and ended sessions to this replica) instead of stopping the service.
+fn open_redis(
+    config: &Config,
+) -> Result<Option<(redis::Client, redis::aio::ConnectionManager)>, StartupError> {
     let url = config.cache.url.expose();
     if url == "memory://" {
         return Ok(None);
@@ -178,8 +181,8 @@ fn open_redis(config: &Config) -> Result<Option<redis::aio::ConnectionManager>, 
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(1)))
         .set_number_of_retries(1);
-    redis::aio::ConnectionManager::new_lazy_with_config(client, settings)
-        .map(Some)
+    redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), settings)
+        .map(|conn| Some((client, conn)))
         .map_err(|e| {
             StartupError::Config(format!("invalid configuration: cache.url: {:?}", e.kind()))
         })
@@ -303,7 +306,15 @@ impl Application {
             hosts,
         );
         gateway.pinned = pinned;
-        let redis = open_redis(&config)?;
+        let redis_client = open_redis(&config)?;
+        if let Some((client, conn)) = &redis_client {
+            gateway.ended_sessions = Arc::new(EndedSessions::shared(
+                client.clone(),
+                conn.clone(),
+                &config.cache.key_prefix,
+            ));
+        }
+        let redis = redis_client.map(|(_, conn)| conn);
         gateway.limits = crate::gateway::limits::Limits::new(RateLimiter::new(
             redis.clone(),
             &config.cache.key_prefix,
@@ -317,6 +328,9 @@ impl Application {
             _ => None,
         };
         let gateway = Arc::new(gateway);
+        if role.serves_mcp() {
+            gateway.ended_sessions.follow(gateway.shutdown.clone());
+        }
         if let (Some(store), true) = (
             &store,
             role.serves_mcp() && !matches!(role, Role::Bridge { .. }),

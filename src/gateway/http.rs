@@ -586,7 +586,7 @@ async fn delete(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) ->
     }
     match legacy_session(&gw, &headers, &route, &principal, &Value::Null) {
         Ok(claims) => {
-            gw.end_session(&claims);
+            gw.end_session(&claims).await;
             tracing::info!(session = %claims.sid, "session terminated by client");
             StatusCode::NO_CONTENT.into_response()
         }

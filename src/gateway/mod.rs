@@ -7,6 +7,7 @@ pub mod audited;
 pub mod auth;
 pub mod call_stream;
 pub mod catalog;
+pub mod ended_sessions;
 pub mod era;
 pub mod host_policy;
 pub mod http;
@@ -68,8 +69,8 @@ pub struct Gateway {
     /// Calls in flight, by (session, client request id), so `notifications/cancelled`
     /// from a client reaches the right call.
     pub in_flight: Mutex<HashMap<(String, String), CancellationToken>>,
-    /// Sessions ended with DELETE on this process, until they would have expired anyway.
-    revoked: Mutex<HashMap<String, u64>>,
+    /// Sessions ended with DELETE, here or (with Redis) on any replica.
+    pub ended_sessions: Arc<ended_sessions::EndedSessions>,
     /// Calls waiting for a 2026-07-28 client's input (MRTR), by parking token.
     pub parked: Mutex<HashMap<String, mrtr::Parked>>,
     /// Resource subscriptions per session (with the session's expiry), to filter
@@ -105,7 +106,7 @@ impl Gateway {
             hosts,
             server_requests: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
-            revoked: Mutex::new(HashMap::new()),
+            ended_sessions: Arc::new(ended_sessions::EndedSessions::local()),
             parked: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
@@ -164,21 +165,18 @@ impl Gateway {
         claims.iat.saturating_add(self.config.auth.session_ttl_secs)
     }
 
-    /// Whether a session is still usable: not expired, not ended with DELETE here.
+    /// Whether a session is still usable: not expired, not ended with DELETE.
     /// `iat` has whole seconds, so `>=` guarantees at least the configured lifetime.
     pub fn session_alive(&self, claims: &SessionClaims) -> bool {
-        self.session_expiry(claims) >= unix_now()
-            && !self.revoked.lock().unwrap().contains_key(&claims.sid)
+        self.session_expiry(claims) >= unix_now() && !self.ended_sessions.contains(&claims.sid)
     }
 
-    /// Ends a session on this process; bookkeeping for sessions past their expiry is
-    /// dropped at the same time.
-    pub fn end_session(&self, claims: &SessionClaims) {
-        let now = unix_now();
-        let mut revoked = self.revoked.lock().unwrap();
-        revoked.retain(|_, expiry| *expiry >= now);
-        revoked.insert(claims.sid.clone(), self.session_expiry(claims));
+    /// Ends a session, on every replica when they share Redis.
+    pub async fn end_session(&self, claims: &SessionClaims) {
         self.subscriptions.lock().unwrap().remove(&claims.sid);
+        self.ended_sessions
+            .end(&claims.sid, self.session_expiry(claims))
+            .await;
     }
 
     pub fn remember_subscription(&self, claims: &SessionClaims, uri: String) {

@@ -127,6 +127,54 @@ def test_session_continues_on_a_second_process_with_the_same_key(gantry):
         replica.stop()
 
 
+def test_a_session_ended_on_one_replica_is_ended_on_every_replica(gantry):
+    import redis
+    prefix = f"gantry-test-{secrets.token_hex(4)}:"
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    first = gantry({"upstreams": {"demo": demo_stdio()},
+                    "cache": {"url": "redis://127.0.0.1:6379/0", "key_prefix": prefix}}, session_key=key)
+    replicas = [subprocess_gantry(first.config_path, first.dir)]
+    try:
+        sid, _ = first.initialize(path="/mcp/demo")
+        h = {**first.auth(), "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25",
+             "Accept": "application/json, text/event-stream"}
+        body = {"jsonrpc": "2.0", "id": 5, "method": "ping"}
+
+        def status(addr):
+            return httpx2.post(f"http://{addr}/mcp/demo", json=body, headers=h, timeout=30).status_code
+
+        assert status(replicas[0]) == 200, "any replica serves the session"
+        assert httpx2.delete(f"{first.base}/mcp/demo", headers=h, timeout=30).status_code == 204
+        assert status(first.addr) == 404
+        # The protocol's 404 after DELETE holds on the replica that did not see it, and on
+        # one started after it.
+        wait_until(lambda: status(replicas[0]) == 404, timeout=10, what="the other replica refusing the session")
+        replicas.append(subprocess_gantry(first.config_path, first.dir))
+        wait_until(lambda: status(replicas[1]) == 404, timeout=10, what="a later replica refusing the session")
+        other_sid, _ = first.initialize(path="/mcp/demo")
+        assert httpx2.post(f"http://{replicas[1]}/mcp/demo", json=body, timeout=30,
+                           headers={**h, "Mcp-Session-Id": other_sid}).status_code == 200, "only that session ended"
+    finally:
+        for replica in replicas:
+            replica.stop()
+        r = redis.Redis(host="127.0.0.1", port=6379)
+        for k in r.keys(prefix + "*"):
+            r.delete(k)
+
+
+def test_a_session_ended_while_redis_is_down_is_ended_on_its_replica(gantry):
+    from conftest import free_port
+    g = gantry({"upstreams": {"demo": demo_stdio()},
+                "cache": {"url": f"redis://127.0.0.1:{free_port()}/0"}})  # nothing listens there
+    sid, _ = g.initialize(path="/mcp/demo")
+    h = {**g.auth(), "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25",
+         "Accept": "application/json, text/event-stream"}
+    assert httpx2.delete(f"{g.base}/mcp/demo", headers=h, timeout=30).status_code == 204
+    r = httpx2.post(f"{g.base}/mcp/demo", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=h, timeout=30)
+    assert r.status_code == 404
+    assert "session ended on this replica only" in g.logs()
+
+
 class subprocess_gantry(str):
     """A second gantry process on the same config file (same keys, same session key)."""
 

@@ -1,0 +1,180 @@
+//! Sessions ended with DELETE, known to every replica.
+//!
+//! A session id is sealed and carries all a replica needs, so any replica serves it; the
+//! end of a session must therefore reach them all, or a request after the DELETE that a
+//! load balancer sends to another replica is still served, where the protocol says 404.
+//! Each replica keeps the ended sessions it knows in memory, so the check on every request
+//! stays a map lookup. With Redis (`cache.url`), ending a session also adds it to a sorted
+//! set (scored by the session's expiry, pruned as it is written) and publishes it; every
+//! replica subscribes, and loads the set each time its subscription starts, so a replica
+//! that starts or reconnects later learns of the sessions ended meanwhile.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use super::unix_now;
+
+const RETRY_START: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+pub struct EndedSessions {
+    /// Ended sessions by id, with the time (Unix seconds) they would have expired anyway.
+    known: Mutex<HashMap<String, u64>>,
+    shared: Option<Shared>,
+}
+
+/// Where the replicas share what they ended.
+struct Shared {
+    client: redis::Client,
+    conn: ConnectionManager,
+    /// The sorted set of ended sessions, scored by expiry.
+    set: String,
+    /// The channel each ending is published on, as "{id} {expiry}".
+    channel: String,
+}
+
+impl EndedSessions {
+    /// Ended sessions known to this process alone.
+    pub fn local() -> Self {
+        Self {
+            known: Mutex::new(HashMap::new()),
+            shared: None,
+        }
+    }
+
+    /// Ended sessions shared through Redis, under `prefix`.
+    pub fn shared(client: redis::Client, conn: ConnectionManager, prefix: &str) -> Self {
+        Self {
+            known: Mutex::new(HashMap::new()),
+            shared: Some(Shared {
+                client,
+                conn,
+                set: format!("{prefix}sessions:ended"),
+                channel: format!("{prefix}sessions:ended:feed"),
+            }),
+        }
+    }
+
+    pub fn contains(&self, sid: &str) -> bool {
+        self.known.lock().unwrap().contains_key(sid)
+    }
+
+    /// Ends a session here, then for every replica. Without Redis, or if it cannot be
+    /// reached, the session is ended on this replica only; that is logged.
+    pub async fn end(&self, sid: &str, expiry: u64) {
+        self.remember(sid.to_string(), expiry);
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let now = unix_now();
+        let written = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&shared.set)
+            .arg("-inf")
+            .arg(format!("({now}"))
+            .ignore()
+            .cmd("ZADD")
+            .arg(&shared.set)
+            .arg(expiry)
+            .arg(sid)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(&shared.channel)
+            .arg(format!("{sid} {expiry}"))
+            .ignore()
+            .query_async::<()>(&mut shared.conn.clone())
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(session = %sid, error = %e, "session ended on this replica only: Redis did not take it");
+        }
+    }
+
+    fn remember(&self, sid: String, expiry: u64) {
+        let now = unix_now();
+        let mut known = self.known.lock().unwrap();
+        known.retain(|_, until| *until >= now);
+        known.insert(sid, expiry);
+    }
+
+    /// Follows the sessions other replicas end, until `shutdown`; with Redis only.
+    pub fn follow(self: &Arc<Self>, shutdown: CancellationToken) {
+        if self.shared.is_none() {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut wait = RETRY_START;
+            loop {
+                let followed = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    followed = this.follow_once(&mut wait) => followed,
+                };
+                if let Err(e) = followed {
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "not following the sessions other replicas end: Redis unreachable");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+        });
+    }
+
+    /// One subscription, until its connection ends. Subscribed first, then the set
+    /// loaded: a session ended in between arrives both ways, none falls between them.
+    async fn follow_once(&self, wait: &mut Duration) -> redis::RedisResult<()> {
+        let shared = self.shared.as_ref().expect("follow runs with Redis only");
+        let mut pubsub = shared.client.get_async_pubsub().await?;
+        pubsub.subscribe(&shared.channel).await?;
+        let ended: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&shared.set)
+            .arg(unix_now())
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("WITHSCORES")
+            .query_async(&mut shared.conn.clone())
+            .await?;
+        let loaded = ended.len();
+        for (sid, expiry) in ended {
+            self.remember(sid, expiry as u64);
+        }
+        tracing::info!(loaded, "following the sessions other replicas end");
+        *wait = RETRY_START;
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let payload = message.get_payload::<String>().unwrap_or_default();
+            match payload.split_once(' ').map(|(s, e)| (s, e.parse::<u64>())) {
+                Some((sid, Ok(expiry))) => self.remember(sid.to_string(), expiry),
+                _ => tracing::warn!(%payload, "ignored a malformed session ending from Redis"),
+            }
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "subscription connection closed",
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_ended_session_is_known_until_it_would_have_expired() {
+        let ended = EndedSessions::local();
+        let now = unix_now();
+        ended.end("gone", now + 60).await;
+        ended.end("old", now - 1).await;
+        assert!(ended.contains("gone"));
+        // Bookkeeping for sessions past their expiry is dropped with the next ending.
+        ended.end("next", now + 60).await;
+        assert!(!ended.contains("old"));
+        assert!(!ended.contains("other"));
+    }
+}
