@@ -124,6 +124,39 @@ def test_first_admin_and_key_then_a_tool_call_through_nginx_and_the_gateway(stac
     assert status == 401 and "Bearer" in headers["WWW-Authenticate"]
 
 
+def test_a_session_deleted_through_nginx_is_gone_on_both_gateway_replicas(stack, operator):
+    session, _ = stack.mcp_call(operator.key, "demo__add", {"a": 1, "b": 2})
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18",
+               "Mcp-Session-Id": session}
+
+    def pings(n):
+        """n pings in the session through nginx: (status, X-Request-Id) of each."""
+        out = []
+        for _ in range(n):
+            status, h, _ = stack.request("POST", "/mcp", {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+                                         headers=headers, token=operator.key, raw=True)
+            out.append((status, h["X-Request-Id"]))
+        return out
+
+    assert {s for s, _ in pings(4)} == {200}
+    status, _, _ = stack.request("DELETE", "/mcp", headers=headers, token=operator.key, raw=True)
+    assert status == 204
+    # The end travels through Redis in well under a millisecond; allow the first pings that.
+    wait_until(lambda: {s for s, _ in pings(2)} == {404}, timeout=10, interval=0.2, what="the session refused")
+    after = pings(8)
+    assert {s for s, _ in after} == {404}, after
+    # nginx spread them over both replicas (least_conn), so the one that did not take the
+    # DELETE refused the session too: it learnt of its end through Redis.
+    ids = {request_id for _, request_id in after}
+    served = set()
+    for line in stack.compose("logs", "mcp_gateway").stdout.splitlines():
+        replica, _, entry = line.partition("|")
+        request_id = re.search(r'"request_id":"([0-9a-f-]+)"', entry)
+        if request_id and request_id.group(1) in ids and "finished processing request" in entry:
+            served.add(replica.strip())
+    assert len(served) == 2, served
+
+
 def test_prometheus_reports_every_target_up(stack):
     # Replicas per job: DNS discovery must find each one; the others are static targets.
     expected = {"api_server": 2, "mcp_gateway": 2, "postgres": 1, "redis": 1, "nginx": 1,
