@@ -132,11 +132,11 @@ impl EndedSessions {
         let shared = self.shared.as_ref().expect("follow runs with Redis only");
         let mut pubsub = shared.client.get_async_pubsub().await?;
         pubsub.subscribe(&shared.channel).await?;
-        let ended: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        // ZRANGEBYSCORE rather than ZRANGE … BYSCORE, which Redis before 6.2 lacks.
+        let ended: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
             .arg(&shared.set)
             .arg(unix_now())
             .arg("+inf")
-            .arg("BYSCORE")
             .arg("WITHSCORES")
             .query_async(&mut shared.conn.clone())
             .await?;
