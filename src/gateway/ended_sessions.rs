@@ -141,9 +141,11 @@ impl EndedSessions {
             .query_async(&mut shared.conn.clone())
             .await?;
         let loaded = ended.len();
-        for (sid, expiry) in ended {
-            self.remember(sid, expiry as u64);
-        }
+        // In one go: `remember` prunes the whole map each time.
+        self.known
+            .lock()
+            .unwrap()
+            .extend(ended.into_iter().map(|(sid, expiry)| (sid, expiry as u64)));
         tracing::info!(loaded, "following the sessions other replicas end");
         *wait = RETRY_START;
         let mut messages = pubsub.into_on_message();
