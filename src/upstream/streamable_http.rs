@@ -347,15 +347,12 @@ impl Shared {
     /// Answers a request the upstream failed at the HTTP level, so the caller is not left
     /// waiting for its timeout.
     fn fail(&self, id: Option<&Value>, reason: &str) {
-        if let Some(id) = id {
-            let msg = jsonrpc::error_response(
-                id,
-                jsonrpc::UPSTREAM_UNAVAILABLE,
-                &format!("upstream '{}': {reason}", self.name),
-                Some(json!({ "server": self.name })),
-            );
-            self.inbox.deliver(msg, None);
-        }
+        self.answer_error(
+            id,
+            jsonrpc::UPSTREAM_UNAVAILABLE,
+            &format!("upstream '{}': {reason}", self.name),
+            json!({ "server": self.name }),
+        );
     }
 
     /// Answers a request whose answer, or an event of its stream, was over
@@ -363,13 +360,18 @@ impl Shared {
     /// of the server, so the circuit breaker does not count it.
     fn refuse(&self, id: Option<&Value>, too_large: message_limit::TooLarge) {
         tracing::warn!(upstream = %self.name, limit = too_large.limit, "upstream sent {too_large}; refused");
+        self.answer_error(
+            id,
+            jsonrpc::INTERNAL_ERROR,
+            &format!("upstream '{}' sent {too_large}", self.name),
+            json!({ "server": self.name, "maxMessageBytes": too_large.limit }),
+        );
+    }
+
+    /// Delivers a JSON-RPC error as the answer to `id` (nothing when it is not a request).
+    fn answer_error(&self, id: Option<&Value>, code: i64, message: &str, data: Value) {
         if let Some(id) = id {
-            let msg = jsonrpc::error_response(
-                id,
-                jsonrpc::INTERNAL_ERROR,
-                &format!("upstream '{}' sent {too_large}", self.name),
-                Some(json!({ "server": self.name, "maxMessageBytes": too_large.limit })),
-            );
+            let msg = jsonrpc::error_response(id, code, message, Some(data));
             self.inbox.deliver(msg, None);
         }
     }
