@@ -144,6 +144,10 @@ class Gantry:
                 time.sleep(0.02)
         return read()
 
+    def logged(self, text: str, upstream: str) -> bool:
+        """Whether a log line so far holds `text` and names `upstream`."""
+        return any(text in line and f'"upstream":"{upstream}"' in line for line in self.logs().splitlines())
+
     def auth(self, extra=None) -> dict:
         return {"Authorization": f"Bearer {self.key}", **(extra or {})}
 
@@ -209,6 +213,18 @@ class Gantry:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+@pytest.fixture
+def redis_prefix():
+    """A Redis key prefix of the test's own on the machine's Redis; its keys are removed
+    afterwards."""
+    import redis
+    prefix = f"gantry-test-{secrets.token_hex(4)}:"
+    yield prefix
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    for k in r.keys(prefix + "*"):
+        r.delete(k)
 
 
 @pytest.fixture

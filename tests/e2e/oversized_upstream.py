@@ -21,7 +21,12 @@ CAP = 1 << 30
 CHUNK = b"x" * 65536
 # Answers for the legacy stream: bytes to write, or a (head, unit) pair to send endlessly.
 LEGACY = queue.Queue()
+EVENT = b"event: message\ndata: "
 TOOLS = ["endless_json", "declared_huge", "endless_event", "endless_lines", "many_events", "fine"]
+
+
+def event(msg: dict) -> bytes:
+    return EVENT + json.dumps(msg).encode() + b"\n\n"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -38,28 +43,32 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(out)
 
-    def endless(self, head: bytes, unit: bytes, headers: dict):
-        """Sends `head`, then `unit` until CAP or until the reader closes the connection."""
+    def empty(self, status: int):
+        self.send_response(status)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def stream(self, headers: dict):
+        """Starts a 200 answer whose body ends when the connection closes."""
         self.send_response(200)
         for k, v in headers.items():
             self.send_header(k, v)
         self.send_header("connection", "close")
         self.end_headers()
         self.close_connection = True
-        sent = 0
+
+    def endless(self, head: bytes, unit: bytes):
+        """Writes `head`, then `unit` until CAP or until the reader closes the connection."""
         try:
             self.wfile.write(head)
-            while sent < CAP:
+            for _ in range(CAP // len(unit)):
                 self.wfile.write(unit)
-                sent += len(unit)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
     def legacy_post(self, msg: dict):
         """HTTP+SSE: accept the message; its answer goes to the stream."""
-        self.send_response(202)
-        self.send_header("content-length", "0")
-        self.end_headers()
+        self.empty(202)
         rid, params = msg.get("id"), msg.get("params", {})
         if rid is None:
             return
@@ -70,38 +79,27 @@ class Handler(BaseHTTPRequestHandler):
             result = {"tools": [{"name": t, "inputSchema": {"type": "object"}} for t in ("endless_event", "fine")]}
         elif msg.get("method") == "tools/call" and params.get("name") == "endless_event":
             start = '{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"' % json.dumps(rid)
-            LEGACY.put((b"event: message\ndata: " + start.encode(), CHUNK))
+            LEGACY.put((EVENT + start.encode(), CHUNK))
             return
         elif msg.get("method") == "tools/call":
             result = {"content": [{"type": "text", "text": "fine"}]}
         else:
             result = {}
-        LEGACY.put(b"event: message\ndata: " + json.dumps({"jsonrpc": "2.0", "id": rid, "result": result}).encode() + b"\n\n")
+        LEGACY.put(event({"jsonrpc": "2.0", "id": rid, "result": result}))
 
     def legacy_stream(self):
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.send_header("connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self.stream({"content-type": "text/event-stream"})
         while not LEGACY.empty():  # what a previous stream left unsent
             LEGACY.get()
         try:
             self.wfile.write(b"event: endpoint\ndata: /messages\n\n")
             self.wfile.flush()
-            while True:
-                item = LEGACY.get()
-                if isinstance(item, bytes):
-                    self.wfile.write(item)
-                    self.wfile.flush()
-                    continue
-                head, unit = item
-                self.wfile.write(head)
-                for _ in range(CAP // len(unit)):
-                    self.wfile.write(unit)
-                return
+            while isinstance(item := LEGACY.get(), bytes):
+                self.wfile.write(item)
+                self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            return
+        self.endless(*item)
 
     def do_POST(self):
         msg = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -109,10 +107,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.legacy_post(msg)
         rid, method = msg.get("id"), msg.get("method")
         if rid is None:
-            self.send_response(202)
-            self.send_header("content-length", "0")
-            self.end_headers()
-            return
+            return self.empty(202)
         if method == "initialize":
             return self.answer_json({"jsonrpc": "2.0", "id": rid, "result": {
                 "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
@@ -125,42 +120,38 @@ class Handler(BaseHTTPRequestHandler):
         params = msg.get("params", {})
         name, args = params.get("name"), params.get("arguments", {})
         start = ('{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"' % json.dumps(rid)).encode()
+        json_headers, sse_headers = {"content-type": "application/json"}, {"content-type": "text/event-stream"}
         if name == "endless_json":
-            self.endless(start, CHUNK, {"content-type": "application/json"})
+            self.stream(json_headers)
+            self.endless(start, CHUNK)
         elif name == "declared_huge":
-            self.endless(start, CHUNK, {"content-type": "application/json", "content-length": str(10 << 30)})
+            self.stream({**json_headers, "content-length": str(10 << 30)})
+            self.endless(start, CHUNK)
         elif name == "endless_event":
-            self.endless(b"event: message\ndata: " + start, CHUNK, {"content-type": "text/event-stream"})
+            self.stream(sse_headers)
+            self.endless(EVENT + start, CHUNK)
         elif name == "endless_lines":
-            self.endless(b"event: message\n", b"data: " + CHUNK[:1000] + b"\n", {"content-type": "text/event-stream"})
+            self.stream(sse_headers)
+            self.endless(b"event: message\n", b"data: " + CHUNK[:1000] + b"\n")
         elif name == "many_events":
-            self.send_response(200)
-            self.send_header("content-type", "text/event-stream")
-            self.send_header("connection", "close")
-            self.end_headers()
-            self.close_connection = True
+            self.stream(sse_headers)
             count, size = int(args.get("count", 0)), int(args.get("size", 0))
             token = params.get("_meta", {}).get("progressToken", "p")
             for i in range(count):
-                note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {
-                    "progressToken": token, "progress": i + 1, "message": "y" * size}}
-                self.wfile.write(b"event: message\ndata: " + json.dumps(note).encode() + b"\n\n")
-            done = {"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": f"sent {count}"}]}}
-            self.wfile.write(b"event: message\ndata: " + json.dumps(done).encode() + b"\n\n")
+                self.wfile.write(event({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                    "progressToken": token, "progress": i + 1, "message": "y" * size}}))
+            self.wfile.write(event({"jsonrpc": "2.0", "id": rid, "result": {
+                "content": [{"type": "text", "text": f"sent {count}"}]}}))
         else:
             self.answer_json({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "fine"}]}})
 
     def do_GET(self):
         if self.path.startswith("/sse"):
             return self.legacy_stream()
-        self.send_response(405)
-        self.send_header("content-length", "0")
-        self.end_headers()
+        self.empty(405)
 
     def do_DELETE(self):
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
+        self.empty(200)
 
 
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()

@@ -5,7 +5,6 @@ replicas, in-process when Redis is down) and concurrency caps answer 429."""
 
 from __future__ import annotations
 
-import secrets
 import threading
 
 import httpx2
@@ -89,8 +88,8 @@ def limited(r) -> bool:
 
 
 @pytest.mark.parametrize("database", ["postgres"], indirect=True)
-def test_rate_limits_are_shared_by_replicas_through_redis(control_plane, gantry, database):
-    prefix = f"gantry-test-{secrets.token_hex(4)}:"
+def test_rate_limits_are_shared_by_replicas_through_redis(control_plane, gantry, database, redis_prefix):
+    prefix = redis_prefix
     config = {"cache": {"url": "redis://127.0.0.1:6379/0", "key_prefix": prefix}}
     g1, api = control_plane(config)
     token = api.login()["access_token"]
@@ -100,12 +99,7 @@ def test_rate_limits_are_shared_by_replicas_through_redis(control_plane, gantry,
     outcomes = [limited(key_call(g.base, key, "ping")) for g in (g1, g2) * 5]
     assert outcomes[:6] == [False] * 6 and all(outcomes[6:]), outcomes
     assert g1.metric("rate_limited_total", scope="key", kind="rate") + g2.metric("rate_limited_total", scope="key", kind="rate") == 4
-    r = redis.Redis(host="127.0.0.1", port=6379)
-    try:
-        assert r.keys(prefix + "rl:key:*"), "the bucket lives in Redis"
-    finally:
-        for k in r.keys(prefix + "*"):
-            r.delete(k)
+    assert redis.Redis(host="127.0.0.1", port=6379).keys(prefix + "rl:key:*"), "the bucket lives in Redis"
     assert api.request("GET", "/ready").json()["checks"]["cache"] == {"status": "up", "backend": "redis"}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx2
 
-from conftest import BIN, EVERYTHING_JS, demo_stdio, everything_stdio, wait_until
+from conftest import ACCEPT, BIN, EVERYTHING_JS, demo_stdio, everything_stdio, wait_until
 
 
 def children(pid: int) -> list[int]:
@@ -105,6 +105,11 @@ def test_broken_upstream_is_left_out_logged_and_reported_down(gantry, tmp_path):
     assert "missing" in err["message"] and err["data"]["server"] == "missing"
 
 
+def session_headers(g, sid: str) -> dict:
+    """What a 2025-11-25 client sends with each request of its session `sid`."""
+    return {**g.auth(), "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25", "Accept": ACCEPT}
+
+
 def test_session_continues_on_a_second_process_with_the_same_key(gantry):
     key = base64.b64encode(secrets.token_bytes(32)).decode()
     first = gantry({"upstreams": {"demo": demo_stdio()}}, session_key=key)
@@ -112,8 +117,7 @@ def test_session_continues_on_a_second_process_with_the_same_key(gantry):
     replica = subprocess_gantry(first.config_path, first.dir)
     try:
         sid, _ = first.initialize(path="/mcp/demo")
-        h = {**first.auth(), "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25",
-             "Accept": "application/json, text/event-stream"}
+        h = session_headers(first, sid)
         body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
                 "params": {"name": "echo", "arguments": {"message": "replica"}}}
         r = httpx2.post(f"http://{replica}/mcp/demo", json=body, headers=h, timeout=30)
@@ -127,17 +131,14 @@ def test_session_continues_on_a_second_process_with_the_same_key(gantry):
         replica.stop()
 
 
-def test_a_session_ended_on_one_replica_is_ended_on_every_replica(gantry):
-    import redis
-    prefix = f"gantry-test-{secrets.token_hex(4)}:"
+def test_a_session_ended_on_one_replica_is_ended_on_every_replica(gantry, redis_prefix):
     key = base64.b64encode(secrets.token_bytes(32)).decode()
     first = gantry({"upstreams": {"demo": demo_stdio()},
-                    "cache": {"url": "redis://127.0.0.1:6379/0", "key_prefix": prefix}}, session_key=key)
+                    "cache": {"url": "redis://127.0.0.1:6379/0", "key_prefix": redis_prefix}}, session_key=key)
     replicas = [subprocess_gantry(first.config_path, first.dir)]
     try:
         sid, _ = first.initialize(path="/mcp/demo")
-        h = {**first.auth(), "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25",
-             "Accept": "application/json, text/event-stream"}
+        h = session_headers(first, sid)
         body = {"jsonrpc": "2.0", "id": 5, "method": "ping"}
 
         def status(addr):
@@ -157,9 +158,6 @@ def test_a_session_ended_on_one_replica_is_ended_on_every_replica(gantry):
     finally:
         for replica in replicas:
             replica.stop()
-        r = redis.Redis(host="127.0.0.1", port=6379)
-        for k in r.keys(prefix + "*"):
-            r.delete(k)
 
 
 def test_a_session_ended_while_redis_is_down_is_ended_on_its_replica(gantry):
@@ -167,8 +165,7 @@ def test_a_session_ended_while_redis_is_down_is_ended_on_its_replica(gantry):
     g = gantry({"upstreams": {"demo": demo_stdio()},
                 "cache": {"url": f"redis://127.0.0.1:{free_port()}/0"}})  # nothing listens there
     sid, _ = g.initialize(path="/mcp/demo")
-    h = {**g.auth(), "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25",
-         "Accept": "application/json, text/event-stream"}
+    h = session_headers(g, sid)
     assert httpx2.delete(f"{g.base}/mcp/demo", headers=h, timeout=30).status_code == 204
     r = httpx2.post(f"{g.base}/mcp/demo", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=h, timeout=30)
     assert r.status_code == 404
