@@ -56,7 +56,9 @@ pub fn upstream_error(id: &Value, error: &UpstreamError) -> Value {
             (jsonrpc::UPSTREAM_UNAVAILABLE, s)
         }
         UpstreamError::Timeout(s, _) => (jsonrpc::REQUEST_TIMEOUT, s),
-        UpstreamError::Rejected(s, _) => (jsonrpc::INTERNAL_ERROR, s),
+        UpstreamError::Rejected(s, _) | UpstreamError::Invalid(s, _) => {
+            (jsonrpc::INTERNAL_ERROR, s)
+        }
     };
     jsonrpc::error_response(
         id,

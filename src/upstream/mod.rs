@@ -3,6 +3,7 @@
 pub mod connection;
 pub mod egress;
 pub mod http_client;
+pub mod listing;
 pub mod message_limit;
 pub mod sse;
 pub mod stdio;
@@ -25,11 +26,10 @@ use crate::config::{Config, TransportKind, UpstreamConfig};
 use crate::gateway::jsonrpc;
 use crate::telemetry::metrics as m;
 pub use connection::{Call, CallEvent, Connection, NoAnswer};
+pub use listing::ListKind;
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Most pages fetched from one upstream for one list.
-const MAX_LIST_PAGES: usize = 100;
 
 #[derive(Clone)]
 pub enum State {
@@ -48,65 +48,6 @@ impl State {
     }
 }
 
-/// The four listable things a server offers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ListKind {
-    Tools,
-    Prompts,
-    Resources,
-    ResourceTemplates,
-}
-
-impl ListKind {
-    pub const ALL: [ListKind; 4] = [
-        Self::Tools,
-        Self::Prompts,
-        Self::Resources,
-        Self::ResourceTemplates,
-    ];
-
-    pub fn from_method(method: &str) -> Option<Self> {
-        Some(match method {
-            "tools/list" => Self::Tools,
-            "prompts/list" => Self::Prompts,
-            "resources/list" => Self::Resources,
-            "resources/templates/list" => Self::ResourceTemplates,
-            _ => return None,
-        })
-    }
-    pub fn method(self) -> &'static str {
-        match self {
-            Self::Tools => "tools/list",
-            Self::Prompts => "prompts/list",
-            Self::Resources => "resources/list",
-            Self::ResourceTemplates => "resources/templates/list",
-        }
-    }
-    pub fn result_key(self) -> &'static str {
-        match self {
-            Self::Tools => "tools",
-            Self::Prompts => "prompts",
-            Self::Resources => "resources",
-            Self::ResourceTemplates => "resourceTemplates",
-        }
-    }
-    /// The server capability that says the list exists.
-    pub fn capability(self) -> &'static str {
-        match self {
-            Self::Tools => "tools",
-            Self::Prompts => "prompts",
-            Self::Resources | Self::ResourceTemplates => "resources",
-        }
-    }
-    fn changed_notification(self) -> &'static str {
-        match self {
-            Self::Tools => "notifications/tools/list_changed",
-            Self::Prompts => "notifications/prompts/list_changed",
-            Self::Resources | Self::ResourceTemplates => "notifications/resources/list_changed",
-        }
-    }
-}
-
 /// Why an upstream could not serve a request.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -120,6 +61,8 @@ pub enum UpstreamError {
         "upstream '{0}' is failing: circuit open after {1} consecutive failures; next attempt in {2} s"
     )]
     CircuitOpen(String, u32, u64),
+    #[error("upstream '{0}' sent an answer gantry will not use: {1}")]
+    Invalid(String, String),
 }
 
 /// Consecutive failures, and until when calls fail fast.
@@ -310,25 +253,23 @@ impl Upstream {
         {
             return Ok(Arc::new(Vec::new()));
         }
-        let mut items = Vec::new();
+        let mut pages = listing::Pages::new(kind, self.config.max_message_bytes);
         let mut cursor: Option<Value> = None;
-        for _ in 0..MAX_LIST_PAGES {
+        loop {
             let mut params = Map::new();
             if let Some(c) = cursor.take() {
                 params.insert("cursor".into(), c);
             }
             let body = jsonrpc::request(kind.method(), Value::Object(params));
-            let response = self.request(&conn, body, wait).await?;
-            let result = response.get("result").cloned().unwrap_or(Value::Null);
-            if let Some(Value::Array(page)) = result.get(kind.result_key()) {
-                items.extend(page.iter().cloned());
-            }
-            match result.get("nextCursor") {
-                Some(c) if !c.is_null() => cursor = Some(c.clone()),
-                _ => break,
+            let mut response = self.request(&conn, body, wait).await?;
+            let result = response.get_mut("result").map_or(Value::Null, Value::take);
+            match pages.take(result) {
+                Ok(listing::Next::Page(next)) => cursor = Some(next),
+                Ok(listing::Next::Done) => break,
+                Err(why) => return Err(UpstreamError::Invalid(self.name.clone(), why)),
             }
         }
-        let items = Arc::new(items);
+        let items = Arc::new(pages.into_items());
         self.catalog
             .lock()
             .unwrap()

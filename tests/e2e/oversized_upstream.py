@@ -11,7 +11,11 @@ Tools (`tools/call` with `name`):
 - `many_events`: `count` progress notifications of `size` bytes each as events, then the
   answer: a stream larger than any one of its messages;
 - `fine`: a short answer.
-Every endless answer stops after 1 GiB, so a reader that never stops still ends."""
+Every endless answer stops after 1 GiB, so a reader that never stops still ends.
+
+`tools/list` depends on the path's first part: `/mcp` lists the tools above in one page;
+`/pages/mcp` lists `t1`…`t150`, one a page; `/endless-pages/mcp` sends pages of 100 kB
+whose cursor always leads to another; `/looping-pages/mcp` gives the same cursor again."""
 import json
 import queue
 import sys
@@ -23,6 +27,22 @@ CHUNK = b"x" * 65536
 LEGACY = queue.Queue()
 EVENT = b"event: message\ndata: "
 TOOLS = ["endless_json", "declared_huge", "endless_event", "endless_lines", "many_events", "fine"]
+PAGES = 150
+
+
+def tool(name: str, description: str = "") -> dict:
+    return {"name": name, "description": description, "inputSchema": {"type": "object"}}
+
+
+def tools_page(mode: str, cursor) -> dict:
+    n = int(cursor or 0) + 1
+    if mode == "pages":
+        return {"tools": [tool(f"t{n}")], **({"nextCursor": str(n)} if n < PAGES else {})}
+    if mode == "endless-pages":
+        return {"tools": [tool(f"t{n}_{i}", "y" * 1000) for i in range(100)], "nextCursor": str(n)}
+    if mode == "looping-pages":
+        return {"tools": [tool("again")], "nextCursor": "1"}
+    return {"tools": [tool(t) for t in TOOLS]}
 
 
 def event(msg: dict) -> bytes:
@@ -31,6 +51,9 @@ def event(msg: dict) -> bytes:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle's algorithm the second waits for
+    # the client's delayed ACK, 40 ms a request, and 150 pages would outlast the list timeout.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
@@ -76,7 +99,7 @@ class Handler(BaseHTTPRequestHandler):
             result = {"protocolVersion": "2024-11-05", "capabilities": {"tools": {}},
                       "serverInfo": {"name": "oversized-legacy", "version": "1"}}
         elif msg.get("method") == "tools/list":
-            result = {"tools": [{"name": t, "inputSchema": {"type": "object"}} for t in ("endless_event", "fine")]}
+            result = {"tools": [tool(t) for t in ("endless_event", "fine")]}
         elif msg.get("method") == "tools/call" and params.get("name") == "endless_event":
             start = '{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"' % json.dumps(rid)
             LEGACY.put((EVENT + start.encode(), CHUNK))
@@ -113,8 +136,8 @@ class Handler(BaseHTTPRequestHandler):
                 "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
                 "serverInfo": {"name": "oversized", "version": "1"}}})
         if method == "tools/list":
-            return self.answer_json({"jsonrpc": "2.0", "id": rid, "result": {"tools": [
-                {"name": t, "inputSchema": {"type": "object"}} for t in TOOLS]}})
+            cursor = msg.get("params", {}).get("cursor")
+            return self.answer_json({"jsonrpc": "2.0", "id": rid, "result": tools_page(self.path.split("/")[1], cursor)})
         if method != "tools/call":
             return self.answer_json({"jsonrpc": "2.0", "id": rid, "result": {}})
         params = msg.get("params", {})

@@ -94,3 +94,24 @@ def test_a_legacy_sse_event_over_the_limit_fails_its_call_and_reconnects(gantry,
     assert time.time() - started < 20, "refused once over the limit, not at the timeout"
     wait_until(lambda: g.metric("mcp_upstream_restarts_total", server="legacy") == 1.0, what="a new stream")
     wait_until(lambda: "result" in call(g, "legacy", "fine").json(), what="a call on the new stream")
+
+
+def test_a_list_is_read_whole_across_pages_or_left_out_when_it_breaks_a_bound(gantry, oversized_url):
+    base = oversized_url.removesuffix("/mcp")
+
+    def paged(mode: str) -> dict:
+        return {"transport": "streamable-http", "url": f"{base}/{mode}/mcp", "max_message_bytes": LIMIT}
+
+    g = gantry({"upstreams": {"pages": paged("pages"), "endless": paged("endless-pages"),
+                              "looping": paged("looping-pages")}})
+    started = time.time()
+    tools = g.modern("tools/list").json()["result"]["tools"]
+    # Every page, in order; the endless list is refused once its pages pass the limit,
+    # not asked for again until the list timeout, and the looping one at its second page.
+    assert [t["name"] for t in tools] == [f"pages__t{i}" for i in range(1, 151)]
+    assert time.time() - started < 4, "refused at the bound, not at the 5 s list timeout"
+    assert g.logged(f"tools/list is larger than {LIMIT} bytes", upstream="endless")
+    assert g.logged("came back to the cursor of an earlier page", upstream="looping")
+    # A tool of the last page is known to the gateway, so its call is routed.
+    r = g.modern("tools/call", {"name": "pages__t150", "arguments": {}})
+    assert r.json()["result"]["content"][0]["text"] == "fine"
