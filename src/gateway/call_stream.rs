@@ -6,8 +6,10 @@
 //! one stream), so waiting for one slow client would either stall the other calls or pile
 //! the events up unseen. Instead the queue is bounded: notifications that find it holding
 //! [`BACKLOG_BYTES`] are dropped and counted (`mcp_notifications_dropped_total`), so a
-//! client that stops reading costs a bounded amount of memory. Server requests and the
-//! answer always get in: the call depends on them, and there is at most one answer.
+//! client that stops reading costs a bounded amount of memory. The answer always gets in:
+//! the call depends on it, and there is at most one. A server request is queued unless the
+//! queue is already full ([`Sender::is_full`]); the relay then answers it for the client with
+//! an error, since a request dropped unanswered would leave the server waiting.
 //!
 //! The client's connection drains the whole queue each time it can write, so a client
 //! that keeps up loses nothing to a burst smaller than the bound.
@@ -89,6 +91,13 @@ impl Sender {
     /// Queues a message the client must get: a server request or the answer.
     pub fn send(&mut self, message: &Value) {
         self.queue(to_json(message), None);
+    }
+
+    /// Whether the queue holds the whole backlog: a server request is then refused rather
+    /// than queued. Below it one is queued whatever its size, so any request the upstream
+    /// may send at all reaches a client that keeps up.
+    pub fn is_full(&self) -> bool {
+        self.shared.queue.lock().unwrap().bytes >= BACKLOG_BYTES
     }
 
     /// How many notifications this stream has dropped so far.
@@ -234,6 +243,23 @@ mod tests {
         for (i, text) in notifications.iter().enumerate() {
             assert_eq!(text, &to_json(&progress(i)));
         }
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_full_once_it_holds_the_backlog_until_the_client_reads() {
+        let (mut tx, mut rx) = channel();
+        let request = |size: usize| {
+            json!({"jsonrpc": "2.0", "id": "s", "method": "sampling/createMessage",
+                   "params": {"pad": "x".repeat(size)}})
+        };
+        tx.send(&request(BACKLOG_BYTES / 2));
+        assert!(!tx.is_full(), "half the backlog");
+        // One message may take the queue past the backlog; then nothing more fits.
+        tx.send(&request(BACKLOG_BYTES));
+        assert!(tx.is_full());
+        rx.next().await.unwrap();
+        rx.next().await.unwrap();
+        assert!(!tx.is_full(), "read by the client");
     }
 
     #[tokio::test]

@@ -447,6 +447,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     );
     tokio::spawn(async move {
         let mut minted = MintedIds::new(&gw);
+        let mut declined: u64 = 0;
         let mut event = Some(first);
         let outcome = loop {
             let current = match event.take() {
@@ -470,11 +471,17 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                     upstream_id,
                     mut msg,
                 }) => {
-                    if relays_to_client(&ctx, &msg) {
-                        msg["id"] = Value::String(minted.mint(&run.conn, upstream_id));
+                    if !relays_to_client(&ctx, &msg) {
+                        run.conn.answer_unrouted(&upstream_id, &msg);
+                    } else if out.is_full() {
+                        declined += 1;
+                        run.conn.decline(&upstream_id, NOT_READING);
+                    } else if let Some(minted_id) = minted.mint(&run.conn, &upstream_id) {
+                        msg["id"] = Value::String(minted_id);
                         out.send(&msg);
                     } else {
-                        run.conn.answer_unrouted(&upstream_id, &msg);
+                        declined += 1;
+                        run.conn.decline(&upstream_id, &MintedIds::too_many());
                     }
                 }
                 Some(CallEvent::Response(response)) => {
@@ -508,6 +515,14 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                 }
             }
         };
+        if declined > 0 {
+            tracing::warn!(
+                upstream = %run.upstream.name,
+                method = %run.method,
+                declined,
+                "the client did not keep up with the server's requests: gantry declined them for it"
+            );
+        }
         // The answer is queued for the client: the upstream's slot is free from here,
         // however long the client takes to read it.
         drop(out);
@@ -538,6 +553,14 @@ pub fn client_can_answer(caps: &ClientCaps, method: &str) -> bool {
     }
 }
 
+/// Most server requests of one call that may wait for the client's answer at a time.
+/// Sampling and elicitation come one or a few at a time; past this the upstream is
+/// flooding, and each waiting request is held by the gateway until the call ends.
+const MAX_WAITING_SERVER_REQUESTS: usize = 64;
+
+/// Why a server request is declined when its call's stream holds a whole backlog.
+const NOT_READING: &str = "gantry: the client is not reading this call's stream";
+
 /// Gateway ids given to server requests relayed on one stream; they are forgotten when
 /// the stream ends, answered or not.
 pub struct MintedIds {
@@ -553,10 +576,28 @@ impl MintedIds {
         }
     }
 
-    pub fn mint(&mut self, conn: &Arc<Connection>, upstream_id: Value) -> String {
-        let id = self.gw.register_server_request(conn, upstream_id);
+    /// A gateway id for the server request `upstream_id`, or `None` when
+    /// [`MAX_WAITING_SERVER_REQUESTS`] of this stream's requests wait for the client already:
+    /// the caller then declines it.
+    pub fn mint(&mut self, conn: &Arc<Connection>, upstream_id: &Value) -> Option<String> {
+        if self.ids.len() >= MAX_WAITING_SERVER_REQUESTS {
+            // Forget the ones the client has answered since.
+            let pending = self.gw.server_requests.lock().unwrap();
+            self.ids.retain(|id| pending.contains_key(id));
+            if self.ids.len() >= MAX_WAITING_SERVER_REQUESTS {
+                return None;
+            }
+        }
+        let id = self.gw.register_server_request(conn, upstream_id.clone());
         self.ids.push(id.clone());
-        id
+        Some(id)
+    }
+
+    /// The reason given to the upstream for a request [`MintedIds::mint`] refused.
+    pub fn too_many() -> String {
+        format!(
+            "gantry: {MAX_WAITING_SERVER_REQUESTS} earlier requests already wait for the client's answer"
+        )
     }
 }
 

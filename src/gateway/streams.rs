@@ -60,7 +60,12 @@ fn forward(
                         _ = shutdown.cancelled() => return,
                         _ = conn.closed().cancelled() => break,
                         Some((upstream_id, mut msg)) = req_rx.recv() => {
-                            msg["id"] = Value::String(minted.mint(&conn, upstream_id));
+                            let Some(minted_id) = minted.mint(&conn, &upstream_id) else {
+                                tracing::warn!(upstream = %upstream.name, method = method_of(&msg), "a server request was declined: the client has not answered earlier ones");
+                                conn.decline(&upstream_id, &MintedIds::too_many());
+                                continue;
+                            };
+                            msg["id"] = Value::String(minted_id);
                             if tx.send(msg).await.is_err() { return; }
                         }
                         event = events.recv() => match event {

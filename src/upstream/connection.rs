@@ -513,6 +513,16 @@ impl Connection {
         };
         self.send(reply);
     }
+
+    /// Answers a server request for a client that cannot take it now.
+    pub fn decline(&self, id: &Value, reason: &str) {
+        self.send(jsonrpc::error_response(
+            id,
+            jsonrpc::INTERNAL_ERROR,
+            reason,
+            None,
+        ));
+    }
 }
 
 /// Expires overdue calls of one connection until it is dropped or closed.

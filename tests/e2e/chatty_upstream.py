@@ -1,7 +1,10 @@
 """A stdio MCP server whose `flood` tool sends `count` progress notifications as fast as the
 pipe takes them (or in bursts of `burst`, `pause_ms` apart), then its result: an upstream
 far chattier than its client reads. The result's text names the count, so a client can
-tell it got the answer. Its `big` tool answers with a text of `size` bytes on one line."""
+tell it got the answer. Its `big` tool answers with a text of `size` bytes on one line. Its
+`ask` tool sends `count` sampling requests at once (each padded with `size` bytes), waits until each has an answer (from
+the client, or an error from the gateway), and answers with a JSON text of how many were
+answered, how many declined, and the reasons given."""
 import json
 import sys
 import time
@@ -22,6 +25,29 @@ TOOL = {"name": "flood", "description": "progress notifications in one burst, th
 BIG = {"name": "big", "description": "a result whose text is `size` bytes",
        "inputSchema": {"type": "object", "properties": {"size": {"type": "integer"}}, "required": ["size"]}}
 
+ASK = {"name": "ask", "description": "`count` sampling requests at once; says how they were answered",
+       "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}, "size": {"type": "integer"}},
+                       "required": ["count"]}}
+
+
+def ask(count: int, size: int) -> str:
+    params = {"messages": [], "maxTokens": 1, "systemPrompt": "s" * size}
+    sys.stdout.write("".join(json.dumps({"jsonrpc": "2.0", "id": f"ask-{i}", "method": "sampling/createMessage",
+                                         "params": params}) + "\n" for i in range(count)))
+    sys.stdout.flush()
+    answered, reasons = 0, []
+    while answered + len(reasons) < count:
+        msg = json.loads(sys.stdin.readline())
+        if msg.get("method") == "ping":
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
+        elif str(msg.get("id", "")).startswith("ask-"):
+            if "error" in msg:
+                reasons.append(msg["error"]["message"])
+            else:
+                answered += 1
+    return json.dumps({"answered": answered, "declined": len(reasons), "reasons": sorted(set(reasons))})
+
+
 for line in sys.stdin:
     msg = json.loads(line)
     method, rid = msg.get("method"), msg.get("id")
@@ -32,10 +58,14 @@ for line in sys.stdin:
             "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
             "serverInfo": {"name": "chatty", "version": "1"}}})
     elif method == "tools/list":
-        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL, BIG]}})
+        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL, BIG, ASK]}})
     elif method == "tools/call" and msg.get("params", {}).get("name") == "big":
         size = int(msg["params"].get("arguments", {}).get("size", 0))
         send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "z" * size}]}})
+    elif method == "tools/call" and msg.get("params", {}).get("name") == "ask":
+        args = msg["params"].get("arguments", {})
+        text = ask(int(args.get("count", 0)), int(args.get("size", 0)))
+        send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": text}]}})
     elif method == "tools/call":
         params = msg.get("params", {})
         args = params.get("arguments", {})

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx2
+
 from conftest import ACCEPT, wait_until
 
 CHATTY = Path(__file__).parent / "chatty_upstream.py"
@@ -162,3 +164,61 @@ def test_a_client_that_takes_none_of_its_answer_is_cut_off_but_a_slow_reader_is_
         stalled.close()
         slow.close()
     assert "closed a connection that waited on its client" in g.logs()
+
+
+def test_server_requests_past_the_bound_are_declined_for_a_client_that_has_not_answered_yet(gantry):
+    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    sid, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 100}}}
+    headers = {**g.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
+    waiting, result = [], None
+    # The upstream sends 100 sampling requests at once and waits for an answer to each.
+    # The client answers none until it holds the 64 the gateway lets wait at a time
+    # (README): the other 36 are answered for it with an error, so the upstream is not
+    # left waiting, and the call goes on.
+    with httpx2.stream("POST", g.base + "/mcp/chatty", content=json.dumps(body), headers=headers,
+                       timeout=30) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            msg = json.loads(line[len("data: "):])
+            if msg.get("method") == "sampling/createMessage":
+                waiting.append(msg["id"])
+                if len(waiting) == 64:
+                    for request_id in waiting:
+                        answer = g.post({"jsonrpc": "2.0", "id": request_id, "result": {
+                            "role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}},
+                            path="/mcp/chatty", headers=session)
+                        assert answer.status_code == 202, answer.text
+            elif msg.get("id") == 5:
+                result = msg
+                break
+    assert len(waiting) == 64, f"{len(waiting)} requests relayed"
+    outcome = json.loads(result["result"]["content"][0]["text"])
+    assert (outcome["answered"], outcome["declined"]) == (64, 36), outcome
+    [reason] = outcome["reasons"]
+    assert "64" in reason and "wait for the client" in reason, reason
+    assert g.logged("gantry declined them for it", upstream="chatty")
+
+
+def test_server_requests_for_a_client_that_stops_reading_are_declined_past_the_backlog(gantry):
+    g = gantry({"upstreams": {"chatty": chatty_stdio(timeout_secs=3)}})
+    sid, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
+    before = rss_kib(g.proc.pid)
+    # 60 requests of 1 MB: under the count bound, 15 times the 4 MiB backlog.
+    body = {"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+            "params": {"name": "ask", "arguments": {"count": 60, "size": 1_000_000}}}
+    sock = stalled_request(g, body, {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}, "/mcp/chatty")
+    try:
+        # The upstream waits for answers the client never sends: the call times out, and
+        # the relay then logs what it declined.
+        wait_until(lambda: g.logged("gantry declined them for it", upstream="chatty"), what="the declines logged")
+        grown = rss_kib(g.proc.pid) - before
+    finally:
+        sock.close()
+    [line] = [json.loads(l) for l in g.logs().splitlines() if "gantry declined them for it" in l]
+    # The backlog holds 4 MiB: four of these requests, and a fifth takes it past; what the
+    # connection's buffers took off the queue before they filled let a few more in.
+    assert 45 <= line["declined"] <= 55, line
+    assert grown < 40 * 1024, f"gantry grew by {grown} KiB for 60 MB of requests"
