@@ -9,6 +9,13 @@
 //!
 //! Parked calls live in the process that parked them; a retry that lands on another
 //! replica gets a clear error and must start over.
+//!
+//! While a call is parked its upstream goes on: a stdio or HTTP+SSE server's progress and
+//! logs for it arrive through the connection's one reader whether or not anyone waits. A
+//! task holds each parked call and takes them as they come, as a client's stream would,
+//! within bounds: notifications up to [`HELD_NOTIFICATION_BYTES`], then dropped and
+//! counted; server requests up to the number that may wait, then declined. What it kept
+//! is relayed on the retry's stream.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,25 +24,115 @@ use axum::response::Response;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
+use super::call_stream;
 use super::era::Era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
-use super::relay::{self, Running, client_can_answer, finish};
+use super::relay::{self, MintedIds, Running, client_can_answer, finish};
 use super::session::{REQUEST_STATE_PURPOSE, new_session_id};
 use super::{Gateway, unix_now};
+use crate::upstream::CallEvent;
 
 /// The requests that may answer with `InputRequiredResult`.
 const METHODS: &[&str] = &["tools/call", "prompts/get", "resources/read"];
 /// The key of the single input request the gateway asks for at a time.
 const INPUT_KEY: &str = "upstream";
+/// How much notification JSON a parked call keeps for its retry. Kept as parsed values,
+/// which take several times their JSON's length (a 200,000-notification flood held up to
+/// the stream's 4 MiB backlog grew gantry by 49 MiB), so an eighth of that backlog:
+/// about 5,000 progress notifications.
+const HELD_NOTIFICATION_BYTES: usize = call_stream::BACKLOG_BYTES / 8;
 
 /// A call waiting for the client's input.
 pub struct Parked {
-    run: Running,
+    holder: Holder,
     upstream_id: Value,
     request: Value,
     expires: Instant,
+}
+
+/// The task that holds a parked call. Dropping it, when the park expires, ends the task,
+/// and the call with it.
+struct Holder {
+    stop: CancellationToken,
+    task: Option<JoinHandle<Running>>,
+}
+
+impl Holder {
+    fn start(run: Running) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(hold(run, stop.clone()));
+        Self {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// The call back, with what was held for it; `None` if the task failed.
+    async fn release(mut self) -> Option<Running> {
+        self.stop.cancel();
+        self.task.take()?.await.ok()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Takes a parked call's events until `stop`. Once the call has ended (answered, failed,
+/// timed out) nothing more comes, and the task only waits.
+async fn hold(mut run: Running, stop: CancellationToken) -> Running {
+    let (mut bytes, mut requests, mut dropped) = (0, 0, 0u64);
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            event = run.next_from_upstream() => event,
+        };
+        match event {
+            Some(CallEvent::Notification(n)) => {
+                let size = jsonrpc::json_len(&n);
+                if bytes + size > HELD_NOTIFICATION_BYTES {
+                    dropped += 1;
+                    run.upstream.metrics.notifications_dropped().increment(1);
+                } else {
+                    bytes += size;
+                    run.hold(CallEvent::Notification(n));
+                }
+            }
+            Some(CallEvent::ServerRequest { upstream_id, msg }) => {
+                if requests >= relay::MAX_WAITING_SERVER_REQUESTS {
+                    run.conn.decline(&upstream_id, &MintedIds::too_many());
+                } else {
+                    requests += 1;
+                    run.hold(CallEvent::ServerRequest { upstream_id, msg });
+                }
+            }
+            Some(end) => {
+                run.hold(end);
+                stop.cancelled().await;
+                break;
+            }
+            None => {
+                stop.cancelled().await;
+                break;
+            }
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            upstream = %run.upstream.name,
+            method = %run.method,
+            dropped,
+            "notifications of a call waiting for the client's input were dropped"
+        );
+    }
+    run
 }
 
 /// What `requestState` carries, sealed: which parked call, for whom, for what.
@@ -98,7 +195,7 @@ pub fn park(
     let remaining = run.timeout.saturating_sub(run.started.elapsed());
     let name = run.target.clone();
     let parked = Parked {
-        run,
+        holder: Holder::start(run),
         upstream_id,
         request,
         expires: Instant::now() + remaining,
@@ -180,8 +277,19 @@ pub async fn resume(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         return finish(&ctx, store(&gw, &ctx, &id, parked, state.n));
     };
     let Parked {
-        run, upstream_id, ..
+        holder,
+        upstream_id,
+        ..
     } = parked;
+    let Some(run) = holder.release().await else {
+        let error = jsonrpc::error_response(
+            &id,
+            jsonrpc::INTERNAL_ERROR,
+            "Internal error: the waiting call was lost; send the request again without requestState",
+            None,
+        );
+        return json_response(StatusCode::OK, &error);
+    };
     let mut reply = Map::new();
     reply.insert("jsonrpc".into(), json!("2.0"));
     reply.insert("result".into(), answer);

@@ -2,6 +2,7 @@
 //! upstream answers straight away, an SSE stream when it first sends progress, logs or
 //! requests of its own.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -212,6 +213,8 @@ pub async fn discover_server(gw: &Gateway, ctx: &Ctx, name: &str, id: &Value) ->
 /// parked for an MRTR round trip.
 pub struct Running {
     call: Call,
+    /// Events taken from the call while it was parked, given out before any new one.
+    held: VecDeque<CallEvent>,
     pub(super) conn: Arc<Connection>,
     pub(super) upstream: Arc<Upstream>,
     pub(super) method: String,
@@ -239,6 +242,24 @@ impl Running {
             outcome,
             self.audited.take(),
         );
+    }
+
+    /// The call's next event: first those held while it was parked.
+    pub(super) async fn next_event(&mut self) -> Option<CallEvent> {
+        match self.held.pop_front() {
+            Some(event) => Some(event),
+            None => self.call.next().await,
+        }
+    }
+
+    /// The upstream's next event for the call, past any held.
+    pub(super) async fn next_from_upstream(&mut self) -> Option<CallEvent> {
+        self.call.next().await
+    }
+
+    /// Keeps `event` for whoever drives the call next.
+    pub(super) fn hold(&mut self, event: CallEvent) {
+        self.held.push_back(event);
     }
 
     /// Settles the request that parked the call for a client's input; the request that
@@ -359,6 +380,7 @@ pub async fn relay(
     let call = conn.start_call(body, remaining);
     let running = Running {
         call,
+        held: VecDeque::new(),
         conn,
         _in_flight: InFlight::start(&upstream),
         upstream: Arc::clone(&upstream),
@@ -385,7 +407,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     // requests the gateway answers itself need nothing sent, so they stay on it too.
     let first = loop {
         let event = tokio::select! {
-            event = run.call.next() => event,
+            event = run.next_event() => event,
             _ = cancel.token.cancelled() => {
                 run.settle("cancelled");
                 // Dropping the call tells the upstream (notifications/cancelled).
@@ -453,7 +475,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
             let current = match event.take() {
                 Some(e) => Some(e),
                 None => tokio::select! {
-                    e = run.call.next() => e,
+                    e = run.next_event() => e,
                     _ = cancel.token.cancelled() => break "cancelled",
                     () = out.gone() => break "cancelled",
                 },
@@ -556,7 +578,7 @@ pub fn client_can_answer(caps: &ClientCaps, method: &str) -> bool {
 /// Most server requests of one call that may wait for the client's answer at a time.
 /// Sampling and elicitation come one or a few at a time; past this the upstream is
 /// flooding, and each waiting request is held by the gateway until the call ends.
-const MAX_WAITING_SERVER_REQUESTS: usize = 64;
+pub(super) const MAX_WAITING_SERVER_REQUESTS: usize = 64;
 
 /// Why a server request is declined when its call's stream holds a whole backlog.
 const NOT_READING: &str = "gantry: the client is not reading this call's stream";

@@ -9,9 +9,10 @@
 //! complete would make the gateway answer "Unknown tool" for the tools it left out.
 
 use std::collections::HashSet;
-use std::io;
 
 use serde_json::Value;
+
+use crate::gateway::jsonrpc::json_len;
 
 /// Most pages read for one list. The byte bound keeps memory in check; this keeps the
 /// number of round trips to a server that pages one item at a time in check.
@@ -146,23 +147,6 @@ impl Pages {
     pub fn into_items(self) -> Vec<Value> {
         self.items
     }
-}
-
-/// The length of `value` as compact JSON, without writing it out.
-fn json_len(value: &Value) -> usize {
-    struct Count(usize);
-    impl io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, value).expect("JSON values serialize");
-    count.0
 }
 
 #[cfg(test)]

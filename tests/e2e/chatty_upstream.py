@@ -4,7 +4,9 @@ far chattier than its client reads. The result's text names the count, so a clie
 tell it got the answer. Its `big` tool answers with a text of `size` bytes on one line. Its
 `ask` tool sends `count` sampling requests at once (each padded with `size` bytes), waits until each has an answer (from
 the client, or an error from the gateway), and answers with a JSON text of how many were
-answered, how many declined, and the reasons given."""
+answered, how many declined, and the reasons given. Its `ask_then_flood` tool sends one
+sampling request, then `count` progress notifications (saying "flood sent" on stderr once
+written), then waits for the request's answer and answers with its text."""
 import json
 import sys
 import time
@@ -48,6 +50,28 @@ def ask(count: int, size: int) -> str:
     return json.dumps({"answered": answered, "declined": len(reasons), "reasons": sorted(set(reasons))})
 
 
+ASK_THEN_FLOOD = {"name": "ask_then_flood", "description": "a sampling request, then a flood of progress",
+                  "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}},
+                                  "required": ["count"]}}
+
+
+def ask_then_flood(count: int, token) -> str:
+    send({"jsonrpc": "2.0", "id": "wait-0", "method": "sampling/createMessage",
+          "params": {"messages": [], "maxTokens": 1}})
+    for start in range(0, count, 1000):
+        sys.stdout.write("".join(json.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+            "progressToken": token, "progress": i + 1, "total": count}}) + "\n"
+            for i in range(start, min(start + 1000, count))))
+    sys.stdout.flush()
+    print("flood sent", file=sys.stderr, flush=True)
+    while True:
+        msg = json.loads(sys.stdin.readline())
+        if msg.get("method") == "ping":
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
+        elif msg.get("id") == "wait-0":
+            return "answer: " + msg.get("result", {}).get("content", {}).get("text", json.dumps(msg))
+
+
 for line in sys.stdin:
     msg = json.loads(line)
     method, rid = msg.get("method"), msg.get("id")
@@ -58,10 +82,15 @@ for line in sys.stdin:
             "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
             "serverInfo": {"name": "chatty", "version": "1"}}})
     elif method == "tools/list":
-        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL, BIG, ASK]}})
+        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL, BIG, ASK, ASK_THEN_FLOOD]}})
     elif method == "tools/call" and msg.get("params", {}).get("name") == "big":
         size = int(msg["params"].get("arguments", {}).get("size", 0))
         send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "z" * size}]}})
+    elif method == "tools/call" and msg.get("params", {}).get("name") == "ask_then_flood":
+        params = msg["params"]
+        text = ask_then_flood(int(params.get("arguments", {}).get("count", 0)),
+                              params.get("_meta", {}).get("progressToken"))
+        send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": text}]}})
     elif method == "tools/call" and msg.get("params", {}).get("name") == "ask":
         args = msg["params"].get("arguments", {})
         text = ask(int(args.get("count", 0)), int(args.get("size", 0)))

@@ -5,7 +5,8 @@ import asyncio
 
 from mcp import types
 
-from conftest import MODERN, everything_stdio, sdk_client
+from conftest import MODERN, everything_stdio, sdk_client, sse_messages, wait_until
+from test_slow_clients import chatty_stdio, progress_of, rss_kib
 
 
 def test_modern_sdk_answers_sampling_and_elicitation_through_mrtr(gantry):
@@ -75,7 +76,6 @@ def test_client_without_the_capability_gets_no_input_request(gantry):
 
 
 def test_an_abandoned_round_trip_gives_its_slot_back(gantry):
-    from conftest import wait_until
     g = gantry({"upstreams": {"everything": everything_stdio(timeout_secs=2, max_concurrency=1)}})
     first = _call(g, 1, {"name": "trigger-sampling-request", "arguments": {"prompt": "p"}}, {"sampling": {}})
     assert first["result"]["resultType"] == "input_required"
@@ -84,3 +84,32 @@ def test_an_abandoned_round_trip_gives_its_slot_back(gantry):
                what="parked call expired")
     r = _call(g, 2, {"name": "echo", "arguments": {"message": "slot is free"}}, {})
     assert "slot is free" in str(r["result"]["content"])
+
+
+def test_a_parked_call_keeps_what_its_upstream_sends_within_the_backlog_and_relays_it_on_the_retry(gantry):
+    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    count = 200_000  # about 20 MB of progress, sent while the call waits for the client's input
+    params = {"name": "ask_then_flood", "arguments": {"count": count}, "_meta": {"progressToken": "p"}}
+    caps = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+    body, headers = g.modern_request("tools/call", params, id=1)
+    body["params"]["_meta"].update(caps)
+    before = rss_kib(g.proc.pid)
+    first = g.post(body, path="/mcp/chatty", headers=headers).json()["result"]
+    assert first["resultType"] == "input_required"
+    wait_until(lambda: g.logged("flood sent", upstream="chatty"), what="the upstream's flood")
+    grown = rss_kib(g.proc.pid) - before
+    assert grown < 32 * 1024, f"gantry grew by {grown} KiB holding a parked call's flood"
+
+    (key, _), = first["inputRequests"].items()
+    retry = {**params, "requestState": first["requestState"],
+             "inputResponses": {key: {"role": "assistant", "model": "m", "content": {"type": "text", "text": "ok"}}}}
+    body, headers = g.modern_request("tools/call", retry, id=2)
+    body["params"]["_meta"].update(caps)
+    messages = sse_messages(g.post(body, path="/mcp/chatty", headers=headers))
+    assert messages[-1]["id"] == 2 and messages[-1]["result"]["content"][0]["text"] == "answer: ok"
+    # What was kept comes first and in order; the rest past the backlog was dropped and counted.
+    progress = progress_of(messages)
+    assert progress == list(range(1, len(progress) + 1)) and len(progress) > 1000, len(progress)
+    dropped = g.metric("mcp_notifications_dropped_total", server="chatty")
+    assert len(progress) + dropped == count
+    assert g.logged("notifications of a call waiting for the client's input were dropped", upstream="chatty")
