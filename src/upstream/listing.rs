@@ -1,5 +1,6 @@
 //! Reading one whole list (tools, prompts, resources, templates) from an upstream, page
-//! by page, for the aggregate endpoint and the gateway's own checks.
+//! by page, for the aggregate endpoint and the gateway's own checks, and keeping it
+//! ([`Catalog`]) until its TTL passes or the server says it changed.
 //!
 //! The pages are gathered into one list that is cached and relayed as part of one answer,
 //! so the list as a whole is bounded like one message: its JSON may total the upstream's
@@ -9,8 +10,12 @@
 //! complete would make the gateway answer "Unknown tool" for the tools it left out.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use tokio::sync::MutexGuard;
 
 use crate::gateway::jsonrpc::json_len;
 
@@ -68,11 +73,92 @@ impl ListKind {
             Self::Resources | Self::ResourceTemplates => "resources",
         }
     }
-    pub(super) fn changed_notification(self) -> &'static str {
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn changed_notification(self) -> &'static str {
         match self {
             Self::Tools => "notifications/tools/list_changed",
             Self::Prompts => "notifications/prompts/list_changed",
             Self::Resources | Self::ResourceTemplates => "notifications/resources/list_changed",
+        }
+    }
+}
+
+/// An upstream's lists, kept until `ttl` passes or the server says one changed.
+///
+/// One fetch per kind runs at a time: when a list expires under load, the calls that need
+/// it wait for that fetch and share its result, rather than each reading every page
+/// again ([`Catalog::turn`]).
+pub struct Catalog {
+    ttl: Duration,
+    kept: Mutex<Kept>,
+    fetching: [tokio::sync::Mutex<()>; 4],
+}
+
+#[derive(Default)]
+struct Kept {
+    lists: [Option<(Instant, Arc<Vec<Value>>)>; 4],
+    /// Bumped by every change the server announces, so a fetch that started before
+    /// the change does not keep the list as it was.
+    generations: [u64; 4],
+}
+
+impl Catalog {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            kept: Mutex::new(Kept::default()),
+            fetching: Default::default(),
+        }
+    }
+
+    /// The list of `kind` if it was fetched within the TTL, or (`since`) completed after
+    /// the caller asked for it.
+    pub fn get(&self, kind: ListKind, since: Option<Instant>) -> Option<Arc<Vec<Value>>> {
+        let kept = self.kept.lock().unwrap();
+        let (at, items) = kept.lists[kind.index()].as_ref()?;
+        (at.elapsed() < self.ttl || since.is_some_and(|since| *at >= since))
+            .then(|| Arc::clone(items))
+    }
+
+    /// The right to fetch `kind` now, waiting at most `wait` for a fetch in progress.
+    pub async fn turn(&self, kind: ListKind, wait: Duration) -> Option<MutexGuard<'_, ()>> {
+        tokio::time::timeout(wait, self.fetching[kind.index()].lock())
+            .await
+            .ok()
+    }
+
+    /// What [`Catalog::put`] needs to know that nothing changed during a fetch.
+    pub fn generation(&self, kind: ListKind) -> u64 {
+        self.kept.lock().unwrap().generations[kind.index()]
+    }
+
+    /// Keeps a fetched list, unless the server announced a change since `generation`.
+    pub fn put(&self, kind: ListKind, generation: u64, items: &Arc<Vec<Value>>) {
+        let mut kept = self.kept.lock().unwrap();
+        if kept.generations[kind.index()] == generation {
+            kept.lists[kind.index()] = Some((Instant::now(), Arc::clone(items)));
+        }
+    }
+
+    /// Forgets the lists a `notifications/*/list_changed` method names.
+    pub fn changed(&self, method: &str) {
+        let mut kept = self.kept.lock().unwrap();
+        for kind in ListKind::ALL {
+            if kind.changed_notification() == method {
+                kept.lists[kind.index()] = None;
+                kept.generations[kind.index()] += 1;
+            }
+        }
+    }
+
+    /// Forgets every list: the server was connected again and may offer others.
+    pub fn clear(&self) {
+        let mut kept = self.kept.lock().unwrap();
+        for kind in ListKind::ALL {
+            kept.lists[kind.index()] = None;
+            kept.generations[kind.index()] += 1;
         }
     }
 }
@@ -160,6 +246,97 @@ mod tests {
             Some(c) => json!({"tools": tools, "nextCursor": c}),
             None => json!({"tools": tools}),
         }
+    }
+
+    fn list(name: &str) -> Arc<Vec<Value>> {
+        Arc::new(vec![json!({"name": name})])
+    }
+
+    #[test]
+    fn a_kept_list_is_given_within_its_ttl_or_to_a_caller_that_asked_before_it_was_fetched() {
+        let catalog = Catalog::new(Duration::ZERO);
+        let asked = Instant::now();
+        let generation = catalog.generation(ListKind::Tools);
+        catalog.put(ListKind::Tools, generation, &list("a"));
+        assert!(
+            catalog.get(ListKind::Tools, None).is_none(),
+            "a zero TTL keeps nothing fresh"
+        );
+        assert_eq!(
+            catalog.get(ListKind::Tools, Some(asked)),
+            Some(list("a")),
+            "fetched after it asked"
+        );
+        assert!(catalog.get(ListKind::Tools, Some(Instant::now())).is_none());
+        assert!(
+            catalog.get(ListKind::Prompts, Some(asked)).is_none(),
+            "kinds are kept apart"
+        );
+
+        let catalog = Catalog::new(Duration::from_secs(60));
+        catalog.put(ListKind::Prompts, 0, &list("p"));
+        assert_eq!(catalog.get(ListKind::Prompts, None), Some(list("p")));
+    }
+
+    #[test]
+    fn a_change_announced_during_a_fetch_keeps_the_fetched_list_out() {
+        let catalog = Catalog::new(Duration::from_secs(60));
+        catalog.put(ListKind::Tools, 0, &list("old"));
+        let generation = catalog.generation(ListKind::Tools);
+        catalog.changed("notifications/tools/list_changed");
+        assert!(
+            catalog.get(ListKind::Tools, None).is_none(),
+            "forgotten at the change"
+        );
+        catalog.put(
+            ListKind::Tools,
+            generation,
+            &list("fetched before the change"),
+        );
+        assert!(catalog.get(ListKind::Tools, None).is_none());
+        catalog.put(
+            ListKind::Tools,
+            catalog.generation(ListKind::Tools),
+            &list("new"),
+        );
+        assert_eq!(catalog.get(ListKind::Tools, None), Some(list("new")));
+        // Resources and templates change together; tools are left alone.
+        catalog.put(ListKind::Resources, 0, &list("r"));
+        catalog.put(ListKind::ResourceTemplates, 0, &list("t"));
+        catalog.changed("notifications/resources/list_changed");
+        assert!(catalog.get(ListKind::Resources, None).is_none());
+        assert!(catalog.get(ListKind::ResourceTemplates, None).is_none());
+        assert_eq!(catalog.get(ListKind::Tools, None), Some(list("new")));
+        catalog.clear();
+        assert!(catalog.get(ListKind::Tools, None).is_none());
+    }
+
+    #[tokio::test]
+    async fn one_fetch_per_kind_at_a_time_and_a_waiter_gives_up_at_its_wait() {
+        let catalog = Catalog::new(Duration::from_secs(60));
+        let first = catalog
+            .turn(ListKind::Tools, Duration::from_millis(10))
+            .await;
+        assert!(first.is_some());
+        assert!(
+            catalog
+                .turn(ListKind::Tools, Duration::from_millis(10))
+                .await
+                .is_none()
+        );
+        assert!(
+            catalog
+                .turn(ListKind::Prompts, Duration::from_millis(10))
+                .await
+                .is_some()
+        );
+        drop(first);
+        assert!(
+            catalog
+                .turn(ListKind::Tools, Duration::from_millis(10))
+                .await
+                .is_some()
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod stdio;
 pub mod streamable_http;
 pub mod transport;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::RwLock;
@@ -81,9 +81,6 @@ pub struct Admission {
     pub trial: bool,
 }
 
-/// Cached lists by kind, with the time they were fetched.
-type Catalog = HashMap<ListKind, (Instant, Arc<Vec<Value>>)>;
-
 pub struct Upstream {
     pub name: String,
     /// The tenant that registered it; `None` for servers of the configuration file.
@@ -97,8 +94,7 @@ pub struct Upstream {
     attempted: watch::Sender<bool>,
     permits: Arc<Semaphore>,
     restarts: AtomicU64,
-    catalog: Mutex<Catalog>,
-    catalog_ttl: Duration,
+    catalog: listing::Catalog,
     breaker: Mutex<Breaker>,
     stop: CancellationToken,
     pub metrics: crate::telemetry::mcp_metrics::CallMetrics,
@@ -124,8 +120,7 @@ impl Upstream {
             state: watch::Sender::new(State::Starting),
             attempted: watch::Sender::new(false),
             restarts: AtomicU64::new(0),
-            catalog: Mutex::new(HashMap::new()),
-            catalog_ttl,
+            catalog: listing::Catalog::new(catalog_ttl),
             breaker: Mutex::new(Breaker::default()),
             stop: CancellationToken::new(),
         })
@@ -241,10 +236,9 @@ impl Upstream {
         kind: ListKind,
         wait: Duration,
     ) -> Result<Arc<Vec<Value>>, UpstreamError> {
-        if let Some((at, items)) = self.catalog.lock().unwrap().get(&kind) {
-            if at.elapsed() < self.catalog_ttl {
-                return Ok(Arc::clone(items));
-            }
+        let asked = Instant::now();
+        if let Some(items) = self.catalog.get(kind, None) {
+            return Ok(items);
         }
         let conn = self.connection(wait).await?;
         if !conn
@@ -253,6 +247,14 @@ impl Upstream {
         {
             return Ok(Arc::new(Vec::new()));
         }
+        let Some(_turn) = self.catalog.turn(kind, wait).await else {
+            return Err(UpstreamError::Timeout(self.name.clone(), wait.as_millis()));
+        };
+        // The fetch this call waited for may have brought the list.
+        if let Some(items) = self.catalog.get(kind, Some(asked)) {
+            return Ok(items);
+        }
+        let generation = self.catalog.generation(kind);
         let mut pages = listing::Pages::new(kind, self.config.max_message_bytes);
         let mut cursor: Option<Value> = None;
         loop {
@@ -270,10 +272,7 @@ impl Upstream {
             }
         }
         let items = Arc::new(pages.into_items());
-        self.catalog
-            .lock()
-            .unwrap()
-            .insert(kind, (Instant::now(), Arc::clone(&items)));
+        self.catalog.put(kind, generation, &items);
         Ok(items)
     }
 
@@ -311,8 +310,7 @@ impl Upstream {
             .get("method")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let mut catalog = self.catalog.lock().unwrap();
-        catalog.retain(|kind, _| kind.changed_notification() != method);
+        self.catalog.changed(method);
     }
 
     /// Keeps the upstream connected: connect, initialize, watch, and after a failure
@@ -324,7 +322,7 @@ impl Upstream {
             match self.connect_once().await {
                 Ok((conn, shutdown)) => {
                     failures = 0;
-                    self.catalog.lock().unwrap().clear();
+                    self.catalog.clear();
                     metrics::gauge!(m::UPSTREAM_UP, "server" => self.name.clone()).set(1.0);
                     tracing::info!(upstream = %self.name, protocol = conn.init().map(|i| i.protocol_version.as_str()).unwrap_or("?"), "upstream connected");
                     self.state.send_replace(State::Up(Arc::clone(&conn)));

@@ -15,7 +15,8 @@ Every endless answer stops after 1 GiB, so a reader that never stops still ends.
 
 `tools/list` depends on the path's first part: `/mcp` lists the tools above in one page;
 `/pages/mcp` lists `t1`…`t150`, one a page; `/endless-pages/mcp` sends pages of 100 kB
-whose cursor always leads to another; `/looping-pages/mcp` gives the same cursor again."""
+whose cursor always leads to another; `/looping-pages/mcp` gives the same cursor again.
+`GET /lists-served` says how many `tools/list` requests it has answered."""
 import json
 import queue
 import sys
@@ -28,6 +29,7 @@ LEGACY = queue.Queue()
 EVENT = b"event: message\ndata: "
 TOOLS = ["endless_json", "declared_huge", "endless_event", "endless_lines", "many_events", "fine"]
 PAGES = 150
+LISTS_SERVED = [0]
 
 
 def tool(name: str, description: str = "") -> dict:
@@ -136,6 +138,7 @@ class Handler(BaseHTTPRequestHandler):
                 "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
                 "serverInfo": {"name": "oversized", "version": "1"}}})
         if method == "tools/list":
+            LISTS_SERVED[0] += 1
             cursor = msg.get("params", {}).get("cursor")
             return self.answer_json({"jsonrpc": "2.0", "id": rid, "result": tools_page(self.path.split("/")[1], cursor)})
         if method != "tools/call":
@@ -171,6 +174,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/sse"):
             return self.legacy_stream()
+        if self.path == "/lists-served":
+            out = str(LISTS_SERVED[0]).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            return self.wfile.write(out)
         self.empty(405)
 
     def do_DELETE(self):

@@ -6,8 +6,10 @@ goes on serving the next call."""
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from conftest import free_port, port_open, sse_messages, wait_until
@@ -115,3 +117,13 @@ def test_a_list_is_read_whole_across_pages_or_left_out_when_it_breaks_a_bound(ga
     # A tool of the last page is known to the gateway, so its call is routed.
     r = g.modern("tools/call", {"name": "pages__t150", "arguments": {}})
     assert r.json()["result"]["content"][0]["text"] == "fine"
+
+
+def test_callers_that_need_a_list_at_once_share_one_fetch_of_its_pages(gantry, oversized_url):
+    base = oversized_url.removesuffix("/mcp")
+    g = gantry({"upstreams": {"pages": {"transport": "streamable-http", "url": f"{base}/pages/mcp"}}})
+    # Eight callers find no list kept: one reads the 150 pages, the others wait for it.
+    with ThreadPoolExecutor(8) as pool:
+        lists = list(pool.map(lambda i: g.modern("tools/list", id=i).json()["result"]["tools"], range(8)))
+    assert all(len(tools) == 150 for tools in lists)
+    assert httpx2.get(f"{base}/lists-served").text == "150"
