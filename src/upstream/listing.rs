@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
 use tokio::sync::MutexGuard;
 
 use crate::gateway::jsonrpc::json_len;
