@@ -113,12 +113,11 @@ async fn hold(mut run: Running, stop: CancellationToken) -> Running {
                     run.hold(CallEvent::ServerRequest { upstream_id, msg });
                 }
             }
-            Some(end) => {
-                run.hold(end);
-                stop.cancelled().await;
-                break;
-            }
-            None => {
+            // The call ended: answered, failed, timed out, or its connection closed.
+            end => {
+                if let Some(end) = end {
+                    run.hold(end);
+                }
                 stop.cancelled().await;
                 break;
             }

@@ -32,22 +32,27 @@ ASK = {"name": "ask", "description": "`count` sampling requests at once; says ho
                        "required": ["count"]}}
 
 
-def ask(count: int, size: int) -> str:
-    params = {"messages": [], "maxTokens": 1, "systemPrompt": "s" * size}
-    sys.stdout.write("".join(json.dumps({"jsonrpc": "2.0", "id": f"ask-{i}", "method": "sampling/createMessage",
-                                         "params": params}) + "\n" for i in range(count)))
-    sys.stdout.flush()
-    answered, reasons = 0, []
-    while answered + len(reasons) < count:
+def answers(ids: set) -> dict:
+    """Reads what the gateway sends until each request in `ids` has its answer (from the
+    client or the gateway), answering pings meanwhile; the answers by id."""
+    got = {}
+    while len(got) < len(ids):
         msg = json.loads(sys.stdin.readline())
         if msg.get("method") == "ping":
             send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
-        elif str(msg.get("id", "")).startswith("ask-"):
-            if "error" in msg:
-                reasons.append(msg["error"]["message"])
-            else:
-                answered += 1
-    return json.dumps({"answered": answered, "declined": len(reasons), "reasons": sorted(set(reasons))})
+        elif msg.get("id") in ids:
+            got[msg["id"]] = msg
+    return got
+
+
+def ask(count: int, size: int) -> str:
+    params = {"messages": [], "maxTokens": 1, "systemPrompt": "s" * size}
+    ids = [f"ask-{i}" for i in range(count)]
+    sys.stdout.write("".join(json.dumps({"jsonrpc": "2.0", "id": i, "method": "sampling/createMessage",
+                                         "params": params}) + "\n" for i in ids))
+    sys.stdout.flush()
+    reasons = [m["error"]["message"] for m in answers(set(ids)).values() if "error" in m]
+    return json.dumps({"answered": count - len(reasons), "declined": len(reasons), "reasons": sorted(set(reasons))})
 
 
 ASK_THEN_FLOOD = {"name": "ask_then_flood", "description": "a sampling request, then a flood of progress",
@@ -64,12 +69,8 @@ def ask_then_flood(count: int, token) -> str:
             for i in range(start, min(start + 1000, count))))
     sys.stdout.flush()
     print("flood sent", file=sys.stderr, flush=True)
-    while True:
-        msg = json.loads(sys.stdin.readline())
-        if msg.get("method") == "ping":
-            send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
-        elif msg.get("id") == "wait-0":
-            return "answer: " + msg.get("result", {}).get("content", {}).get("text", json.dumps(msg))
+    msg = answers({"wait-0"})["wait-0"]
+    return "answer: " + msg.get("result", {}).get("content", {}).get("text", json.dumps(msg))
 
 
 for line in sys.stdin:
