@@ -31,7 +31,8 @@ use super::call_stream;
 use super::era::Era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
-use super::relay::{self, MintedIds, Running, client_can_answer, finish};
+use super::relay::{self, Running, finish};
+use super::server_requests::{self, Declines, MintedIds, client_can_answer};
 use super::session::{REQUEST_STATE_PURPOSE, new_session_id};
 use super::{Gateway, unix_now};
 use crate::upstream::CallEvent;
@@ -88,6 +89,7 @@ impl Drop for Holder {
 /// timed out) nothing more comes, and the task only waits.
 async fn hold(mut run: Running, stop: CancellationToken) -> Running {
     let (mut bytes, mut requests, mut dropped) = (0, 0, 0u64);
+    let declines = Declines::new(&run.upstream, &run.method);
     loop {
         let event = tokio::select! {
             biased;
@@ -106,8 +108,8 @@ async fn hold(mut run: Running, stop: CancellationToken) -> Running {
                 }
             }
             Some(CallEvent::ServerRequest { upstream_id, msg }) => {
-                if requests >= relay::MAX_WAITING_SERVER_REQUESTS {
-                    run.conn.decline(&upstream_id, &MintedIds::too_many());
+                if requests >= server_requests::MAX_WAITING {
+                    declines.decline(&run.conn, &upstream_id, &MintedIds::too_many());
                 } else {
                     requests += 1;
                     run.hold(CallEvent::ServerRequest { upstream_id, msg });
@@ -280,7 +282,7 @@ pub async fn resume(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         upstream_id,
         ..
     } = parked;
-    let Some(run) = holder.release().await else {
+    let Some(mut run) = holder.release().await else {
         let error = jsonrpc::error_response(
             &id,
             jsonrpc::INTERNAL_ERROR,
@@ -289,6 +291,12 @@ pub async fn resume(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         );
         return json_response(StatusCode::OK, &error);
     };
+    run.follow_retry_progress(
+        params
+            .get("_meta")
+            .and_then(|m| m.get("progressToken"))
+            .cloned(),
+    );
     let mut reply = Map::new();
     reply.insert("jsonrpc".into(), json!("2.0"));
     reply.insert("result".into(), answer);

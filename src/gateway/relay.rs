@@ -24,7 +24,7 @@ use super::jsonrpc;
 use super::mrtr;
 use super::raw_response::RawResponse;
 use super::result_cache::{CacheKeys, ResultCache};
-use super::session::ClientCaps;
+use super::server_requests::{Declines, MintedIds, NOT_READING, client_can_answer};
 use crate::upstream::{Admission, Call, CallEvent, Connection, Upstream, UpstreamError};
 
 /// An upstream's answer, relayed as it came (2026-07-28 clients get their result fields
@@ -215,6 +215,8 @@ pub struct Running {
     call: Call,
     /// Events taken from the call while it was parked, given out before any new one.
     held: VecDeque<CallEvent>,
+    /// Whose progress token the call's progress notifications carry to the client.
+    progress_to: ProgressTo,
     pub(super) conn: Arc<Connection>,
     pub(super) upstream: Arc<Upstream>,
     pub(super) method: String,
@@ -229,6 +231,20 @@ pub struct Running {
     cache_keys: Option<CacheKeys>,
     _permit: OwnedSemaphorePermit,
     _in_flight: InFlight,
+}
+
+/// Whose progress token a call's progress notifications carry to the client.
+enum ProgressTo {
+    /// The caller's that started the call: the upstream connection puts it back.
+    Caller,
+    /// The token of the retry that resumed the call.
+    Retry(Value),
+    /// Nobody's: the retry that resumed the call asked for no progress.
+    Nobody,
+}
+
+fn is_progress(notification: &Value) -> bool {
+    notification.get("method").and_then(Value::as_str) == Some("notifications/progress")
 }
 
 impl Running {
@@ -246,10 +262,31 @@ impl Running {
 
     /// The call's next event: first those held while it was parked.
     pub(super) async fn next_event(&mut self) -> Option<CallEvent> {
-        match self.held.pop_front() {
-            Some(event) => Some(event),
-            None => self.call.next().await,
+        loop {
+            let event = match self.held.pop_front() {
+                Some(event) => Some(event),
+                None => self.call.next().await,
+            };
+            match (event, &self.progress_to) {
+                (Some(CallEvent::Notification(mut n)), ProgressTo::Retry(token))
+                    if is_progress(&n) =>
+                {
+                    if let Some(Value::Object(params)) = n.get_mut("params") {
+                        params.insert("progressToken".into(), token.clone());
+                    }
+                    return Some(CallEvent::Notification(n));
+                }
+                (Some(CallEvent::Notification(n)), ProgressTo::Nobody) if is_progress(&n) => {}
+                (event, _) => return event,
+            }
         }
+    }
+
+    /// From now on the call's progress belongs to the retry that resumed it (2026-07-28):
+    /// progress is a request's own, so it carries the retry's token, or, if the retry
+    /// asked for none, is not relayed. Held progress included.
+    pub(super) fn follow_retry_progress(&mut self, token: Option<Value>) {
+        self.progress_to = token.map_or(ProgressTo::Nobody, ProgressTo::Retry);
     }
 
     /// The upstream's next event for the call, past any held.
@@ -381,6 +418,7 @@ pub async fn relay(
     let running = Running {
         call,
         held: VecDeque::new(),
+        progress_to: ProgressTo::Caller,
         conn,
         _in_flight: InFlight::start(&upstream),
         upstream: Arc::clone(&upstream),
@@ -469,7 +507,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     );
     tokio::spawn(async move {
         let mut minted = MintedIds::new(&gw);
-        let mut declined: u64 = 0;
+        let declines = Declines::new(&run.upstream, &run.method);
         let mut event = Some(first);
         let outcome = loop {
             let current = match event.take() {
@@ -496,14 +534,12 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                     if !relays_to_client(&ctx, &msg) {
                         run.conn.answer_unrouted(&upstream_id, &msg);
                     } else if out.is_full() {
-                        declined += 1;
-                        run.conn.decline(&upstream_id, NOT_READING);
+                        declines.decline(&run.conn, &upstream_id, NOT_READING);
                     } else if let Some(minted_id) = minted.mint(&run.conn, &upstream_id) {
                         msg["id"] = Value::String(minted_id);
                         out.send(&msg);
                     } else {
-                        declined += 1;
-                        run.conn.decline(&upstream_id, &MintedIds::too_many());
+                        declines.decline(&run.conn, &upstream_id, &MintedIds::too_many());
                     }
                 }
                 Some(CallEvent::Response(response)) => {
@@ -537,14 +573,6 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                 }
             }
         };
-        if declined > 0 {
-            tracing::warn!(
-                upstream = %run.upstream.name,
-                method = %run.method,
-                declined,
-                "the client did not keep up with the server's requests: gantry declined them for it"
-            );
-        }
         // The answer is queued for the client: the upstream's slot is free from here,
         // however long the client takes to read it.
         drop(out);
@@ -562,74 +590,6 @@ fn relays_to_client(ctx: &Ctx, server_request: &Value) -> bool {
         .and_then(Value::as_str)
         .unwrap_or_default();
     ctx.era == Era::Legacy && ctx.accepts_sse && client_can_answer(&ctx.caps, method)
-}
-
-/// Whether a client with these capabilities can answer a server request.
-pub fn client_can_answer(caps: &ClientCaps, method: &str) -> bool {
-    match method {
-        "sampling/createMessage" => caps.sampling,
-        "elicitation/create" => caps.elicitation,
-        "roots/list" => caps.roots,
-        "ping" => true,
-        _ => false,
-    }
-}
-
-/// Most server requests of one call that may wait for the client's answer at a time.
-/// Sampling and elicitation come one or a few at a time; past this the upstream is
-/// flooding, and each waiting request is held by the gateway until the call ends.
-pub(super) const MAX_WAITING_SERVER_REQUESTS: usize = 64;
-
-/// Why a server request is declined when its call's stream holds a whole backlog.
-const NOT_READING: &str = "gantry: the client is not reading this call's stream";
-
-/// Gateway ids given to server requests relayed on one stream; they are forgotten when
-/// the stream ends, answered or not.
-pub struct MintedIds {
-    gw: Arc<Gateway>,
-    ids: Vec<String>,
-}
-
-impl MintedIds {
-    pub fn new(gw: &Arc<Gateway>) -> Self {
-        Self {
-            gw: Arc::clone(gw),
-            ids: Vec::new(),
-        }
-    }
-
-    /// A gateway id for the server request `upstream_id`, or `None` when
-    /// [`MAX_WAITING_SERVER_REQUESTS`] of this stream's requests wait for the client already:
-    /// the caller then declines it.
-    pub fn mint(&mut self, conn: &Arc<Connection>, upstream_id: &Value) -> Option<String> {
-        if self.ids.len() >= MAX_WAITING_SERVER_REQUESTS {
-            // Forget the ones the client has answered since.
-            let pending = self.gw.server_requests.lock().unwrap();
-            self.ids.retain(|id| pending.contains_key(id));
-            if self.ids.len() >= MAX_WAITING_SERVER_REQUESTS {
-                return None;
-            }
-        }
-        let id = self.gw.register_server_request(conn, upstream_id.clone());
-        self.ids.push(id.clone());
-        Some(id)
-    }
-
-    /// The reason given to the upstream for a request [`MintedIds::mint`] refused.
-    pub fn too_many() -> String {
-        format!(
-            "gantry: {MAX_WAITING_SERVER_REQUESTS} earlier requests already wait for the client's answer"
-        )
-    }
-}
-
-impl Drop for MintedIds {
-    fn drop(&mut self) {
-        let mut pending = self.gw.server_requests.lock().unwrap();
-        for id in &self.ids {
-            pending.remove(id);
-        }
-    }
 }
 
 /// An SSE response of JSON-RPC messages; `keep_alive` for long-lived streams.

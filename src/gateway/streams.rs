@@ -13,7 +13,7 @@ use super::era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
 use super::relay::sse_response;
-use super::relay::{MintedIds, client_can_answer};
+use super::server_requests::{self, Declines, MintedIds, client_can_answer};
 use super::session::{ClientCaps, SessionClaims};
 use super::{Gateway, Route};
 use crate::policy::Access;
@@ -49,9 +49,18 @@ fn forward(
                 let Ok(conn) = conn else { continue };
                 let mut events = conn.subscribe();
                 // Server requests made outside any call come here when this client can answer.
-                let (req_tx, mut req_rx) = mpsc::channel::<(Value, Value)>(16);
+                // As many may queue here as may wait for the client's answers: a burst
+                // of them all gets in, and past that the client has its hands full.
+                let (req_tx, mut req_rx) =
+                    mpsc::channel::<(Value, Value)>(server_requests::MAX_WAITING);
+                let declines = Arc::new(Declines::new(&upstream, "GET"));
                 let _listener = requests.map(|caps| {
-                    conn.listen_for_requests(move |method| client_can_answer(&caps, method), req_tx)
+                    let full = Arc::clone(&declines);
+                    conn.listen_for_requests(
+                        move |method| client_can_answer(&caps, method),
+                        req_tx,
+                        Arc::new(move |conn, id| full.decline(conn, id, &MintedIds::too_many())),
+                    )
                 });
                 let mut minted = MintedIds::new(&gw);
                 loop {
@@ -61,8 +70,7 @@ fn forward(
                         _ = conn.closed().cancelled() => break,
                         Some((upstream_id, mut msg)) = req_rx.recv() => {
                             let Some(minted_id) = minted.mint(&conn, &upstream_id) else {
-                                tracing::warn!(upstream = %upstream.name, method = method_of(&msg), "a server request was declined: the client has not answered earlier ones");
-                                conn.decline(&upstream_id, &MintedIds::too_many());
+                                declines.decline(&conn, &upstream_id, &MintedIds::too_many());
                                 continue;
                             };
                             msg["id"] = Value::String(minted_id);

@@ -1,6 +1,6 @@
 //! One upstream's `mcp_requests_total{server,method,outcome}`,
 //! `mcp_request_duration_seconds{server,method}`, `mcp_requests_in_flight{server}` and
-//! `mcp_notifications_dropped_total{server}`.
+//! `mcp_notifications_dropped_total{server}` and `mcp_server_requests_declined_total{server}`.
 //!
 //! Handles are looked up once per label set and kept with the upstream: registering a
 //! metric on each call (building its key, hashing it, finding it in the registry) costs
@@ -18,6 +18,7 @@ pub struct CallMetrics {
     server: String,
     in_flight: Gauge,
     notifications_dropped: Counter,
+    server_requests_declined: Counter,
     counts: Mutex<Vec<(&'static str, &'static str, Counter)>>,
     durations: Mutex<Vec<(&'static str, Histogram)>>,
 }
@@ -29,6 +30,10 @@ impl CallMetrics {
             in_flight: metrics::gauge!(m::MCP_IN_FLIGHT, "server" => server.to_string()),
             notifications_dropped: metrics::counter!(
                 m::NOTIFICATIONS_DROPPED,
+                "server" => server.to_string()
+            ),
+            server_requests_declined: metrics::counter!(
+                m::SERVER_REQUESTS_DECLINED,
                 "server" => server.to_string()
             ),
             counts: Mutex::new(Vec::new()),
@@ -44,6 +49,12 @@ impl CallMetrics {
     /// Notifications a client read too slowly to be given (see `gateway::call_stream`).
     pub fn notifications_dropped(&self) -> &Counter {
         &self.notifications_dropped
+    }
+
+    /// Server requests answered for a client that was not taking them (see
+    /// `gateway::relay::Declines`).
+    pub fn server_requests_declined(&self) -> &Counter {
+        &self.server_requests_declined
     }
 
     pub fn record(&self, method: &'static str, outcome: &'static str, elapsed: Duration) {

@@ -29,6 +29,9 @@ pub const RATE_LIMIT_FALLBACK: &str = "rate_limit_fallback_total";
 pub const CONNECTIONS_TIMED_OUT: &str = "http_connections_timed_out_total";
 /// Notifications not given to a client that read its stream too slowly, by `server`.
 pub const NOTIFICATIONS_DROPPED: &str = "mcp_notifications_dropped_total";
+/// Server requests (sampling, elicitation, roots) the gateway answered with an error for a
+/// client that was not taking them, by `server`.
+pub const SERVER_REQUESTS_DECLINED: &str = "mcp_server_requests_declined_total";
 /// Log lines dropped because stderr was not read fast enough (`log.buffer_lines`).
 pub const LOG_LINES_DROPPED: &str = "log_lines_dropped_total";
 
@@ -95,6 +98,10 @@ pub fn install() -> PrometheusHandle {
             metrics::describe_counter!(
                 NOTIFICATIONS_DROPPED,
                 "Upstream notifications dropped for a client that read its stream too slowly"
+            );
+            metrics::describe_counter!(
+                SERVER_REQUESTS_DECLINED,
+                "Server requests answered with an error by the gateway for a client that was not taking them"
             );
             metrics::describe_counter!(
                 LOG_LINES_DROPPED,

@@ -78,7 +78,13 @@ struct RequestListener {
     id: u64,
     can_answer: Box<dyn Fn(&str) -> bool + Send + Sync>,
     tx: mpsc::Sender<(Value, Value)>,
+    when_full: WhenFull,
 }
+
+/// What becomes of a server request (its upstream id given) that a listener could answer
+/// but has no room for: its stream declines it, so it is counted where the stream's
+/// other declines are.
+pub type WhenFull = Arc<dyn Fn(&Connection, &Value) + Send + Sync>;
 
 /// Unregisters its listener when dropped.
 pub struct ListenerGuard {
@@ -207,12 +213,14 @@ impl Connection {
         self: &Arc<Self>,
         can_answer: impl Fn(&str) -> bool + Send + Sync + 'static,
         tx: mpsc::Sender<(Value, Value)>,
+        when_full: WhenFull,
     ) -> ListenerGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.listeners.lock().unwrap().push(RequestListener {
             id,
             can_answer: Box::new(can_answer),
             tx,
+            when_full,
         });
         ListenerGuard {
             conn: Arc::downgrade(self),
@@ -297,11 +305,13 @@ impl Connection {
         // and tokio's channel allocates room for 32 of them up front (5 KB a call).
         let (tx, rx) = call_events::unbounded();
         let original_id = body.insert("id".into(), json!(id)).unwrap_or(Value::Null);
+        // Only a caller that asked for progress gets it: the upstream sees a token, its
+        // id, only in place of the caller's own.
         let original_token = body
             .get_mut("params")
             .and_then(|p| p.get_mut("_meta"))
-            .and_then(Value::as_object_mut)
-            .and_then(|meta| meta.insert("progressToken".into(), json!(id)));
+            .and_then(|meta| meta.get_mut("progressToken"))
+            .map(|token| std::mem::replace(token, json!(id)));
         let mut call = Call {
             id,
             conn: Arc::clone(self),
@@ -432,15 +442,15 @@ impl Connection {
                         .and_then(|p| p.get("progressToken"))
                         .and_then(Value::as_u64);
                     let pending = self.pending.lock().unwrap();
+                    // Progress for a call whose caller gave no token is for nobody.
                     if let Some(p) = token.and_then(|t| pending.get(&t)) {
-                        if let Some(Value::Object(params)) = body.get_mut("params") {
-                            params.insert(
-                                "progressToken".into(),
-                                p.original_token.clone().unwrap_or(Value::Null),
-                            );
+                        if let (Some(original), Some(Value::Object(params))) =
+                            (&p.original_token, body.get_mut("params"))
+                        {
+                            params.insert("progressToken".into(), original.clone());
+                            let _ =
+                                p.tx.unbounded_send(CallEvent::Notification(Value::Object(body)));
                         }
-                        let _ =
-                            p.tx.unbounded_send(CallEvent::Notification(Value::Object(body)));
                     }
                     return;
                 }
@@ -482,16 +492,23 @@ impl Connection {
             .get("method")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let listeners = self.listeners.lock().unwrap();
-        for listener in listeners.iter().rev() {
-            if (listener.can_answer)(method)
-                && listener.tx.try_send((id.clone(), msg.clone())).is_ok()
-            {
-                return;
+        let mut full = None;
+        for listener in self.listeners.lock().unwrap().iter().rev() {
+            if !(listener.can_answer)(method) {
+                continue;
+            }
+            match listener.tx.try_send((id.clone(), msg.clone())) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    full.get_or_insert_with(|| Arc::clone(&listener.when_full));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        drop(listeners);
-        self.answer_unrouted(&id, &msg);
+        match full {
+            Some(when_full) => when_full(self, &id),
+            None => self.answer_unrouted(&id, &msg),
+        }
     }
 
     /// Answers a server request that no client can take: pings succeed, roots are empty,

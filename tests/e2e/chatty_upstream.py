@@ -6,7 +6,10 @@ tell it got the answer. Its `big` tool answers with a text of `size` bytes on on
 the client, or an error from the gateway), and answers with a JSON text of how many were
 answered, how many declined, and the reasons given. Its `ask_then_flood` tool sends one
 sampling request, then `count` progress notifications (saying "flood sent" on stderr once
-written), then waits for the request's answer and answers with its text."""
+written), then waits for the request's answer, sends one more progress notification
+(`count` + 1) and answers with the answer's text. Its `ask_later` tool answers at once,
+then sends `count` sampling requests that belong to no call; once each has an answer it
+says on stderr, after "later: ", how many were answered and declined, and why."""
 import json
 import sys
 import time
@@ -70,7 +73,29 @@ def ask_then_flood(count: int, token) -> str:
     sys.stdout.flush()
     print("flood sent", file=sys.stderr, flush=True)
     msg = answers({"wait-0"})["wait-0"]
+    send({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+        "progressToken": token, "progress": count + 1, "total": count}})
     return "answer: " + msg.get("result", {}).get("content", {}).get("text", json.dumps(msg))
+
+
+ASK_LATER = {"name": "ask_later", "description": "`count` sampling requests outside any call, after answering",
+             "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}}, "required": ["count"]}}
+later = {"count": 0, "answers": {}}
+
+
+def ask_later(count: int):
+    later.update(count=count, answers={})
+    sys.stdout.write("".join(json.dumps({"jsonrpc": "2.0", "id": f"later-{i}", "method": "sampling/createMessage",
+                                         "params": {"messages": [], "maxTokens": 1}}) + "\n" for i in range(count)))
+    sys.stdout.flush()
+
+
+def later_answered(msg):
+    later["answers"][msg["id"]] = msg
+    if len(later["answers"]) == later["count"]:
+        reasons = [m["error"]["message"] for m in later["answers"].values() if "error" in m]
+        print("later: " + json.dumps({"answered": later["count"] - len(reasons), "declined": len(reasons),
+                                      "reasons": sorted(set(reasons))}), file=sys.stderr, flush=True)
 
 
 for line in sys.stdin:
@@ -78,12 +103,16 @@ for line in sys.stdin:
     method, rid = msg.get("method"), msg.get("id")
     if rid is None:
         continue
+    if method is None:
+        if str(rid).startswith("later-"):
+            later_answered(msg)
+        continue
     if method == "initialize":
         send({"jsonrpc": "2.0", "id": rid, "result": {
             "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
             "serverInfo": {"name": "chatty", "version": "1"}}})
     elif method == "tools/list":
-        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL, BIG, ASK, ASK_THEN_FLOOD]}})
+        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL, BIG, ASK, ASK_THEN_FLOOD, ASK_LATER]}})
     elif method == "tools/call" and msg.get("params", {}).get("name") == "big":
         size = int(msg["params"].get("arguments", {}).get("size", 0))
         send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "z" * size}]}})
@@ -92,6 +121,9 @@ for line in sys.stdin:
         text = ask_then_flood(int(params.get("arguments", {}).get("count", 0)),
                               params.get("_meta", {}).get("progressToken"))
         send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": text}]}})
+    elif method == "tools/call" and msg.get("params", {}).get("name") == "ask_later":
+        send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "asking"}]}})
+        ask_later(int(msg["params"].get("arguments", {}).get("count", 0)))
     elif method == "tools/call" and msg.get("params", {}).get("name") == "ask":
         args = msg["params"].get("arguments", {})
         text = ask(int(args.get("count", 0)), int(args.get("size", 0)))

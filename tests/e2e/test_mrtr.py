@@ -100,16 +100,41 @@ def test_a_parked_call_keeps_what_its_upstream_sends_within_the_backlog_and_rela
     grown = rss_kib(g.proc.pid) - before
     assert grown < 32 * 1024, f"gantry grew by {grown} KiB holding a parked call's flood"
 
+    # The retry is a request of its own, with its own progress token.
+    messages = sse_messages(_retry(g, first, params, {"progressToken": "p2"}, caps))
+    assert messages[-1]["id"] == 2 and messages[-1]["result"]["content"][0]["text"] == "answer: ok"
+    # What was kept comes first and in order, then what the upstream sent after its input;
+    # the rest past the backlog was dropped and counted.
+    progress = progress_of(messages)
+    held, after = progress[:-1], progress[-1]
+    assert held == list(range(1, len(held) + 1)) and len(held) > 1000 and after == count + 1, len(held)
+    tokens = {m["params"]["progressToken"] for m in messages if m.get("method") == "notifications/progress"}
+    assert tokens == {"p2"}, "progress relayed on the retry carries the retry's token"
+    dropped = g.metric("mcp_notifications_dropped_total", server="chatty")
+    assert len(held) + dropped == count
+    assert g.logged("notifications of a call waiting for the client's input were dropped", upstream="chatty")
+
+
+def _retry(g, first: dict, params: dict, meta: dict, caps: dict):
+    """The retry, id 2, of the request `params` that got the InputRequiredResult `first`."""
     (key, _), = first["inputRequests"].items()
-    retry = {**params, "requestState": first["requestState"],
+    retry = {**params, "_meta": meta, "requestState": first["requestState"],
              "inputResponses": {key: {"role": "assistant", "model": "m", "content": {"type": "text", "text": "ok"}}}}
     body, headers = g.modern_request("tools/call", retry, id=2)
     body["params"]["_meta"].update(caps)
-    messages = sse_messages(g.post(body, path="/mcp/chatty", headers=headers))
-    assert messages[-1]["id"] == 2 and messages[-1]["result"]["content"][0]["text"] == "answer: ok"
-    # What was kept comes first and in order; the rest past the backlog was dropped and counted.
-    progress = progress_of(messages)
-    assert progress == list(range(1, len(progress) + 1)) and len(progress) > 1000, len(progress)
-    dropped = g.metric("mcp_notifications_dropped_total", server="chatty")
-    assert len(progress) + dropped == count
-    assert g.logged("notifications of a call waiting for the client's input were dropped", upstream="chatty")
+    return g.post(body, path="/mcp/chatty", headers=headers)
+
+
+def test_a_retry_that_asks_for_no_progress_gets_none_of_the_parked_calls(gantry):
+    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    params = {"name": "ask_then_flood", "arguments": {"count": 20}, "_meta": {"progressToken": "p"}}
+    caps = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+    body, headers = g.modern_request("tools/call", params, id=1)
+    body["params"]["_meta"].update(caps)
+    first = g.post(body, path="/mcp/chatty", headers=headers).json()["result"]
+    assert first["resultType"] == "input_required"
+    wait_until(lambda: g.logged("flood sent", upstream="chatty"), what="the upstream's progress")
+    r = _retry(g, first, params, {}, caps)
+    # Nothing came before the answer, so it is plain JSON.
+    assert r.headers["content-type"].startswith("application/json"), r.text[:300]
+    assert r.json()["result"]["content"][0]["text"] == "answer: ok"

@@ -71,6 +71,19 @@ def test_a_flood_larger_than_the_backlog_reaches_a_client_that_keeps_up_whole_an
     assert g.metric("mcp_notifications_dropped_total", server="chatty") == 0
 
 
+def test_a_caller_that_gives_no_progress_token_gets_no_progress(gantry):
+    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    sid, _ = g.initialize(path="/mcp/chatty")
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    # `_meta` without a token: the upstream (which sends progress only when given a token)
+    # must not be handed one, nor the client get progress it cannot tell apart.
+    params = {"name": "flood", "arguments": {"count": 5}, "_meta": {"trace": "t-1"}}
+    r = g.post({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params}, path="/mcp/chatty",
+               headers=session)
+    assert r.headers["content-type"].startswith("application/json"), r.text[:300]
+    assert r.json()["result"]["content"][0]["text"] == "flooded 5"
+
+
 def test_a_client_that_stops_reading_costs_bounded_memory_holds_no_slot_and_still_gets_its_answer(gantry):
     # One slot: a call that kept it until its client read would block every other call.
     g = gantry({"upstreams": {"chatty": chatty_stdio(max_concurrency=1, timeout_secs=20)}})
@@ -221,4 +234,39 @@ def test_server_requests_for_a_client_that_stops_reading_are_declined_past_the_b
     # The backlog holds 4 MiB: four of these requests, and a fifth takes it past; what the
     # connection's buffers took off the queue before they filled let a few more in.
     assert 45 <= line["declined"] <= 55, line
+    assert g.metric("mcp_server_requests_declined_total", server="chatty") == line["declined"]
     assert grown < 40 * 1024, f"gantry grew by {grown} KiB for 60 MB of requests"
+
+
+def test_server_requests_outside_calls_are_bounded_counted_and_answered_when_the_client_leaves(gantry):
+    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    sid, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    headers = {**g.auth(), **session, "Accept": "text/event-stream"}
+    relayed = []
+    with httpx2.stream("GET", g.base + "/mcp/chatty", headers=headers, timeout=30) as stream:
+        assert stream.status_code == 200
+        # 100 sampling requests that belong to no call travel on the session's GET
+        # stream; its client answers none of them.
+        body = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "ask_later",
+                                                                             "arguments": {"count": 100}}}
+        assert g.post(body, path="/mcp/chatty", headers=session).json()["result"]["content"][0]["text"] == "asking"
+        deadline = time.monotonic() + 20  # the stream's keep-alives come every 15 s
+        for line in stream.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:]).get("method") == "sampling/createMessage":
+                relayed.append(line)
+            if len(relayed) == 64 or time.monotonic() > deadline:
+                break
+        assert len(relayed) == 64, f"{len(relayed)} requests relayed"
+        wait_until(lambda: g.metric("mcp_server_requests_declined_total", server="chatty") == 36,
+                   what="the requests past the 64 waiting declined and counted")
+    # The client has gone: the 64 it held are answered for it, so the upstream waits on nothing.
+    wait_until(lambda: g.logged("later: ", upstream="chatty"), what="every request answered")
+    [said] = [json.loads(l)["message"] for l in g.logs().splitlines() if "later: " in l]
+    outcome = json.loads(said[said.index("later: ") + len("later: "):])
+    assert (outcome["answered"], outcome["declined"]) == (0, 100), outcome
+    assert len(outcome["reasons"]) == 2 and any("stream ended" in r for r in outcome["reasons"]), outcome
+    # One log line for the stream, with the count, not one per request.
+    wait_until(lambda: g.logged("gantry declined them for it", upstream="chatty"), what="the declines logged")
+    [line] = [json.loads(l) for l in g.logs().splitlines() if "gantry declined them for it" in l]
+    assert (line["declined"], line["method"]) == (36, "GET"), line
