@@ -5,8 +5,8 @@
 pub mod aggregate;
 pub mod audited;
 pub mod auth;
-pub mod call_stream;
 pub mod catalog;
+pub mod client_stream;
 pub mod ended_sessions;
 pub mod era;
 pub mod host_policy;

@@ -27,7 +27,7 @@ use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::call_stream;
+use super::client_stream;
 use super::era::Era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
@@ -45,7 +45,7 @@ const INPUT_KEY: &str = "upstream";
 /// which take several times their JSON's length (a 200,000-notification flood held up to
 /// the stream's 4 MiB backlog grew gantry by 49 MiB), so an eighth of that backlog:
 /// about 5,000 progress notifications.
-const HELD_NOTIFICATION_BYTES: usize = call_stream::BACKLOG_BYTES / 8;
+const HELD_NOTIFICATION_BYTES: usize = client_stream::BACKLOG_BYTES / 8;
 
 /// A call waiting for the client's input.
 pub struct Parked {

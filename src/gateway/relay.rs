@@ -3,28 +3,25 @@
 //! requests of its own.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{Stream, StreamExt};
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 use serde_json::{Map, Value, json};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use super::audited::Audited;
-use super::call_stream;
+use super::client_stream;
 use super::era::{self, Era};
 use super::http::{Ctx, json_bytes_response, json_response};
 use super::jsonrpc;
 use super::mrtr;
 use super::raw_response::RawResponse;
 use super::result_cache::{CacheKeys, ResultCache};
-use super::server_requests::{Declines, MintedIds, NOT_READING, client_can_answer};
+use super::server_requests::{self, Declines, MintedIds, client_can_answer};
 use crate::upstream::{Admission, Call, CallEvent, Connection, Upstream, UpstreamError};
 
 /// An upstream's answer, relayed as it came (2026-07-28 clients get their result fields
@@ -500,11 +497,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     };
 
     // Something arrives before the answer: stream it, then the answer, over SSE.
-    let (mut out, stream) = call_stream::channel(
-        &run.upstream.name,
-        &run.method,
-        run.upstream.metrics.notifications_dropped().clone(),
-    );
+    let (out, stream) = client_stream::channel(&run.upstream.name, &run.method);
     tokio::spawn(async move {
         let mut minted = MintedIds::new(&gw);
         let declines = Declines::new(&run.upstream, &run.method);
@@ -519,7 +512,9 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                 },
             };
             match current {
-                Some(CallEvent::Notification(n)) => out.notify(&n),
+                Some(CallEvent::Notification(n)) => {
+                    out.notify(&n, run.upstream.metrics.notifications_dropped())
+                }
                 Some(CallEvent::ServerRequest { upstream_id, msg })
                     if mrtr::applies(&ctx, &msg) =>
                 {
@@ -527,19 +522,18 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                     out.send(&mrtr::park(&gw, &ctx, &id, run, upstream_id, msg));
                     return;
                 }
-                Some(CallEvent::ServerRequest {
-                    upstream_id,
-                    mut msg,
-                }) => {
-                    if !relays_to_client(&ctx, &msg) {
-                        run.conn.answer_unrouted(&upstream_id, &msg);
-                    } else if out.is_full() {
-                        declines.decline(&run.conn, &upstream_id, NOT_READING);
-                    } else if let Some(minted_id) = minted.mint(&run.conn, &upstream_id) {
-                        msg["id"] = Value::String(minted_id);
-                        out.send(&msg);
+                Some(CallEvent::ServerRequest { upstream_id, msg }) => {
+                    if relays_to_client(&ctx, &msg) {
+                        server_requests::relay(
+                            &out,
+                            &mut minted,
+                            &declines,
+                            &run.conn,
+                            &upstream_id,
+                            msg,
+                        );
                     } else {
-                        declines.decline(&run.conn, &upstream_id, &MintedIds::too_many());
+                        run.conn.answer_unrouted(&upstream_id, &msg);
                     }
                 }
                 Some(CallEvent::Response(response)) => {
@@ -579,7 +573,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
         drop(minted);
         run.settle(outcome);
     });
-    sse(stream, None)
+    stream.into_response(None)
 }
 
 /// Whether a server request met during a session-era call goes to the client on the
@@ -590,37 +584,4 @@ fn relays_to_client(ctx: &Ctx, server_request: &Value) -> bool {
         .and_then(Value::as_str)
         .unwrap_or_default();
     ctx.era == Era::Legacy && ctx.accepts_sse && client_can_answer(&ctx.caps, method)
-}
-
-/// An SSE response of JSON-RPC messages; `keep_alive` for long-lived streams.
-pub fn sse_response(rx: mpsc::Receiver<Value>, keep_alive: Option<Duration>) -> Response {
-    let messages = futures::stream::unfold(rx, |mut rx| async move {
-        let msg = rx.recv().await?;
-        Some((
-            serde_json::to_string(&msg).expect("JSON values serialize"),
-            rx,
-        ))
-    });
-    sse(messages, keep_alive)
-}
-
-/// An SSE response of JSON-RPC messages given as JSON text.
-fn sse<S>(messages: S, keep_alive: Option<Duration>) -> Response
-where
-    S: Stream<Item = String> + Send + 'static,
-{
-    let events =
-        messages.map(|json| Ok::<_, Infallible>(Event::default().event("message").data(json)));
-    let sse = Sse::new(events);
-    let mut response = match keep_alive {
-        Some(interval) => sse
-            .keep_alive(KeepAlive::new().interval(interval).text(""))
-            .into_response(),
-        None => sse.into_response(),
-    };
-    // Tells nginx (and similar proxies) not to buffer the stream.
-    response
-        .headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::Value;
 
 use super::Gateway;
+use super::client_stream;
 use super::session::ClientCaps;
 use crate::upstream::{Connection, Upstream};
 
@@ -28,7 +29,28 @@ pub fn client_can_answer(caps: &ClientCaps, method: &str) -> bool {
 pub const MAX_WAITING: usize = 64;
 
 /// Why a server request is declined when its stream holds a whole backlog.
-pub const NOT_READING: &str = "gantry: the client is not reading its stream";
+const NOT_READING: &str = "gantry: the client is not reading its stream";
+
+/// Gives the server request `upstream_id` to the client on `out` under a gateway id, or
+/// declines it for the client: when its stream holds the whole backlog, or [`MAX_WAITING`]
+/// of the stream's requests wait for answers already.
+pub fn relay(
+    out: &client_stream::Sender,
+    ids: &mut MintedIds,
+    declines: &Declines,
+    conn: &Arc<Connection>,
+    upstream_id: &Value,
+    mut msg: Value,
+) {
+    if out.is_full() {
+        declines.decline(conn, upstream_id, NOT_READING);
+    } else if let Some(id) = ids.mint(conn, upstream_id) {
+        msg["id"] = Value::String(id);
+        out.send(&msg);
+    } else {
+        declines.decline(conn, upstream_id, &MintedIds::too_many());
+    }
+}
 
 /// Why a server request is declined when the stream that relayed it ends unanswered.
 const STREAM_ENDED: &str = "gantry: the client's stream ended before it answered";

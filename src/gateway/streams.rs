@@ -9,10 +9,10 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+use super::client_stream;
 use super::era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
-use super::relay::sse_response;
 use super::server_requests::{self, Declines, MintedIds, client_can_answer};
 use super::session::{ClientCaps, SessionClaims};
 use super::{Gateway, Route};
@@ -24,18 +24,20 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Decides whether (and as what) an upstream notification reaches a stream.
 type Filter = Arc<dyn Fn(&Value) -> Option<Value> + Send + Sync>;
 
-/// Subscribes to each upstream's unsolicited messages, following reconnects, and feeds
-/// the ones `keep` accepts into `tx` until the client leaves or the gateway stops.
+/// Subscribes to each upstream's unsolicited messages, following reconnects, and queues
+/// the ones `keep` accepts on `out` until the client leaves or the gateway stops. Nothing
+/// here waits on the client: what it has not read is bounded by `out`'s backlog.
 fn forward(
     gw: &Arc<Gateway>,
     route: &Route,
-    tx: mpsc::Sender<Value>,
+    out: client_stream::Sender,
     keep: Filter,
     requests: Option<ClientCaps>,
     access: Option<&Access>,
 ) {
+    let out = Arc::new(out);
     for upstream in gw.upstreams_for(route, access) {
-        let tx = tx.clone();
+        let out = Arc::clone(&out);
         let keep = Arc::clone(&keep);
         let shutdown = gw.shutdown.clone();
         let gw = Arc::clone(gw);
@@ -43,8 +45,8 @@ fn forward(
             loop {
                 let conn = tokio::select! {
                     c = upstream.connection(Duration::from_secs(3600)) => c,
-                    _ = tx.closed() => return,
-                    _ = shutdown.cancelled() => return,
+                    () = out.gone() => return,
+                    () = shutdown.cancelled() => return,
                 };
                 let Ok(conn) = conn else { continue };
                 let mut events = conn.subscribe();
@@ -65,21 +67,16 @@ fn forward(
                 let mut minted = MintedIds::new(&gw);
                 loop {
                     tokio::select! {
-                        _ = tx.closed() => return,
-                        _ = shutdown.cancelled() => return,
-                        _ = conn.closed().cancelled() => break,
-                        Some((upstream_id, mut msg)) = req_rx.recv() => {
-                            let Some(minted_id) = minted.mint(&conn, &upstream_id) else {
-                                declines.decline(&conn, &upstream_id, &MintedIds::too_many());
-                                continue;
-                            };
-                            msg["id"] = Value::String(minted_id);
-                            if tx.send(msg).await.is_err() { return; }
+                        () = out.gone() => return,
+                        () = shutdown.cancelled() => return,
+                        () = conn.closed().cancelled() => break,
+                        Some((upstream_id, msg)) = req_rx.recv() => {
+                            server_requests::relay(&out, &mut minted, &declines, &conn, &upstream_id, msg);
                         }
                         event = events.recv() => match event {
                             Ok(event) => {
-                                if let Some(out) = keep(&event) {
-                                    if tx.send(out).await.is_err() { return; }
+                                if let Some(message) = keep(&event) {
+                                    out.notify(&message, upstream.metrics.notifications_dropped());
                                 }
                             }
                             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -107,7 +104,7 @@ pub fn session_stream(
     claims: Arc<SessionClaims>,
     access: Option<&Access>,
 ) -> Response {
-    let (tx, rx) = mpsc::channel(64);
+    let (out, stream) = client_stream::channel(route.server().unwrap_or("*"), "GET");
     let sid = claims.sid.clone();
     let filter_gw = Arc::clone(&gw);
     let keep: Filter = Arc::new(move |event: &Value| -> Option<Value> {
@@ -117,8 +114,8 @@ pub fn session_stream(
         }
         Some(event.clone())
     });
-    forward(&gw, &route, tx, keep, Some(claims.caps), access);
-    sse_response(rx, Some(KEEP_ALIVE))
+    forward(&gw, &route, out, keep, Some(claims.caps), access);
+    stream.into_response(Some(KEEP_ALIVE))
 }
 
 /// 2026-07-28 `subscriptions/listen`: acknowledge what is honored, then deliver the
@@ -208,8 +205,9 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         "notifications/subscriptions/acknowledged",
         json!({ "_meta": { era::META_SUBSCRIPTION_ID: id }, "notifications": honored }),
     );
-    let (tx, rx) = mpsc::channel(64);
-    let _ = tx.send(ack).await;
+    let (out, stream) =
+        client_stream::channel(ctx.route.server().unwrap_or("*"), "subscriptions/listen");
+    out.send(&ack);
     let uris: HashSet<String> = honored_uris.into_iter().collect();
     let keep: Filter = Arc::new(move |event: &Value| -> Option<Value> {
         let wanted = match method_of(event) {
@@ -240,10 +238,10 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
     forward(
         &gw,
         &ctx.route,
-        tx,
+        out,
         keep,
         None,
         ctx.principal.access.as_deref(),
     );
-    sse_response(rx, Some(KEEP_ALIVE))
+    stream.into_response(Some(KEEP_ALIVE))
 }

@@ -46,7 +46,7 @@ impl CallMetrics {
         &self.in_flight
     }
 
-    /// Notifications a client read too slowly to be given (see `gateway::call_stream`).
+    /// Notifications a client read too slowly to be given (see `gateway::client_stream`).
     pub fn notifications_dropped(&self) -> &Counter {
         &self.notifications_dropped
     }

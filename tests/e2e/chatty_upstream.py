@@ -9,7 +9,9 @@ sampling request, then `count` progress notifications (saying "flood sent" on st
 written), then waits for the request's answer, sends one more progress notification
 (`count` + 1) and answers with the answer's text. Its `ask_later` tool answers at once,
 then sends `count` sampling requests that belong to no call; once each has an answer it
-says on stderr, after "later: ", how many were answered and declined, and why."""
+says on stderr, after "later: ", how many were answered and declined, and why. Its
+`log_later` tool answers at once, then sends `count` log messages of `size` bytes that
+belong to no call (saying "logs sent" on stderr once written)."""
 import json
 import sys
 import time
@@ -90,6 +92,20 @@ def ask_later(count: int):
     sys.stdout.flush()
 
 
+LOG_LATER = {"name": "log_later", "description": "`count` log messages of `size` bytes outside any call, after answering",
+             "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}, "size": {"type": "integer"}},
+                             "required": ["count", "size"]}}
+
+
+def log_later(count: int, size: int):
+    line = json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
+                       "params": {"level": "info", "logger": "chatty", "data": "x" * size}}) + "\n"
+    for _ in range(count):
+        sys.stdout.write(line)
+    sys.stdout.flush()
+    print("logs sent", file=sys.stderr, flush=True)
+
+
 def later_answered(msg):
     later["answers"][msg["id"]] = msg
     if len(later["answers"]) == later["count"]:
@@ -112,7 +128,7 @@ for line in sys.stdin:
             "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
             "serverInfo": {"name": "chatty", "version": "1"}}})
     elif method == "tools/list":
-        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL, BIG, ASK, ASK_THEN_FLOOD, ASK_LATER]}})
+        send({"jsonrpc": "2.0", "id": rid, "result": {"tools": [TOOL, BIG, ASK, ASK_THEN_FLOOD, ASK_LATER, LOG_LATER]}})
     elif method == "tools/call" and msg.get("params", {}).get("name") == "big":
         size = int(msg["params"].get("arguments", {}).get("size", 0))
         send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "z" * size}]}})
@@ -124,6 +140,10 @@ for line in sys.stdin:
     elif method == "tools/call" and msg.get("params", {}).get("name") == "ask_later":
         send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "asking"}]}})
         ask_later(int(msg["params"].get("arguments", {}).get("count", 0)))
+    elif method == "tools/call" and msg.get("params", {}).get("name") == "log_later":
+        send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "logging"}]}})
+        args = msg["params"].get("arguments", {})
+        log_later(int(args.get("count", 0)), int(args.get("size", 0)))
     elif method == "tools/call" and msg.get("params", {}).get("name") == "ask":
         args = msg["params"].get("arguments", {})
         text = ask(int(args.get("count", 0)), int(args.get("size", 0)))

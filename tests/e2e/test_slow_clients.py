@@ -270,3 +270,38 @@ def test_server_requests_outside_calls_are_bounded_counted_and_answered_when_the
     wait_until(lambda: g.logged("gantry declined them for it", upstream="chatty"), what="the declines logged")
     [line] = [json.loads(l) for l in g.logs().splitlines() if "gantry declined them for it" in l]
     assert (line["declined"], line["method"]) == (36, "GET"), line
+
+
+def test_a_get_stream_whose_client_stops_reading_costs_bounded_memory(gantry):
+    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    sid, _ = g.initialize(path="/mcp/chatty")
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    host, port = g.addr.rsplit(":", 1)
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect((host, int(port)))
+    head = {"Host": g.addr, "Accept": "text/event-stream", **g.auth(), **session}
+    stalled.sendall(("GET /mcp/chatty HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items())
+                     + "\r\n").encode())
+    try:
+        assert stalled.recv(200).startswith(b"HTTP/1.1 200"), "the stream is open"
+        before = rss_kib(g.proc.pid)
+        # 150 log messages of 1 MB that belong to no call, for a client that reads none.
+        r = g.post({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                    "params": {"name": "log_later", "arguments": {"count": 150, "size": 1_000_000}}},
+                   path="/mcp/chatty", headers=session)
+        assert r.json()["result"]["content"][0]["text"] == "logging"
+        wait_until(lambda: g.logged("logs sent", upstream="chatty"), what="the upstream's logs")
+        # The upstream's pipe is read in order: once this is answered, gantry has taken them all.
+        r = g.post({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                    "params": {"name": "big", "arguments": {"size": 1}}}, path="/mcp/chatty", headers=session)
+        assert r.json()["result"]["content"][0]["text"] == "z"
+        grown = rss_kib(g.proc.pid) - before
+        assert grown < 48 * 1024, f"gantry grew by {grown} KiB holding 150 MB for a stalled GET stream"
+    finally:
+        stalled.close()
+    wait_until(lambda: g.logged("notifications were dropped", upstream="chatty"), what="the drops logged")
+    [line] = [json.loads(l) for l in g.logs().splitlines() if "notifications were dropped" in l]
+    assert line["method"] == "GET" and line["dropped"] >= 100, line
+    assert g.metric("mcp_notifications_dropped_total", server="chatty") >= line["dropped"]
+

@@ -1,31 +1,39 @@
-//! The SSE stream of one relayed call: what the upstream sends before its answer
-//! (progress, logs, server requests), then the answer, queued for the client's connection.
+//! What waits for one client's SSE response: a relayed call's stream (what the upstream
+//! sends before its answer — progress, logs, server requests — then the answer), a
+//! session's GET stream, or a `subscriptions/listen` stream.
 //!
-//! The relay takes the call's events as they come and never waits on the client: a stdio
-//! upstream's events for every call come through one pipe (a legacy SSE upstream's through
-//! one stream), so waiting for one slow client would either stall the other calls or pile
-//! the events up unseen. Instead the queue is bounded: notifications that find it holding
+//! The gateway takes an upstream's events as they come and never waits on a client: a
+//! stdio upstream's events for every call come through one pipe (a legacy SSE upstream's
+//! through one stream), and the events outside calls reach every stream from one
+//! broadcast, so waiting for one slow client would either stall the others or pile the
+//! events up unseen. Instead the queue is bounded: notifications that find it holding
 //! [`BACKLOG_BYTES`] are dropped and counted (`mcp_notifications_dropped_total`), so a
 //! client that stops reading costs a bounded amount of memory. The answer always gets in:
 //! the call depends on it, and there is at most one. A server request is queued unless the
-//! queue is already full ([`Sender::is_full`]); the relay then answers it for the client with
-//! an error, since a request dropped unanswered would leave the server waiting.
+//! queue is already full ([`Sender::is_full`]); it is then answered for the client with an
+//! error, since a request dropped unanswered would leave the server waiting.
 //!
 //! The client's connection drains the whole queue each time it can write, so a client
 //! that keeps up loses nothing to a burst smaller than the bound.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use futures::Stream;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures::task::AtomicWaker;
+use futures::{Stream, StreamExt};
+use http::HeaderValue;
 use metrics::Counter;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-/// How many bytes of JSON may wait for one call's client before its notifications are
+/// How many bytes of JSON may wait for one client's stream before its notifications are
 /// dropped: about 27,000 progress notifications, several seconds of a flood that a client
 /// in Python parses more slowly than gantry relays it.
 pub const BACKLOG_BYTES: usize = 4 << 20;
@@ -45,13 +53,13 @@ struct Shared {
     gone: CancellationToken,
 }
 
-/// The relay's side. Dropping it ends the stream after what is queued, and logs how many
-/// notifications it dropped, however the call ended.
+/// The gateway's side, shared by whatever feeds the stream (for a GET stream on `/mcp`,
+/// a task per upstream). Dropping it ends the stream after what is queued, and logs how
+/// many notifications it dropped, however the stream ended.
 pub struct Sender {
     shared: Arc<Shared>,
-    dropped: Counter,
-    dropped_here: u64,
-    /// The call's server and method, for that log line.
+    dropped: AtomicU64,
+    /// The stream's server (`*` for every server's) and method, for that log line.
     server: Box<str>,
     method: Box<str>,
 }
@@ -61,9 +69,8 @@ pub struct Receiver {
     shared: Arc<Shared>,
 }
 
-/// A new stream for a call of `method` on `server`; notifications it drops count in
-/// `dropped`.
-pub fn channel(server: &str, method: &str, dropped: Counter) -> (Sender, Receiver) {
+/// A new stream for `method` (a call's, or `GET`, or `subscriptions/listen`) on `server`.
+pub fn channel(server: &str, method: &str) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
         reader: AtomicWaker::new(),
@@ -71,8 +78,7 @@ pub fn channel(server: &str, method: &str, dropped: Counter) -> (Sender, Receive
     });
     let sender = Sender {
         shared: Arc::clone(&shared),
-        dropped,
-        dropped_here: 0,
+        dropped: AtomicU64::new(0),
         server: server.into(),
         method: method.into(),
     };
@@ -80,16 +86,17 @@ pub fn channel(server: &str, method: &str, dropped: Counter) -> (Sender, Receive
 }
 
 impl Sender {
-    /// Queues a notification, or drops it if the client is too far behind.
-    pub fn notify(&mut self, message: &Value) {
+    /// Queues a notification from an upstream, or drops it if the client is too far
+    /// behind, counting it in that upstream's `dropped`.
+    pub fn notify(&self, message: &Value, dropped: &Counter) {
         if !self.queue(to_json(message), Some(BACKLOG_BYTES)) {
-            self.dropped.increment(1);
-            self.dropped_here += 1;
+            dropped.increment(1);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Queues a message the client must get: a server request or the answer.
-    pub fn send(&mut self, message: &Value) {
+    pub fn send(&self, message: &Value) {
         self.queue(to_json(message), None);
     }
 
@@ -103,7 +110,7 @@ impl Sender {
     /// How many notifications this stream has dropped so far.
     #[cfg(test)]
     fn dropped(&self) -> u64 {
-        self.dropped_here
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Resolves once the client's side is gone.
@@ -112,7 +119,7 @@ impl Sender {
     }
 
     /// Queues `text` unless that would take the queue past `limit` bytes.
-    fn queue(&mut self, text: String, limit: Option<usize>) -> bool {
+    fn queue(&self, text: String, limit: Option<usize>) -> bool {
         {
             let mut queue = self.shared.queue.lock().unwrap();
             if limit.is_some_and(|limit| queue.bytes + text.len() > limit) {
@@ -130,11 +137,12 @@ impl Drop for Sender {
     fn drop(&mut self) {
         self.shared.queue.lock().unwrap().ended = true;
         self.shared.reader.wake();
-        if self.dropped_here > 0 {
+        let dropped = *self.dropped.get_mut();
+        if dropped > 0 {
             tracing::warn!(
                 upstream = %self.server,
                 method = %self.method,
-                dropped = self.dropped_here,
+                dropped,
                 "the client read its stream too slowly: notifications were dropped"
             );
         }
@@ -162,6 +170,27 @@ impl Stream for Receiver {
     }
 }
 
+impl Receiver {
+    /// The SSE response that gives the client its messages; `keep_alive` for long-lived
+    /// streams.
+    pub fn into_response(self, keep_alive: Option<Duration>) -> Response {
+        let events =
+            self.map(|json| Ok::<_, Infallible>(Event::default().event("message").data(json)));
+        let sse = Sse::new(events);
+        let mut response = match keep_alive {
+            Some(interval) => sse
+                .keep_alive(KeepAlive::new().interval(interval).text(""))
+                .into_response(),
+            None => sse.into_response(),
+        };
+        // Tells nginx (and similar proxies) not to buffer the stream.
+        response
+            .headers_mut()
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response
+    }
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.shared.gone.cancel();
@@ -184,16 +213,16 @@ mod tests {
     }
 
     fn channel() -> (Sender, Receiver) {
-        super::channel("test", "tools/call", Counter::noop())
+        super::channel("test", "tools/call")
     }
 
     #[tokio::test]
     async fn a_client_that_keeps_up_gets_everything_in_order_then_the_answer() {
-        let (mut tx, mut rx) = channel();
+        let (tx, mut rx) = channel();
         let sent = 10_000;
         let mut got = Vec::new();
         for i in 0..sent {
-            tx.notify(&progress(i));
+            tx.notify(&progress(i), &Counter::noop());
             if i % 100 == 99 {
                 // The client reads as it goes: nothing is dropped however many pass.
                 while let Some(Some(text)) = rx.next().now_or_never() {
@@ -215,10 +244,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_client_costs_at_most_the_backlog_and_still_gets_the_answer() {
-        let (mut tx, rx) = channel();
+        let (tx, rx) = channel();
         let sent = 200_000;
         for i in 0..sent {
-            tx.notify(&progress(i));
+            tx.notify(&progress(i), &Counter::noop());
         }
         let answer =
             json!({"jsonrpc": "2.0", "id": 1, "result": {"big": "x".repeat(2 * BACKLOG_BYTES)}});
@@ -247,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_queue_is_full_once_it_holds_the_backlog_until_the_client_reads() {
-        let (mut tx, mut rx) = channel();
+        let (tx, mut rx) = channel();
         let request = |size: usize| {
             json!({"jsonrpc": "2.0", "id": "s", "method": "sampling/createMessage",
                    "params": {"pad": "x".repeat(size)}})
@@ -264,14 +293,14 @@ mod tests {
 
     #[tokio::test]
     async fn room_freed_by_the_client_takes_notifications_again() {
-        let (mut tx, mut rx) = channel();
+        let (tx, mut rx) = channel();
         let mut i = 0;
         while tx.dropped() == 0 {
-            tx.notify(&progress(i));
+            tx.notify(&progress(i), &Counter::noop());
             i += 1;
         }
         while let Some(Some(_)) = rx.next().now_or_never() {}
-        tx.notify(&progress(i));
+        tx.notify(&progress(i), &Counter::noop());
         assert_eq!(rx.next().await.unwrap(), to_json(&progress(i)));
         assert_eq!(tx.dropped(), 1);
     }
@@ -287,10 +316,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_client_is_woken_by_the_next_message() {
-        let (mut tx, mut rx) = channel();
+        let (tx, mut rx) = channel();
         let reader = tokio::spawn(async move { rx.next().await });
         tokio::task::yield_now().await;
-        tx.notify(&progress(7));
+        tx.notify(&progress(7), &Counter::noop());
         let got = tokio::time::timeout(std::time::Duration::from_secs(1), reader)
             .await
             .expect("woken")
