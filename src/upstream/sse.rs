@@ -18,7 +18,7 @@ use super::egress::Egress;
 use super::http_client::{self, Endpoint, HttpClient};
 use super::message_limit::{self, Bounded};
 use super::streamable_http::{base_headers, display_url, status_failure, upstream_url};
-use super::transport::{Inbox, Outbox, TransportHandle};
+use super::transport::{self, Inbox, Outbox, TransportHandle};
 use crate::config::UpstreamConfig;
 use crate::gateway::jsonrpc;
 
@@ -136,6 +136,7 @@ pub async fn connect(
                         if reader_inbox.deliver_bytes(data.into(), None).is_err() {
                             tracing::warn!(upstream = %reader_name, "upstream sent a non-JSON SSE event");
                         }
+                        transport::delivered().await;
                     }
                     Some(Err(e)) => break match message_limit::too_large(&e) {
                         Some(too_large) => format!("SSE stream sent {too_large}"),

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use tokio_util::codec::{FramedRead, LinesCodec};
 
 use super::message_limit::TooLarge;
-use super::transport::{Inbox, Outbox, TransportHandle};
+use super::transport::{self, Inbox, Outbox, TransportHandle};
 use crate::config::{UpstreamConfig, resolve_reference};
 
 const STDERR_LINE_LIMIT: usize = 4096;
@@ -115,6 +115,7 @@ async fn read_loop(
                     let line = String::from_utf8_lossy(&e.bytes);
                     tracing::warn!(upstream = %name, line = %truncate(&line), "upstream wrote a non-JSON line to stdout");
                 }
+                transport::delivered().await;
             }
             Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => {
                 let e = TooLarge { limit };

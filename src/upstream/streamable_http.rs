@@ -18,7 +18,7 @@ use super::connection::NotJson;
 use super::egress::Egress;
 use super::http_client::{self, Endpoint, HttpClient};
 use super::message_limit::{self, Bounded};
-use super::transport::{Inbox, Outbox, TransportHandle};
+use super::transport::{self, Inbox, Outbox, TransportHandle};
 use crate::config::{UpstreamConfig, resolve_reference};
 use crate::gateway::era::{HEADER_PROTOCOL_VERSION, HEADER_SESSION_ID};
 use crate::gateway::jsonrpc;
@@ -256,6 +256,7 @@ impl Shared {
                     if let Some(answered) = self.on_event(event, related, request_id, initialize) {
                         return answered;
                     }
+                    transport::delivered().await;
                 }
             }
         }

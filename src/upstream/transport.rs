@@ -64,6 +64,15 @@ impl Inbox {
     }
 }
 
+/// Awaited by a transport's reader after each message it delivers. A reader often finds a
+/// burst of messages in its buffer and, never waiting on I/O, would route them all in one
+/// go; the streams fed by the connection's broadcast (which keeps 256 messages for them)
+/// would be overrun before they could run, and lose what their clients read in time. This
+/// lets them run once the reader's cooperative budget (128 units) is spent.
+pub async fn delivered() {
+    tokio::task::consume_budget().await;
+}
+
 pub struct TransportHandle {
     pub outbox: Arc<dyn Outbox>,
     /// Ends the transport: kills a child's process group, or ends a remote session.

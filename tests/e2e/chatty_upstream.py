@@ -10,8 +10,9 @@ written), then waits for the request's answer, sends one more progress notificat
 (`count` + 1) and answers with the answer's text. Its `ask_later` tool answers at once,
 then sends `count` sampling requests that belong to no call; once each has an answer it
 says on stderr, after "later: ", how many were answered and declined, and why. Its
-`log_later` tool answers at once, then sends `count` log messages of `size` bytes that
-belong to no call (saying "logs sent" on stderr once written)."""
+`log_later` tool answers at once, then sends `count` log messages (data `{"n": i, "pad":
+…}`, padded with `size` bytes) that belong to no call, in one burst (saying "logs sent"
+on stderr once written)."""
 import json
 import sys
 import time
@@ -98,10 +99,10 @@ LOG_LATER = {"name": "log_later", "description": "`count` log messages of `size`
 
 
 def log_later(count: int, size: int):
-    line = json.dumps({"jsonrpc": "2.0", "method": "notifications/message",
-                       "params": {"level": "info", "logger": "chatty", "data": "x" * size}}) + "\n"
-    for _ in range(count):
-        sys.stdout.write(line)
+    pad = "x" * size
+    for i in range(count):
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": {
+            "level": "info", "logger": "chatty", "data": {"n": i, "pad": pad}}}) + "\n")
     sys.stdout.flush()
     print("logs sent", file=sys.stderr, flush=True)
 

@@ -272,6 +272,32 @@ def test_server_requests_outside_calls_are_bounded_counted_and_answered_when_the
     assert (line["declined"], line["method"]) == (36, "GET"), line
 
 
+def test_a_burst_outside_calls_reaches_a_get_stream_that_keeps_up_whole_and_in_order(gantry):
+    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    sid, _ = g.initialize(path="/mcp/chatty")
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    count, got = 5000, []
+    with httpx2.stream("GET", g.base + "/mcp/chatty", headers={**g.auth(), **session, "Accept": "text/event-stream"},
+                       timeout=30) as stream:
+        assert stream.status_code == 200
+        # The upstream writes them all at once: gantry reads many per pipe read, and the
+        # stream must get its turn while they are routed, not find them gone.
+        r = g.post({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                    "params": {"name": "log_later", "arguments": {"count": count, "size": 0}}},
+                   path="/mcp/chatty", headers=session)
+        assert r.json()["result"]["content"][0]["text"] == "logging"
+        deadline = time.monotonic() + 20  # the stream's keep-alives come every 15 s
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                msg = json.loads(line[6:])
+                if msg.get("method") == "notifications/message":
+                    got.append(msg["params"]["data"]["n"])
+            if len(got) == count or time.monotonic() > deadline:
+                break
+    assert got == list(range(count)), f"{len(got)} of {count} received"
+    assert g.metric("mcp_notifications_dropped_total", server="chatty") == 0
+
+
 def test_a_get_stream_whose_client_stops_reading_costs_bounded_memory(gantry):
     g = gantry({"upstreams": {"chatty": chatty_stdio()}})
     sid, _ = g.initialize(path="/mcp/chatty")
