@@ -236,10 +236,11 @@ impl Upstream {
         kind: ListKind,
         wait: Duration,
     ) -> Result<Arc<Vec<Value>>, UpstreamError> {
-        let asked = Instant::now();
         if let Some(items) = self.catalog.get(kind, None) {
             return Ok(items);
         }
+        // Read only when the list must be fetched, or waited for: not on a cache hit.
+        let asked = Instant::now();
         let conn = self.connection(wait).await?;
         if !conn
             .init()
