@@ -14,8 +14,9 @@
 //! logs for it arrive through the connection's one reader whether or not anyone waits. A
 //! task holds each parked call and takes them as they come, as a client's stream would,
 //! within bounds: notifications up to [`HELD_NOTIFICATION_BYTES`], then dropped and
-//! counted; server requests up to the number that may wait, then declined. What it kept
-//! is relayed on the retry's stream.
+//! counted; server requests up to the number that may wait and [`HELD_REQUEST_BYTES`],
+//! then declined. What it kept is relayed on the retry's stream, and what a retry parks
+//! again still counts against the same bounds.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,6 +47,13 @@ const INPUT_KEY: &str = "upstream";
 /// the stream's 4 MiB backlog grew gantry by 49 MiB), so an eighth of that backlog:
 /// about 5,000 progress notifications.
 const HELD_NOTIFICATION_BYTES: usize = client_stream::BACKLOG_BYTES / 8;
+/// How much server-request JSON a parked call keeps for its retry: as much as a client's
+/// stream would take before it declines them. Requests are what the call needs to go on,
+/// so they get the whole backlog; one is held whatever its size while less is held.
+const HELD_REQUEST_BYTES: usize = client_stream::BACKLOG_BYTES;
+/// Why a server request is declined when those held already fill [`HELD_REQUEST_BYTES`].
+const HELD_FULL: &str =
+    "gantry: the requests already waiting for the client's input fill its backlog";
 
 /// A call waiting for the client's input.
 pub struct Parked {
@@ -88,7 +96,8 @@ impl Drop for Holder {
 /// Takes a parked call's events until `stop`. Once the call has ended (answered, failed,
 /// timed out) nothing more comes, and the task only waits.
 async fn hold(mut run: Running, stop: CancellationToken) -> Running {
-    let (mut bytes, mut requests, mut dropped) = (0, 0, 0u64);
+    let mut held = Held::of(&run);
+    let mut dropped = 0u64;
     let declines = Declines::new(&run.upstream, &run.method);
     loop {
         let event = tokio::select! {
@@ -98,23 +107,17 @@ async fn hold(mut run: Running, stop: CancellationToken) -> Running {
         };
         match event {
             Some(CallEvent::Notification(n)) => {
-                let size = jsonrpc::json_len(&n);
-                if bytes + size > HELD_NOTIFICATION_BYTES {
+                if held.admit_notification(&n) {
+                    run.hold(CallEvent::Notification(n));
+                } else {
                     dropped += 1;
                     run.upstream.metrics.notifications_dropped().increment(1);
-                } else {
-                    bytes += size;
-                    run.hold(CallEvent::Notification(n));
                 }
             }
-            Some(CallEvent::ServerRequest { upstream_id, msg }) => {
-                if requests >= server_requests::MAX_WAITING {
-                    declines.decline(&run.conn, &upstream_id, &MintedIds::too_many());
-                } else {
-                    requests += 1;
-                    run.hold(CallEvent::ServerRequest { upstream_id, msg });
-                }
-            }
+            Some(CallEvent::ServerRequest { upstream_id, msg }) => match held.admit_request(&msg) {
+                Ok(()) => run.hold(CallEvent::ServerRequest { upstream_id, msg }),
+                Err(reason) => declines.decline(&run.conn, &upstream_id, &reason),
+            },
             // The call ended: answered, failed, timed out, or its connection closed.
             end => {
                 if let Some(end) = end {
@@ -134,6 +137,55 @@ async fn hold(mut run: Running, stop: CancellationToken) -> Running {
         );
     }
     run
+}
+
+/// What a parked call holds, against the bounds it is held within.
+#[derive(Default)]
+struct Held {
+    notification_bytes: usize,
+    requests: usize,
+    request_bytes: usize,
+}
+
+impl Held {
+    /// What `run` holds already: a retry that parks the call again has not taken all.
+    fn of(run: &Running) -> Self {
+        let mut held = Self::default();
+        for event in run.held() {
+            match event {
+                CallEvent::Notification(n) => held.notification_bytes += jsonrpc::json_len(n),
+                CallEvent::ServerRequest { msg, .. } => {
+                    held.requests += 1;
+                    held.request_bytes += jsonrpc::json_len(msg);
+                }
+                _ => {}
+            }
+        }
+        held
+    }
+
+    /// Counts the notification `n` in if it fits within [`HELD_NOTIFICATION_BYTES`].
+    fn admit_notification(&mut self, n: &Value) -> bool {
+        let size = jsonrpc::json_len(n);
+        let fits = self.notification_bytes + size <= HELD_NOTIFICATION_BYTES;
+        if fits {
+            self.notification_bytes += size;
+        }
+        fits
+    }
+
+    /// Counts the server request `msg` in, or says why it must be declined.
+    fn admit_request(&mut self, msg: &Value) -> Result<(), String> {
+        if self.requests >= server_requests::MAX_WAITING {
+            return Err(MintedIds::too_many());
+        }
+        if self.request_bytes >= HELD_REQUEST_BYTES {
+            return Err(HELD_FULL.to_string());
+        }
+        self.requests += 1;
+        self.request_bytes += jsonrpc::json_len(msg);
+        Ok(())
+    }
 }
 
 /// What `requestState` carries, sealed: which parked call, for whom, for what.
@@ -302,4 +354,72 @@ pub async fn resume(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
     reply.insert("result".into(), answer);
     run.conn.respond(upstream_id, reply);
     relay::drive(gw, ctx, id, run).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(size: usize) -> Value {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "sampling/createMessage",
+               "params": {"messages": [], "maxTokens": 1, "systemPrompt": "s".repeat(size)}})
+    }
+
+    #[test]
+    fn a_request_larger_than_the_budget_is_held_when_nothing_else_is() {
+        let mut held = Held::default();
+        assert_eq!(
+            held.admit_request(&sampling(HELD_REQUEST_BYTES * 2)),
+            Ok(())
+        );
+        assert_eq!(
+            held.admit_request(&sampling(10)),
+            Err(HELD_FULL.to_string())
+        );
+    }
+
+    #[test]
+    fn requests_are_held_until_their_bytes_reach_the_budget() {
+        let mut held = Held::default();
+        // A little under a quarter of the budget each: four leave room, so a fifth gets
+        // in and passes it; the sixth finds it full.
+        let one = sampling(HELD_REQUEST_BYTES / 4 - 200);
+        assert!(4 * jsonrpc::json_len(&one) < HELD_REQUEST_BYTES);
+        let mut admitted = 0;
+        while held.admit_request(&one).is_ok() {
+            admitted += 1;
+        }
+        assert_eq!(admitted, 5);
+        assert!(held.request_bytes >= HELD_REQUEST_BYTES);
+    }
+
+    #[test]
+    fn small_requests_are_held_up_to_the_number_that_may_wait() {
+        let mut held = Held::default();
+        for _ in 0..server_requests::MAX_WAITING {
+            assert_eq!(held.admit_request(&sampling(0)), Ok(()));
+        }
+        assert_eq!(held.admit_request(&sampling(0)), Err(MintedIds::too_many()));
+    }
+
+    #[test]
+    fn notifications_are_held_while_they_fit_and_then_refused() {
+        let mut held = Held::default();
+        let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                              "params": {"progressToken": "p", "progress": 1, "pad": "x".repeat(1000)}});
+        let size = jsonrpc::json_len(&progress);
+        let mut admitted = 0;
+        while held.admit_notification(&progress) {
+            admitted += 1;
+        }
+        assert_eq!(admitted, HELD_NOTIFICATION_BYTES / size);
+        // A refused notification takes nothing from the budget: a smaller one still fits
+        // if there is room for it.
+        let room = HELD_NOTIFICATION_BYTES - held.notification_bytes;
+        let small = json!({"m": "x".repeat(room.saturating_sub(8))});
+        assert_eq!(
+            held.admit_notification(&small),
+            jsonrpc::json_len(&small) <= room
+        );
+    }
 }

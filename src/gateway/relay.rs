@@ -291,6 +291,11 @@ impl Running {
         self.call.next().await
     }
 
+    /// What is held for whoever drives the call next, oldest first.
+    pub(super) fn held(&self) -> impl Iterator<Item = &CallEvent> {
+        self.held.iter()
+    }
+
     /// Keeps `event` for whoever drives the call next.
     pub(super) fn hold(&mut self, event: CallEvent) {
         self.held.push_back(event);

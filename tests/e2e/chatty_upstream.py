@@ -5,9 +5,10 @@ tell it got the answer. Its `big` tool answers with a text of `size` bytes on on
 `ask` tool sends `count` sampling requests at once (each padded with `size` bytes), waits until each has an answer (from
 the client, or an error from the gateway), and answers with a JSON text of how many were
 answered, how many declined, and the reasons given. Its `ask_then_flood` tool sends one
-sampling request, then `count` progress notifications (saying "flood sent" on stderr once
-written), then waits for the request's answer, sends one more progress notification
-(`count` + 1) and answers with the answer's text. Its `ask_later` tool answers at once,
+sampling request, then `asks` more (each padded with `size` bytes), then `count` progress
+notifications (saying "flood sent" on stderr once written), then waits for every request's
+answer, sends one more progress notification (`count` + 1) and answers with the first
+answer's text (and, when it sent more, how many of them were declined and why). Its `ask_later` tool answers at once,
 then sends `count` sampling requests that belong to no call; once each has an answer it
 says on stderr, after "later: ", how many were answered and declined, and why. Its
 `log_later` tool answers at once, then sends `count` log messages (data `{"n": i, "pad":
@@ -62,23 +63,33 @@ def ask(count: int, size: int) -> str:
 
 
 ASK_THEN_FLOOD = {"name": "ask_then_flood", "description": "a sampling request, then a flood of progress",
-                  "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}},
-                                  "required": ["count"]}}
+                  "inputSchema": {"type": "object", "properties": {
+                      "count": {"type": "integer"}, "asks": {"type": "integer"}, "size": {"type": "integer"}},
+                      "required": ["count"]}}
 
 
-def ask_then_flood(count: int, token) -> str:
+def ask_then_flood(count: int, token, asks: int = 0, size: int = 0) -> str:
     send({"jsonrpc": "2.0", "id": "wait-0", "method": "sampling/createMessage",
           "params": {"messages": [], "maxTokens": 1}})
+    more = [f"more-{i}" for i in range(asks)]
+    for i in more:
+        send({"jsonrpc": "2.0", "id": i, "method": "sampling/createMessage",
+              "params": {"messages": [], "maxTokens": 1, "systemPrompt": "s" * size}})
     for start in range(0, count, 1000):
         sys.stdout.write("".join(json.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
             "progressToken": token, "progress": i + 1, "total": count}}) + "\n"
             for i in range(start, min(start + 1000, count))))
     sys.stdout.flush()
     print("flood sent", file=sys.stderr, flush=True)
-    msg = answers({"wait-0"})["wait-0"]
+    got = answers({"wait-0", *more})
+    msg = got["wait-0"]
     send({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
         "progressToken": token, "progress": count + 1, "total": count}})
-    return "answer: " + msg.get("result", {}).get("content", {}).get("text", json.dumps(msg))
+    text = "answer: " + msg.get("result", {}).get("content", {}).get("text", json.dumps(msg))
+    if more:
+        reasons = [got[i]["error"]["message"] for i in more if "error" in got[i]]
+        text += " " + json.dumps({"declined": len(reasons), "reasons": sorted(set(reasons))})
+    return text
 
 
 ASK_LATER = {"name": "ask_later", "description": "`count` sampling requests outside any call, after answering",
@@ -135,8 +146,9 @@ for line in sys.stdin:
         send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "z" * size}]}})
     elif method == "tools/call" and msg.get("params", {}).get("name") == "ask_then_flood":
         params = msg["params"]
-        text = ask_then_flood(int(params.get("arguments", {}).get("count", 0)),
-                              params.get("_meta", {}).get("progressToken"))
+        args = params.get("arguments", {})
+        text = ask_then_flood(int(args.get("count", 0)), params.get("_meta", {}).get("progressToken"),
+                              int(args.get("asks", 0)), int(args.get("size", 0)))
         send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": text}]}})
     elif method == "tools/call" and msg.get("params", {}).get("name") == "ask_later":
         send({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "asking"}]}})

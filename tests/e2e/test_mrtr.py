@@ -2,6 +2,7 @@
 (sampling, elicitation) become MRTR round trips (InputRequiredResult, then a retry)."""
 
 import asyncio
+import json
 
 from mcp import types
 
@@ -115,12 +116,43 @@ def test_a_parked_call_keeps_what_its_upstream_sends_within_the_backlog_and_rela
     assert g.logged("notifications of a call waiting for the client's input were dropped", upstream="chatty")
 
 
-def _retry(g, first: dict, params: dict, meta: dict, caps: dict):
-    """The retry, id 2, of the request `params` that got the InputRequiredResult `first`."""
+def test_a_parked_call_holds_server_requests_within_the_backlog_and_declines_the_rest(gantry):
+    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    asks, size = 60, 1_000_000  # 60 MB of sampling requests, sent while the call waits for its first input
+    params = {"name": "ask_then_flood", "arguments": {"count": 0, "asks": asks, "size": size}}
+    caps = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+    body, headers = g.modern_request("tools/call", params, id=1)
+    body["params"]["_meta"].update(caps)
+    before = rss_kib(g.proc.pid)
+    result = g.post(body, path="/mcp/chatty", headers=headers).json()["result"]
+    assert result["resultType"] == "input_required"
+    wait_until(lambda: g.logged("flood sent", upstream="chatty"), what="the upstream's requests")
+    grown = rss_kib(g.proc.pid) - before
+    assert grown < 32 * 1024, f"gantry grew by {grown} KiB holding a parked call's requests"
+
+    # Each held request comes back as one more round trip; then the answer.
+    rounds = 0
+    while result.get("resultType") == "input_required":
+        rounds += 1
+        assert rounds <= asks, "more rounds than the upstream sent requests"
+        answer = _retry(g, result, params, {}, caps, id=1 + rounds)
+        result = sse_messages(answer)[-1]["result"]
+    text = result["content"][0]["text"]
+    assert text.startswith("answer: ok "), text
+    summary = json.loads(text.removeprefix("answer: ok "))
+    held = rounds - 1
+    assert held + summary["declined"] == asks
+    assert held >= 4, f"only {held} requests held: the backlog holds about 4 MB of them"
+    assert summary["reasons"] == ["gantry: the requests already waiting for the client's input fill its backlog"]
+    assert g.metric("mcp_server_requests_declined_total", server="chatty") == summary["declined"]
+
+
+def _retry(g, first: dict, params: dict, meta: dict, caps: dict, id: int = 2):
+    """The retry, by default id 2, of the request `params` that got the InputRequiredResult `first`."""
     (key, _), = first["inputRequests"].items()
     retry = {**params, "_meta": meta, "requestState": first["requestState"],
              "inputResponses": {key: {"role": "assistant", "model": "m", "content": {"type": "text", "text": "ok"}}}}
-    body, headers = g.modern_request("tools/call", retry, id=2)
+    body, headers = g.modern_request("tools/call", retry, id=id)
     body["params"]["_meta"].update(caps)
     return g.post(body, path="/mcp/chatty", headers=headers)
 
