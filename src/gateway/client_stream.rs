@@ -55,10 +55,11 @@ struct Shared {
 
 /// The gateway's side, shared by whatever feeds the stream (for a GET stream on `/mcp`,
 /// a task per upstream). Dropping it ends the stream after what is queued, and logs how
-/// many notifications it dropped, however the stream ended.
+/// many notifications it dropped or missed, however the stream ended.
 pub struct Sender {
     shared: Arc<Shared>,
     dropped: AtomicU64,
+    missed: AtomicU64,
     /// The stream's server (`*` for every server's) and method, for that log line.
     server: Box<str>,
     method: Box<str>,
@@ -79,6 +80,7 @@ pub fn channel(server: &str, method: &str) -> (Sender, Receiver) {
     let sender = Sender {
         shared: Arc::clone(&shared),
         dropped: AtomicU64::new(0),
+        missed: AtomicU64::new(0),
         server: server.into(),
         method: method.into(),
     };
@@ -93,6 +95,13 @@ impl Sender {
             dropped.increment(1);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts `n` notifications that never reached this stream's queue: the broadcast
+    /// that feeds it passed them by before it could take them.
+    pub fn missed(&self, n: u64, dropped: &Counter) {
+        dropped.increment(n);
+        self.missed.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Queues a message the client must get: a server request or the answer.
@@ -137,13 +146,21 @@ impl Drop for Sender {
     fn drop(&mut self) {
         self.shared.queue.lock().unwrap().ended = true;
         self.shared.reader.wake();
-        let dropped = *self.dropped.get_mut();
+        let (dropped, missed) = (*self.dropped.get_mut(), *self.missed.get_mut());
         if dropped > 0 {
             tracing::warn!(
                 upstream = %self.server,
                 method = %self.method,
                 dropped,
                 "the client read its stream too slowly: notifications were dropped"
+            );
+        }
+        if missed > 0 {
+            tracing::warn!(
+                upstream = %self.server,
+                method = %self.method,
+                missed,
+                "the stream fell behind its upstream's notifications: some passed it by"
             );
         }
     }

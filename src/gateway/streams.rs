@@ -1,6 +1,7 @@
 //! Long-lived streams of messages that belong to no request: the 2025-era GET stream of a
 //! session, and the 2026-07-28 `subscriptions/listen` stream.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +22,9 @@ use crate::upstream::State;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// Decides whether (and as what) an upstream notification reaches a stream.
-type Filter = Arc<dyn Fn(&Value) -> Option<Value> + Send + Sync>;
+/// Decides whether (and as what) an upstream notification reaches a stream: as it came,
+/// borrowed from the broadcast every stream shares, or changed for this one.
+type Filter = Arc<dyn for<'a> Fn(&'a Value) -> Option<Cow<'a, Value>> + Send + Sync>;
 
 /// Subscribes to each upstream's unsolicited messages, following reconnects, and queues
 /// the ones `keep` accepts on `out` until the client leaves or the gateway stops. Nothing
@@ -79,9 +81,10 @@ fn forward(
                                     out.notify(&message, upstream.metrics.notifications_dropped());
                                 }
                             }
+                            // Passed by while this task was not scheduled: lost to this
+                            // stream as if its backlog were full, and counted with those.
                             Err(broadcast::error::RecvError::Lagged(n)) => {
-                                upstream.metrics.notifications_dropped().increment(n);
-                                tracing::warn!(upstream = %upstream.name, skipped = n, "slow stream client missed notifications");
+                                out.missed(n, upstream.metrics.notifications_dropped());
                             }
                             Err(broadcast::error::RecvError::Closed) => break,
                         }
@@ -107,12 +110,14 @@ pub fn session_stream(
     let (out, stream) = client_stream::channel(route.server().unwrap_or("*"), "GET");
     let sid = claims.sid.clone();
     let filter_gw = Arc::clone(&gw);
-    let keep: Filter = Arc::new(move |event: &Value| -> Option<Value> {
+    let keep: Filter = Arc::new(move |event| {
         if method_of(event) == "notifications/resources/updated" {
             let uri = event.pointer("/params/uri").and_then(Value::as_str)?;
-            return filter_gw.is_subscribed(&sid, uri).then(|| event.clone());
+            return filter_gw
+                .is_subscribed(&sid, uri)
+                .then_some(Cow::Borrowed(event));
         }
-        Some(event.clone())
+        Some(Cow::Borrowed(event))
     });
     forward(&gw, &route, out, keep, Some(claims.caps), access);
     stream.into_response(Some(KEEP_ALIVE))
@@ -209,7 +214,7 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         client_stream::channel(ctx.route.server().unwrap_or("*"), "subscriptions/listen");
     out.send(&ack);
     let uris: HashSet<String> = honored_uris.into_iter().collect();
-    let keep: Filter = Arc::new(move |event: &Value| -> Option<Value> {
+    let keep: Filter = Arc::new(move |event| {
         let wanted = match method_of(event) {
             "notifications/tools/list_changed" => tools,
             "notifications/prompts/list_changed" => prompts,
@@ -232,7 +237,7 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         if let Some(meta) = meta.as_object_mut() {
             meta.insert(era::META_SUBSCRIPTION_ID.into(), id.clone());
         }
-        Some(out)
+        Some(Cow::Owned(out))
     });
     // 2026-07-28 forbids server requests on streams; they use MRTR instead.
     forward(
