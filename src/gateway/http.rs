@@ -498,13 +498,18 @@ fn client_response(
     id: Value,
     body: Map<String, Value>,
 ) -> Response {
-    if era::header_str(headers, era::HEADER_SESSION_ID).is_some() {
-        if let Err(r) = legacy_session(gw, headers, route, principal, &Value::Null) {
-            return r;
-        }
-    }
+    let session = match era::header_str(headers, era::HEADER_SESSION_ID) {
+        Some(_) => match legacy_session(gw, headers, route, principal, &Value::Null) {
+            Ok(claims) => Some(claims),
+            Err(r) => return r,
+        },
+        None => None,
+    };
     let key = id.as_str().unwrap_or_default();
-    match gw.server_requests.lock().unwrap().remove(key) {
+    match gw
+        .server_requests
+        .answer(key, principal, session.as_deref())
+    {
         Some((conn, upstream_id)) => {
             conn.respond(upstream_id, body);
             StatusCode::ACCEPTED.into_response()

@@ -27,11 +27,10 @@ pub mod streams;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::upstream::{Connection, Upstream, Upstreams};
+use crate::upstream::{Upstream, Upstreams};
 use auth::Authenticator;
 use host_policy::HostPolicy;
 use session::{SessionClaims, SessionCodec};
@@ -65,8 +64,8 @@ pub struct Gateway {
     pub sessions: SessionCodec,
     pub auth: Arc<dyn Authenticator>,
     pub hosts: HostPolicy,
-    /// Server-to-client requests relayed to a client, by the id the client sees.
-    pub server_requests: Mutex<HashMap<String, (Arc<Connection>, Value)>>,
+    /// Server-to-client requests relayed to a client and not answered yet.
+    pub server_requests: server_requests::Pending,
     /// Calls in flight, by (session, client request id), so `notifications/cancelled`
     /// from a client reaches the right call.
     pub in_flight: Mutex<HashMap<(String, String), CancellationToken>>,
@@ -88,7 +87,6 @@ pub struct Gateway {
     pub results: result_cache::ResultCache,
     /// Signalled by the in-process API when the server registry changed.
     pub registry_changed: tokio::sync::Notify,
-    next_server_request: std::sync::atomic::AtomicU64,
 }
 
 impl Gateway {
@@ -105,7 +103,7 @@ impl Gateway {
             sessions,
             auth,
             hosts,
-            server_requests: Mutex::new(HashMap::new()),
+            server_requests: server_requests::Pending::default(),
             in_flight: Mutex::new(HashMap::new()),
             ended_sessions: Arc::new(ended_sessions::EndedSessions::local()),
             parked: Mutex::new(HashMap::new()),
@@ -116,7 +114,6 @@ impl Gateway {
             limits: limits::Limits::new(crate::policy::limiter::RateLimiter::new(None, "")),
             registry_changed: tokio::sync::Notify::new(),
             results: result_cache::ResultCache::default(),
-            next_server_request: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -198,18 +195,5 @@ impl Gateway {
             .unwrap()
             .get(sid)
             .is_some_and(|(_, uris)| uris.contains(uri))
-    }
-
-    /// Registers a server request for relaying and returns the id the client will see.
-    pub fn register_server_request(&self, conn: &Arc<Connection>, upstream_id: Value) -> String {
-        let n = self
-            .next_server_request
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("gantry-{}-{n}", conn.name());
-        self.server_requests
-            .lock()
-            .unwrap()
-            .insert(id.clone(), (Arc::clone(conn), upstream_id));
-        id
     }
 }

@@ -21,7 +21,7 @@ use super::jsonrpc;
 use super::mrtr;
 use super::raw_response::RawResponse;
 use super::result_cache::{CacheKeys, ResultCache};
-use super::server_requests::{self, Declines, MintedIds, client_can_answer};
+use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
 use crate::upstream::{Admission, Call, CallEvent, Connection, Upstream, UpstreamError};
 
 /// An upstream's answer, relayed as it came (2026-07-28 clients get their result fields
@@ -504,7 +504,8 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     // Something arrives before the answer: stream it, then the answer, over SSE.
     let (out, stream) = client_stream::channel(&run.upstream.name, &run.method);
     tokio::spawn(async move {
-        let mut minted = MintedIds::new(&gw);
+        let answerer = Answerer::new(&ctx.principal, ctx.session.as_deref());
+        let mut minted = MintedIds::new(&gw, answerer);
         let declines = Declines::new(&run.upstream, &run.method);
         let mut event = Some(first);
         let outcome = loop {

@@ -1,15 +1,17 @@
 //! Requests an upstream server makes of the client (sampling, elicitation, roots) on their
-//! way to it: which clients can answer them, the ids they are relayed under, and the
-//! bounds past which the gateway declines them for the client.
+//! way to it: which clients can answer them, the ids they are relayed under and who may
+//! answer them, and the bounds past which the gateway declines them for the client.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
 use super::Gateway;
+use super::auth::Principal;
 use super::client_stream;
-use super::session::ClientCaps;
+use super::session::{ClientCaps, SessionClaims, new_session_id};
 use crate::upstream::{Connection, Upstream};
 
 /// Whether a client with these capabilities can answer a server request.
@@ -52,6 +54,102 @@ pub fn relay(
     }
 }
 
+/// Who may answer a server request: the caller it was relayed to, and, when it was
+/// relayed on a session's stream, that session alone. The request may ask for consent
+/// (elicitation) or for text the server will act on (sampling): another caller who
+/// learned its id must not answer in its place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answerer {
+    principal: String,
+    session: Option<String>,
+}
+
+impl Answerer {
+    pub fn new(principal: &Principal, session: Option<&SessionClaims>) -> Self {
+        Self {
+            principal: principal.id.clone(),
+            session: session.map(|claims| claims.sid.clone()),
+        }
+    }
+
+    /// The client of a session: the principal that made it, on it alone.
+    pub fn of_session(claims: &SessionClaims) -> Self {
+        Self {
+            principal: claims.sub.clone(),
+            session: Some(claims.sid.clone()),
+        }
+    }
+
+    fn admits(&self, principal: &Principal, session: Option<&SessionClaims>) -> bool {
+        self.principal == principal.id
+            && self
+                .session
+                .as_ref()
+                .is_none_or(|sid| session.is_some_and(|claims| &claims.sid == sid))
+    }
+}
+
+/// A server request relayed to a client, waiting for its answer.
+struct Waiting {
+    conn: Arc<Connection>,
+    upstream_id: Value,
+    answerer: Answerer,
+}
+
+/// The server requests relayed to clients and not answered yet, by the id each client
+/// sees. Ids are random: one travels to one client, and is no use to another.
+#[derive(Default)]
+pub struct Pending {
+    waiting: Mutex<HashMap<String, Waiting>>,
+}
+
+impl Pending {
+    /// Registers a server request relayed to `answerer` and returns the id it gets.
+    fn register(&self, conn: &Arc<Connection>, upstream_id: Value, answerer: Answerer) -> String {
+        let id = format!("gantry-{}-{}", conn.name(), new_session_id());
+        let waiting = Waiting {
+            conn: Arc::clone(conn),
+            upstream_id,
+            answerer,
+        };
+        self.waiting.lock().unwrap().insert(id.clone(), waiting);
+        id
+    }
+
+    /// Takes the request `id` for its answer, if it waits for this caller's. A request
+    /// relayed to someone else stays, as if this caller had named none.
+    pub fn answer(
+        &self,
+        id: &str,
+        principal: &Principal,
+        session: Option<&SessionClaims>,
+    ) -> Option<(Arc<Connection>, Value)> {
+        let mut waiting = self.waiting.lock().unwrap();
+        if !waiting
+            .get(id)
+            .is_some_and(|w| w.answerer.admits(principal, session))
+        {
+            return None;
+        }
+        waiting.remove(id).map(|w| (w.conn, w.upstream_id))
+    }
+
+    /// Keeps in `ids` those still waiting for an answer.
+    fn retain_waiting(&self, ids: &mut Vec<String>) {
+        let waiting = self.waiting.lock().unwrap();
+        ids.retain(|id| waiting.contains_key(id));
+    }
+
+    /// Takes those of `ids` still waiting, to answer them for the client.
+    fn take_all(&self, ids: &[String]) -> Vec<(Arc<Connection>, Value)> {
+        let mut waiting = self.waiting.lock().unwrap();
+        ids.iter()
+            .filter_map(|id| waiting.remove(id))
+            .map(|w| (w.conn, w.upstream_id))
+            .collect()
+    }
+}
+
 /// Why a server request is declined when the stream that relayed it ends unanswered.
 const STREAM_ENDED: &str = "gantry: the client's stream ended before it answered";
 
@@ -60,13 +158,16 @@ const STREAM_ENDED: &str = "gantry: the client's stream ended before it answered
 /// left waiting for a client that has gone.
 pub struct MintedIds {
     gw: Arc<Gateway>,
+    answerer: Answerer,
     ids: Vec<String>,
 }
 
 impl MintedIds {
-    pub fn new(gw: &Arc<Gateway>) -> Self {
+    /// Ids for requests relayed to `answerer`, who alone may answer them.
+    pub fn new(gw: &Arc<Gateway>, answerer: Answerer) -> Self {
         Self {
             gw: Arc::clone(gw),
+            answerer,
             ids: Vec::new(),
         }
     }
@@ -77,13 +178,15 @@ impl MintedIds {
     pub fn mint(&mut self, conn: &Arc<Connection>, upstream_id: &Value) -> Option<String> {
         if self.ids.len() >= MAX_WAITING {
             // Forget the ones the client has answered since.
-            let pending = self.gw.server_requests.lock().unwrap();
-            self.ids.retain(|id| pending.contains_key(id));
+            self.gw.server_requests.retain_waiting(&mut self.ids);
             if self.ids.len() >= MAX_WAITING {
                 return None;
             }
         }
-        let id = self.gw.register_server_request(conn, upstream_id.clone());
+        let id = self
+            .gw
+            .server_requests
+            .register(conn, upstream_id.clone(), self.answerer.clone());
         self.ids.push(id.clone());
         Some(id)
     }
@@ -96,14 +199,7 @@ impl MintedIds {
 
 impl Drop for MintedIds {
     fn drop(&mut self) {
-        let unanswered: Vec<_> = {
-            let mut pending = self.gw.server_requests.lock().unwrap();
-            self.ids
-                .iter()
-                .filter_map(|id| pending.remove(id))
-                .collect()
-        };
-        for (conn, upstream_id) in unanswered {
+        for (conn, upstream_id) in self.gw.server_requests.take_all(&self.ids) {
             conn.decline(&upstream_id, STREAM_ENDED);
         }
     }
@@ -151,5 +247,45 @@ impl Drop for Declines {
                 "the client did not keep up with the server's requests: gantry declined them for it"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session_of(principal: &str) -> SessionClaims {
+        SessionClaims {
+            sid: new_session_id(),
+            ver: "2025-11-25".into(),
+            srv: None,
+            sub: principal.into(),
+            caps: ClientCaps::default(),
+            iat: 1,
+        }
+    }
+
+    #[test]
+    fn a_request_relayed_on_a_session_is_answered_on_that_session_by_its_caller_alone() {
+        let mine = session_of("key:a");
+        let answerer = Answerer::of_session(&mine);
+        let me = Principal::new("key:a");
+        assert!(answerer.admits(&me, Some(&mine)));
+        assert_eq!(answerer, Answerer::new(&me, Some(&mine)));
+        // The same caller outside the session, or on another of its sessions.
+        assert!(!answerer.admits(&me, None));
+        assert!(!answerer.admits(&me, Some(&session_of("key:a"))));
+        // Another caller, with or without a session of its own.
+        let other = Principal::new("key:b");
+        assert!(!answerer.admits(&other, None));
+        assert!(!answerer.admits(&other, Some(&session_of("key:b"))));
+    }
+
+    #[test]
+    fn a_request_relayed_outside_sessions_is_answered_by_its_caller_alone() {
+        let answerer = Answerer::new(&Principal::new("key:a"), None);
+        assert!(answerer.admits(&Principal::new("key:a"), None));
+        assert!(answerer.admits(&Principal::new("key:a"), Some(&session_of("key:a"))));
+        assert!(!answerer.admits(&Principal::new("key:b"), None));
     }
 }

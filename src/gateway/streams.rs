@@ -14,8 +14,8 @@ use super::client_stream;
 use super::era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
-use super::server_requests::{self, Declines, MintedIds, client_can_answer};
-use super::session::{ClientCaps, SessionClaims};
+use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
+use super::session::SessionClaims;
 use super::{Gateway, Route};
 use crate::policy::Access;
 use crate::upstream::State;
@@ -27,14 +27,16 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 type Filter = Arc<dyn for<'a> Fn(&'a Value) -> Option<Cow<'a, Value>> + Send + Sync>;
 
 /// Subscribes to each upstream's unsolicited messages, following reconnects, and queues
-/// the ones `keep` accepts on `out` until the client leaves or the gateway stops. Nothing
-/// here waits on the client: what it has not read is bounded by `out`'s backlog.
+/// the ones `keep` accepts on `out` until the client leaves or the gateway stops. Server
+/// requests made outside calls are relayed too when `session` is given: its client may
+/// answer them, and nobody else. Nothing here waits on the client: what it has not read
+/// is bounded by `out`'s backlog.
 fn forward(
     gw: &Arc<Gateway>,
     route: &Route,
     out: client_stream::Sender,
     keep: Filter,
-    requests: Option<ClientCaps>,
+    session: Option<Arc<SessionClaims>>,
     access: Option<&Access>,
 ) {
     let out = Arc::new(out);
@@ -43,6 +45,7 @@ fn forward(
         let keep = Arc::clone(&keep);
         let shutdown = gw.shutdown.clone();
         let gw = Arc::clone(gw);
+        let session = session.clone();
         tokio::spawn(async move {
             loop {
                 let conn = tokio::select! {
@@ -58,7 +61,8 @@ fn forward(
                 let (req_tx, mut req_rx) =
                     mpsc::channel::<(Value, Value)>(server_requests::MAX_WAITING);
                 let declines = Arc::new(Declines::new(&upstream, "GET"));
-                let _listener = requests.map(|caps| {
+                let _listener = session.as_ref().map(|claims| {
+                    let caps = claims.caps;
                     let full = Arc::clone(&declines);
                     conn.listen_for_requests(
                         move |method| client_can_answer(&caps, method),
@@ -66,14 +70,18 @@ fn forward(
                         Arc::new(move |conn, id| full.decline(conn, id, &MintedIds::too_many())),
                     )
                 });
-                let mut minted = MintedIds::new(&gw);
+                let mut minted = session
+                    .as_deref()
+                    .map(|claims| MintedIds::new(&gw, Answerer::of_session(claims)));
                 loop {
                     tokio::select! {
                         () = out.gone() => return,
                         () = shutdown.cancelled() => return,
                         () = conn.closed().cancelled() => break,
                         Some((upstream_id, msg)) = req_rx.recv() => {
-                            server_requests::relay(&out, &mut minted, &declines, &conn, &upstream_id, msg);
+                            if let Some(minted) = minted.as_mut() {
+                                server_requests::relay(&out, minted, &declines, &conn, &upstream_id, msg);
+                            }
                         }
                         event = events.recv() => match event {
                             Ok(event) => {
@@ -119,7 +127,7 @@ pub fn session_stream(
         }
         Some(Cow::Borrowed(event))
     });
-    forward(&gw, &route, out, keep, Some(claims.caps), access);
+    forward(&gw, &route, out, keep, Some(claims), access);
     stream.into_response(Some(KEEP_ALIVE))
 }
 

@@ -2,7 +2,10 @@
 client's cancellation, through the transparent path."""
 
 import asyncio
+import hashlib
 import json
+import os
+import secrets
 import threading
 import time
 
@@ -113,3 +116,70 @@ def test_client_cancellation_ends_the_call_promptly(gantry):
     t.join(timeout=60)
     assert result["seconds"] < 10, "the gateway stopped waiting for the upstream"
     assert g.metric("mcp_requests_total", server="everything", method="tools/call", outcome="cancelled") == 1
+
+
+def test_only_the_client_a_server_request_was_relayed_to_can_answer_it(gantry):
+    from test_slow_clients import chatty_stdio
+    other = "gty_" + secrets.token_urlsafe(32)
+    g = gantry({"upstreams": {"chatty": chatty_stdio()},
+                "auth": {"api_keys": [{"name": "other", "sha256": hashlib.sha256(other.encode()).hexdigest()}]}})
+    sid, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    r = g.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {"sampling": {}}, "clientInfo": {"name": "other", "version": "1"}}},
+        path="/mcp/chatty", headers={"Authorization": f"Bearer {other}"})
+    other_session = {"Authorization": f"Bearer {other}", "Mcp-Session-Id": r.headers["mcp-session-id"],
+                     "MCP-Protocol-Version": "2025-11-25"}
+    forged = {"jsonrpc": "2.0", "error": {"code": -1, "message": "forged by another caller"}}
+    answer = {"jsonrpc": "2.0", "result": {"role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}}
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 1}}}
+    headers = {**g.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
+    result = None
+    with httpx2.stream("POST", g.base + "/mcp/chatty", content=json.dumps(body), headers=headers, timeout=30) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            msg = json.loads(line[len("data: "):])
+            if msg.get("method") == "sampling/createMessage":
+                # Another caller that learned the id, with or without a session of its own,
+                # and this caller outside the session the request was relayed on: refused,
+                # as if no such request were pending, and the request still waits.
+                for who in ({"Authorization": f"Bearer {other}"}, other_session, {}):
+                    refused = g.post({**forged, "id": msg["id"]}, path="/mcp/chatty", headers=who)
+                    assert refused.status_code in (400, 404), (who.keys(), refused.status_code, refused.text)
+                    assert "no pending server request" in refused.text or "Session" in refused.text, refused.text
+                accepted = g.post({**answer, "id": msg["id"]}, path="/mcp/chatty", headers=session)
+                assert accepted.status_code == 202, accepted.text
+            elif msg.get("id") == 5:
+                result = msg
+                break
+    outcome = json.loads(result["result"]["content"][0]["text"])
+    assert (outcome["answered"], outcome["declined"]) == (1, 0), outcome
+
+
+def test_server_request_ids_relayed_to_clients_cannot_be_guessed(gantry):
+    from test_slow_clients import chatty_stdio
+    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    sid, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 3}}}
+    headers = {**g.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
+    ids = []
+    with httpx2.stream("POST", g.base + "/mcp/chatty", content=json.dumps(body), headers=headers, timeout=30) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            msg = json.loads(line[len("data: "):])
+            if msg.get("method") == "sampling/createMessage":
+                ids.append(msg["id"])
+                if len(ids) == 3:
+                    for i in ids:
+                        g.post({"jsonrpc": "2.0", "id": i, "result": {"role": "assistant", "content": {
+                            "type": "text", "text": "ok"}, "model": "m"}}, path="/mcp/chatty", headers=session)
+            elif msg.get("id") == 5:
+                break
+    # Each id carries at least 96 random bits: no shared stem longer than the server's name.
+    assert len(set(ids)) == 3
+    for a, b in ((ids[0], ids[1]), (ids[1], ids[2])):
+        common = len(os.path.commonprefix([a, b]))
+        assert len(a) - common >= 24, (a, b)
