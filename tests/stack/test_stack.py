@@ -128,33 +128,69 @@ def test_a_session_deleted_through_nginx_is_gone_on_both_gateway_replicas(stack,
     session, _ = stack.mcp_call(operator.key, "demo__add", {"a": 1, "b": 2})
     headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18",
                "Mcp-Session-Id": session}
-
-    def pings(n):
-        """n pings in the session through nginx: (status, X-Request-Id) of each."""
-        out = []
-        for _ in range(n):
-            status, h, _ = stack.request("POST", "/mcp", {"jsonrpc": "2.0", "id": 3, "method": "ping"},
-                                         headers=headers, token=operator.key, raw=True)
-            out.append((status, h["X-Request-Id"]))
-        return out
-
-    assert {s for s, _ in pings(4)} == {200}
+    ping = {"jsonrpc": "2.0", "id": 3, "method": "ping"}
+    # nginx sends a session's requests to one replica; each is asked here by its own
+    # address. Both serve the session: its id is sealed, any replica can open it.
+    assert replicas_answer(stack, ping, headers, operator.key) == [200, 200]
     status, _, _ = stack.request("DELETE", "/mcp", headers=headers, token=operator.key, raw=True)
     assert status == 204
-    # The end travels through Redis in well under a millisecond; allow the first pings that.
-    wait_until(lambda: {s for s, _ in pings(2)} == {404}, timeout=10, interval=0.2, what="the session refused")
-    after = pings(8)
-    assert {s for s, _ in after} == {404}, after
-    # nginx spread them over both replicas (least_conn), so the one that did not take the
-    # DELETE refused the session too: it learnt of its end through Redis.
-    ids = {request_id for _, request_id in after}
-    served = set()
+    # The one that did not take the DELETE refuses the session too: it learnt of its end
+    # through Redis, in well under a millisecond.
+    wait_until(lambda: replicas_answer(stack, ping, headers, operator.key) == [404, 404], timeout=10,
+               interval=0.5, what="both replicas to refuse the session")
+
+
+def replicas_answer(stack, body, headers, key):
+    """The HTTP status each mcp_gateway replica answers `body` with, reached by its backend
+    address from a throwaway container (the gateways publish no port)."""
+    ips = sorted(backend_ip(stack, c) for c in service_containers(stack, "mcp_gateway"))
+    assert len(ips) == 2, ips
+    code = (
+        "import json, sys, urllib.request, urllib.error\n"
+        "for ip in sys.argv[1:]:\n"
+        f"    req = urllib.request.Request(f'http://{{ip}}:8080/mcp', data={json.dumps(body)!r}.encode(), method='POST',\n"
+        f"        headers={{**{headers!r}, 'Content-Type': 'application/json', 'Authorization': 'Bearer {key}'}})\n"
+        "    try:\n"
+        "        print(urllib.request.urlopen(req, timeout=10).status)\n"
+        "    except urllib.error.HTTPError as e:\n"
+        "        print(e.code)\n"
+    )
+    r = stack.run("podman", "run", "--rm", "--network", f"{PROJECT}_backend", "--entrypoint", "python3",
+                  "localhost/gantry-mcp-runtime:test", "-c", code, *ips)
+    return [int(line) for line in r.stdout.split()]
+
+
+def service_containers(stack, service):
+    return stack.run("podman", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
+                     "--filter", f"label=com.docker.compose.service={service}").stdout.split()
+
+
+def test_nginx_keeps_each_session_on_one_gateway_replica_and_spreads_the_sessions(stack, operator):
+    # What a replica holds for a session (calls to cancel, resource subscriptions, server
+    # requests awaiting the client's answer) must be where its next request lands.
+    pings = {}
+    for i in range(16):
+        session, _ = stack.mcp_call(operator.key, "demo__add", {"a": i, "b": 1})
+        headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18",
+                   "Mcp-Session-Id": session}
+        for _ in range(3):
+            status, h, _ = stack.request("POST", "/mcp", {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+                                         headers=headers, token=operator.key, raw=True)
+            assert status == 200
+            pings[h["X-Request-Id"]] = session
+    replica_of = {}
     for line in stack.compose("logs", "mcp_gateway").stdout.splitlines():
         replica, _, entry = line.partition("|")
         request_id = re.search(r'"request_id":"([0-9a-f-]+)"', entry)
-        if request_id and request_id.group(1) in ids and "finished processing request" in entry:
-            served.add(replica.strip())
-    assert len(served) == 2, served
+        if request_id and request_id.group(1) in pings and "finished processing request" in entry:
+            replica_of[request_id.group(1)] = replica.strip()
+    assert replica_of.keys() == pings.keys(), "every ping is logged by the replica that served it"
+    by_session = {}
+    for request_id, session in pings.items():
+        by_session.setdefault(session, set()).add(replica_of[request_id])
+    assert all(len(replicas) == 1 for replicas in by_session.values()), by_session
+    # 16 sessions all hashed to one of two replicas: one chance in 30,000.
+    assert len(set().union(*by_session.values())) == 2, by_session
 
 
 def test_prometheus_reports_every_target_up(stack):

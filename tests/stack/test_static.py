@@ -141,7 +141,13 @@ def test_nginx_config_has_the_plans_limits_and_headers():
     assert "limit_req_status 429" in text and "server_tokens off" in text
     assert "ssl_protocols TLSv1.2 TLSv1.3" in text
     template = (DOCKER / "nginx" / "templates" / "upstreams.conf.template").read_text()
-    assert template.count("least_conn") == 2
+    blocks = dict(re.findall(r"^upstream (\w+) \{(.*?)^\}", template, re.S | re.M))
+    assert "least_conn;" in blocks["api_servers"]
+    # A session sticks to one gateway replica (test_stack.py shows it); nginx wants the
+    # balancing method before `keepalive`.
+    gateways = blocks["mcp_gateways"]
+    assert "hash $http_mcp_session_id;" in gateways and "least_conn" not in gateways
+    assert gateways.index("hash ") < gateways.index("keepalive")
     mcp = text[text.index("location /mcp"):]
     mcp = mcp[:mcp.index("}")]
     for directive in ("proxy_buffering off", "gzip off", "proxy_read_timeout 1h", "proxy_http_version 1.1"):
