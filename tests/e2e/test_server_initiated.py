@@ -157,6 +157,43 @@ def test_only_the_client_a_server_request_was_relayed_to_can_answer_it(gantry):
     assert (outcome["answered"], outcome["declined"]) == (1, 0), outcome
 
 
+def test_a_server_request_on_a_get_stream_is_answered_by_that_session_alone(gantry):
+    from test_slow_clients import chatty_stdio
+    other = "gty_" + secrets.token_urlsafe(32)
+    g = gantry({"upstreams": {"chatty": chatty_stdio()},
+                "auth": {"api_keys": [{"name": "other", "sha256": hashlib.sha256(other.encode()).hexdigest()}]}})
+    sid, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    second, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
+    answer = {"jsonrpc": "2.0", "result": {"role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}}
+    with httpx2.stream("GET", g.base + "/mcp/chatty", headers={**g.auth(), **session, "Accept": "text/event-stream"},
+                       timeout=30) as stream:
+        assert stream.status_code == 200
+        body = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "ask_later",
+                                                                             "arguments": {"count": 1}}}
+        assert g.post(body, path="/mcp/chatty", headers=session).json()["result"]["content"][0]["text"] == "asking"
+        deadline = time.monotonic() + 20  # the stream's keep-alives come every 15 s
+        # Answered while the stream is read: a client that leaves its stream leaves its
+        # requests to be declined for it.
+        for line in stream.iter_lines():
+            assert time.monotonic() < deadline, "no request relayed on the GET stream"
+            if not (line.startswith("data: ") and json.loads(line[6:]).get("method") == "sampling/createMessage"):
+                continue
+            request_id = json.loads(line[6:])["id"]
+            # Another key, and the same key on another of its sessions: refused.
+            for who in ({"Authorization": f"Bearer {other}"},
+                        {"Mcp-Session-Id": second, "MCP-Protocol-Version": "2025-11-25"}):
+                refused = g.post({**answer, "id": request_id}, path="/mcp/chatty", headers=who)
+                assert refused.status_code == 400 and "no pending server request" in refused.text, refused.text
+            accepted = g.post({**answer, "id": request_id}, path="/mcp/chatty", headers=session)
+            assert accepted.status_code == 202, accepted.text
+            break
+    wait_until(lambda: g.logged("later: ", upstream="chatty"), what="the request answered")
+    [said] = [json.loads(l)["message"] for l in g.logs().splitlines() if "later: " in l]
+    outcome = json.loads(said[said.index("later: ") + len("later: "):])
+    assert (outcome["answered"], outcome["declined"]) == (1, 0), outcome
+
+
 def test_server_request_ids_relayed_to_clients_cannot_be_guessed(gantry):
     from test_slow_clients import chatty_stdio
     g = gantry({"upstreams": {"chatty": chatty_stdio()}})
