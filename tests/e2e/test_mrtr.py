@@ -91,18 +91,14 @@ def test_a_parked_call_keeps_what_its_upstream_sends_within_the_backlog_and_rela
     g = gantry({"upstreams": {"chatty": chatty_stdio()}})
     count = 200_000  # about 20 MB of progress, sent while the call waits for the client's input
     params = {"name": "ask_then_flood", "arguments": {"count": count}, "_meta": {"progressToken": "p"}}
-    caps = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
-    body, headers = g.modern_request("tools/call", params, id=1)
-    body["params"]["_meta"].update(caps)
     before = rss_kib(g.proc.pid)
-    first = g.post(body, path="/mcp/chatty", headers=headers).json()["result"]
-    assert first["resultType"] == "input_required"
+    first = _park(g, params)
     wait_until(lambda: g.logged("flood sent", upstream="chatty"), what="the upstream's flood")
     grown = rss_kib(g.proc.pid) - before
     assert grown < 32 * 1024, f"gantry grew by {grown} KiB holding a parked call's flood"
 
     # The retry is a request of its own, with its own progress token.
-    messages = sse_messages(_retry(g, first, params, {"progressToken": "p2"}, caps))
+    messages = sse_messages(_retry(g, first, params, {"progressToken": "p2"}))
     assert messages[-1]["id"] == 2 and messages[-1]["result"]["content"][0]["text"] == "answer: ok"
     # What was kept comes first and in order, then what the upstream sent after its input;
     # the rest past the backlog was dropped and counted.
@@ -120,12 +116,8 @@ def test_a_parked_call_holds_server_requests_within_the_backlog_and_declines_the
     g = gantry({"upstreams": {"chatty": chatty_stdio()}})
     asks, size = 60, 1_000_000  # 60 MB of sampling requests, sent while the call waits for its first input
     params = {"name": "ask_then_flood", "arguments": {"count": 0, "asks": asks, "size": size}}
-    caps = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
-    body, headers = g.modern_request("tools/call", params, id=1)
-    body["params"]["_meta"].update(caps)
     before = rss_kib(g.proc.pid)
-    result = g.post(body, path="/mcp/chatty", headers=headers).json()["result"]
-    assert result["resultType"] == "input_required"
+    result = _park(g, params)
     wait_until(lambda: g.logged("flood sent", upstream="chatty"), what="the upstream's requests")
     grown = rss_kib(g.proc.pid) - before
     assert grown < 32 * 1024, f"gantry grew by {grown} KiB holding a parked call's requests"
@@ -135,7 +127,7 @@ def test_a_parked_call_holds_server_requests_within_the_backlog_and_declines_the
     while result.get("resultType") == "input_required":
         rounds += 1
         assert rounds <= asks, "more rounds than the upstream sent requests"
-        answer = _retry(g, result, params, {}, caps, id=1 + rounds)
+        answer = _retry(g, result, params, {}, id=1 + rounds)
         result = sse_messages(answer)[-1]["result"]
     text = result["content"][0]["text"]
     assert text.startswith("answer: ok "), text
@@ -147,26 +139,36 @@ def test_a_parked_call_holds_server_requests_within_the_backlog_and_declines_the
     assert g.metric("mcp_server_requests_declined_total", server="chatty") == summary["declined"]
 
 
-def _retry(g, first: dict, params: dict, meta: dict, caps: dict, id: int = 2):
+# A 2026-07-28 client that can answer sampling requests.
+SAMPLING_CAPS = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
+
+
+def _park(g, params: dict) -> dict:
+    """Sends `params` as tools/call id 1 to the chatty upstream, whose tool asks for input
+    at once: the result, an InputRequiredResult."""
+    body, headers = g.modern_request("tools/call", params, id=1)
+    body["params"]["_meta"].update(SAMPLING_CAPS)
+    result = g.post(body, path="/mcp/chatty", headers=headers).json()["result"]
+    assert result["resultType"] == "input_required", result
+    return result
+
+
+def _retry(g, first: dict, params: dict, meta: dict, id: int = 2):
     """The retry, by default id 2, of the request `params` that got the InputRequiredResult `first`."""
     (key, _), = first["inputRequests"].items()
     retry = {**params, "_meta": meta, "requestState": first["requestState"],
              "inputResponses": {key: {"role": "assistant", "model": "m", "content": {"type": "text", "text": "ok"}}}}
     body, headers = g.modern_request("tools/call", retry, id=id)
-    body["params"]["_meta"].update(caps)
+    body["params"]["_meta"].update(SAMPLING_CAPS)
     return g.post(body, path="/mcp/chatty", headers=headers)
 
 
 def test_a_retry_that_asks_for_no_progress_gets_none_of_the_parked_calls(gantry):
     g = gantry({"upstreams": {"chatty": chatty_stdio()}})
     params = {"name": "ask_then_flood", "arguments": {"count": 20}, "_meta": {"progressToken": "p"}}
-    caps = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}}}
-    body, headers = g.modern_request("tools/call", params, id=1)
-    body["params"]["_meta"].update(caps)
-    first = g.post(body, path="/mcp/chatty", headers=headers).json()["result"]
-    assert first["resultType"] == "input_required"
+    first = _park(g, params)
     wait_until(lambda: g.logged("flood sent", upstream="chatty"), what="the upstream's progress")
-    r = _retry(g, first, params, {}, caps)
+    r = _retry(g, first, params, {})
     # Nothing came before the answer, so it is plain JSON.
     assert r.headers["content-type"].startswith("application/json"), r.text[:300]
     assert r.json()["result"]["content"][0]["text"] == "answer: ok"

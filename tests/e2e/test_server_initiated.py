@@ -13,6 +13,7 @@ import httpx2
 from mcp import types
 
 from conftest import ACCEPT, MODERN, everything_stdio, sdk_client, wait_until
+from test_slow_clients import chatty_stdio
 
 
 def test_roots_and_logging_reach_the_client_over_its_get_stream(gantry):
@@ -118,20 +119,29 @@ def test_client_cancellation_ends_the_call_promptly(gantry):
     assert g.metric("mcp_requests_total", server="everything", method="tools/call", outcome="cancelled") == 1
 
 
-def test_only_the_client_a_server_request_was_relayed_to_can_answer_it(gantry):
-    from test_slow_clients import chatty_stdio
+# A client's answer to a sampling request, without its id.
+SAMPLED = {"jsonrpc": "2.0", "result": {"role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}}
+
+
+def _chatty_and_another_key(gantry):
+    """gantry in front of the chatty upstream, with a second API key besides the test's:
+    the gantry, that key, and the headers of a session the test key opened (able to
+    answer sampling)."""
     other = "gty_" + secrets.token_urlsafe(32)
     g = gantry({"upstreams": {"chatty": chatty_stdio()},
                 "auth": {"api_keys": [{"name": "other", "sha256": hashlib.sha256(other.encode()).hexdigest()}]}})
     sid, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
-    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    return g, other, {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+
+
+def test_only_the_client_a_server_request_was_relayed_to_can_answer_it(gantry):
+    g, other, session = _chatty_and_another_key(gantry)
     r = g.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {"sampling": {}}, "clientInfo": {"name": "other", "version": "1"}}},
         path="/mcp/chatty", headers={"Authorization": f"Bearer {other}"})
     other_session = {"Authorization": f"Bearer {other}", "Mcp-Session-Id": r.headers["mcp-session-id"],
                      "MCP-Protocol-Version": "2025-11-25"}
     forged = {"jsonrpc": "2.0", "error": {"code": -1, "message": "forged by another caller"}}
-    answer = {"jsonrpc": "2.0", "result": {"role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}}
     body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 1}}}
     headers = {**g.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
     result = None
@@ -148,7 +158,7 @@ def test_only_the_client_a_server_request_was_relayed_to_can_answer_it(gantry):
                     refused = g.post({**forged, "id": msg["id"]}, path="/mcp/chatty", headers=who)
                     assert refused.status_code in (400, 404), (who.keys(), refused.status_code, refused.text)
                     assert "no pending server request" in refused.text or "Session" in refused.text, refused.text
-                accepted = g.post({**answer, "id": msg["id"]}, path="/mcp/chatty", headers=session)
+                accepted = g.post({**SAMPLED, "id": msg["id"]}, path="/mcp/chatty", headers=session)
                 assert accepted.status_code == 202, accepted.text
             elif msg.get("id") == 5:
                 result = msg
@@ -158,14 +168,8 @@ def test_only_the_client_a_server_request_was_relayed_to_can_answer_it(gantry):
 
 
 def test_a_server_request_on_a_get_stream_is_answered_by_that_session_alone(gantry):
-    from test_slow_clients import chatty_stdio
-    other = "gty_" + secrets.token_urlsafe(32)
-    g = gantry({"upstreams": {"chatty": chatty_stdio()},
-                "auth": {"api_keys": [{"name": "other", "sha256": hashlib.sha256(other.encode()).hexdigest()}]}})
-    sid, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
-    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    g, other, session = _chatty_and_another_key(gantry)
     second, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
-    answer = {"jsonrpc": "2.0", "result": {"role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}}
     with httpx2.stream("GET", g.base + "/mcp/chatty", headers={**g.auth(), **session, "Accept": "text/event-stream"},
                        timeout=30) as stream:
         assert stream.status_code == 200
@@ -183,9 +187,9 @@ def test_a_server_request_on_a_get_stream_is_answered_by_that_session_alone(gant
             # Another key, and the same key on another of its sessions: refused.
             for who in ({"Authorization": f"Bearer {other}"},
                         {"Mcp-Session-Id": second, "MCP-Protocol-Version": "2025-11-25"}):
-                refused = g.post({**answer, "id": request_id}, path="/mcp/chatty", headers=who)
+                refused = g.post({**SAMPLED, "id": request_id}, path="/mcp/chatty", headers=who)
                 assert refused.status_code == 400 and "no pending server request" in refused.text, refused.text
-            accepted = g.post({**answer, "id": request_id}, path="/mcp/chatty", headers=session)
+            accepted = g.post({**SAMPLED, "id": request_id}, path="/mcp/chatty", headers=session)
             assert accepted.status_code == 202, accepted.text
             break
     wait_until(lambda: g.logged("later: ", upstream="chatty"), what="the request answered")
@@ -195,7 +199,6 @@ def test_a_server_request_on_a_get_stream_is_answered_by_that_session_alone(gant
 
 
 def test_server_request_ids_relayed_to_clients_cannot_be_guessed(gantry):
-    from test_slow_clients import chatty_stdio
     g = gantry({"upstreams": {"chatty": chatty_stdio()}})
     sid, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
     session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
@@ -211,8 +214,7 @@ def test_server_request_ids_relayed_to_clients_cannot_be_guessed(gantry):
                 ids.append(msg["id"])
                 if len(ids) == 3:
                     for i in ids:
-                        g.post({"jsonrpc": "2.0", "id": i, "result": {"role": "assistant", "content": {
-                            "type": "text", "text": "ok"}, "model": "m"}}, path="/mcp/chatty", headers=session)
+                        g.post({**SAMPLED, "id": i}, path="/mcp/chatty", headers=session)
             elif msg.get("id") == 5:
                 break
     # Each id carries at least 96 random bits: no shared stem longer than the server's name.
