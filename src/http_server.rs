@@ -17,6 +17,7 @@ mod idle;
 pub use idle::Timeouts;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -26,10 +27,16 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::telemetry::metrics as m;
+
+/// The address a request's connection reached this process at (a request extension):
+/// where another replica that shares the network reaches it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServedAt(pub SocketAddr);
 
 /// Serves `app` on every connection `listener` accepts until `stop` is cancelled; then
 /// accepts no more, lets each connection finish the request it is answering (idle ones
@@ -37,7 +44,7 @@ use crate::telemetry::metrics as m;
 /// for ever, for a server reachable only through a proxy that times them out itself.
 pub async fn serve<L, S>(mut listener: L, app: S, timeouts: Timeouts, stop: CancellationToken)
 where
-    L: Listener,
+    L: Listener<Io = TcpStream>,
     S: tower::Service<http::Request<Body>, Response = axum::response::Response, Error = Infallible>
         + Clone
         + Send
@@ -57,11 +64,17 @@ where
             () = stop.cancelled() => break,
         };
         let activity = idle::Activity::new();
+        let served_at = io.local_addr().ok().map(ServedAt);
         let service = app
             .clone()
             .map_request({
                 let activity = Arc::clone(&activity);
-                move |request: http::Request<Incoming>| request.map(|body| activity.request(body))
+                move |mut request: http::Request<Incoming>| {
+                    if let Some(served_at) = served_at {
+                        request.extensions_mut().insert(served_at);
+                    }
+                    request.map(|body| activity.request(body))
+                }
             })
             .map_response({
                 let activity = Arc::clone(&activity);

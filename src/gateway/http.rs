@@ -5,6 +5,7 @@
 //! how axum handlers short-circuit; boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -16,8 +17,9 @@ use serde_json::{Map, Value, json};
 use super::era::{self, Era};
 use super::jsonrpc::{self, Message};
 use super::session::{ClientCaps, SessionClaims, new_session_id};
-use super::{Gateway, Route, aggregate, policy, relay, streams};
+use super::{Gateway, Route, aggregate, mrtr, policy, relay, retry_forward, streams};
 use crate::gateway::auth::{AuthError, Principal};
+use crate::http_server::ServedAt;
 
 /// Everything known about a request once it passed the checks.
 #[derive(Debug, Clone)]
@@ -32,6 +34,9 @@ pub struct Ctx {
     pub method: String,
     /// The `x-request-id` of the HTTP request, for the audit record.
     pub request_id: Option<String>,
+    /// The address the request reached this process at, sealed into a parked call's
+    /// `requestState` so that other replicas can carry the retry here.
+    pub served_at: Option<SocketAddr>,
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -283,9 +288,23 @@ async fn post(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Respon
             );
         }
     };
+    let served_at = parts.extensions.get::<ServedAt>().map(|s| s.0);
     match message {
-        Message::Request { id, method, body } => {
-            request(gw, route, principal, headers, id, method, body).await
+        Message::Request {
+            id,
+            method,
+            body: fields,
+        } => {
+            if let Some(owner) =
+                mrtr::held_elsewhere(&gw, &principal, &method, &fields, &headers, served_at)
+            {
+                return Box::pin(retry_forward::forward(
+                    owner, &parts.uri, headers, body, &id,
+                ))
+                .await;
+            }
+            let arrival = Arrival { headers, served_at };
+            request(gw, route, principal, arrival, id, method, fields).await
         }
         Message::Notification { method, body } => {
             notification(&gw, &route, &principal, &headers, &method, body)
@@ -296,15 +315,22 @@ async fn post(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Respon
     }
 }
 
+/// How a request arrived: its headers, and the address it reached this process at.
+struct Arrival {
+    headers: HeaderMap,
+    served_at: Option<SocketAddr>,
+}
+
 async fn request(
     gw: Arc<Gateway>,
     route: Route,
     principal: Principal,
-    headers: HeaderMap,
+    arrival: Arrival,
     id: Value,
     method: String,
     mut body: Map<String, Value>,
 ) -> Response {
+    let Arrival { headers, served_at } = arrival;
     let sse = accepts_sse(&headers);
     let request_id = era::header_str(&headers, era::HEADER_REQUEST_ID).map(String::from);
     let ctx = match era::detect(&method, &body, &headers) {
@@ -328,6 +354,7 @@ async fn request(
                 accepts_sse: sse,
                 method: method.clone(),
                 request_id,
+                served_at,
             }
         }
         Era::Modern => {
@@ -349,6 +376,7 @@ async fn request(
                 accepts_sse: sse,
                 method: method.clone(),
                 request_id,
+                served_at,
             }
         }
     };

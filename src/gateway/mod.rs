@@ -20,6 +20,7 @@ pub mod registry;
 pub mod relay;
 pub mod rest;
 pub mod result_cache;
+pub mod retry_forward;
 pub mod server_requests;
 pub mod session;
 pub mod streams;

@@ -7,8 +7,11 @@
 //! client with the input request and a sealed `requestState`, and on the retry answers
 //! the upstream's pending request and carries on with the same call.
 //!
-//! Parked calls live in the process that parked them; a retry that lands on another
-//! replica gets a clear error and must start over.
+//! Parked calls live in the process that parked them. The retry carries no session id a
+//! load balancer could route by, so `requestState` seals the address the parking request
+//! reached its replica at, and a replica that receives the retry carries it there
+//! ([`super::retry_forward`]); one that cannot reach it answers with a clear error, and
+//! the client starts over.
 //!
 //! While a call is parked its upstream goes on: a stdio or HTTP+SSE server's progress and
 //! logs for it arrive through the connection's one reader whether or not anyone waits. A
@@ -18,21 +21,24 @@
 //! then declined. What it kept is relayed on the retry's stream, and what a retry parks
 //! again still counts against the same bounds.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::response::Response;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Principal;
 use super::client_stream;
 use super::era::Era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
 use super::relay::{self, Running, finish};
+use super::retry_forward::{self, Owner};
 use super::server_requests::{self, Declines, MintedIds, client_can_answer};
 use super::session::{REQUEST_STATE_PURPOSE, new_session_id};
 use super::{Gateway, unix_now};
@@ -200,6 +206,9 @@ struct State {
     n: String,
     /// Unix seconds after which the state is refused.
     exp: u64,
+    /// The address the parking request reached its replica at, where the retry must go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    own: Option<SocketAddr>,
 }
 
 /// The name or URI a request is about: a request state is only good for its request.
@@ -229,6 +238,35 @@ pub fn is_retry(ctx: &Ctx, body: &Map<String, Value>) -> bool {
     ctx.era == Era::Modern
         && METHODS.contains(&ctx.method.as_str())
         && jsonrpc::params(body).is_some_and(|p| p.contains_key("requestState"))
+}
+
+/// The replica holding the call this request retries, when it is not this one: the
+/// address sealed in its `requestState`, unless the request reached this process there or
+/// another replica already carried it here. Anything else (no state, a state that does
+/// not open or is another principal's) is left for [`resume`] to answer.
+pub fn held_elsewhere(
+    gw: &Gateway,
+    principal: &Principal,
+    method: &str,
+    body: &Map<String, Value>,
+    headers: &HeaderMap,
+    served_at: Option<SocketAddr>,
+) -> Option<Owner> {
+    if !METHODS.contains(&method) {
+        return None;
+    }
+    let sealed = jsonrpc::params(body)?.get("requestState")?.as_str()?;
+    if headers.contains_key(retry_forward::FORWARDED)
+        || super::era::detect(method, body, headers) != Era::Modern
+    {
+        return None;
+    }
+    let state: State = gw.sessions.open_value(sealed, REQUEST_STATE_PURPOSE)?;
+    let addr = state.own.filter(|own| Some(*own) != served_at)?;
+    (state.sub == principal.id).then_some(Owner {
+        addr,
+        expires: state.exp,
+    })
 }
 
 /// Parks `run` and returns the `InputRequiredResult` answering request `id`.
@@ -266,6 +304,7 @@ fn store(gw: &Arc<Gateway>, ctx: &Ctx, id: &Value, parked: Parked, name: String)
         m: ctx.method.clone(),
         n: name,
         exp: unix_now() + remaining.as_secs().max(1),
+        own: ctx.served_at,
     };
     let request = parked.request.clone();
     gw.parked.lock().unwrap().insert(token.clone(), parked);

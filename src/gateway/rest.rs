@@ -57,6 +57,8 @@ async fn caller(
         method: String::new(),
         request_id: super::era::header_str(headers, super::era::HEADER_REQUEST_ID)
             .map(String::from),
+        // A REST call never parks: it declares no capability to answer input requests.
+        served_at: None,
     };
     Ok((ctx, slots))
 }

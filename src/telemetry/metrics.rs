@@ -32,6 +32,9 @@ pub const NOTIFICATIONS_DROPPED: &str = "mcp_notifications_dropped_total";
 /// Server requests (sampling, elicitation, roots) the gateway answered with an error for a
 /// client that was not taking them, by `server`.
 pub const SERVER_REQUESTS_DECLINED: &str = "mcp_server_requests_declined_total";
+/// 2026-07-28 retries carried to the replica holding their parked call, by `outcome`
+/// (forwarded; unreachable: the client was told to start over).
+pub const RETRIES_FORWARDED: &str = "mcp_retries_forwarded_total";
 /// Log lines dropped because stderr was not read fast enough (`log.buffer_lines`).
 pub const LOG_LINES_DROPPED: &str = "log_lines_dropped_total";
 
@@ -102,6 +105,10 @@ pub fn install() -> PrometheusHandle {
             metrics::describe_counter!(
                 SERVER_REQUESTS_DECLINED,
                 "Server requests answered with an error by the gateway for a client that was not taking them"
+            );
+            metrics::describe_counter!(
+                RETRIES_FORWARDED,
+                "2026-07-28 retries carried to the replica holding their parked call, by outcome"
             );
             metrics::describe_counter!(
                 LOG_LINES_DROPPED,

@@ -92,8 +92,9 @@ class Gantry:
     """One running gantry process."""
 
     def __init__(self, tmp: Path, config: dict, args=(), env=None, session_key=None, role="serve",
-                 stderr=None):
-        self.key = "gty_" + secrets.token_urlsafe(32)
+                 stderr=None, key=None):
+        # Another process's `key`, for a replica of it: the same principal on both.
+        self.key = key or "gty_" + secrets.token_urlsafe(32)
         config = json.loads(json.dumps(config))
         config.setdefault("auth", {}).setdefault("api_keys", []).append(
             {"name": "test", "sha256": hashlib.sha256(self.key.encode()).hexdigest()}

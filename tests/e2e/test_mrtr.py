@@ -2,7 +2,11 @@
 (sampling, elicitation) become MRTR round trips (InputRequiredResult, then a retry)."""
 
 import asyncio
+import base64
+import hashlib
 import json
+import secrets
+import time
 
 from mcp import types
 
@@ -153,14 +157,69 @@ def _park(g, params: dict) -> dict:
     return result
 
 
-def _retry(g, first: dict, params: dict, meta: dict, id: int = 2):
-    """The retry, by default id 2, of the request `params` that got the InputRequiredResult `first`."""
+def _retry(g, first: dict, params: dict, meta: dict, id: int = 2, headers=None):
+    """The retry, by default id 2, of the request `params` that got the InputRequiredResult
+    `first`, sent to `g` with `g`'s key and then `headers`."""
     (key, _), = first["inputRequests"].items()
     retry = {**params, "_meta": meta, "requestState": first["requestState"],
              "inputResponses": {key: {"role": "assistant", "model": "m", "content": {"type": "text", "text": "ok"}}}}
-    body, headers = g.modern_request("tools/call", retry, id=id)
+    body, mcp_headers = g.modern_request("tools/call", retry, id=id)
     body["params"]["_meta"].update(SAMPLING_CAPS)
-    return g.post(body, path="/mcp/chatty", headers=headers)
+    return g.post(body, path="/mcp/chatty", headers={**mcp_headers, **(headers or {})})
+
+
+def _two_replicas(gantry):
+    """Two gantry processes in front of the chatty upstream with the same keys (the test's,
+    and a second one returned too) and the same session key, as replicas behind a load
+    balancer have."""
+    session_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    other = "gty_" + secrets.token_urlsafe(32)
+    config = {"upstreams": {"chatty": chatty_stdio()},
+              "auth": {"api_keys": [{"name": "other", "sha256": hashlib.sha256(other.encode()).hexdigest()}]}}
+    a = gantry(config, session_key=session_key)
+    b = gantry(config, session_key=session_key, key=a.key)
+    return a, b, {"Authorization": f"Bearer {other}"}
+
+
+def test_a_retry_that_reaches_another_replica_is_carried_to_the_one_holding_its_call(gantry):
+    a, b, other = _two_replicas(gantry)
+    params = {"name": "ask_then_flood", "arguments": {"count": 20}, "_meta": {"progressToken": "p"}}
+    first = _park(a, params)
+    wait_until(lambda: a.logged("flood sent", upstream="chatty"), what="the upstream's progress")
+
+    # Another key cannot take the call on, on b or carried to a.
+    stranger = _retry(b, first, params, {}, id=9, headers=other)
+    assert stranger.json()["error"]["code"] == -32602, stranger.text
+    # A request another replica already carried is not carried again: b answers it itself.
+    marked = _retry(b, first, params, {}, id=9, headers={"Gantry-Forwarded-Retry": "1"})
+    assert "another gateway replica" in marked.json()["error"]["message"], marked.text
+    assert b.metric("mcp_retries_forwarded_total") is None, "neither was carried to a"
+
+    messages = sse_messages(_retry(b, first, params, {"progressToken": "p2"}))
+    assert messages[-1]["id"] == 2 and messages[-1]["result"]["content"][0]["text"] == "answer: ok", messages[-1]
+    progress = progress_of(messages)
+    assert progress == list(range(1, 22)), "a's held progress, then what came after the input, through b"
+    assert {m["params"]["progressToken"] for m in messages if "params" in m} == {"p2"}
+    assert b.metric("mcp_retries_forwarded_total", outcome="forwarded") == 1
+    assert b.metric("mcp_requests_total", server="chatty", method="tools/call") is None, "b's upstream saw nothing"
+    assert a.metric("mcp_requests_total", server="chatty", method="tools/call", outcome="ok") == 1
+
+    again = _retry(b, first, params, {}, id=3)
+    assert again.json()["error"]["code"] == -32602, "the state was used once, on a"
+
+
+def test_a_retry_for_a_replica_that_is_gone_is_told_to_start_over(gantry):
+    a, b, _ = _two_replicas(gantry)
+    params = {"name": "ask_then_flood", "arguments": {"count": 0}}
+    first = _park(a, params)
+    a.stop()
+    started = time.monotonic()
+    r = _retry(b, first, params, {})
+    assert time.monotonic() - started < 5, "a replica that is gone is not waited for"
+    error = r.json()["error"]
+    assert error["code"] == -32602 and "could not be reached" in error["message"], error
+    assert "send the request again without it" in error["message"]
+    assert b.metric("mcp_retries_forwarded_total", outcome="unreachable") == 1
 
 
 def test_a_retry_that_asks_for_no_progress_gets_none_of_the_parked_calls(gantry):
