@@ -208,6 +208,9 @@ def stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("stack")
     directory = work / "docker"
     shutil.copytree(ROOT / "docker", directory, ignore=shutil.ignore_patterns(".env", "secrets", "certs", "certbot", ".build"))
+    # The test overlay's own MCP server (mcp_chatty in docker/test/compose.test.yml).
+    (directory / "test" / "chatty").mkdir()
+    shutil.copy(ROOT / "tests" / "e2e" / "chatty_upstream.py", directory / "test" / "chatty")
     https_port = 443 if port_free(443) else free_port()
     http_port = 80 if port_free(80) else free_port()
     env_text = (directory / "env.example").read_text()
@@ -218,8 +221,8 @@ def stack(tmp_path_factory):
     # Leftovers of an interrupted earlier run would hold the project's names.
     s.compose("--profile", "restore", "down", "-v", "--remove-orphans", check=False, timeout=300)
     with HealthcheckRunner():
-        s.deployed = s.run("bash", "deploy.sh", "--generate-secrets", "--no-pull", "--timeout", "300", timeout=900)
         try:
+            s.deployed = s.run("bash", "deploy.sh", "--generate-secrets", "--no-pull", "--timeout", "300", timeout=900)
             yield s
         finally:
             if os.environ.get("STACK_KEEP"):  # for debugging: leave it running

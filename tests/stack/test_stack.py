@@ -5,13 +5,15 @@ import hashlib
 import json
 import re
 import time
+import urllib.parse
 
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, PROJECT, free_port, wait_until
 
 # Services of docker-compose.yml that run here (grafana and mongodb_exporter cannot:
 # docker/test/standins/README.md) and how many containers each has.
-EXPECTED = {"nginx": 1, "api_server": 2, "mcp_gateway": 2, "mcp_demo": 1, "database": 1, "mongodb": 1,
-            "redis": 1, "vault": 1, "prometheus": 1, "alertmanager": 1, "postgres_exporter": 1,
+# mcp_chatty is the test overlay's own MCP server (docker/test/compose.test.yml).
+EXPECTED = {"nginx": 1, "api_server": 2, "mcp_gateway": 2, "mcp_demo": 1, "mcp_chatty": 1, "database": 1,
+            "mongodb": 1, "redis": 1, "vault": 1, "prometheus": 1, "alertmanager": 1, "postgres_exporter": 1,
             "redis_exporter": 1, "nginx_exporter": 1, "blackbox_exporter": 1, "backup": 1}
 
 
@@ -191,6 +193,53 @@ def test_nginx_keeps_each_session_on_one_gateway_replica_and_spreads_the_session
     assert all(len(replicas) == 1 for replicas in by_session.values()), by_session
     # 16 sessions all hashed to one of two replicas: one chance in 30,000.
     assert len(set().union(*by_session.values())) == 2, by_session
+
+
+MODERN = "2026-07-28"
+
+
+def modern_tool_call(stack, key, params, id):
+    """A 2026-07-28 tools/call through nginx, from a client able to answer sampling
+    requests; returns the last JSON-RPC message of the answer."""
+    meta = {"io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientCapabilities": {"sampling": {}},
+            "io.modelcontextprotocol/clientInfo": {"name": "stack-test", "version": "1"}}
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": MODERN,
+               "Mcp-Method": "tools/call", "Mcp-Name": params["name"]}
+    body = {"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {**params, "_meta": meta}}
+    status, h, payload = stack.request("POST", "/mcp", body, headers=headers, token=key, raw=True)
+    assert status == 200, payload
+    text = payload.decode()
+    if h.get("Content-Type", "").startswith("text/event-stream"):
+        return [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:") and line[5:].strip()][-1]
+    return json.loads(text)
+
+
+def prometheus_value(stack, query) -> float:
+    """The value of an instant PromQL query that yields one number (0 when it yields none)."""
+    out = stack.exec("prometheus", "wget", "-q", "-O", "-",
+                     "http://127.0.0.1:9090/api/v1/query?query=" + urllib.parse.quote(query)).stdout
+    result = json.loads(out)["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def test_a_2026_07_28_retry_reaches_the_gateway_replica_holding_its_call(stack, operator):
+    # A 2026-07-28 request has no session id for nginx to hash: nginx spreads them over
+    # both replicas, so the retries of calls parked for the client's input reach the
+    # replica that did not park them about as often as the one that did.
+    params = {"name": "chatty__ask_then_flood", "arguments": {"count": 0}}
+    for i in range(8):
+        first = modern_tool_call(stack, operator.key, params, id=1)["result"]
+        assert first["resultType"] == "input_required", first
+        (key, _), = first["inputRequests"].items()
+        answer = {"role": "assistant", "model": "m", "content": {"type": "text", "text": f"ok {i}"}}
+        retry = {**params, "requestState": first["requestState"], "inputResponses": {key: answer}}
+        done = modern_tool_call(stack, operator.key, retry, id=2)
+        assert done.get("result", {}).get("content", [{}])[0].get("text") == f"answer: ok {i}", done
+    # Each replica counts the retries it carried to the other; Prometheus sums them.
+    wait_until(lambda: prometheus_value(stack, 'sum(mcp_retries_forwarded_total{outcome="forwarded"})') >= 1,
+               timeout=60, interval=2, what="a retry carried from one replica to the other")
+    assert prometheus_value(stack, 'sum(mcp_retries_forwarded_total{outcome="unreachable"})') == 0
 
 
 def test_prometheus_reports_every_target_up(stack):
