@@ -581,13 +581,32 @@ async fn ready(State(state): State<AppState>) -> Response {
             (u.name.clone(), status)
         })
         .collect();
-    let is_ready = gw.upstreams.all_attempted() && !gw.shutdown.is_cancelled();
+    let attempted = gw.upstreams.all_attempted();
+    // A gateway is ready once it tried every upstream: one broken server must not take
+    // the others out of service. A bridge serves one server and nothing else, so it is
+    // ready only while that server is up; otherwise its container reports unhealthy.
+    let serving = match &gw.pinned {
+        Some(name) => configured
+            .iter()
+            .any(|u| u.name == *name && matches!(u.state(), UpState::Up(_))),
+        None => attempted,
+    };
+    let is_ready = serving && !gw.shutdown.is_cancelled();
     let status = if is_ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({ "status": if is_ready { "ready" } else { "starting" }, "upstreams": upstreams, "registered": counts });
+    let word = if gw.shutdown.is_cancelled() {
+        "stopping"
+    } else if is_ready {
+        "ready"
+    } else if attempted {
+        "unavailable"
+    } else {
+        "starting"
+    };
+    let body = json!({ "status": word, "upstreams": upstreams, "registered": counts });
     (status, axum::Json(body)).into_response()
 }
 

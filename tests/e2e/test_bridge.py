@@ -3,11 +3,12 @@ servers run as their own containers behind the gateway."""
 
 import asyncio
 import subprocess
+import sys
 
 import httpx2
 import pytest
 
-from conftest import BIN, MODERN, TIME_SERVER, sdk_client
+from conftest import BIN, MODERN, TIME_SERVER, sdk_client, wait_until
 
 
 def time_server_args():
@@ -27,6 +28,26 @@ def test_bridge_serves_one_stdio_server_at_mcp(gantry, mode):
             result = await client.call_tool("get_current_time", {"timezone": "UTC"})
             assert "UTC" in str(result.content)
     asyncio.run(use())
+
+
+def healthcheck(g) -> int:
+    """What `gantry healthcheck` (a container's HEALTHCHECK) exits with against `g`."""
+    return subprocess.run([BIN, "healthcheck", "--addr", g.addr], capture_output=True, timeout=30).returncode
+
+
+def test_a_bridge_is_healthy_only_while_its_server_is_up(gantry):
+    up = gantry({}, role="bridge", args=["--name", "time", *time_server_args()])
+    wait_until(lambda: httpx2.get(up.base + "/ready").status_code == 200, what="the bridge's server up")
+    assert healthcheck(up) == 0
+
+    # A server that exits at once: restarted with backoff, never up. The bridge has
+    # nothing to serve, and its container must say so rather than pass for healthy.
+    down = gantry({}, role="bridge", args=["--name", "broken", "--", sys.executable, "-c", "raise SystemExit(3)"])
+    ready = wait_until(lambda: (lambda r: r if r.json()["status"] != "starting" else None)(
+        httpx2.get(down.base + "/ready")), what="the bridge's first attempt")
+    assert ready.status_code == 503 and ready.json()["status"] == "unavailable", ready.text
+    assert ready.json()["upstreams"]["broken"]["status"] != "up"
+    assert healthcheck(down) == 1
 
 
 def test_bridge_without_keys_refuses_to_start_unless_no_auth(tmp_path):
