@@ -243,7 +243,7 @@ pub fn is_retry(ctx: &Ctx, body: &Map<String, Value>) -> bool {
 /// The replica holding the call this request retries, when it is not this one: the
 /// address sealed in its `requestState`, unless the request reached this process there or
 /// another replica already carried it here. Anything else (no state, a state that does
-/// not open or is another principal's) is left for [`resume`] to answer.
+/// not open, has expired or is another principal's) is left for [`resume`] to answer.
 pub fn held_elsewhere(
     gw: &Gateway,
     principal: &Principal,
@@ -263,7 +263,7 @@ pub fn held_elsewhere(
     }
     let state: State = gw.sessions.open_value(sealed, REQUEST_STATE_PURPOSE)?;
     let addr = state.own.filter(|own| Some(*own) != served_at)?;
-    (state.sub == principal.id).then_some(Owner {
+    (state.sub == principal.id && state.exp >= unix_now()).then_some(Owner {
         addr,
         expires: state.exp,
     })
