@@ -70,7 +70,8 @@ pub struct ServeArgs {
 pub struct BridgeArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
-    /// Name of the server (in logs and metrics); default: the command's file name
+    /// Name of the server (in logs and metrics); default: the command's file name, or
+    /// for a launcher (npx, uvx, python, node …) the package or script it runs
     #[arg(long)]
     pub name: Option<String>,
     /// Accept callers without an API key. Only for a private network that nothing
@@ -80,6 +81,62 @@ pub struct BridgeArgs {
     /// The stdio server's command and arguments
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// Programs that run the server named by their first argument that is not an option.
+const LAUNCHERS: &[&str] = &[
+    "npx", "bunx", "uvx", "pipx", "node", "python", "python3", "deno", "bun", "gantry",
+];
+
+impl BridgeArgs {
+    /// The server's name: `--name`, else what the command runs, as a name gantry accepts.
+    pub fn server_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let stem = |path: &str| {
+            std::path::Path::new(path)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let program = stem(&self.command[0]);
+        let run = LAUNCHERS
+            .contains(&program.as_str())
+            .then(|| self.command[1..].iter().find(|a| !a.starts_with('-')))
+            .flatten()
+            // Not a subcommand such as `deno run` or `pipx run`: what follows it.
+            .and_then(|first| match first.as_str() {
+                "run" | "exec" | "dlx" | "x" => self
+                    .command
+                    .iter()
+                    .skip_while(|a| *a != first)
+                    .skip(1)
+                    .find(|a| !a.starts_with('-')),
+                _ => Some(first),
+            })
+            .map(|target| package_or_script(target, stem));
+        let name: String = run
+            .filter(|n| !n.is_empty())
+            .unwrap_or(program)
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        if name.is_empty() {
+            "bridged".into()
+        } else {
+            name
+        }
+    }
+}
+
+/// `@scope/server-github@1.2.3` → `server-github`; `/opt/x/server.py` → `server`.
+fn package_or_script(target: &str, stem: impl Fn(&str) -> String) -> String {
+    let unversioned = match target.rfind('@') {
+        Some(at) if at > 0 => &target[..at],
+        _ => target,
+    };
+    stem(unversioned.rsplit('/').next().unwrap_or(unversioned))
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -118,4 +175,51 @@ pub enum AdminCommand {
     },
     /// List tenants
     ListTenants,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name_of(command: &[&str]) -> String {
+        let cli = Cli::try_parse_from(
+            ["gantry", "bridge", "--"]
+                .into_iter()
+                .chain(command.iter().copied()),
+        )
+        .expect("parses");
+        match cli.command {
+            Some(Command::Bridge(args)) => args.server_name(),
+            _ => panic!("not a bridge"),
+        }
+    }
+
+    #[test]
+    fn a_bridge_is_named_after_what_a_launcher_runs() {
+        assert_eq!(
+            name_of(&["npx", "-y", "@modelcontextprotocol/server-github@2025.4.8"]),
+            "server-github"
+        );
+        assert_eq!(name_of(&["uvx", "mcp-server-time"]), "mcp-server-time");
+        assert_eq!(
+            name_of(&["python3", "/opt/chatty/chatty_upstream.py"]),
+            "chatty_upstream"
+        );
+        assert_eq!(
+            name_of(&["python", "-m", "mcp_server_fetch"]),
+            "mcp_server_fetch"
+        );
+        assert_eq!(name_of(&["deno", "run", "-A", "server.ts"]), "server");
+    }
+
+    #[test]
+    fn other_commands_are_named_after_their_program() {
+        assert_eq!(name_of(&["gantry", "demo-upstream"]), "demo-upstream");
+        assert_eq!(
+            name_of(&["/usr/local/bin/mcp-server-time"]),
+            "mcp-server-time"
+        );
+        assert_eq!(name_of(&["npx"]), "npx", "a launcher with nothing to run");
+        assert_eq!(name_of(&["./!!!"]), "bridged");
+    }
 }

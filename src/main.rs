@@ -167,22 +167,7 @@ fn config_error(message: String) -> ExitCode {
 /// `gantry bridge`: the configuration's upstreams are replaced by the one command.
 fn bridge(config_path: Option<PathBuf>, args: BridgeArgs) -> Result<ExitCode, ExitCode> {
     let mut config = load(config_path.as_deref())?;
-    let name = args.name.clone().unwrap_or_else(|| {
-        let program = Path::new(&args.command[0]);
-        let stem = program
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let cleaned: String = stem
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .collect();
-        if cleaned.is_empty() {
-            "bridged".into()
-        } else {
-            cleaned
-        }
-    });
+    let name = args.server_name();
     config.upstreams.clear();
     config.upstreams.insert(
         name,
