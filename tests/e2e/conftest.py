@@ -242,6 +242,16 @@ def gantry(tmp_path):
         g.stop()
 
 
+def streamed_messages(url: str, body: dict, headers: dict, timeout: float = 30):
+    """POSTs `body` and yields the JSON-RPC messages of its event-stream answer as they
+    arrive, so that a test can answer them while it reads; leaving the loop closes the
+    stream."""
+    with httpx2.stream("POST", url, content=json.dumps(body), headers=headers, timeout=timeout) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:") and line[5:].strip():
+                yield json.loads(line[5:])
+
+
 def sse_messages(response: httpx2.Response) -> list[dict]:
     """JSON-RPC messages of a JSON or SSE response body."""
     if response.headers.get("content-type", "").startswith("application/json"):

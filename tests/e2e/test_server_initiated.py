@@ -12,7 +12,7 @@ import time
 import httpx2
 from mcp import types
 
-from conftest import ACCEPT, MODERN, everything_stdio, sdk_client, wait_until
+from conftest import ACCEPT, MODERN, everything_stdio, sdk_client, streamed_messages, wait_until
 from test_slow_clients import chatty_stdio
 
 
@@ -80,15 +80,10 @@ def test_modern_listen_stream_delivers_subscribed_resource_updates(gantry):
     headers = {**g.auth(), "Content-Type": "application/json", "Accept": ACCEPT,
                "MCP-Protocol-Version": MODERN, "Mcp-Method": "subscriptions/listen"}
     seen = []
-    with httpx2.stream("POST", g.base + "/mcp/everything", content=json.dumps(body), headers=headers,
-                       timeout=httpx2.Timeout(20.0)) as r:
-        for line in r.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            msg = json.loads(line[5:])
-            seen.append(msg)
-            if msg["method"] == "notifications/resources/updated":
-                break
+    for msg in streamed_messages(g.base + "/mcp/everything", body, headers, timeout=20):
+        seen.append(msg)
+        if msg["method"] == "notifications/resources/updated":
+            break
     ack, update = seen[0], seen[-1]
     assert ack["params"]["notifications"] == {"toolsListChanged": True, "resourceSubscriptions": [uri]}
     assert update["method"] == "notifications/resources/updated" and update["params"]["uri"] == uri
@@ -145,24 +140,20 @@ def test_only_the_client_a_server_request_was_relayed_to_can_answer_it(gantry):
     body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 1}}}
     headers = {**g.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
     result = None
-    with httpx2.stream("POST", g.base + "/mcp/chatty", content=json.dumps(body), headers=headers, timeout=30) as r:
-        for line in r.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            msg = json.loads(line[len("data: "):])
-            if msg.get("method") == "sampling/createMessage":
-                # Another caller that learned the id, with or without a session of its own,
-                # and this caller outside the session the request was relayed on: refused,
-                # as if no such request were pending, and the request still waits.
-                for who in ({"Authorization": f"Bearer {other}"}, other_session, {}):
-                    refused = g.post({**forged, "id": msg["id"]}, path="/mcp/chatty", headers=who)
-                    assert refused.status_code in (400, 404), (who.keys(), refused.status_code, refused.text)
-                    assert "no pending server request" in refused.text or "Session" in refused.text, refused.text
-                accepted = g.post({**SAMPLED, "id": msg["id"]}, path="/mcp/chatty", headers=session)
-                assert accepted.status_code == 202, accepted.text
-            elif msg.get("id") == 5:
-                result = msg
-                break
+    for msg in streamed_messages(g.base + "/mcp/chatty", body, headers):
+        if msg.get("method") == "sampling/createMessage":
+            # Another caller that learned the id, with or without a session of its own,
+            # and this caller outside the session the request was relayed on: refused,
+            # as if no such request were pending, and the request still waits.
+            for who in ({"Authorization": f"Bearer {other}"}, other_session, {}):
+                refused = g.post({**forged, "id": msg["id"]}, path="/mcp/chatty", headers=who)
+                assert refused.status_code in (400, 404), (who.keys(), refused.status_code, refused.text)
+                assert "no pending server request" in refused.text or "Session" in refused.text, refused.text
+            accepted = g.post({**SAMPLED, "id": msg["id"]}, path="/mcp/chatty", headers=session)
+            assert accepted.status_code == 202, accepted.text
+        elif msg.get("id") == 5:
+            result = msg
+            break
     outcome = json.loads(result["result"]["content"][0]["text"])
     assert (outcome["answered"], outcome["declined"]) == (1, 0), outcome
 
@@ -205,18 +196,14 @@ def test_server_request_ids_relayed_to_clients_cannot_be_guessed(gantry):
     body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 3}}}
     headers = {**g.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
     ids = []
-    with httpx2.stream("POST", g.base + "/mcp/chatty", content=json.dumps(body), headers=headers, timeout=30) as r:
-        for line in r.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            msg = json.loads(line[len("data: "):])
-            if msg.get("method") == "sampling/createMessage":
-                ids.append(msg["id"])
-                if len(ids) == 3:
-                    for i in ids:
-                        g.post({**SAMPLED, "id": i}, path="/mcp/chatty", headers=session)
-            elif msg.get("id") == 5:
-                break
+    for msg in streamed_messages(g.base + "/mcp/chatty", body, headers):
+        if msg.get("method") == "sampling/createMessage":
+            ids.append(msg["id"])
+            if len(ids) == 3:
+                for i in ids:
+                    g.post({**SAMPLED, "id": i}, path="/mcp/chatty", headers=session)
+        elif msg.get("id") == 5:
+            break
     # Each id carries at least 96 random bits: no shared stem longer than the server's name.
     assert len(set(ids)) == 3
     for a, b in ((ids[0], ids[1]), (ids[1], ids[2])):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx2
 
-from conftest import ACCEPT, wait_until
+from conftest import ACCEPT, streamed_messages, wait_until
 
 CHATTY = Path(__file__).parent / "chatty_upstream.py"
 
@@ -190,23 +190,18 @@ def test_server_requests_past_the_bound_are_declined_for_a_client_that_has_not_a
     # The client answers none until it holds the 64 the gateway lets wait at a time
     # (README): the other 36 are answered for it with an error, so the upstream is not
     # left waiting, and the call goes on.
-    with httpx2.stream("POST", g.base + "/mcp/chatty", content=json.dumps(body), headers=headers,
-                       timeout=30) as r:
-        for line in r.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            msg = json.loads(line[len("data: "):])
-            if msg.get("method") == "sampling/createMessage":
-                waiting.append(msg["id"])
-                if len(waiting) == 64:
-                    for request_id in waiting:
-                        answer = g.post({"jsonrpc": "2.0", "id": request_id, "result": {
-                            "role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}},
-                            path="/mcp/chatty", headers=session)
-                        assert answer.status_code == 202, answer.text
-            elif msg.get("id") == 5:
-                result = msg
-                break
+    for msg in streamed_messages(g.base + "/mcp/chatty", body, headers):
+        if msg.get("method") == "sampling/createMessage":
+            waiting.append(msg["id"])
+            if len(waiting) == 64:
+                for request_id in waiting:
+                    answer = g.post({"jsonrpc": "2.0", "id": request_id, "result": {
+                        "role": "assistant", "content": {"type": "text", "text": "ok"}, "model": "m"}},
+                        path="/mcp/chatty", headers=session)
+                    assert answer.status_code == 202, answer.text
+        elif msg.get("id") == 5:
+            result = msg
+            break
     assert len(waiting) == 64, f"{len(waiting)} requests relayed"
     outcome = json.loads(result["result"]["content"][0]["text"])
     assert (outcome["answered"], outcome["declined"]) == (64, 36), outcome
