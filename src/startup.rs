@@ -574,8 +574,8 @@ async fn ready(State(state): State<AppState>) -> Response {
             let status = match u.state() {
                 UpState::Up(_) => json!({ "status": "up", "restarts": u.restarts() }),
                 UpState::Starting => json!({ "status": "starting", "restarts": u.restarts() }),
-                UpState::Down(reason) => {
-                    json!({ "status": "down", "reason": reason, "restarts": u.restarts() })
+                UpState::Down(down) => {
+                    json!({ "status": "down", "reason": down.reason, "restarts": u.restarts() })
                 }
             };
             (u.name.clone(), status)

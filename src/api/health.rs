@@ -135,7 +135,7 @@ pub async fn status(State(state): State<ApiState>) -> Json<Value> {
                 let (status, reason) = match u.state() {
                     UpState::Up(_) => ("up", None),
                     UpState::Starting => ("starting", None),
-                    UpState::Down(reason) => ("down", Some(reason)),
+                    UpState::Down(down) => ("down", Some(down.reason)),
                 };
                 json!({ "name": u.name, "status": status, "reason": reason, "restarts": u.restarts() })
             })

@@ -268,7 +268,7 @@ pub async fn health(
     let upstream = running(&state, &caller, &id).await?;
     let state_now = upstream.state();
     let reason = match &state_now {
-        UpState::Down(r) => Some(r.clone()),
+        UpState::Down(d) => Some(d.reason.clone()),
         _ => None,
     };
     Ok(Json(

@@ -49,7 +49,7 @@ fn forward(
         tokio::spawn(async move {
             loop {
                 let conn = tokio::select! {
-                    c = upstream.connection(Duration::from_secs(3600)) => c,
+                    c = upstream.connection_eventually(Duration::from_secs(3600)) => c,
                     () = out.gone() => return,
                     () = shutdown.cancelled() => return,
                 };

@@ -30,12 +30,61 @@ pub use listing::ListKind;
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const SHUTTING_DOWN: &str = "gateway shutting down";
 
 #[derive(Clone)]
 pub enum State {
     Starting,
     Up(Arc<Connection>),
-    Down(String),
+    Down(Down),
+}
+
+/// Why an upstream is down, and whether it is worth waiting for.
+#[derive(Clone, Debug)]
+pub struct Down {
+    pub reason: String,
+    /// Attempts that failed in a row, counting the loss of a working connection as one.
+    pub failures: u32,
+    /// When the supervisor tries again; `None` once it has stopped for good.
+    pub next_attempt: Option<Instant>,
+}
+
+impl Down {
+    fn stopped(reason: &str) -> Self {
+        Self {
+            reason: reason.to_string(),
+            failures: 0,
+            next_attempt: None,
+        }
+    }
+
+    fn retrying(reason: String, failures: u32, delay: Duration) -> Self {
+        Self {
+            reason,
+            failures,
+            next_attempt: Some(Instant::now() + delay),
+        }
+    }
+
+    /// A server that failed again after being restarted: waiting for its next attempt
+    /// would most likely end in the same failure, after the caller's whole timeout.
+    fn is_crash_looping(&self) -> bool {
+        self.failures >= 2
+    }
+
+    fn describe(&self) -> String {
+        match self.next_attempt {
+            Some(at) => format!(
+                "{} ({} failed attempts in a row; next attempt in {} s)",
+                self.reason,
+                self.failures,
+                at.saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    .ceil()
+            ),
+            None => self.reason.clone(),
+        }
+    }
 }
 
 impl State {
@@ -142,8 +191,28 @@ impl Upstream {
         self.restarts.load(Ordering::Relaxed)
     }
 
-    /// The live connection, waiting up to `wait` while the upstream is (re)starting.
+    /// The live connection, waiting up to `wait` while the upstream is starting or
+    /// restarting after losing its connection. A server that keeps failing to start is
+    /// reported at once, with its last failure: the caller learns why now rather than
+    /// after its whole timeout.
     pub async fn connection(&self, wait: Duration) -> Result<Arc<Connection>, UpstreamError> {
+        self.connection_within(wait, true).await
+    }
+
+    /// The live connection, waiting up to `wait` whatever happens meanwhile: for what
+    /// outlives failures, such as a client's stream of notifications.
+    pub async fn connection_eventually(
+        &self,
+        wait: Duration,
+    ) -> Result<Arc<Connection>, UpstreamError> {
+        self.connection_within(wait, false).await
+    }
+
+    async fn connection_within(
+        &self,
+        wait: Duration,
+        fail_fast: bool,
+    ) -> Result<Arc<Connection>, UpstreamError> {
         let mut rx = self.state.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -151,7 +220,13 @@ impl Upstream {
                 State::Up(conn) if !conn.closed().is_cancelled() => return Ok(Arc::clone(conn)),
                 State::Up(conn) => conn.close_reason(),
                 State::Starting => "starting".to_string(),
-                State::Down(reason) => reason.clone(),
+                State::Down(down) if fail_fast && down.is_crash_looping() => {
+                    return Err(UpstreamError::Unavailable(
+                        self.name.clone(),
+                        down.describe(),
+                    ));
+                }
+                State::Down(down) => down.describe(),
             };
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
@@ -318,6 +393,7 @@ impl Upstream {
     /// restart with exponential backoff and jitter.
     async fn supervise(self: Arc<Self>) {
         let mut failures: u32 = 0;
+        let mut delay;
         loop {
             self.state.send_replace(State::Starting);
             match self.connect_once().await {
@@ -348,7 +424,7 @@ impl Upstream {
                     shutdown().await;
                     if stopped {
                         self.state
-                            .send_replace(State::Down("gateway shutting down".into()));
+                            .send_replace(State::Down(Down::stopped(SHUTTING_DOWN)));
                         return;
                     }
                     let reason = conn.close_reason();
@@ -356,20 +432,24 @@ impl Upstream {
                     self.restarts.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(m::UPSTREAM_RESTARTS, "server" => self.name.clone())
                         .increment(1);
-                    self.state.send_replace(State::Down(reason));
+                    failures = failures.saturating_add(1);
+                    delay = backoff(failures);
+                    self.state
+                        .send_replace(State::Down(Down::retrying(reason, failures, delay)));
                 }
                 Err(reason) => {
                     metrics::gauge!(m::UPSTREAM_UP, "server" => self.name.clone()).set(0.0);
-                    tracing::warn!(upstream = %self.name, %reason, "upstream failed to start");
-                    self.state.send_replace(State::Down(reason));
+                    failures = failures.saturating_add(1);
+                    delay = backoff(failures);
+                    tracing::warn!(upstream = %self.name, %reason, failures, retry_in_ms = delay.as_millis() as u64, "upstream failed to start");
+                    self.state
+                        .send_replace(State::Down(Down::retrying(reason, failures, delay)));
                     self.attempted.send_replace(true);
                 }
             }
-            failures = failures.saturating_add(1);
-            let delay = backoff(failures);
             tokio::select! {
                 _ = self.stop.cancelled() => {
-                    self.state.send_replace(State::Down("gateway shutting down".into()));
+                    self.state.send_replace(State::Down(Down::stopped(SHUTTING_DOWN)));
                     return;
                 }
                 _ = tokio::time::sleep(delay) => {}
@@ -610,7 +690,7 @@ impl Upstreams {
             let mut rx = upstream.state.subscribe();
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
-                rx.wait_for(|s| matches!(s, State::Down(r) if r == "gateway shutting down")),
+                rx.wait_for(|s| matches!(s, State::Down(d) if d.reason == SHUTTING_DOWN)),
             )
             .await;
         }
@@ -629,5 +709,74 @@ mod tests {
             assert!(backoff(30) <= BACKOFF_MAX.mul_f64(1.5));
         }
         assert!(backoff(6) > backoff(1).mul_f64(3.0) || backoff(6) > BACKOFF_START * 4);
+    }
+
+    /// An upstream nobody supervises, whose state the test sets.
+    fn unsupervised() -> Arc<Upstream> {
+        let config: UpstreamConfig =
+            serde_json::from_value(json!({ "transport": "stdio", "command": "true" })).unwrap();
+        Upstream::new("s".into(), None, config, None, Duration::ZERO, 0)
+    }
+
+    fn down(failures: u32) -> State {
+        State::Down(Down::retrying(
+            "exit status: 3".into(),
+            failures,
+            Duration::from_secs(4),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crash_looping_server_is_reported_at_once_with_its_last_failure() {
+        let upstream = unsupervised();
+        upstream.state.send_replace(down(2));
+        let asked = tokio::time::Instant::now();
+        let Err(UpstreamError::Unavailable(_, why)) =
+            upstream.connection(Duration::from_secs(3600)).await
+        else {
+            panic!("a crash-looping server gives no connection");
+        };
+        assert_eq!(asked.elapsed(), Duration::ZERO, "nothing waited for");
+        assert!(why.starts_with("exit status: 3 (2 failed attempts in a row; next attempt in "));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_failed_once_is_waited_for() {
+        let upstream = unsupervised();
+        upstream.state.send_replace(down(1));
+        let restart = {
+            let upstream = Arc::clone(&upstream);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                upstream.state.send_replace(State::Starting);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let (conn, _inbox) = Connection::new("s");
+                upstream.state.send_replace(State::Up(conn));
+            })
+        };
+        let conn = upstream.connection(Duration::from_secs(10)).await;
+        assert!(conn.is_ok(), "the restarted connection is given");
+        restart.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_waits_through_a_crash_loop() {
+        let upstream = unsupervised();
+        upstream.state.send_replace(down(5));
+        let recover = {
+            let upstream = Arc::clone(&upstream);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let (conn, _inbox) = Connection::new("s");
+                upstream.state.send_replace(State::Up(conn));
+            })
+        };
+        assert!(
+            upstream
+                .connection_eventually(Duration::from_secs(60))
+                .await
+                .is_ok()
+        );
+        recover.await.unwrap();
     }
 }

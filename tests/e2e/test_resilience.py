@@ -105,6 +105,36 @@ def test_broken_upstream_is_left_out_logged_and_reported_down(gantry, tmp_path):
     assert "missing" in err["message"] and err["data"]["server"] == "missing"
 
 
+def test_a_crash_looping_server_answers_at_once_with_its_last_failure(gantry):
+    """A server that fails again after being restarted is reported straight away, on every
+    path a client can reach it by; waiting would only end in the same failure after the
+    server's whole timeout (60 s here), and an aggregate list would wait as long."""
+    g = gantry({"gateway": {"list_timeout_ms": 60000}, "upstreams": {
+        "demo": demo_stdio(),
+        "looping": {"transport": "stdio", "command": "sh", "args": ["-c", "exit 3"], "timeout_secs": 60},
+    }})
+    failed_starts = lambda: sum('failed to start' in line and '"upstream":"looping"' in line  # noqa: E731
+                                for line in g.logs().splitlines())
+    wait_until(lambda: failed_starts() >= 2, what="a second failed start")
+
+    def unavailable(r):
+        err = r.json()["error"]
+        assert err["code"] == -32010 and err["data"]["server"] == "looping", err
+        assert "failed attempts in a row; next attempt in" in err["message"], err
+        return err
+
+    r = g.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "pytest", "version": "1"}}}, path="/mcp/looping", timeout=15)
+    assert "mcp-session-id" not in r.headers, "no session with a server that is not there"
+    unavailable(r)
+    unavailable(g.modern("server/discover", path="/mcp/looping", timeout=15))
+    unavailable(g.modern("tools/list", path="/mcp/looping", timeout=15))
+    unavailable(g.modern("tools/call", {"name": "looping__x", "arguments": {}}, timeout=15))
+    names = [t["name"] for t in g.modern("tools/list", timeout=15).json()["result"]["tools"]]
+    assert names and all(n.startswith("demo__") for n in names), "the others are listed at once"
+
+
 def session_headers(g, sid: str) -> dict:
     """What a 2025-11-25 client sends with each request of its session `sid`."""
     return {**g.auth(), "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25", "Accept": ACCEPT}
