@@ -353,6 +353,11 @@ impl Connection {
         }
     }
 
+    /// Whether the request gantry sent upstream as `id` still waits for its answer.
+    pub(super) fn awaits(&self, id: u64) -> bool {
+        self.pending.lock().unwrap().contains_key(&id)
+    }
+
     fn abandon(&self, id: u64) {
         if self.pending.lock().unwrap().remove(&id).is_some() && !self.closed.is_cancelled() {
             self.send(jsonrpc::notification(

@@ -6,6 +6,7 @@ pub mod http_client;
 pub mod listing;
 pub mod message_limit;
 pub mod sse;
+pub mod sse_resume;
 pub mod stdio;
 pub mod streamable_http;
 pub mod transport;

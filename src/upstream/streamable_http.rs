@@ -18,6 +18,7 @@ use super::connection::NotJson;
 use super::egress::Egress;
 use super::http_client::{self, Endpoint, HttpClient};
 use super::message_limit::{self, Bounded};
+use super::sse_resume::Resume;
 use super::transport::{self, Inbox, Outbox, TransportHandle};
 use crate::config::{UpstreamConfig, resolve_reference};
 use crate::gateway::era::{HEADER_PROTOCOL_VERSION, HEADER_SESSION_ID};
@@ -33,6 +34,7 @@ struct SessionState {
 const ACCEPT_BOTH: HeaderValue = HeaderValue::from_static("application/json, text/event-stream");
 const ACCEPT_SSE: HeaderValue = HeaderValue::from_static("text/event-stream");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// How long a POST's event stream is read on after its answer (see `finish_stream`).
 const DRAIN_FOR: Duration = Duration::from_secs(2);
 /// An event stream from the upstream, each event bounded by `max_message_bytes`.
@@ -202,13 +204,17 @@ impl Shared {
         let body = response.into_body();
         let answered = if is_sse {
             let mut events = self.events(body);
+            let mut resume = Resume::default();
             let answered = self
-                .read_sse(&mut events, related, id.as_ref(), initialize)
+                .read_sse(&mut events, &mut resume, related, id.as_ref(), initialize)
                 .await;
             if answered {
                 self.finish_stream(events);
+                true
+            } else {
+                self.resume_call(resume, related, id.as_ref(), initialize)
+                    .await
             }
-            answered
         } else {
             let delivered = match http_client::read_body(body, self.max_message_bytes).await {
                 Ok(bytes) => self
@@ -245,6 +251,7 @@ impl Shared {
     async fn read_sse(
         &self,
         events: &mut Events,
+        resume: &mut Resume,
         related: Option<u64>,
         request_id: Option<&Value>,
         initialize: bool,
@@ -253,7 +260,7 @@ impl Shared {
             tokio::select! {
                 _ = self.stop.cancelled() => return false,
                 event = events.next() => {
-                    if let Some(answered) = self.on_event(event, related, request_id, initialize) {
+                    if let Some(answered) = self.on_event(event, resume, related, request_id, initialize) {
                         return answered;
                     }
                     transport::delivered().await;
@@ -268,12 +275,14 @@ impl Shared {
     fn on_event(
         &self,
         event: Option<Result<sse_stream::Sse, sse_stream::Error>>,
+        resume: &mut Resume,
         related: Option<u64>,
         request_id: Option<&Value>,
         initialize: bool,
     ) -> Option<bool> {
         match event {
             Some(Ok(event)) => {
+                resume.saw(&event);
                 let data = event.data.filter(|d| !d.trim().is_empty())?;
                 match self.deliver(data.into(), related, request_id, initialize) {
                     Ok(true) => Some(true),
@@ -305,8 +314,12 @@ impl Shared {
     /// when `MAX_DRAINING` streams are being read on already).
     fn finish_stream(self: &Arc<Self>, mut events: Events) {
         // What has arrived already is read here; only a stream still open needs a task.
+        let mut resume = Resume::default();
         while let Some(event) = events.next().now_or_never() {
-            if self.on_event(event, None, None, false).is_some() {
+            if self
+                .on_event(event, &mut resume, None, None, false)
+                .is_some()
+            {
                 return;
             }
         }
@@ -315,7 +328,7 @@ impl Shared {
         };
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let rest = this.read_sse(&mut events, None, None, false);
+            let rest = this.read_sse(&mut events, &mut resume, None, None, false);
             let _ = tokio::time::timeout(DRAIN_FOR, rest).await;
             drop(permit);
         });
@@ -382,26 +395,85 @@ impl Shared {
     fn spawn_get_stream(self: Arc<Self>) {
         tokio::spawn(async move {
             let mut failures = 0u32;
+            // Reconnections name the last event seen, so nothing sent meanwhile is lost
+            // by a server that keeps its events.
+            let mut resume = Resume::default();
             while !self.stop.is_cancelled() && failures < 5 {
-                let response = self
-                    .client
-                    .send(self.request(Method::GET, ACCEPT_SSE, Bytes::new()))
-                    .await;
+                let response = self.client.send(self.resuming_get(&resume)).await;
                 match response {
                     Ok(r) if r.status().is_success() => {
                         failures = 0;
                         let mut events = self.events(r.into_body());
-                        self.read_sse(&mut events, None, None, false).await;
+                        self.read_sse(&mut events, &mut resume, None, None, false)
+                            .await;
                     }
                     Ok(r) if r.status() == StatusCode::METHOD_NOT_ALLOWED => return,
                     _ => failures += 1,
                 }
                 tokio::select! {
                     _ = self.stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(resume.delay()) => {}
                 }
             }
         });
+    }
+
+    /// A GET for an event stream, naming the last event seen on the stream it resumes.
+    fn resuming_get(&self, resume: &Resume) -> http_client::Request {
+        let mut request = self.request(Method::GET, ACCEPT_SSE, Bytes::new());
+        if let Some(id) = resume.last_event_id() {
+            request.headers_mut().insert(LAST_EVENT_ID, id.clone());
+        }
+        request
+    }
+
+    /// A POST's event stream ended before its answer. A server that sent an event id may
+    /// do so (SEP-1699): the call goes on, on a GET stream resumed after that event, as
+    /// often as the server ends it, while the call still waits for its answer. True once
+    /// the answer came (or nobody waits for it any more); false when the stream cannot
+    /// be resumed, which fails the call.
+    async fn resume_call(
+        self: &Arc<Self>,
+        mut resume: Resume,
+        related: Option<u64>,
+        request_id: Option<&Value>,
+        initialize: bool,
+    ) -> bool {
+        const ATTEMPTS: u32 = 3;
+        let mut failures = 0;
+        while resume.last_event_id().is_some() {
+            if related.is_some_and(|r| !self.inbox.awaits(r)) {
+                return true;
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return true,
+                _ = tokio::time::sleep(resume.delay()) => {}
+            }
+            match self.client.send(self.resuming_get(&resume)).await {
+                Ok(r) if r.status().is_success() && is_event_stream(r.headers()) => {
+                    failures = 0;
+                    let mut events = self.events(r.into_body());
+                    if self
+                        .read_sse(&mut events, &mut resume, related, request_id, initialize)
+                        .await
+                    {
+                        self.finish_stream(events);
+                        return true;
+                    }
+                }
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    self.fail(
+                        request_id,
+                        &format!("its event stream ended before the answer and could not be resumed (HTTP {status})"),
+                    );
+                    return true;
+                }
+                Ok(_) | Err(_) if failures + 1 < ATTEMPTS => failures += 1,
+                Ok(_) | Err(_) => break,
+            }
+        }
+        false
     }
 
     async fn terminate(&self) {
@@ -554,6 +626,97 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(upstream.open.load(Ordering::SeqCst), MAX_DRAINING);
+    }
+
+    /// An upstream that ends every POST's event stream after one priming event (an id,
+    /// `retry: 50`, no data), as SEP-1699 allows, or after nothing when `prime` is false;
+    /// a GET gets `resumed` (or an event stream carrying the answer when `None`). The
+    /// `Last-Event-ID` of each GET is sent on `resumed_after`.
+    async fn disconnecting_upstream(
+        prime: bool,
+        resumed: Option<StatusCode>,
+    ) -> (String, tokio::sync::mpsc::UnboundedReceiver<Option<String>>) {
+        let pending = Arc::new(Mutex::new(Value::Null));
+        let asked = Arc::clone(&pending);
+        let post = move |body: Bytes| {
+            let msg: Value = serde_json::from_slice(&body).unwrap();
+            *asked.lock().unwrap() = msg["id"].clone();
+            let event = if prime {
+                "id: p-1\nretry: 50\ndata: \n\n"
+            } else {
+                ": nothing\n\n"
+            };
+            async move { ([(CONTENT_TYPE, "text/event-stream")], event) }
+        };
+        let (seen, resumed_after) = tokio::sync::mpsc::unbounded_channel();
+        let get = move |headers: HeaderMap| {
+            let _ = seen.send(
+                headers
+                    .get("last-event-id")
+                    .map(|v| v.to_str().unwrap().to_string()),
+            );
+            let answer = json!({"jsonrpc": "2.0", "id": *pending.lock().unwrap(), "result": {"resumed": true}});
+            async move {
+                match resumed {
+                    Some(status) => (status, [(CONTENT_TYPE, "text/plain")], String::new()),
+                    None => (
+                        StatusCode::OK,
+                        [(CONTENT_TYPE, "text/event-stream")],
+                        format!("id: p-2\ndata: {answer}\n\n"),
+                    ),
+                }
+            }
+        };
+        let app = axum::Router::new().route("/mcp", axum::routing::post(post).get(get));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, resumed_after)
+    }
+
+    async fn answer(conn: &Arc<Connection>) -> Value {
+        let Value::Object(body) = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call"}) else {
+            unreachable!()
+        };
+        let mut call = conn.start_call(body, Duration::from_secs(10));
+        loop {
+            match call.next().await {
+                Some(CallEvent::Response(answer)) => return answer.to_value(),
+                Some(_) => continue,
+                None => panic!("the call ended without an answer"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_ended_after_an_event_id_is_resumed_from_that_event() {
+        let (url, mut resumed_after) = disconnecting_upstream(true, None).await;
+        let conn = connected(&url).await;
+        let answer = answer(&conn).await;
+        assert_eq!(answer["result"]["resumed"], true, "{answer}");
+        assert_eq!(resumed_after.recv().await.unwrap().as_deref(), Some("p-1"));
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_server_will_not_resume_fails_its_call_with_why() {
+        let (url, _) = disconnecting_upstream(true, Some(StatusCode::METHOD_NOT_ALLOWED)).await;
+        let conn = connected(&url).await;
+        let answer = answer(&conn).await;
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("could not be resumed (HTTP 405"),
+            "{answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_ended_before_any_event_id_fails_its_call_at_once() {
+        let (url, mut resumed_after) = disconnecting_upstream(false, None).await;
+        let conn = connected(&url).await;
+        let answer = answer(&conn).await;
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("ended before the answer"), "{answer}");
+        assert!(resumed_after.try_recv().is_err(), "nothing to resume from");
     }
 
     #[test]

@@ -56,6 +56,11 @@ impl Inbox {
         }
     }
 
+    /// Whether the upstream request `id` still has a caller waiting for its answer.
+    pub fn awaits(&self, id: u64) -> bool {
+        self.conn.upgrade().is_some_and(|conn| conn.awaits(id))
+    }
+
     /// The transport is gone (process exited, stream ended, session expired).
     pub fn close(&self, reason: String) {
         if let Some(conn) = self.conn.upgrade() {

