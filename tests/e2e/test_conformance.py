@@ -10,6 +10,9 @@ server-everything has few of the tools, resources and prompts the scenarios use,
 second test puts `conformance_upstream.py`, which has them all, behind the bridge: the
 whole suite, sampling and elicitation included, then judges what gantry relays.
 
+The aggregate endpoint `/mcp` of `gantry serve` is judged too, behind nginx adding the API
+key, with one upstream and prefix mode "never": names are then the server's own.
+
 The suite's client scenarios judge gantry as the client of its upstreams: each starts a
 server of its own and runs `conformance_client.py`, which puts gantry in front of it."""
 
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, EVERYTHING_JS, TOOLS
+from conftest import BIN, EVERYTHING_JS, TOOLS, free_port, port_open, wait_until
 
 UPSTREAM = Path(__file__).parent / "conformance_upstream.py"
 CLIENT = Path(__file__).parent / "conformance_client.py"
@@ -68,6 +71,52 @@ def test_every_conformance_scenario_passes_through_a_bridge(gantry, tmp_path):
     assert len(results) >= 32, results
     failed = sorted(name for name, ok in results.items() if not ok)
     assert not failed, f"scenarios failed through gantry: {failed} (checks in {tmp_path / 'out'})"
+
+
+KEY_ADDING_NGINX = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://{gantry};
+            proxy_http_version 1.1;
+            proxy_buffering off;
+            proxy_set_header Host $http_host;
+            proxy_set_header Authorization "Bearer {key}";
+        }}
+    }}
+}}
+"""
+
+
+@pytest.mark.parametrize("path", ["/mcp", "/mcp/conformance"])
+def test_every_conformance_scenario_passes_through_gantry_serve(gantry, tmp_path, path):
+    g = gantry({"gateway": {"prefix_mode": "never"}, "upstreams": {
+        "conformance": {"transport": "stdio", "command": sys.executable, "args": [str(UPSTREAM)]}}})
+    port = free_port()
+    (tmp_path / "nginx.conf").write_text(KEY_ADDING_NGINX.format(dir=tmp_path, port=port, gantry=g.addr, key=g.key))
+    nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: port_open(port), what="nginx adding the API key")
+        results = scenario_results(f"http://127.0.0.1:{port}{path}", tmp_path / "out")
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+    assert len(results) >= 32, results
+    failed = sorted(name for name, ok in results.items() if not ok)
+    assert not failed, f"scenarios failed through {path}: {failed} (checks in {tmp_path / 'out'})"
 
 
 @pytest.mark.parametrize("scenario", ["initialize", "tools_call", "sse-retry", "elicitation-sep1034-client-defaults"])
