@@ -38,6 +38,11 @@ impl Resume {
         self.last_event_id.as_ref()
     }
 
+    /// Gives up resuming: the next stream starts afresh.
+    pub fn forget_position(&mut self) {
+        self.last_event_id = None;
+    }
+
     /// How long to wait before reconnecting.
     pub fn delay(&self) -> Duration {
         self.retry.unwrap_or(DEFAULT_RETRY)
@@ -79,5 +84,13 @@ mod tests {
         resume.saw(&event(Some("e-2"), None));
         resume.saw(&event(Some("bad\nid"), None));
         assert!(resume.last_event_id().is_none());
+        resume.saw(&event(Some("e-3"), Some(200)));
+        resume.forget_position();
+        assert!(resume.last_event_id().is_none());
+        assert_eq!(
+            resume.delay(),
+            Duration::from_millis(200),
+            "the delay stays"
+        );
     }
 }

@@ -408,6 +408,12 @@ impl Shared {
                             .await;
                     }
                     Ok(r) if r.status() == StatusCode::METHOD_NOT_ALLOWED => return,
+                    // A server that names events but cannot resume from them still
+                    // serves a fresh stream: what it sent meanwhile is lost, not the rest.
+                    Ok(r) if r.status().is_client_error() && resume.last_event_id().is_some() => {
+                        failures += 1;
+                        resume.forget_position();
+                    }
                     _ => failures += 1,
                 }
                 tokio::select! {
@@ -717,6 +723,58 @@ mod tests {
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains("ended before the answer"), "{answer}");
         assert!(resumed_after.try_recv().is_err(), "nothing to resume from");
+    }
+
+    #[tokio::test]
+    async fn a_get_stream_the_server_cannot_resume_is_opened_afresh() {
+        // The first stream names an event and ends; resuming from it is refused; a fresh
+        // stream carries the next notification.
+        let gets = Arc::new(Mutex::new(Vec::<Option<String>>::new()));
+        let seen = Arc::clone(&gets);
+        let get = move |headers: HeaderMap| {
+            let after = headers
+                .get("last-event-id")
+                .map(|v| v.to_str().unwrap().to_string());
+            let n = {
+                let mut gets = seen.lock().unwrap();
+                gets.push(after.clone());
+                gets.len()
+            };
+            async move {
+                let note = |n: usize| json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"n": n}});
+                match (n, after) {
+                    (_, Some(_)) => (StatusCode::BAD_REQUEST, String::new()),
+                    (1, None) => (
+                        StatusCode::OK,
+                        format!("retry: 20\nid: g-1\ndata: {}\n\n", note(1)),
+                    ),
+                    (_, None) => (StatusCode::OK, format!("data: {}\n\n", note(2))),
+                }
+            }
+        };
+        let post = || async { StatusCode::ACCEPTED };
+        let app = axum::Router::new().route("/mcp", axum::routing::post(post).get(get));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let conn = connected(&url).await;
+        let mut events = conn.subscribe();
+        let Value::Object(initialized) =
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        else {
+            unreachable!()
+        };
+        conn.notify(initialized);
+        for n in [1, 2] {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .expect("a notification in time")
+                .unwrap();
+            assert_eq!(event["params"]["n"], n);
+        }
+        let gets = gets.lock().unwrap().clone();
+        assert_eq!(gets, [None, Some("g-1".to_string()), None]);
     }
 
     #[test]
