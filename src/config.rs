@@ -494,6 +494,49 @@ pub struct UpstreamConfig {
     /// a broken or hostile server cannot take the memory the other calls need.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// For a remote Streamable HTTP server that requires OAuth: the gateway's client
+    /// credentials, exchanged for access tokens at the authorization server the server
+    /// names (discovered on its first 401).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthClient>,
+}
+
+/// A confidential OAuth client of an upstream's authorization server (client credentials
+/// grant, SEP-1046).
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClient {
+    pub client_id: String,
+    /// The secret, or an `env:`, `file:` or `vault:` reference to it.
+    pub client_secret: String,
+    /// Space-separated scopes to ask for; absent asks for the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// How the client authenticates to the token endpoint.
+    #[serde(default)]
+    pub token_endpoint_auth: TokenEndpointAuth,
+}
+
+/// The secret stays out of any debug output, even when it is given as itself.
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"***")
+            .field("scope", &self.scope)
+            .field("token_endpoint_auth", &self.token_endpoint_auth)
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpointAuth {
+    /// HTTP Basic with the client id and secret (RFC 6749 §2.3.1), the default.
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
 }
 
 /// Limits of `max_message_bytes`: a message must fit an MCP handshake, and a gigabyte
@@ -550,7 +593,27 @@ impl UpstreamConfig {
             cache_tools: Vec::new(),
             cache_ttl_secs: default_cache_ttl_secs(),
             max_message_bytes: default_max_message_bytes(),
+            oauth: None,
         }
+    }
+
+    /// Every value that may hold a secret or a reference to one (`env:`, `file:`,
+    /// `vault:`), as (kind, key, value): the child's environment, the HTTP headers and the
+    /// OAuth client secret.
+    pub fn secret_values(&self) -> impl Iterator<Item = (&'static str, &str, &str)> {
+        let env = self
+            .env
+            .iter()
+            .map(|(k, v)| ("env", k.as_str(), v.as_str()));
+        let headers = self
+            .headers
+            .iter()
+            .map(|(k, v)| ("header", k.as_str(), v.as_str()));
+        let oauth = self
+            .oauth
+            .iter()
+            .map(|o| ("oauth", "client_secret", o.client_secret.as_str()));
+        env.chain(headers).chain(oauth)
     }
 
     pub fn caches_tool(&self, tool: &str) -> bool {
@@ -1032,6 +1095,20 @@ pub fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), (String, 
             }
         }
     }
+    if let Some(oauth) = &u.oauth {
+        if u.transport != TransportKind::StreamableHttp {
+            return Err((
+                key("oauth"),
+                "only for transport = \"streamable-http\"".into(),
+            ));
+        }
+        if oauth.client_id.is_empty() || oauth.client_secret.is_empty() {
+            return Err((
+                key("oauth"),
+                "client_id and client_secret must not be empty".into(),
+            ));
+        }
+    }
     if u.timeout_secs == 0 {
         return Err((key("timeout_secs"), "must be at least 1".into()));
     }
@@ -1100,6 +1177,33 @@ mod tests {
         let err = load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("upstreams.time.command"), "{err}");
         assert!(err.contains("g.toml"), "{err}");
+    }
+
+    #[test]
+    fn oauth_is_for_streamable_http_servers_and_its_secret_stays_out_of_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        let oauth = "[upstreams.s.oauth]\nclient_id = \"gantry\"\nclient_secret = \"hunter2\"\n";
+        std::fs::write(
+            &path,
+            format!("[upstreams.s]\ntransport = \"sse\"\nurl = \"https://a.example/sse\"\n{oauth}"),
+        )
+        .unwrap();
+        let err = load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("upstreams.s.oauth"), "{err}");
+        std::fs::write(
+            &path,
+            format!("[upstreams.s]\ntransport = \"streamable-http\"\nurl = \"https://a.example/mcp\"\n{oauth}token_endpoint_auth = \"client_secret_post\"\n"),
+        )
+        .unwrap();
+        let config = load(Some(&path)).unwrap();
+        let upstream = &config.upstreams["s"];
+        let oauth = upstream.oauth.as_ref().unwrap();
+        assert_eq!(
+            oauth.token_endpoint_auth,
+            TokenEndpointAuth::ClientSecretPost
+        );
+        assert!(!format!("{upstream:?}").contains("hunter2"));
     }
 
     #[test]

@@ -204,12 +204,8 @@ async fn audit(config: &Config) -> Check {
 
 /// Every `env:`/`file:` reference must resolve; the value itself is never printed.
 fn references(subject: &str, upstream: &UpstreamConfig) -> Vec<Check> {
-    let named = upstream
-        .env
-        .iter()
-        .map(|(k, v)| ("env", k, v))
-        .chain(upstream.headers.iter().map(|(k, v)| ("header", k, v)));
-    named
+    upstream
+        .secret_values()
         .filter(|(_, _, v)| v.starts_with("env:") || v.starts_with("file:"))
         .map(|(kind, key, value)| match resolve_reference(value) {
             Ok(_) => check(

@@ -81,17 +81,15 @@ async fn check(state: &ApiState, caller: &Caller, input: &ServerInput) -> Result
     }
     // `env:`, `file:` and `vault:` values are resolved on the gateway host: a server that
     // a tenant controls could have them send the gateway's own secrets to its URL.
-    let references = input
+    let reference = input
         .settings
-        .env
-        .iter()
-        .chain(input.settings.headers.iter())
-        .find(|(_, v)| ["env:", "file:", "vault:"].iter().any(|p| v.starts_with(p)));
-    if let Some((name, _)) = references
+        .secret_values()
+        .find(|(_, _, v)| ["env:", "file:", "vault:"].iter().any(|p| v.starts_with(p)));
+    if let Some((kind, key, _)) = reference
         && !caller.platform_admin
     {
         return Err(ApiError::Forbidden(format!(
-            "'{name}' refers to a secret of the gateway host (env:, file:, vault:): only platform administrators may register such references; give the value itself"
+            "{kind} '{key}' refers to a secret of the gateway host (env:, file:, vault:): only platform administrators may register such references; give the value itself"
         )));
     }
     validate_upstream(&input.name, &input.settings).map_err(|(key, message)| {

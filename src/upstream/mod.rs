@@ -5,6 +5,7 @@ pub mod egress;
 pub mod http_client;
 pub mod listing;
 pub mod message_limit;
+pub mod oauth;
 pub mod sse;
 pub mod sse_resume;
 pub mod stdio;

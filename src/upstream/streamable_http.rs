@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE,
+};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use sse_stream::SseStream;
@@ -18,6 +20,7 @@ use super::connection::NotJson;
 use super::egress::Egress;
 use super::http_client::{self, Endpoint, HttpClient};
 use super::message_limit::{self, Bounded};
+use super::oauth::OAuth;
 use super::sse_resume::Resume;
 use super::transport::{self, Inbox, Outbox, TransportHandle};
 use crate::config::{UpstreamConfig, resolve_reference};
@@ -57,6 +60,16 @@ struct Shared {
     draining: Arc<Semaphore>,
     /// The largest answer or event read (`max_message_bytes`).
     max_message_bytes: usize,
+    /// Where access tokens come from, for a server that requires OAuth.
+    oauth: Option<OAuth>,
+}
+
+/// Why a request got no usable response.
+enum SendError {
+    /// No response: the server could not be reached.
+    Unreachable(String),
+    /// The server requires OAuth and no token could be had.
+    NoToken(String),
 }
 
 struct HttpOutbox(Arc<Shared>);
@@ -105,6 +118,10 @@ pub fn status_failure(status: StatusCode) -> String {
         format!(
             "upstream answered HTTP {status}, a redirect; gantry does not follow redirects: configure the URL the server moved to"
         )
+    } else if status == StatusCode::UNAUTHORIZED {
+        format!(
+            "upstream answered HTTP {status}: it requires authorization (configure its headers, or its oauth client credentials)"
+        )
     } else {
         format!("upstream answered HTTP {status}")
     }
@@ -117,6 +134,10 @@ pub async fn connect(
     inbox: Inbox,
 ) -> Result<TransportHandle, String> {
     let endpoint = upstream_url(config, egress)?;
+    let oauth = config
+        .oauth
+        .clone()
+        .map(|client| OAuth::new(client, endpoint.url.clone(), egress));
     let shared = Arc::new(Shared {
         name: name.to_string(),
         headers: base_headers(config, &endpoint)?,
@@ -127,6 +148,7 @@ pub async fn connect(
         stop: CancellationToken::new(),
         draining: Arc::new(Semaphore::new(MAX_DRAINING)),
         max_message_bytes: config.max_message_bytes,
+        oauth,
     });
     let closer = Arc::clone(&shared);
     Ok(TransportHandle {
@@ -148,6 +170,9 @@ impl Shared {
             }
         }
         headers.insert(ACCEPT, accept);
+        if let Some(bearer) = self.oauth.as_ref().and_then(OAuth::bearer) {
+            headers.insert(AUTHORIZATION, bearer);
+        }
         if !body.is_empty() {
             headers.insert(CONTENT_TYPE, JSON);
         }
@@ -169,13 +194,18 @@ impl Shared {
         let related = id.as_ref().and_then(Value::as_u64);
         let body = Bytes::from(serde_json::to_vec(&msg).expect("JSON values serialize"));
         let response = self
-            .client
-            .send(self.request(Method::POST, ACCEPT_BOTH, body))
+            .send(|| self.request(Method::POST, ACCEPT_BOTH, body.clone()))
             .await;
         let response = match response {
             Ok(r) => r,
             Err(e) => {
-                let reason = format!("cannot reach {}: {e}", display_url(&self.endpoint.url));
+                let url = display_url(&self.endpoint.url);
+                let reason = match e {
+                    SendError::Unreachable(e) => format!("cannot reach {url}: {e}"),
+                    SendError::NoToken(e) => {
+                        format!("{url} requires OAuth and gantry got no access token: {e}")
+                    }
+                };
                 self.fail(id.as_ref(), &reason);
                 self.inbox.close(reason);
                 return;
@@ -239,6 +269,37 @@ impl Shared {
         if !answered && !self.stop.is_cancelled() {
             self.fail(id.as_ref(), "the response stream ended before the answer");
         }
+    }
+
+    /// Sends what `build` makes; a server that requires OAuth and answers 401 gets it
+    /// once more, with a new token.
+    async fn send(
+        &self,
+        build: impl Fn() -> http_client::Request,
+    ) -> Result<http_client::Response, SendError> {
+        let request = build();
+        let sent = request.headers().get(AUTHORIZATION).cloned();
+        let response = self
+            .client
+            .send(request)
+            .await
+            .map_err(SendError::Unreachable)?;
+        let Some(oauth) = &self.oauth else {
+            return Ok(response);
+        };
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let challenge = response.headers().get(WWW_AUTHENTICATE).cloned();
+        drop(response);
+        oauth
+            .renew(sent.as_ref(), challenge.as_ref())
+            .await
+            .map_err(SendError::NoToken)?;
+        self.client
+            .send(build())
+            .await
+            .map_err(SendError::Unreachable)
     }
 
     fn events(&self, body: http_client::Body) -> Events {
@@ -399,7 +460,7 @@ impl Shared {
             // by a server that keeps its events.
             let mut resume = Resume::default();
             while !self.stop.is_cancelled() && failures < 5 {
-                let response = self.client.send(self.resuming_get(&resume)).await;
+                let response = self.send(|| self.resuming_get(&resume)).await;
                 match response {
                     Ok(r) if r.status().is_success() => {
                         failures = 0;
@@ -455,7 +516,7 @@ impl Shared {
                 _ = self.stop.cancelled() => return true,
                 _ = tokio::time::sleep(resume.delay()) => {}
             }
-            match self.client.send(self.resuming_get(&resume)).await {
+            match self.send(|| self.resuming_get(&resume)).await {
                 Ok(r) if r.status().is_success() && is_event_stream(r.headers()) => {
                     failures = 0;
                     let mut events = self.events(r.into_body());
@@ -486,8 +547,8 @@ impl Shared {
         self.stop.cancel();
         let has_session = self.state.lock().unwrap().session_id.is_some();
         if has_session {
-            let request = self.request(Method::DELETE, ACCEPT_BOTH, Bytes::new());
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.client.send(request)).await;
+            let request = || self.request(Method::DELETE, ACCEPT_BOTH, Bytes::new());
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.send(request)).await;
         }
     }
 }
@@ -518,6 +579,7 @@ pub fn display_url(url: &url::Url) -> String {
 mod tests {
     use super::*;
     use crate::upstream::connection::{CallEvent, Connection};
+    use base64::Engine;
     use std::collections::BTreeSet;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -581,8 +643,11 @@ mod tests {
     }
 
     async fn connected(url: &str) -> Arc<Connection> {
-        let config: UpstreamConfig =
-            serde_json::from_value(json!({"transport": "streamable-http", "url": url})).unwrap();
+        connected_with(json!({"transport": "streamable-http", "url": url})).await
+    }
+
+    async fn connected_with(config: Value) -> Arc<Connection> {
+        let config: UpstreamConfig = serde_json::from_value(config).unwrap();
         let (conn, inbox) = Connection::new("slow-end");
         let handle = connect("slow-end", &config, None, inbox).await.unwrap();
         conn.attach(handle.outbox);
@@ -775,6 +840,151 @@ mod tests {
         }
         let gets = gets.lock().unwrap().clone();
         assert_eq!(gets, [None, Some("g-1".to_string()), None]);
+    }
+
+    /// A server requiring OAuth and its authorization server, on one origin: the token
+    /// endpoint issues `tok-1`, `tok-2` … to `gantry:s3cret` (or refuses every client when
+    /// `refuse`), and the server takes only the latest token.
+    struct OAuthWorld {
+        url: String,
+        /// Each token request's form.
+        token_requests: Arc<Mutex<Vec<String>>>,
+        /// The token the server takes; replacing it revokes the one gantry has.
+        valid: Arc<Mutex<String>>,
+    }
+
+    async fn oauth_world(refuse: bool) -> OAuthWorld {
+        use axum::routing::{get, post};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("{base}/mcp");
+        let token_requests = Arc::new(Mutex::new(Vec::new()));
+        let valid = Arc::new(Mutex::new(String::from("none yet")));
+        let mcp = {
+            let (valid, base) = (Arc::clone(&valid), base.clone());
+            move |headers: HeaderMap, body: Bytes| {
+                let sent = headers
+                    .get(AUTHORIZATION)
+                    .map(|v| v.to_str().unwrap().to_string());
+                let ok = sent == Some(format!("Bearer {}", valid.lock().unwrap()));
+                let challenge = format!(
+                    r#"Bearer resource_metadata="{base}/.well-known/oauth-protected-resource/mcp""#
+                );
+                async move {
+                    if !ok {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [(WWW_AUTHENTICATE, challenge)],
+                            String::new(),
+                        );
+                    }
+                    let msg: Value = serde_json::from_slice(&body).unwrap();
+                    let answer = json!({"jsonrpc": "2.0", "id": msg["id"], "result": {}});
+                    (
+                        StatusCode::OK,
+                        [(CONTENT_TYPE, "application/json".to_string())],
+                        answer.to_string(),
+                    )
+                }
+            }
+        };
+        let prm = {
+            let (url, base) = (url.clone(), base.clone());
+            move || async move { axum::Json(json!({"resource": url, "authorization_servers": [base]})) }
+        };
+        let metadata = {
+            let base = base.clone();
+            move || async move {
+                axum::Json(json!({"issuer": base, "token_endpoint": format!("{base}/token")}))
+            }
+        };
+        let token = {
+            let (requests, valid) = (Arc::clone(&token_requests), Arc::clone(&valid));
+            move |headers: HeaderMap, form: String| {
+                let n = {
+                    let mut requests = requests.lock().unwrap();
+                    requests.push(form);
+                    requests.len()
+                };
+                let basic = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("gantry:s3cret")
+                );
+                let known = headers.get(AUTHORIZATION).is_some_and(|v| *v == basic);
+                let issued = format!("tok-{n}");
+                if known && !refuse {
+                    *valid.lock().unwrap() = issued.clone();
+                }
+                async move {
+                    if !known || refuse {
+                        let refusal = json!({"error": "invalid_client", "error_description": "unknown client"});
+                        return (StatusCode::UNAUTHORIZED, axum::Json(refusal));
+                    }
+                    let token =
+                        json!({"access_token": issued, "token_type": "Bearer", "expires_in": 3600});
+                    (StatusCode::OK, axum::Json(token))
+                }
+            }
+        };
+        let app = axum::Router::new()
+            .route("/mcp", post(mcp))
+            .route("/.well-known/oauth-protected-resource/mcp", get(prm))
+            .route("/.well-known/oauth-authorization-server", get(metadata))
+            .route("/token", post(token));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        OAuthWorld {
+            url,
+            token_requests,
+            valid,
+        }
+    }
+
+    fn oauth_config(url: &str) -> Value {
+        json!({"transport": "streamable-http", "url": url,
+               "oauth": {"client_id": "gantry", "client_secret": "s3cret"}})
+    }
+
+    #[tokio::test]
+    async fn a_token_is_obtained_on_the_first_401_and_renewed_when_refused() {
+        let world = oauth_world(false).await;
+        let conn = connected_with(oauth_config(&world.url)).await;
+        assert!(answer(&conn).await.get("result").is_some());
+        assert!(
+            answer(&conn).await.get("result").is_some(),
+            "the token is kept"
+        );
+        assert_eq!(world.token_requests.lock().unwrap().len(), 1);
+
+        *world.valid.lock().unwrap() = "revoked".into();
+        assert!(
+            answer(&conn).await.get("result").is_some(),
+            "renewed on the 401"
+        );
+        let requests = world.token_requests.lock().unwrap().clone();
+        assert_eq!(requests.len(), 2);
+        let form: Vec<(String, String)> = form_urlencoded::parse(requests[0].as_bytes())
+            .into_owned()
+            .collect();
+        assert!(form.contains(&("grant_type".into(), "client_credentials".into())));
+        assert!(form.contains(&("resource".into(), world.url.clone())));
+        assert!(
+            !requests[0].contains("s3cret"),
+            "the secret goes in the header"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_client_fails_the_call_with_the_token_endpoints_words_not_the_secret() {
+        let world = oauth_world(true).await;
+        let conn = connected_with(oauth_config(&world.url)).await;
+        let answer = answer(&conn).await;
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("requires OAuth"), "{message}");
+        assert!(
+            message.contains("401") && message.contains("invalid_client"),
+            "{message}"
+        );
+        assert!(!message.contains("s3cret"), "{message}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 client under test: `conformance_client.py URL` starts gantry with the scenario's server at
 URL as its remote Streamable HTTP upstream, then has the official Python SDK use that
 server through gantry's `/mcp/s`, as the scenario named by MCP_CONFORMANCE_SCENARIO asks
-(the suite judges what reaches its server: gantry's handshake, calls and reconnections).
+(the suite judges what reaches its server: gantry's handshake, calls and reconnections; for
+a scenario whose context gives OAuth client credentials, gantry's token requests).
 E2E_GANTRY_BIN names the binary. Exits non-zero, with the reason on stderr, when a step fails."""
 import asyncio
 import hashlib
@@ -18,17 +19,24 @@ from pathlib import Path
 import httpx2
 
 SCENARIO = os.environ.get("MCP_CONFORMANCE_SCENARIO", "")
+CONTEXT = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT", "{}"))
 
 
 def start_gantry(url: str, tmp: Path, key: str) -> tuple[subprocess.Popen, str]:
     config = tmp / "gantry.toml"
-    config.write_text(
-        '[server]\nlisten = "127.0.0.1:0"\n'
-        f'[[auth.api_keys]]\nname = "conformance"\nsha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
-        f'[upstreams.s]\ntransport = "streamable-http"\nurl = {json.dumps(url)}\ntimeout_secs = 20\n')
+    text = ('[server]\nlisten = "127.0.0.1:0"\n'
+            f'[[auth.api_keys]]\nname = "conformance"\nsha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
+            f'[upstreams.s]\ntransport = "streamable-http"\nurl = {json.dumps(url)}\ntimeout_secs = 20\n')
+    env = dict(os.environ)
+    if "client_secret" in CONTEXT:
+        # The secret reaches gantry as operators give it: by reference, not in the file.
+        env["CONFORMANCE_CLIENT_SECRET"] = CONTEXT["client_secret"]
+        text += (f'[upstreams.s.oauth]\nclient_id = {json.dumps(CONTEXT["client_id"])}\n'
+                 'client_secret = "env:CONFORMANCE_CLIENT_SECRET"\n')
+    config.write_text(text)
     ready = tmp / "ready"
     proc = subprocess.Popen([os.environ["E2E_GANTRY_BIN"], "--config", str(config), "serve", "--ready-file", str(ready)],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "gantry.log", "wb"))
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "gantry.log", "wb"), env=env)
     deadline = time.time() + 30
     while not (ready.exists() and ready.read_text()):
         if proc.poll() is not None or time.time() > deadline:
@@ -56,7 +64,8 @@ async def use(base: str, key: str):
             tools = {t.name for t in (await client.list_tools()).tools}
             calls = {"tools_call": ("add_numbers", {"a": 5, "b": 3}),
                      "sse-retry": ("test_reconnection", {}),
-                     "elicitation-sep1034-client-defaults": ("test_client_elicitation_defaults", {})}
+                     "elicitation-sep1034-client-defaults": ("test_client_elicitation_defaults", {}),
+                     "auth/client-credentials-basic": ("test-tool", {})}
             if SCENARIO in calls:
                 name, args = calls[SCENARIO]
                 assert name in tools, f"{name} not listed through gantry: {tools}"
@@ -74,7 +83,7 @@ def main():
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-            sys.stderr.write((Path(tmp) / "gantry.log").read_text()[-4000:])
+            sys.stderr.write((Path(tmp) / "gantry.log").read_text())
 
 
 if __name__ == "__main__":

@@ -119,13 +119,14 @@ def test_every_conformance_scenario_passes_through_gantry_serve(gantry, tmp_path
     assert not failed, f"scenarios failed through {path}: {failed} (checks in {tmp_path / 'out'})"
 
 
-@pytest.mark.parametrize("scenario", ["initialize", "tools_call", "sse-retry", "elicitation-sep1034-client-defaults"])
+@pytest.mark.parametrize("scenario", ["initialize", "tools_call", "sse-retry", "elicitation-sep1034-client-defaults",
+                                      "auth/client-credentials-basic"])
 def test_gantry_passes_the_client_scenarios_as_its_upstreams_client(tmp_path, scenario):
     out = tmp_path / "out"
     run = subprocess.run([str(NODE), str(SUITE), "client", "--scenario", scenario, "-o", str(out),
                           "--command", f"{sys.executable} {CLIENT}"],
                          capture_output=True, text=True, timeout=180, env={**os.environ, "E2E_GANTRY_BIN": BIN})
-    checks = [c for f in out.glob("*/checks.json") for c in json.loads(f.read_text())]
+    checks = [c for f in out.rglob("checks.json") for c in json.loads(f.read_text())]
     report = f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     assert checks, report
     failed = [(c["id"], c.get("errorMessage")) for c in checks if c["status"] == "FAILURE"]
@@ -133,3 +134,10 @@ def test_gantry_passes_the_client_scenarios_as_its_upstreams_client(tmp_path, sc
     if scenario == "sse-retry":
         # A SHOULD, but without it events sent while reconnecting would be lost.
         assert {c["id"]: c["status"] for c in checks}["client-sse-last-event-id"] == "SUCCESS", report
+    if scenario.startswith("auth/"):
+        # The token was asked for, and the server saw it on the calls.
+        passed = {c["id"] for c in checks if c["status"] == "SUCCESS"}
+        assert {"client-credentials-basic-auth", "valid-bearer-token"} <= passed, report
+        logged = "".join(f.read_text() for f in out.rglob("stderr.txt"))
+        assert "OAuth access token obtained" in logged, logged[-3000:]
+        assert "cc-token-" not in logged, "the access token stays out of gantry's log"

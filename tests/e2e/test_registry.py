@@ -124,6 +124,12 @@ def test_registration_rules(control_plane, remote_demo):
     leak = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "leak", "settings": remote(
         "http://10.0.0.1/mcp", headers={"Authorization": "env:GANTRY_AUTH__JWT_SECRET"})})
     assert "secret of the gateway host" in problem(leak, 403)["detail"]
+    oauth_leak = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "leak", "settings": remote(
+        "http://10.0.0.1/mcp", oauth={"client_id": "c", "client_secret": "file:/run/secrets/jwt"})})
+    assert "oauth 'client_secret' refers to a secret of the gateway host" in problem(oauth_leak, 403)["detail"]
+    on_sse = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "x", "settings": {
+        "transport": "sse", "url": "http://10.0.0.1/sse", "oauth": {"client_id": "c", "client_secret": "s"}}})
+    assert problem(on_sse, 422)["field"] == "settings.oauth"
     # (Registered disabled: test traffic stays on loopback.)
     trusted = api.request("POST", "/v1/servers", token=platform, json_body={"name": "trusted", "settings": remote(
         "http://10.0.0.2/mcp", headers={"Authorization": "env:UPSTREAM_TOKEN"}, enabled=False)})
