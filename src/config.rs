@@ -501,6 +501,16 @@ pub struct UpstreamConfig {
     pub oauth: Option<OAuthClient>,
 }
 
+/// Shown by the API in place of a secret given as itself; sent back, it keeps that secret.
+pub const REDACTED: &str = "***";
+
+/// Whether a configured value points at a secret rather than holding it.
+pub fn is_reference(value: &str) -> bool {
+    ["env:", "file:", "vault:"]
+        .iter()
+        .any(|p| value.starts_with(p))
+}
+
 /// A confidential OAuth client of an upstream's authorization server (client credentials
 /// grant, SEP-1046).
 #[derive(Clone, Deserialize, Serialize, PartialEq)]
@@ -614,6 +624,54 @@ impl UpstreamConfig {
             .iter()
             .map(|o| ("oauth", "client_secret", o.client_secret.as_str()));
         env.chain(headers).chain(oauth)
+    }
+
+    /// The settings as the API shows them: a secret given as itself is masked as
+    /// [`REDACTED`], a reference to one (`env:`, `file:`, `vault:`) stays, since it
+    /// only says where the secret is.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        shown.for_each_secret(|_, _, value| {
+            if !is_reference(value) {
+                *value = REDACTED.to_string();
+            }
+        });
+        shown
+    }
+
+    /// Puts `stored`'s secret back wherever these settings hold [`REDACTED`], so that
+    /// settings read from the API can be sent back with a change. Err names a masked
+    /// value with nothing stored to keep.
+    pub fn keep_secrets(&mut self, stored: Option<&UpstreamConfig>) -> Result<(), String> {
+        let mut missing = None;
+        self.for_each_secret(|kind, key, value| {
+            if value == REDACTED {
+                let kept = stored.and_then(|s| {
+                    s.secret_values()
+                        .find(|(k, n, _)| *k == kind && *n == key)
+                        .map(|(_, _, v)| v.to_string())
+                });
+                match kept {
+                    Some(kept) => *value = kept,
+                    None => {
+                        missing.get_or_insert(format!("{kind} '{key}'"));
+                    }
+                }
+            }
+        });
+        missing.map_or(Ok(()), Err)
+    }
+
+    fn for_each_secret(&mut self, mut f: impl FnMut(&'static str, &str, &mut String)) {
+        for (key, value) in &mut self.env {
+            f("env", key, value);
+        }
+        for (key, value) in &mut self.headers {
+            f("header", key, value);
+        }
+        if let Some(oauth) = &mut self.oauth {
+            f("oauth", "client_secret", &mut oauth.client_secret);
+        }
     }
 
     pub fn caches_tool(&self, tool: &str) -> bool {
@@ -1204,6 +1262,42 @@ mod tests {
             TokenEndpointAuth::ClientSecretPost
         );
         assert!(!format!("{upstream:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_are_masked_for_display_and_kept_when_the_mask_comes_back() {
+        let mut stored = UpstreamConfig::stdio("srv", vec![]);
+        stored.env.insert("TOKEN".into(), "t0ps3cret".into());
+        stored.env.insert("FROM".into(), "env:GITHUB_TOKEN".into());
+        stored.oauth = Some(OAuthClient {
+            client_id: "gantry".into(),
+            client_secret: "hunter2".into(),
+            scope: None,
+            token_endpoint_auth: TokenEndpointAuth::default(),
+        });
+        let mut shown = stored.redacted();
+        assert_eq!(shown.env["TOKEN"], REDACTED);
+        assert_eq!(
+            shown.env["FROM"], "env:GITHUB_TOKEN",
+            "a reference is shown"
+        );
+        assert_eq!(shown.oauth.as_ref().unwrap().client_secret, REDACTED);
+        assert!(!serde_json::to_string(&shown).unwrap().contains("s3cret"));
+
+        shown.env.insert("NEW".into(), "plain".into());
+        shown.keep_secrets(Some(&stored)).unwrap();
+        assert_eq!(shown.env["TOKEN"], "t0ps3cret");
+        assert_eq!(shown.oauth.as_ref().unwrap().client_secret, "hunter2");
+        assert_eq!(shown.env["NEW"], "plain");
+
+        let mut masked = stored.redacted();
+        masked
+            .headers
+            .insert("Authorization".into(), REDACTED.into());
+        assert_eq!(
+            masked.keep_secrets(Some(&stored)).unwrap_err(),
+            "header 'Authorization'"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::ApiState;
 use super::caller::Caller;
 use super::error::ApiError;
 use super::input::ApiJson;
-use crate::config::{TransportKind, UpstreamConfig, validate_upstream};
+use crate::config::{REDACTED, TransportKind, UpstreamConfig, is_reference, validate_upstream};
 use crate::store::StoreError;
 use crate::store::identity::Role;
 use crate::store::registry::Server;
@@ -28,8 +28,10 @@ pub struct ServerInput {
     pub name: String,
     /// As an `[upstreams.NAME]` table of gantry.toml: `transport` (`stdio`,
     /// `streamable-http`, `sse`), `command`/`args`/`env`/`cwd` or `url`/`headers`,
-    /// `timeout_secs`, `max_concurrency`, `enabled`, … Values of `env` and `headers` may
-    /// be `env:NAME` or `file:/path` references.
+    /// `timeout_secs`, `max_concurrency`, `enabled`, `oauth`, … Values of `env` and
+    /// `headers`, and `oauth.client_secret`, may be `env:NAME` or `file:/path` references
+    /// (platform administrators only). Secrets given as themselves are shown as `***`;
+    /// `***` sent back keeps the stored secret.
     #[schema(value_type = Object)]
     pub settings: UpstreamConfig,
 }
@@ -46,6 +48,28 @@ async fn load(state: &ApiState, caller: &Caller, id: &str) -> Result<Server, Api
         .server(&caller.tenant_id, id)
         .await
         .map_err(not_found)
+}
+
+/// A server as callers see it: secrets given as themselves masked (viewers may read it,
+/// and an upstream's credentials are not theirs to see).
+fn shown(server: Server) -> Server {
+    Server {
+        settings: server.settings.redacted(),
+        ..server
+    }
+}
+
+/// A masked secret sent back keeps the stored one; with none stored it is an error.
+fn keep_secrets(
+    settings: &mut UpstreamConfig,
+    stored: Option<&UpstreamConfig>,
+) -> Result<(), ApiError> {
+    settings.keep_secrets(stored).map_err(|what| {
+        ApiError::validation(
+            "settings",
+            format!("{what} is '{REDACTED}', which stands for a stored secret, and there is none: give the value"),
+        )
+    })
 }
 
 fn not_found(e: StoreError) -> ApiError {
@@ -84,7 +108,7 @@ async fn check(state: &ApiState, caller: &Caller, input: &ServerInput) -> Result
     let reference = input
         .settings
         .secret_values()
-        .find(|(_, _, v)| ["env:", "file:", "vault:"].iter().any(|p| v.starts_with(p)));
+        .find(|(_, _, v)| is_reference(v));
     if let Some((kind, key, _)) = reference
         && !caller.platform_admin
     {
@@ -126,8 +150,9 @@ pub async fn list(
     caller: Caller,
 ) -> Result<Json<ServerList>, ApiError> {
     caller.require(Role::Viewer)?;
+    let items = state.store.servers(&caller.tenant_id).await?;
     Ok(Json(ServerList {
-        items: state.store.servers(&caller.tenant_id).await?,
+        items: items.into_iter().map(shown).collect(),
     }))
 }
 
@@ -136,8 +161,9 @@ pub async fn list(
 pub async fn create(
     State(state): State<ApiState>,
     caller: Caller,
-    ApiJson(input): ApiJson<ServerInput>,
+    ApiJson(mut input): ApiJson<ServerInput>,
 ) -> Result<(StatusCode, Json<Server>), ApiError> {
+    keep_secrets(&mut input.settings, None)?;
     check(&state, &caller, &input).await?;
     let server = state
         .store
@@ -150,7 +176,7 @@ pub async fn create(
         .await?;
     tracing::info!(target: "gantry::audit", event = "server_registered", tenant_id = %caller.tenant_id, server = %server.name, by = %caller.user_id);
     announce(&state).await;
-    Ok((StatusCode::CREATED, Json(server)))
+    Ok((StatusCode::CREATED, Json(shown(server))))
 }
 
 #[utoipa::path(get, path = "/api/v1/servers/{id}", tag = "servers", security(("bearer" = [])),
@@ -161,7 +187,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Server>, ApiError> {
     caller.require(Role::Viewer)?;
-    load(&state, &caller, &id).await.map(Json)
+    load(&state, &caller, &id).await.map(|s| Json(shown(s)))
 }
 
 #[utoipa::path(put, path = "/api/v1/servers/{id}", tag = "servers", security(("bearer" = [])),
@@ -171,7 +197,7 @@ pub async fn update(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(input): ApiJson<ServerInput>,
+    ApiJson(mut input): ApiJson<ServerInput>,
 ) -> Result<Json<Server>, ApiError> {
     let current = load(&state, &caller, &id).await?;
     if current.name != input.name {
@@ -183,6 +209,7 @@ pub async fn update(
     if current.settings.transport == TransportKind::Stdio {
         caller.require_platform_admin()?;
     }
+    keep_secrets(&mut input.settings, Some(&current.settings))?;
     check(&state, &caller, &input).await?;
     state
         .store
@@ -191,7 +218,7 @@ pub async fn update(
         .map_err(not_found)?;
     tracing::info!(target: "gantry::audit", event = "server_updated", tenant_id = %caller.tenant_id, server = %input.name, by = %caller.user_id);
     announce(&state).await;
-    load(&state, &caller, &id).await.map(Json)
+    load(&state, &caller, &id).await.map(|s| Json(shown(s)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/servers/{id}", tag = "servers", security(("bearer" = [])),

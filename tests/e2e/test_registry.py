@@ -7,8 +7,10 @@ may connect is enforced again on every connection, and no upstream follows redir
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -87,6 +89,46 @@ def test_registered_servers_run_for_their_tenant_and_follow_changes(control_plan
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_credentials_of_a_registered_server_are_masked_and_kept_when_sent_back(control_plane):
+    port = free_port()
+    secret = "Bearer s3cret-upstream-token"
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "failing_upstream.py"), str(port), secret])
+    try:
+        wait_until(lambda: port_open(port), what="an upstream requiring a token")
+        g, api = control_plane({"registry": {"allowed_hosts": ["127.0.0.1"]}})
+        admin = api.login()["access_token"]
+        settings = remote(f"http://127.0.0.1:{port}/mcp", headers={"Authorization": secret, "X-Host": "file:/etc/hostname"})
+        created = api.request("POST", "/v1/servers", token=admin, json_body={"name": "guarded", "settings": settings})
+        assert created.status_code == 201, created.text
+        sid = created.json()["id"]
+        health = lambda: api.request("GET", f"/v1/servers/{sid}/health", token=admin).json()  # noqa: E731
+        wait_until(lambda: health()["status"] == "up", what="the server up with its token")
+
+        api.request("POST", "/v1/users", token=admin, json_body={"email": "vi@example.com", "password": MEMBER_PASSWORD, "role": "viewer"})
+        viewer = api.login("vi@example.com", MEMBER_PASSWORD)["access_token"]
+        for token in (admin, viewer):
+            for r in (api.request("GET", f"/v1/servers/{sid}", token=token), api.request("GET", "/v1/servers", token=token)):
+                assert r.status_code == 200 and "s3cret" not in r.text, r.text
+        shown = api.request("GET", f"/v1/servers/{sid}", token=admin).json()["settings"]
+        assert shown["headers"] == {"Authorization": "***", "X-Host": "file:/etc/hostname"}, "a reference is no secret"
+        assert "s3cret" not in created.text
+
+        # The settings as read, changed and sent back: the masked token is kept, and the
+        # restarted server still gets it.
+        shown["timeout_secs"] = 7
+        r = api.request("PUT", f"/v1/servers/{sid}", token=admin, json_body={"name": "guarded", "settings": shown})
+        assert r.status_code == 200 and r.json()["version"] == 2, r.text
+        wait_until(lambda: health()["version"] == 2 and health()["status"] == "up", what="the restarted server up")
+
+        # A mask standing for nothing stored is refused, not stored as the secret.
+        fresh = remote(f"http://127.0.0.1:{port}/mcp", headers={"Authorization": "***"}, enabled=False)
+        refused = api.request("POST", "/v1/servers", token=admin, json_body={"name": "masked", "settings": fresh})
+        assert "header 'Authorization'" in problem(refused, 422)["detail"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def test_registration_rules(control_plane, remote_demo):
     g, api = control_plane()
     platform = api.login()["access_token"]
