@@ -242,8 +242,7 @@ impl Shared {
                 self.finish_stream(events);
                 true
             } else {
-                self.resume_call(resume, related, id.as_ref(), initialize)
-                    .await
+                Box::pin(self.resume_call(resume, related, id.as_ref(), initialize)).await
             }
         } else {
             let delivered = match http_client::read_body(body, self.max_message_bytes).await {
@@ -278,22 +277,36 @@ impl Shared {
         build: impl Fn() -> http_client::Request,
     ) -> Result<http_client::Response, SendError> {
         let request = build();
-        let sent = request.headers().get(AUTHORIZATION).cloned();
+        let sent = self
+            .oauth
+            .as_ref()
+            .and_then(|_| request.headers().get(AUTHORIZATION).cloned());
         let response = self
             .client
             .send(request)
             .await
             .map_err(SendError::Unreachable)?;
-        let Some(oauth) = &self.oauth else {
-            return Ok(response);
-        };
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(response);
+        match &self.oauth {
+            // Boxed, like every path a request seldom takes: the common path's future is
+            // allocated and copied on every request, at the size of its largest path.
+            Some(oauth) if response.status() == StatusCode::UNAUTHORIZED => {
+                Box::pin(self.send_with_new_token(oauth, response, sent, build)).await
+            }
+            _ => Ok(response),
         }
-        let challenge = response.headers().get(WWW_AUTHENTICATE).cloned();
-        drop(response);
+    }
+
+    async fn send_with_new_token(
+        &self,
+        oauth: &OAuth,
+        refusal: http_client::Response,
+        refused: Option<HeaderValue>,
+        build: impl Fn() -> http_client::Request,
+    ) -> Result<http_client::Response, SendError> {
+        let challenge = refusal.headers().get(WWW_AUTHENTICATE).cloned();
+        drop(refusal);
         oauth
-            .renew(sent.as_ref(), challenge.as_ref())
+            .renew(refused.as_ref(), challenge.as_ref())
             .await
             .map_err(SendError::NoToken)?;
         self.client
