@@ -225,6 +225,26 @@ def start_everything_http(mode: str):
     return proc, port
 
 
+def nginx_conf(dir: Path, http: str, user_root: bool = False) -> str:
+    """A whole nginx.conf for a test: one worker in the foreground, its files in `dir`,
+    and `http` (servers, logs) inside the http block. `user_root` lets the worker read
+    files in the test's private temporary directory."""
+    return (("user root;\n" if user_root else "") + f"""worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+{http}
+}}
+""")
+
+
 @pytest.fixture
 def everything_http():
     procs = []

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, EVERYTHING_JS, TOOLS, free_port, port_open, wait_until
+from conftest import BIN, EVERYTHING_JS, TOOLS, free_port, nginx_conf, port_open, wait_until
 
 UPSTREAM = Path(__file__).parent / "conformance_upstream.py"
 CLIENT = Path(__file__).parent / "conformance_client.py"
@@ -73,19 +73,8 @@ def test_every_conformance_scenario_passes_through_a_bridge(gantry, tmp_path):
     assert not failed, f"scenarios failed through gantry: {failed} (checks in {tmp_path / 'out'})"
 
 
-KEY_ADDING_NGINX = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
+KEY_ADDING_SERVER = """
     access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
     server {{
         listen 127.0.0.1:{port};
         location / {{
@@ -95,9 +84,7 @@ http {{
             proxy_set_header Host $http_host;
             proxy_set_header Authorization "Bearer {key}";
         }}
-    }}
-}}
-"""
+    }}"""
 
 
 @pytest.mark.parametrize("path", ["/mcp", "/mcp/conformance"])
@@ -105,7 +92,8 @@ def test_every_conformance_scenario_passes_through_gantry_serve(gantry, tmp_path
     g = gantry({"gateway": {"prefix_mode": "never"}, "upstreams": {
         "conformance": {"transport": "stdio", "command": sys.executable, "args": [str(UPSTREAM)]}}})
     port = free_port()
-    (tmp_path / "nginx.conf").write_text(KEY_ADDING_NGINX.format(dir=tmp_path, port=port, gantry=g.addr, key=g.key))
+    server = KEY_ADDING_SERVER.format(port=port, gantry=g.addr, key=g.key)
+    (tmp_path / "nginx.conf").write_text(nginx_conf(tmp_path, server))
     nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

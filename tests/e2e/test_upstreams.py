@@ -8,7 +8,7 @@ import httpx2
 import pytest
 from mcp import types
 
-from conftest import BIN, port_open, TIME_SERVER, demo_stdio, everything_stdio, free_port, sdk_client, wait_until
+from conftest import BIN, nginx_conf, port_open, TIME_SERVER, demo_stdio, everything_stdio, free_port, sdk_client, wait_until
 
 
 def test_stdio_http_and_sse_upstreams_side_by_side(gantry, everything_http):
@@ -140,21 +140,9 @@ def test_unknown_fields_pass_through_untouched(gantry):
     assert "inputSchema" in echo and "description" in echo
 
 
-TLS_NGINX = """
-user root;  # the worker reads the test's private temporary directory
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
+TLS_SERVER = """
     log_format calls '$server_protocol $connection $request_method $status';
     access_log {dir}/access.log calls;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
     server {{
         listen 127.0.0.1:{port} ssl{http2};
         ssl_certificate {dir}/server.pem;
@@ -166,9 +154,7 @@ http {{
             proxy_http_version 1.1;
             proxy_buffering off;
         }}
-    }}
-}}
-"""
+    }}"""
 
 
 @pytest.fixture(params=["http/1.1", "h2"])
@@ -190,7 +176,8 @@ def tls_demo(tmp_path, request):
     demo = subprocess.Popen([BIN, "demo-upstream", "--http", f"127.0.0.1:{demo_port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     http2 = " http2" if request.param == "h2" else ""
-    (d / "nginx.conf").write_text(TLS_NGINX.format(dir=d, port=port, upstream=demo_port, http2=http2))
+    server = TLS_SERVER.format(dir=d, port=port, upstream=demo_port, http2=http2)
+    (d / "nginx.conf").write_text(nginx_conf(d, server, user_root=True))
     nginx = subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: port_open(port) and port_open(demo_port), what="nginx with TLS and the demo")
