@@ -22,7 +22,8 @@ use crate::config::{OAuthClient, TokenEndpointAuth, resolve_reference};
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// Each discovery or token request, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// A token is renewed this long before it expires, so it does not expire in flight.
+/// A token is renewed this long before it expires (at half its life when that is shorter),
+/// so it does not expire in flight.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 
 /// A token and when it stops being used.
@@ -178,8 +179,11 @@ impl OAuth {
             .map_err(|_| "the access token is not a valid header value")?;
         bearer.set_sensitive(true);
         let expires_in = answer.get("expires_in").and_then(Value::as_u64);
-        let renew_at =
-            expires_in.map(|secs| asked + Duration::from_secs(secs).saturating_sub(EXPIRY_MARGIN));
+        // A short-lived token is renewed halfway through its life rather than at once.
+        let renew_at = expires_in.map(|secs| {
+            let life = Duration::from_secs(secs);
+            asked + life.saturating_sub(EXPIRY_MARGIN.min(life / 2))
+        });
         let lifetime = expires_in.map_or_else(|| "not given".into(), |s| format!("{s} s"));
         tracing::info!(token_endpoint = %http_client_url(token_url), lifetime, "OAuth access token obtained");
         Ok(Token { bearer, renew_at })
