@@ -12,6 +12,9 @@ use sse_stream::Sse;
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
 /// A server's `retry` beyond this is taken as this: the caller's timeout runs meanwhile.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// Nor less than this: a server asking for `retry: 0` and ending every stream at once
+/// would otherwise be sent GETs as fast as they go until the call's timeout.
+const MIN_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug, Default)]
 pub struct Resume {
@@ -28,7 +31,7 @@ impl Resume {
             self.last_event_id = HeaderValue::from_str(id).ok().filter(|_| !id.is_empty());
         }
         if let Some(ms) = event.retry {
-            self.retry = Some(Duration::from_millis(ms).min(MAX_RETRY));
+            self.retry = Some(Duration::from_millis(ms).clamp(MIN_RETRY, MAX_RETRY));
         }
     }
 
@@ -79,6 +82,8 @@ mod tests {
         let mut resume = Resume::default();
         resume.saw(&event(Some("e-1"), Some(u64::MAX)));
         assert_eq!(resume.delay(), MAX_RETRY);
+        resume.saw(&event(None, Some(0)));
+        assert_eq!(resume.delay(), MIN_RETRY);
         resume.saw(&event(Some(""), None));
         assert!(resume.last_event_id().is_none());
         resume.saw(&event(Some("e-2"), None));
