@@ -6,6 +6,7 @@
 //! endpoint. Tokens are asked for with the server's URL as `resource` (RFC 8707), kept
 //! until they expire or the server refuses them, and never logged.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -38,6 +39,8 @@ pub struct OAuth {
     resource: url::Url,
     egress: Option<Egress>,
     token: std::sync::Mutex<Option<Token>>,
+    /// Counts the tokens obtained, so a caller refused knows whether one came since.
+    generation: AtomicU64,
     /// Found once, on the first 401: where tokens come from.
     token_endpoint: tokio::sync::Mutex<Option<url::Url>>,
 }
@@ -49,6 +52,7 @@ impl OAuth {
             resource,
             egress: egress.cloned(),
             token: std::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
             token_endpoint: tokio::sync::Mutex::new(None),
         }
     }
@@ -61,17 +65,24 @@ impl OAuth {
         fresh.then(|| token.bearer.clone())
     }
 
-    /// A new token, after the server refused `refused` (or answered 401 to a request
-    /// without one) with `challenge`, its `WWW-Authenticate`. One renewal at a time: a
-    /// caller that waited for another's gets that token.
+    /// Which token is current: read before a request, it tells [`renew`](Self::renew)
+    /// whether the token that request carried is still the latest.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// A new token, after the server answered 401 to a request sent while `sent_with`
+    /// was the [`generation`](Self::generation), with `challenge`, its
+    /// `WWW-Authenticate`. One renewal at a time: a caller that waited for another's gets
+    /// that token.
     pub async fn renew(
         &self,
-        refused: Option<&HeaderValue>,
+        sent_with: u64,
         challenge: Option<&HeaderValue>,
     ) -> Result<HeaderValue, String> {
         let mut endpoint = self.token_endpoint.lock().await;
-        if let Some(current) = self.bearer()
-            && refused != Some(&current)
+        if self.generation() != sent_with
+            && let Some(current) = self.bearer()
         {
             return Ok(current);
         }
@@ -86,6 +97,7 @@ impl OAuth {
         let token = self.request_token(&token_url).await?;
         let bearer = token.bearer.clone();
         *self.token.lock().unwrap() = Some(token);
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(bearer)
     }
 

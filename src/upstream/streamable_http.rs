@@ -271,26 +271,22 @@ impl Shared {
     }
 
     /// Sends what `build` makes; a server that requires OAuth and answers 401 gets it
-    /// once more, with a new token.
+    /// once more, with a new token. Little is held across the send: this future is part
+    /// of every message's, which is allocated and copied per message.
     async fn send(
         &self,
         build: impl Fn() -> http_client::Request,
     ) -> Result<http_client::Response, SendError> {
-        let request = build();
-        let sent = self
-            .oauth
-            .as_ref()
-            .and_then(|_| request.headers().get(AUTHORIZATION).cloned());
+        let sent_with = self.oauth.as_ref().map_or(0, OAuth::generation);
         let response = self
             .client
-            .send(request)
+            .send(build())
             .await
             .map_err(SendError::Unreachable)?;
         match &self.oauth {
-            // Boxed, like every path a request seldom takes: the common path's future is
-            // allocated and copied on every request, at the size of its largest path.
+            // Boxed, like every path a request seldom takes.
             Some(oauth) if response.status() == StatusCode::UNAUTHORIZED => {
-                Box::pin(self.send_with_new_token(oauth, response, sent, build)).await
+                Box::pin(self.send_with_new_token(oauth, response, sent_with, build)).await
             }
             _ => Ok(response),
         }
@@ -300,13 +296,13 @@ impl Shared {
         &self,
         oauth: &OAuth,
         refusal: http_client::Response,
-        refused: Option<HeaderValue>,
+        sent_with: u64,
         build: impl Fn() -> http_client::Request,
     ) -> Result<http_client::Response, SendError> {
         let challenge = refusal.headers().get(WWW_AUTHENTICATE).cloned();
         drop(refusal);
         oauth
-            .renew(refused.as_ref(), challenge.as_ref())
+            .renew(sent_with, challenge.as_ref())
             .await
             .map_err(SendError::NoToken)?;
         self.client
