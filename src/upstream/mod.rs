@@ -395,10 +395,9 @@ impl Upstream {
     /// restart with exponential backoff and jitter.
     async fn supervise(self: Arc<Self>) {
         let mut failures: u32 = 0;
-        let mut delay;
         loop {
             self.state.send_replace(State::Starting);
-            match self.connect_once().await {
+            let (reason, started) = match self.connect_once().await {
                 Ok((conn, shutdown)) => {
                     failures = 0;
                     self.catalog.clear();
@@ -434,21 +433,22 @@ impl Upstream {
                     self.restarts.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(m::UPSTREAM_RESTARTS, "server" => self.name.clone())
                         .increment(1);
-                    failures = failures.saturating_add(1);
-                    delay = backoff(failures);
-                    self.state
-                        .send_replace(State::Down(Down::retrying(reason, failures, delay)));
+                    (reason, true)
                 }
                 Err(reason) => {
                     metrics::gauge!(m::UPSTREAM_UP, "server" => self.name.clone()).set(0.0);
-                    failures = failures.saturating_add(1);
-                    delay = backoff(failures);
-                    tracing::warn!(upstream = %self.name, %reason, failures, retry_in_ms = delay.as_millis() as u64, "upstream failed to start");
-                    self.state
-                        .send_replace(State::Down(Down::retrying(reason, failures, delay)));
-                    self.attempted.send_replace(true);
+                    (reason, false)
                 }
+            };
+            failures = failures.saturating_add(1);
+            let delay = backoff(failures);
+            if !started {
+                tracing::warn!(upstream = %self.name, %reason, failures, retry_in_ms = delay.as_millis() as u64, "upstream failed to start");
             }
+            self.state
+                .send_replace(State::Down(Down::retrying(reason, failures, delay)));
+            // A failed attempt counts as one too (a connection set it already).
+            self.attempted.send_replace(true);
             tokio::select! {
                 _ = self.stop.cancelled() => {
                     self.state.send_replace(State::Down(Down::stopped(SHUTTING_DOWN)));
