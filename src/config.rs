@@ -532,7 +532,7 @@ impl std::fmt::Debug for OAuthClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OAuthClient")
             .field("client_id", &self.client_id)
-            .field("client_secret", &"***")
+            .field("client_secret", &REDACTED)
             .field("scope", &self.scope)
             .field("token_endpoint_auth", &self.token_endpoint_auth)
             .finish()

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::egress::Egress;
 use super::http_client::{self, Endpoint, HttpClient};
+use super::streamable_http::display_url;
 use crate::config::{OAuthClient, TokenEndpointAuth, resolve_reference};
 
 /// Metadata documents and token answers are small; a larger one is refused unread.
@@ -71,20 +72,18 @@ impl OAuth {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// A new token, after the server answered 401 to a request sent while `sent_with`
-    /// was the [`generation`](Self::generation), with `challenge`, its
-    /// `WWW-Authenticate`. One renewal at a time: a caller that waited for another's gets
-    /// that token.
+    /// Makes a new token current, after the server answered 401 to a request sent while
+    /// `sent_with` was the [`generation`](Self::generation), with `challenge`, its
+    /// `WWW-Authenticate`. One renewal at a time: a caller that waited for another's
+    /// takes that token.
     pub async fn renew(
         &self,
         sent_with: u64,
         challenge: Option<&HeaderValue>,
-    ) -> Result<HeaderValue, String> {
+    ) -> Result<(), String> {
         let mut endpoint = self.token_endpoint.lock().await;
-        if self.generation() != sent_with
-            && let Some(current) = self.bearer()
-        {
-            return Ok(current);
+        if self.generation() != sent_with && self.bearer().is_some() {
+            return Ok(());
         }
         let token_url = match endpoint.as_ref() {
             Some(url) => url.clone(),
@@ -95,10 +94,9 @@ impl OAuth {
             }
         };
         let token = self.request_token(&token_url).await?;
-        let bearer = token.bearer.clone();
         *self.token.lock().unwrap() = Some(token);
         self.generation.fetch_add(1, Ordering::Release);
-        Ok(bearer)
+        Ok(())
     }
 
     /// The token endpoint: from the protected resource metadata the challenge names (or
@@ -111,23 +109,10 @@ impl OAuth {
         let candidates = named
             .into_iter()
             .chain(protected_resource_metadata_urls(&self.resource));
-        let mut tried = Vec::new();
-        let mut metadata = None;
-        for url in candidates {
-            match self.get_json(&url).await {
-                Ok(doc) => {
-                    metadata = Some(doc);
-                    break;
-                }
-                Err(e) => tried.push(format!("{}: {e}", http_client_url(&url))),
-            }
-        }
-        let metadata = metadata.ok_or_else(|| {
-            format!(
-                "no protected resource metadata found ({})",
-                tried.join("; ")
-            )
-        })?;
+        let metadata = self
+            .first_document(candidates)
+            .await
+            .map_err(|tried| format!("no protected resource metadata found ({tried})"))?;
         if let Some(named) = metadata.get("resource").and_then(Value::as_str)
             && !names_resource(named, &self.resource)
         {
@@ -142,23 +127,30 @@ impl OAuth {
             .and_then(Value::as_str)
             .ok_or("its protected resource metadata names no authorization server")?;
         let issuer = url::Url::parse(issuer).map_err(|e| format!("authorization server: {e}"))?;
+        let metadata = self
+            .first_document(authorization_server_metadata_urls(&issuer))
+            .await
+            .map_err(|tried| format!("no authorization server metadata found ({tried})"))?;
+        let token = metadata
+            .get("token_endpoint")
+            .and_then(Value::as_str)
+            .ok_or("the authorization server's metadata has no token_endpoint")?;
+        url::Url::parse(token).map_err(|e| format!("token_endpoint: {e}"))
+    }
+
+    /// The first of `urls` that serves a JSON document; Err says how each failed.
+    async fn first_document(
+        &self,
+        urls: impl IntoIterator<Item = url::Url>,
+    ) -> Result<Value, String> {
         let mut tried = Vec::new();
-        for url in authorization_server_metadata_urls(&issuer) {
+        for url in urls {
             match self.get_json(&url).await {
-                Ok(doc) => {
-                    let token = doc
-                        .get("token_endpoint")
-                        .and_then(Value::as_str)
-                        .ok_or("the authorization server's metadata has no token_endpoint")?;
-                    return url::Url::parse(token).map_err(|e| format!("token_endpoint: {e}"));
-                }
-                Err(e) => tried.push(format!("{}: {e}", http_client_url(&url))),
+                Ok(doc) => return Ok(doc),
+                Err(e) => tried.push(format!("{}: {e}", display_url(&url))),
             }
         }
-        Err(format!(
-            "no authorization server metadata found ({})",
-            tried.join("; ")
-        ))
+        Err(tried.join("; "))
     }
 
     async fn request_token(&self, token_url: &url::Url) -> Result<Token, String> {
@@ -197,7 +189,7 @@ impl OAuth {
             asked + life.saturating_sub(EXPIRY_MARGIN.min(life / 2))
         });
         let lifetime = expires_in.map_or_else(|| "not given".into(), |s| format!("{s} s"));
-        tracing::info!(token_endpoint = %http_client_url(token_url), lifetime, "OAuth access token obtained");
+        tracing::info!(token_endpoint = %display_url(token_url), lifetime, "OAuth access token obtained");
         Ok(Token { bearer, renew_at })
     }
 
@@ -284,11 +276,6 @@ impl OAuth {
             .await
             .map_err(|_| format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()))?
     }
-}
-
-/// A URL for messages: without credentials or query (see `streamable_http::display_url`).
-fn http_client_url(url: &url::Url) -> String {
-    super::streamable_http::display_url(url)
 }
 
 /// The `resource_metadata` parameter of a `WWW-Authenticate: Bearer …` challenge.
