@@ -77,6 +77,11 @@ pub struct ServerConfig {
     /// vanishes without closing, holds. A client that keeps taking bytes, however slowly,
     /// and an answer still awaited from upstream are not timed. 0 turns it off.
     pub response_write_timeout_secs: u64,
+    /// How long a session's event stream waits for a client that lost its connection to
+    /// resume it (a GET with `Last-Event-ID`); meanwhile its call goes on. Nginx sends a
+    /// session's requests to one replica, which holds its streams. 0: streams carry no
+    /// event ids, and a client's disconnect cancels its call at once.
+    pub stream_resume_secs: u64,
     /// Threads serving requests. 1 (the default) runs everything on one thread: no
     /// cross-thread wake-ups, the lowest CPU per request, about 20k requests/s per
     /// process on a small machine. Raise it on large machines, or run more replicas.
@@ -93,6 +98,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             request_read_timeout_secs: 75,
             response_write_timeout_secs: 60,
+            stream_resume_secs: 60,
             worker_threads: 1,
         }
     }
@@ -940,6 +946,10 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
         (
             "server.response_write_timeout_secs",
             config.server.response_write_timeout_secs,
+        ),
+        (
+            "server.stream_resume_secs",
+            config.server.stream_resume_secs,
         ),
     ] {
         if secs > MAX_CLIENT_TIMEOUT_SECS {

@@ -15,23 +15,29 @@
 //!
 //! The client's connection drains the whole queue each time it can write, so a client
 //! that keeps up loses nothing to a burst smaller than the bound.
+//!
+//! A session's streams can be resumed (2025-11-25 "Resumability and Redelivery"): each
+//! event carries an id, what was handed to the connection is kept (bounded like the
+//! queue), and a client that lost its connection takes the stream up again with a GET
+//! naming the last id it got (`super::resumption`). Until then the stream stays open:
+//! the call goes on and its events queue as usual.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
-use http::HeaderValue;
 use metrics::Counter;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+use super::resumption::{self, ResumableStreams};
+use super::sse_frames;
 
 /// How many bytes of JSON may wait for one client's stream before its notifications are
 /// dropped: about 27,000 progress notifications, several seconds of a flood that a client
@@ -49,8 +55,57 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     reader: AtomicWaker,
-    /// The client's side was dropped: its connection closed or gave up on the response.
+    /// The client's side was dropped: its connection closed or gave up on the response
+    /// (for a resumable stream: and was not resumed in time).
     gone: CancellationToken,
+    /// What a session's stream keeps for a client that resumes it; `None` elsewhere.
+    replay: Option<Replay>,
+}
+
+/// A resumable stream's identity and what it has handed to client connections.
+struct Replay {
+    streams: Arc<ResumableStreams>,
+    /// The session the stream belongs to: nobody else may resume it.
+    sid: Box<str>,
+    /// Names the stream in its event ids; random, so one stream's ids say nothing of another's.
+    stream: u64,
+    keep_alive: Option<Duration>,
+    log: Mutex<Log>,
+}
+
+/// The messages already handed to a client connection, which a resumption may need
+/// again: the connection may have died with them unread.
+struct Log {
+    sent: VecDeque<String>,
+    /// The sequence number of `sent[0]`. Numbers start at 1: 0 names the priming event,
+    /// before any message.
+    first: u64,
+    bytes: usize,
+    /// Which receiver holds the stream: a resumption takes it over from the last one.
+    holder: u64,
+}
+
+impl Log {
+    fn end(&self) -> u64 {
+        self.first + self.sent.len() as u64
+    }
+
+    fn get(&self, seq: u64) -> Option<&String> {
+        let index = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        self.sent.get(index)
+    }
+
+    /// Keeps what was sent, forgetting the oldest past the backlog: a client that comes
+    /// back after that much misses notifications, as a slow one does.
+    fn keep(&mut self, text: String) {
+        self.bytes += text.len();
+        self.sent.push_back(text);
+        while self.bytes > BACKLOG_BYTES && self.sent.len() > 1 {
+            let oldest = self.sent.pop_front().expect("more than one");
+            self.bytes -= oldest.len();
+            self.first += 1;
+        }
+    }
 }
 
 /// The gateway's side, shared by whatever feeds the stream (for a GET stream on `/mcp`,
@@ -68,14 +123,69 @@ pub struct Sender {
 /// The client's side: JSON-RPC messages as JSON text, in the order they were queued.
 pub struct Receiver {
     shared: Arc<Shared>,
+    /// Which holder of a resumable stream this is (see [`Log::holder`]).
+    holder: u64,
+    /// The sequence number of the next message to deliver.
+    next: u64,
+    prime: bool,
+    /// Every message was delivered and none will follow.
+    finished: bool,
 }
+
+/// One message for the client's connection: its sequence number on a resumable stream,
+/// and its JSON text (empty for the priming event).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub seq: Option<u64>,
+    pub text: String,
+}
+
+/// A session's stream as the resumption registry holds it.
+#[derive(Clone)]
+pub struct Handle(Arc<Shared>);
 
 /// A new stream for `method` (a call's, or `GET`, or `subscriptions/listen`) on `server`.
 pub fn channel(server: &str, method: &str) -> (Sender, Receiver) {
+    with_replay(server, method, None)
+}
+
+/// Where a session's stream is registered for resumption, and how it starts.
+pub struct Resumable<'a> {
+    pub streams: &'a Arc<ResumableStreams>,
+    pub sid: &'a str,
+    pub keep_alive: Option<Duration>,
+    /// Send the priming event first: an id before any message, so a client that loses
+    /// the connection before the first one can still resume (2025-11-25 clients; older
+    /// ones would take its empty data for a malformed message).
+    pub prime: bool,
+}
+
+/// A new stream of a session, which its client may resume on another connection.
+pub fn resumable(server: &str, method: &str, how: Resumable<'_>) -> (Sender, Receiver) {
+    let replay = Replay {
+        streams: Arc::clone(how.streams),
+        sid: how.sid.into(),
+        stream: rand::random(),
+        keep_alive: how.keep_alive,
+        log: Mutex::new(Log {
+            sent: VecDeque::new(),
+            first: 1,
+            bytes: 0,
+            holder: 0,
+        }),
+    };
+    let (sender, mut receiver) = with_replay(server, method, Some(replay));
+    receiver.prime = how.prime;
+    how.streams.register(Handle(Arc::clone(&receiver.shared)));
+    (sender, receiver)
+}
+
+fn with_replay(server: &str, method: &str, replay: Option<Replay>) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
         reader: AtomicWaker::new(),
         gone: CancellationToken::new(),
+        replay,
     });
     let sender = Sender {
         shared: Arc::clone(&shared),
@@ -84,7 +194,14 @@ pub fn channel(server: &str, method: &str) -> (Sender, Receiver) {
         server: server.into(),
         method: method.into(),
     };
-    (sender, Receiver { shared })
+    let receiver = Receiver {
+        shared,
+        holder: 0,
+        next: 1,
+        prime: false,
+        finished: false,
+    };
+    (sender, receiver)
 }
 
 impl Sender {
@@ -167,50 +284,160 @@ impl Drop for Sender {
 }
 
 impl Stream for Receiver {
-    type Item = String;
+    type Item = Outgoing;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
-        let take = |queue: &mut Queue| match queue.messages.pop_front() {
-            Some(text) => {
-                queue.bytes -= text.len();
-                Poll::Ready(Some(text))
-            }
-            None if queue.ended => Poll::Ready(None),
-            None => Poll::Pending,
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
+        let this = self.get_mut();
+        let Some(replay) = &this.shared.replay else {
+            let polled = poll_queue(&this.shared, cx);
+            return polled.map(|text| text.map(|text| Outgoing { seq: None, text }));
         };
-        if let Poll::Ready(item) = take(&mut self.shared.queue.lock().unwrap()) {
-            return Poll::Ready(item);
+        if std::mem::take(&mut this.prime) {
+            let seq = Some(this.next - 1);
+            return Poll::Ready(Some(Outgoing {
+                seq,
+                text: String::new(),
+            }));
         }
-        // Registered before looking again, so a message queued in between wakes us.
-        self.shared.reader.register(cx.waker());
-        take(&mut self.shared.queue.lock().unwrap())
+        let mut log = replay.log.lock().unwrap();
+        if log.holder != this.holder {
+            return Poll::Ready(None); // A resumption took the stream over.
+        }
+        // What the log no longer holds is lost to this client (see `Log::keep`).
+        this.next = this.next.max(log.first);
+        let seq = this.next;
+        if let Some(text) = log.get(seq) {
+            this.next += 1;
+            return Poll::Ready(Some(Outgoing {
+                seq: Some(seq),
+                text: text.clone(),
+            }));
+        }
+        match poll_queue(&this.shared, cx) {
+            Poll::Ready(Some(text)) => {
+                log.keep(text.clone());
+                this.next += 1;
+                Poll::Ready(Some(Outgoing {
+                    seq: Some(seq),
+                    text,
+                }))
+            }
+            Poll::Ready(None) => {
+                this.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
     }
+}
+
+/// The next queued message, or the end once none will follow.
+fn poll_queue(shared: &Shared, cx: &mut Context<'_>) -> Poll<Option<String>> {
+    let take = |queue: &mut Queue| match queue.messages.pop_front() {
+        Some(text) => {
+            queue.bytes -= text.len();
+            Poll::Ready(Some(text))
+        }
+        None if queue.ended => Poll::Ready(None),
+        None => Poll::Pending,
+    };
+    if let Poll::Ready(item) = take(&mut shared.queue.lock().unwrap()) {
+        return Poll::Ready(item);
+    }
+    // Registered before looking again, so a message queued in between wakes us.
+    shared.reader.register(cx.waker());
+    take(&mut shared.queue.lock().unwrap())
 }
 
 impl Receiver {
     /// The SSE response that gives the client its messages; `keep_alive` for long-lived
-    /// streams.
+    /// streams (a resumable stream keeps the one it was made with).
     pub fn into_response(self, keep_alive: Option<Duration>) -> Response {
-        let events =
-            self.map(|json| Ok::<_, Infallible>(Event::default().event("message").data(json)));
-        let sse = Sse::new(events);
-        let mut response = match keep_alive {
-            Some(interval) => sse
-                .keep_alive(KeepAlive::new().interval(interval).text(""))
-                .into_response(),
-            None => sse.into_response(),
+        let (stream, keep_alive) = match &self.shared.replay {
+            Some(replay) => (Some(replay.stream), replay.keep_alive),
+            None => (None, keep_alive),
         };
-        // Tells nginx (and similar proxies) not to buffer the stream.
-        response
-            .headers_mut()
-            .insert("x-accel-buffering", HeaderValue::from_static("no"));
-        response
+        let events = self.map(move |out| {
+            let id = stream
+                .zip(out.seq)
+                .map(|(stream, seq)| resumption::event_id(stream, seq));
+            sse_frames::event(id.as_deref(), &out.text)
+        });
+        sse_frames::response(events, keep_alive)
     }
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.shared.gone.cancel();
+        let Some(replay) = &self.shared.replay else {
+            self.shared.gone.cancel();
+            return;
+        };
+        let (holder, bytes) = {
+            let log = replay.log.lock().unwrap();
+            (log.holder, log.bytes)
+        };
+        if holder != self.holder {
+            return; // Another connection has the stream now.
+        }
+        if self.finished {
+            self.shared.gone.cancel();
+            // Handed to the connection is not yet received: kept a while all the same.
+            replay.streams.finished(replay.stream, self.holder, bytes);
+        } else {
+            // The connection died or gave up mid-stream: the client may come back.
+            replay.streams.park(replay.stream, self.holder);
+        }
+    }
+}
+
+impl Handle {
+    pub fn stream(&self) -> u64 {
+        self.replay().stream
+    }
+
+    pub fn sid(&self) -> &str {
+        &self.replay().sid
+    }
+
+    /// Takes the stream over for a client that got every message up to `last`, from
+    /// whichever connection held it; `None` when `last` was never sent.
+    pub fn resume(&self, last: u64) -> Option<Receiver> {
+        let replay = self.replay();
+        let holder = {
+            let mut log = replay.log.lock().unwrap();
+            if last >= log.end() {
+                return None;
+            }
+            log.holder += 1;
+            log.holder
+        };
+        // The previous holder, if still attached, wakes to find it lost the stream.
+        self.0.reader.wake();
+        Some(Receiver {
+            shared: Arc::clone(&self.0),
+            holder,
+            next: last + 1,
+            prime: false,
+            finished: false,
+        })
+    }
+
+    /// Whether `holder` still holds the stream: nobody resumed it since it was parked.
+    pub fn held_by(&self, holder: u64) -> bool {
+        self.replay().log.lock().unwrap().holder == holder
+    }
+
+    /// Ends the stream for good: what feeds it learns the client is gone.
+    pub fn close(&self) {
+        self.0.gone.cancel();
+    }
+
+    fn replay(&self) -> &Replay {
+        self.0
+            .replay
+            .as_ref()
+            .expect("only resumable streams have handles")
     }
 }
 
@@ -229,8 +456,15 @@ mod tests {
                "params": {"progressToken": 1, "progress": i}})
     }
 
-    fn channel() -> (Sender, Receiver) {
-        super::channel("test", "tools/call")
+    /// The messages' text: what a stream without event ids delivers.
+    type Texts = futures::stream::Map<Receiver, fn(Outgoing) -> String>;
+
+    fn channel() -> (Sender, Texts) {
+        let (tx, rx) = super::channel("test", "tools/call");
+        (
+            tx,
+            rx.map((|out: Outgoing| out.text) as fn(Outgoing) -> String),
+        )
     }
 
     #[tokio::test]

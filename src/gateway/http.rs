@@ -21,6 +21,8 @@ use super::{Gateway, Route, aggregate, mrtr, policy, relay, retry_forward, strea
 use crate::gateway::auth::{AuthError, Principal};
 use crate::http_server::ServedAt;
 
+const LAST_EVENT_ID: header::HeaderName = header::HeaderName::from_static("last-event-id");
+
 /// Everything known about a request once it passed the checks.
 #[derive(Debug, Clone)]
 pub struct Ctx {
@@ -593,6 +595,10 @@ async fn get(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) -> Re
             "Not Acceptable: the GET stream needs Accept: text/event-stream",
             None,
         );
+    }
+    if let Some(last) = headers.get(LAST_EVENT_ID) {
+        // Not text: no id of ours, refused as malformed.
+        return streams::resume(&gw, &claims, last.to_str().unwrap_or_default());
     }
     streams::session_stream(gw, route, claims, principal.access.as_deref())
 }

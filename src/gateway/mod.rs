@@ -20,13 +20,16 @@ pub mod registry;
 pub mod relay;
 pub mod rest;
 pub mod result_cache;
+pub mod resumption;
 pub mod retry_forward;
 pub mod server_requests;
 pub mod session;
+pub mod sse_frames;
 pub mod streams;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +75,8 @@ pub struct Gateway {
     pub in_flight: Mutex<HashMap<(String, String), CancellationToken>>,
     /// Sessions ended with DELETE, here or (with Redis) on any replica.
     pub ended_sessions: Arc<ended_sessions::EndedSessions>,
+    /// Session streams a client may resume after losing its connection.
+    pub resumable: Arc<resumption::ResumableStreams>,
     /// Calls waiting for a 2026-07-28 client's input (MRTR), by parking token.
     pub parked: Mutex<HashMap<String, mrtr::Parked>>,
     /// Resource subscriptions per session (with the session's expiry), to filter
@@ -98,6 +103,7 @@ impl Gateway {
         auth: Arc<dyn Authenticator>,
         hosts: HostPolicy,
     ) -> Self {
+        let resume_window = Duration::from_secs(config.server.stream_resume_secs);
         Self {
             config,
             upstreams,
@@ -107,6 +113,7 @@ impl Gateway {
             server_requests: server_requests::Pending::default(),
             in_flight: Mutex::new(HashMap::new()),
             ended_sessions: Arc::new(ended_sessions::EndedSessions::local()),
+            resumable: Arc::new(resumption::ResumableStreams::new(resume_window)),
             parked: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
@@ -173,6 +180,7 @@ impl Gateway {
     /// Ends a session, on every replica when they share Redis.
     pub async fn end_session(&self, claims: &SessionClaims) {
         self.subscriptions.lock().unwrap().remove(&claims.sid);
+        self.resumable.end_session(&claims.sid);
         self.ended_sessions
             .end(&claims.sid, self.session_expiry(claims))
             .await;

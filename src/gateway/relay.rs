@@ -502,7 +502,12 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     };
 
     // Something arrives before the answer: stream it, then the answer, over SSE.
-    let (out, stream) = client_stream::channel(&run.upstream.name, &run.method);
+    let (out, stream) = match &ctx.session {
+        Some(claims) => gw
+            .resumable
+            .channel(&run.upstream.name, &run.method, claims, None),
+        None => client_stream::channel(&run.upstream.name, &run.method),
+    };
     tokio::spawn(async move {
         let answerer = Answerer::new(&ctx.principal, ctx.session.as_deref());
         let mut minted = MintedIds::new(&gw, answerer);

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::Response;
+use http::StatusCode;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::client_stream;
 use super::era;
-use super::http::{Ctx, json_response};
+use super::http::{Ctx, json_response, rpc_error};
 use super::jsonrpc;
+use super::resumption::Refused;
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
 use super::session::SessionClaims;
 use super::{Gateway, Route};
@@ -115,7 +117,10 @@ pub fn session_stream(
     claims: Arc<SessionClaims>,
     access: Option<&Access>,
 ) -> Response {
-    let (out, stream) = client_stream::channel(route.server().unwrap_or("*"), "GET");
+    let server = route.server().unwrap_or("*");
+    let (out, stream) = gw
+        .resumable
+        .channel(server, "GET", &claims, Some(KEEP_ALIVE));
     let sid = claims.sid.clone();
     let filter_gw = Arc::clone(&gw);
     let keep: Filter = Arc::new(move |event| {
@@ -129,6 +134,33 @@ pub fn session_stream(
     });
     forward(&gw, &route, out, keep, Some(claims), access);
     stream.into_response(Some(KEEP_ALIVE))
+}
+
+/// A GET naming the last event a client got (`Last-Event-ID`): the stream it lost
+/// continues with what it missed, whichever connection held it.
+pub fn resume(gw: &Gateway, claims: &SessionClaims, last_event_id: &str) -> Response {
+    match gw.resumable.resume(&claims.sid, last_event_id) {
+        Ok(stream) => {
+            tracing::info!(session = %claims.sid, last_event_id, "client resumed its stream");
+            stream.into_response(Some(KEEP_ALIVE))
+        }
+        Err(refused) => {
+            let why = match refused {
+                Refused::Malformed => "it is not an event id this gateway gave",
+                Refused::Unknown => {
+                    "no stream of this session has it: the stream ended, or was not resumed in time"
+                }
+            };
+            let message = format!("Bad Request: cannot resume from Last-Event-ID: {why}");
+            rpc_error(
+                StatusCode::BAD_REQUEST,
+                &Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                &message,
+                None,
+            )
+        }
+    }
 }
 
 /// 2026-07-28 `subscriptions/listen`: acknowledge what is honored, then deliver the

@@ -35,6 +35,10 @@ pub const SERVER_REQUESTS_DECLINED: &str = "mcp_server_requests_declined_total";
 /// 2026-07-28 retries carried to the replica holding their parked call, by `outcome`
 /// (forwarded; unreachable: the client was told to start over).
 pub const RETRIES_FORWARDED: &str = "mcp_retries_forwarded_total";
+/// Session streams whose client lost its connection, by `outcome` (resumed: taken up
+/// again; expired: not resumed in time, its call cancelled; refused: a `Last-Event-ID`
+/// that named no stream of the session).
+pub const STREAM_RESUMPTIONS: &str = "mcp_stream_resumptions_total";
 /// Log lines dropped because stderr was not read fast enough (`log.buffer_lines`).
 pub const LOG_LINES_DROPPED: &str = "log_lines_dropped_total";
 
@@ -110,6 +114,13 @@ pub fn install() -> PrometheusHandle {
                 RETRIES_FORWARDED,
                 "2026-07-28 retries carried to the replica holding their parked call, by outcome"
             );
+            metrics::describe_counter!(
+                STREAM_RESUMPTIONS,
+                "Session streams taken up again by their client (resumed), not in time (expired), or asked for in vain (refused)"
+            );
+            for outcome in ["resumed", "expired", "refused"] {
+                metrics::counter!(STREAM_RESUMPTIONS, "outcome" => outcome).increment(0);
+            }
             metrics::describe_counter!(
                 LOG_LINES_DROPPED,
                 "Log lines dropped because stderr was not read fast enough"

@@ -172,7 +172,8 @@ def test_a_server_request_on_a_get_stream_is_answered_by_that_session_alone(gant
         # requests to be declined for it.
         for line in stream.iter_lines():
             assert time.monotonic() < deadline, "no request relayed on the GET stream"
-            if not (line.startswith("data: ") and json.loads(line[6:]).get("method") == "sampling/createMessage"):
+            # (An empty data line is the stream's priming event: an id, no message.)
+            if not (line.startswith("data: ") and line[6:] and json.loads(line[6:]).get("method") == "sampling/createMessage"):
                 continue
             request_id = json.loads(line[6:])["id"]
             # Another key, and the same key on another of its sessions: refused.

@@ -33,7 +33,8 @@ def rss_kib(pid: int) -> int:
 
 
 def sse_events(body: bytes) -> list[dict]:
-    return [json.loads(line[len(b"data: "):]) for line in body.splitlines() if line.startswith(b"data: ")]
+    # An empty data line is a stream's priming event (an id, no message).
+    return [json.loads(line[len(b"data: "):]) for line in body.splitlines() if line.startswith(b"data: ") and line[6:]]
 
 
 def progress_of(messages: list[dict]) -> list[int]:
@@ -234,7 +235,9 @@ def test_server_requests_for_a_client_that_stops_reading_are_declined_past_the_b
 
 
 def test_server_requests_outside_calls_are_bounded_counted_and_answered_when_the_client_leaves(gantry):
-    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    # A client that leaves has `stream_resume_secs` to come back for its stream; this one
+    # never does.
+    g = gantry({"server": {"stream_resume_secs": 1}, "upstreams": {"chatty": chatty_stdio()}})
     sid, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
     session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
     headers = {**g.auth(), **session, "Accept": "text/event-stream"}
@@ -248,14 +251,15 @@ def test_server_requests_outside_calls_are_bounded_counted_and_answered_when_the
         assert g.post(body, path="/mcp/chatty", headers=session).json()["result"]["content"][0]["text"] == "asking"
         deadline = time.monotonic() + 20  # the stream's keep-alives come every 15 s
         for line in stream.iter_lines():
-            if line.startswith("data: ") and json.loads(line[6:]).get("method") == "sampling/createMessage":
+            if line.startswith("data: ") and line[6:] and json.loads(line[6:]).get("method") == "sampling/createMessage":
                 relayed.append(line)
             if len(relayed) == 64 or time.monotonic() > deadline:
                 break
         assert len(relayed) == 64, f"{len(relayed)} requests relayed"
         wait_until(lambda: g.metric("mcp_server_requests_declined_total", server="chatty") == 36,
                    what="the requests past the 64 waiting declined and counted")
-    # The client has gone: the 64 it held are answered for it, so the upstream waits on nothing.
+    # The client has gone for good: the 64 it held are answered for it, so the upstream
+    # waits on nothing.
     wait_until(lambda: g.logged("later: ", upstream="chatty"), what="every request answered")
     [said] = [json.loads(l)["message"] for l in g.logs().splitlines() if "later: " in l]
     outcome = json.loads(said[said.index("later: ") + len("later: "):])
@@ -283,7 +287,7 @@ def test_a_burst_outside_calls_reaches_a_get_stream_that_keeps_up_whole_and_in_o
         assert r.json()["result"]["content"][0]["text"] == "logging"
         deadline = time.monotonic() + 20  # the stream's keep-alives come every 15 s
         for line in stream.iter_lines():
-            if line.startswith("data: "):
+            if line.startswith("data: ") and line[6:]:
                 msg = json.loads(line[6:])
                 if msg.get("method") == "notifications/message":
                     got.append(msg["params"]["data"]["n"])
@@ -294,7 +298,8 @@ def test_a_burst_outside_calls_reaches_a_get_stream_that_keeps_up_whole_and_in_o
 
 
 def test_a_get_stream_whose_client_stops_reading_costs_bounded_memory(gantry):
-    g = gantry({"upstreams": {"chatty": chatty_stdio()}})
+    # The stream ends (and logs its drops) once its client has not come back for 1 s.
+    g = gantry({"server": {"stream_resume_secs": 1}, "upstreams": {"chatty": chatty_stdio()}})
     sid, _ = g.initialize(path="/mcp/chatty")
     session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
     host, port = g.addr.rsplit(":", 1)

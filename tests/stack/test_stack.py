@@ -195,6 +195,60 @@ def test_nginx_keeps_each_session_on_one_gateway_replica_and_spreads_the_session
     assert len(set().union(*by_session.values())) == 2, by_session
 
 
+def sse_events(lines):
+    """The events of an SSE body as {"id", "data"} dicts; keep-alive comments skipped."""
+    event = {}
+    for line in lines:
+        if not line:
+            if event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(":")
+            event[field] = value[1:] if value.startswith(" ") else value
+
+
+def test_a_call_stream_lost_on_the_way_through_nginx_is_resumed_whole(stack, operator):
+    # The client's connection to nginx drops mid-call; its GET with Last-Event-ID reaches
+    # the replica holding the stream (nginx hashes the session id), which replays what the
+    # client missed while the call went on.
+    import httpx2
+
+    version = "2025-11-25"
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": version,
+               "Authorization": f"Bearer {operator.key}", "Content-Type": "application/json"}
+    with httpx2.Client(base_url=stack.base, verify=stack.tls, headers=headers, timeout=30) as http:
+        r = http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "stack-test", "version": "1"}}})
+        assert r.status_code == 200, r.text
+        session = {"Mcp-Session-Id": r.headers["mcp-session-id"]}
+        assert http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                         headers=session).status_code == 202
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+            "name": "chatty__flood", "arguments": {"count": 10, "burst": 1, "pause_ms": 150},
+            "_meta": {"progressToken": "p"}}}
+        got = []
+        with http.stream("POST", "/mcp", json=call, headers=session) as r:
+            assert r.headers["content-type"].startswith("text/event-stream"), r.read()
+            for event in sse_events(r.iter_lines()):
+                got.append(event)
+                if sum(1 for e in got if e.get("data")) == 3:
+                    break
+        deadline = time.monotonic() + 30
+        resume = {**session, "Accept": "text/event-stream", "Last-Event-ID": got[-1]["id"]}
+        with http.stream("GET", "/mcp", headers=resume) as r:
+            assert r.status_code == 200, r.read()
+            for event in sse_events(r.iter_lines()):
+                got.append(event)
+                if event.get("data") and json.loads(event["data"]).get("id") == 7:
+                    break
+                assert time.monotonic() < deadline, got
+    messages = [json.loads(e["data"]) for e in got if e.get("data")]
+    progress = [m["params"]["progress"] for m in messages if m.get("method") == "notifications/progress"]
+    assert progress == list(range(1, 11)), progress
+    assert messages[-1]["result"]["content"][0]["text"] == "flooded 10"
+
+
 MODERN = "2026-07-28"
 
 
