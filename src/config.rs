@@ -523,8 +523,22 @@ pub fn is_reference(value: &str) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct OAuthClient {
     pub client_id: String,
-    /// The secret, or an `env:`, `file:` or `vault:` reference to it.
+    /// For `client_secret_basic` and `client_secret_post`: the secret, or an `env:`,
+    /// `file:` or `vault:` reference to it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_secret: String,
+    /// For `private_key_jwt`: the PEM private key that signs the client's assertions
+    /// (PKCS#8; RSA, EC or Ed25519 as `signing_alg` says), or a reference to it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub private_key: String,
+    /// For `private_key_jwt`: how assertions are signed.
+    #[serde(default)]
+    pub signing_alg: AssertionAlg,
+    /// For `private_key_jwt`: the assertions' `aud`. Absent: the authorization server's
+    /// issuer identifier (RFC 7523bis, the MCP conformance suite); some servers want
+    /// their token endpoint's URL instead (Microsoft Entra, Okta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion_audience: Option<String>,
     /// Space-separated scopes to ask for; absent asks for the server's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
@@ -539,6 +553,9 @@ impl std::fmt::Debug for OAuthClient {
         f.debug_struct("OAuthClient")
             .field("client_id", &self.client_id)
             .field("client_secret", &REDACTED)
+            .field("private_key", &REDACTED)
+            .field("signing_alg", &self.signing_alg)
+            .field("assertion_audience", &self.assertion_audience)
             .field("scope", &self.scope)
             .field("token_endpoint_auth", &self.token_endpoint_auth)
             .finish()
@@ -553,6 +570,24 @@ pub enum TokenEndpointAuth {
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form body.
     ClientSecretPost,
+    /// A JWT signed with the client's private key (RFC 7523 §2.2): no shared secret.
+    PrivateKeyJwt,
+}
+
+/// Signature algorithms for `private_key_jwt` assertions (asymmetric only: the
+/// authorization server holds the public key).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum AssertionAlg {
+    #[default]
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
 }
 
 /// Limits of `max_message_bytes`: a message must fit an MCP handshake, and a gigabyte
@@ -615,7 +650,7 @@ impl UpstreamConfig {
 
     /// Every value that may hold a secret or a reference to one (`env:`, `file:`,
     /// `vault:`), as (kind, key, value): the child's environment, the HTTP headers and the
-    /// OAuth client secret.
+    /// OAuth client secret or private key (the one given).
     pub fn secret_values(&self) -> impl Iterator<Item = (&'static str, &str, &str)> {
         let env = self
             .env
@@ -625,11 +660,14 @@ impl UpstreamConfig {
             .headers
             .iter()
             .map(|(k, v)| ("header", k.as_str(), v.as_str()));
-        let oauth = self
-            .oauth
-            .iter()
-            .map(|o| ("oauth", "client_secret", o.client_secret.as_str()));
-        env.chain(headers).chain(oauth)
+        let oauth = self.oauth.iter().flat_map(|o| {
+            [
+                ("oauth", "client_secret", o.client_secret.as_str()),
+                ("oauth", "private_key", o.private_key.as_str()),
+            ]
+        });
+        env.chain(headers)
+            .chain(oauth.filter(|(_, _, value)| !value.is_empty()))
     }
 
     /// The settings as the API shows them: a secret given as itself is masked as
@@ -676,7 +714,14 @@ impl UpstreamConfig {
             f("header", key, value);
         }
         if let Some(oauth) = &mut self.oauth {
-            f("oauth", "client_secret", &mut oauth.client_secret);
+            for (key, value) in [
+                ("client_secret", &mut oauth.client_secret),
+                ("private_key", &mut oauth.private_key),
+            ] {
+                if !value.is_empty() {
+                    f("oauth", key, value);
+                }
+            }
         }
     }
 
@@ -1170,10 +1215,29 @@ pub fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), (String, 
                 "only for transport = \"streamable-http\"".into(),
             ));
         }
-        if oauth.client_id.is_empty() || oauth.client_secret.is_empty() {
+        if oauth.client_id.is_empty() {
+            return Err((key("oauth.client_id"), "must not be empty".into()));
+        }
+        let (needed, unused) = match oauth.token_endpoint_auth {
+            TokenEndpointAuth::PrivateKeyJwt => ("private_key", "client_secret"),
+            _ => ("client_secret", "private_key"),
+        };
+        let given = |name| match name {
+            "private_key" => !oauth.private_key.is_empty(),
+            _ => !oauth.client_secret.is_empty(),
+        };
+        let auth = serde_json::to_value(oauth.token_endpoint_auth).unwrap_or_default();
+        let auth = auth.as_str().unwrap_or_default();
+        if !given(needed) {
             return Err((
-                key("oauth"),
-                "client_id and client_secret must not be empty".into(),
+                key(&format!("oauth.{needed}")),
+                format!("required with token_endpoint_auth = \"{auth}\""),
+            ));
+        }
+        if given(unused) {
+            return Err((
+                key(&format!("oauth.{unused}")),
+                format!("not used with token_endpoint_auth = \"{auth}\""),
             ));
         }
     }
@@ -1275,6 +1339,56 @@ mod tests {
     }
 
     #[test]
+    fn each_way_of_authenticating_to_the_token_endpoint_takes_its_own_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        let check = |oauth: &str| {
+            std::fs::write(
+                &path,
+                format!("[upstreams.s]\ntransport = \"streamable-http\"\nurl = \"https://a.example/mcp\"\n[upstreams.s.oauth]\nclient_id = \"gantry\"\n{oauth}"),
+            )
+            .unwrap();
+            load(Some(&path))
+                .map(|c| c.upstreams["s"].clone())
+                .map_err(|e| e.to_string())
+        };
+        let jwt = "token_endpoint_auth = \"private_key_jwt\"\n";
+        let err = check(jwt).unwrap_err();
+        assert!(err.contains("upstreams.s.oauth.private_key: required with token_endpoint_auth = \"private_key_jwt\""), "{err}");
+        let err = check(&format!(
+            "{jwt}private_key = \"file:/k.pem\"\nclient_secret = \"s\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("upstreams.s.oauth.client_secret: not used"),
+            "{err}"
+        );
+        let err = check("private_key = \"file:/k.pem\"\n").unwrap_err();
+        assert!(err.contains("upstreams.s.oauth.client_secret: required with token_endpoint_auth = \"client_secret_basic\""), "{err}");
+        let upstream = check(&format!(
+            "{jwt}private_key = \"-----BEGIN PRIVATE KEY-----\"\nsigning_alg = \"ES256\"\n"
+        ))
+        .unwrap();
+        let oauth = upstream.oauth.as_ref().unwrap();
+        assert_eq!(oauth.signing_alg, AssertionAlg::ES256);
+        assert!(
+            !format!("{upstream:?}").contains("BEGIN"),
+            "the key stays out of debug output"
+        );
+        let shown = upstream.redacted();
+        assert_eq!(shown.oauth.as_ref().unwrap().private_key, REDACTED);
+        assert!(
+            shown.oauth.as_ref().unwrap().client_secret.is_empty(),
+            "nothing given, nothing masked"
+        );
+        let err = check("signing_alg = \"HS256\"\nclient_secret = \"s\"\n").unwrap_err();
+        assert!(
+            err.contains("HS256"),
+            "a shared-secret algorithm is no private key's: {err}"
+        );
+    }
+
+    #[test]
     fn secrets_are_masked_for_display_and_kept_when_the_mask_comes_back() {
         let mut stored = UpstreamConfig::stdio("srv", vec![]);
         stored.env.insert("TOKEN".into(), "t0ps3cret".into());
@@ -1282,6 +1396,9 @@ mod tests {
         stored.oauth = Some(OAuthClient {
             client_id: "gantry".into(),
             client_secret: "hunter2".into(),
+            private_key: String::new(),
+            signing_alg: AssertionAlg::default(),
+            assertion_audience: None,
             scope: None,
             token_endpoint_auth: TokenEndpointAuth::default(),
         });

@@ -29,9 +29,9 @@ pub struct ServerInput {
     /// As an `[upstreams.NAME]` table of gantry.toml: `transport` (`stdio`,
     /// `streamable-http`, `sse`), `command`/`args`/`env`/`cwd` or `url`/`headers`,
     /// `timeout_secs`, `max_concurrency`, `enabled`, `oauth`, … Values of `env` and
-    /// `headers`, and `oauth.client_secret`, may be `env:NAME` or `file:/path` references
-    /// (platform administrators only). Secrets given as themselves are shown as `***`;
-    /// `***` sent back keeps the stored secret.
+    /// `headers`, and `oauth.client_secret` or `oauth.private_key`, may be `env:NAME` or
+    /// `file:/path` references (platform administrators only). Secrets given as themselves
+    /// are shown as `***`; `***` sent back keeps the stored secret.
     #[schema(value_type = Object)]
     pub settings: UpstreamConfig,
 }

@@ -4,7 +4,9 @@
 //! spec: the server's 401 names its protected resource metadata (RFC 9728), which names the
 //! authorization server, whose metadata (RFC 8414, or OpenID discovery) names the token
 //! endpoint. Tokens are asked for with the server's URL as `resource` (RFC 8707), kept
-//! until they expire or the server refuses them, and never logged.
+//! until they expire or the server refuses them, and never logged. The client proves who
+//! it is with its secret, or with an assertion signed by its private key (RFC 7523).
+//! No authorization-code flow: a gateway has no user at hand to log in.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +20,7 @@ use serde_json::Value;
 use super::egress::Egress;
 use super::http_client::{self, Endpoint, HttpClient};
 use super::streamable_http::display_url;
-use crate::config::{OAuthClient, TokenEndpointAuth, resolve_reference};
+use crate::config::{AssertionAlg, OAuthClient, TokenEndpointAuth, resolve_reference};
 
 /// Metadata documents and token answers are small; a larger one is refused unread.
 const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
@@ -43,8 +45,19 @@ pub struct OAuth {
     /// Counts the tokens obtained, so a caller refused knows whether one came since.
     generation: AtomicU64,
     /// Found once, on the first 401: where tokens come from.
-    token_endpoint: tokio::sync::Mutex<Option<url::Url>>,
+    server: tokio::sync::Mutex<Option<AuthServer>>,
 }
+
+/// The authorization server, as its metadata names it.
+#[derive(Clone)]
+struct AuthServer {
+    token_endpoint: url::Url,
+    /// Its issuer identifier: the audience of the client's assertions (`private_key_jwt`).
+    issuer: String,
+}
+
+/// How long a `private_key_jwt` assertion is valid: it is used at once, and once.
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
 
 impl OAuth {
     pub fn new(config: OAuthClient, resource: url::Url, egress: Option<&Egress>) -> Self {
@@ -54,7 +67,7 @@ impl OAuth {
             egress: egress.cloned(),
             token: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
-            token_endpoint: tokio::sync::Mutex::new(None),
+            server: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -81,27 +94,27 @@ impl OAuth {
         sent_with: u64,
         challenge: Option<&HeaderValue>,
     ) -> Result<(), String> {
-        let mut endpoint = self.token_endpoint.lock().await;
+        let mut known = self.server.lock().await;
         if self.generation() != sent_with && self.bearer().is_some() {
             return Ok(());
         }
-        let token_url = match endpoint.as_ref() {
-            Some(url) => url.clone(),
+        let server = match known.as_ref() {
+            Some(server) => server.clone(),
             None => {
-                let url = self.discover(challenge).await?;
-                *endpoint = Some(url.clone());
-                url
+                let server = self.discover(challenge).await?;
+                *known = Some(server.clone());
+                server
             }
         };
-        let token = self.request_token(&token_url).await?;
+        let token = self.request_token(&server).await?;
         *self.token.lock().unwrap() = Some(token);
         self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
-    /// The token endpoint: from the protected resource metadata the challenge names (or
-    /// that sits at its well-known places), through the authorization server's metadata.
-    async fn discover(&self, challenge: Option<&HeaderValue>) -> Result<url::Url, String> {
+    /// The authorization server: from the protected resource metadata the challenge names
+    /// (or that sits at its well-known places), through the authorization server's metadata.
+    async fn discover(&self, challenge: Option<&HeaderValue>) -> Result<AuthServer, String> {
         let named = challenge
             .and_then(|c| c.to_str().ok())
             .and_then(resource_metadata_url)
@@ -135,7 +148,13 @@ impl OAuth {
             .get("token_endpoint")
             .and_then(Value::as_str)
             .ok_or("the authorization server's metadata has no token_endpoint")?;
-        url::Url::parse(token).map_err(|e| format!("token_endpoint: {e}"))
+        Ok(AuthServer {
+            token_endpoint: url::Url::parse(token).map_err(|e| format!("token_endpoint: {e}"))?,
+            issuer: metadata
+                .get("issuer")
+                .and_then(Value::as_str)
+                .map_or_else(|| issuer.to_string(), str::to_string),
+        })
     }
 
     /// The first of `urls` that serves a JSON document; Err says how each failed.
@@ -153,8 +172,9 @@ impl OAuth {
         Err(tried.join("; "))
     }
 
-    async fn request_token(&self, token_url: &url::Url) -> Result<Token, String> {
-        let (headers, form) = self.token_request()?;
+    async fn request_token(&self, server: &AuthServer) -> Result<Token, String> {
+        let token_url = &server.token_endpoint;
+        let (headers, form) = self.token_request(server)?;
         let asked = Instant::now();
         let (status, body) = self
             .send(Method::POST, token_url, headers, Bytes::from(form))
@@ -194,9 +214,7 @@ impl OAuth {
     }
 
     /// The token request's headers and form, authenticated as configured.
-    fn token_request(&self) -> Result<(http::HeaderMap, String), String> {
-        let secret = resolve_reference(&self.config.client_secret)
-            .map_err(|e| format!("client_secret: {e}"))?;
+    fn token_request(&self, server: &AuthServer) -> Result<(http::HeaderMap, String), String> {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "client_credentials");
         form.append_pair("resource", self.resource.as_str());
@@ -208,8 +226,12 @@ impl OAuth {
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
+        let secret = || {
+            resolve_reference(&self.config.client_secret).map_err(|e| format!("client_secret: {e}"))
+        };
         match self.config.token_endpoint_auth {
             TokenEndpointAuth::ClientSecretBasic => {
+                let secret = secret()?;
                 // RFC 6749 §2.3.1: each part form-encoded before joining.
                 let encode =
                     |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
@@ -224,7 +246,17 @@ impl OAuth {
             }
             TokenEndpointAuth::ClientSecretPost => {
                 form.append_pair("client_id", &self.config.client_id);
-                form.append_pair("client_secret", &secret);
+                form.append_pair("client_secret", &secret()?);
+            }
+            TokenEndpointAuth::PrivateKeyJwt => {
+                let audience = self.config.assertion_audience.as_deref();
+                let assertion = client_assertion(&self.config, audience.unwrap_or(&server.issuer))?;
+                form.append_pair("client_id", &self.config.client_id);
+                form.append_pair(
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                );
+                form.append_pair("client_assertion", &assertion);
             }
         }
         Ok((headers, form.finish()))
@@ -279,6 +311,37 @@ impl OAuth {
 }
 
 /// The `resource_metadata` parameter of a `WWW-Authenticate: Bearer …` challenge.
+/// A client assertion (RFC 7523 §2.2): the client, as issuer and subject, tells `audience`
+/// who it is, signed with its private key. Errors name the key's problem, never the key.
+fn client_assertion(config: &OAuthClient, audience: &str) -> Result<String, String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let pem = resolve_reference(&config.private_key).map_err(|e| format!("private_key: {e}"))?;
+    let (algorithm, key) = match config.signing_alg {
+        AssertionAlg::RS256 => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem.as_bytes())),
+        AssertionAlg::RS384 => (Algorithm::RS384, EncodingKey::from_rsa_pem(pem.as_bytes())),
+        AssertionAlg::RS512 => (Algorithm::RS512, EncodingKey::from_rsa_pem(pem.as_bytes())),
+        AssertionAlg::PS256 => (Algorithm::PS256, EncodingKey::from_rsa_pem(pem.as_bytes())),
+        AssertionAlg::PS384 => (Algorithm::PS384, EncodingKey::from_rsa_pem(pem.as_bytes())),
+        AssertionAlg::PS512 => (Algorithm::PS512, EncodingKey::from_rsa_pem(pem.as_bytes())),
+        AssertionAlg::ES256 => (Algorithm::ES256, EncodingKey::from_ec_pem(pem.as_bytes())),
+        AssertionAlg::ES384 => (Algorithm::ES384, EncodingKey::from_ec_pem(pem.as_bytes())),
+        AssertionAlg::EdDSA => (Algorithm::EdDSA, EncodingKey::from_ed_pem(pem.as_bytes())),
+    };
+    let key = key.map_err(|e| format!("private_key: not a PEM key for {algorithm:?}: {e}"))?;
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({
+        "iss": config.client_id,
+        "sub": config.client_id,
+        "aud": audience,
+        "iat": now,
+        "exp": now + ASSERTION_LIFETIME.as_secs(),
+        // Unique per assertion, so the server can refuse a replayed one.
+        "jti": format!("{:032x}", rand::random::<u128>()),
+    });
+    jsonwebtoken::encode(&Header::new(algorithm), &claims, &key)
+        .map_err(|e| format!("private_key: cannot sign with {algorithm:?}: {e}"))
+}
+
 fn resource_metadata_url(challenge: &str) -> Option<String> {
     let at = challenge.find("resource_metadata=")? + "resource_metadata=".len();
     let rest = &challenge[at..];
@@ -342,6 +405,66 @@ fn names_resource(named: &str, server: &url::Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A P-256 key made for this test alone (`openssl genpkey -algorithm EC`).
+    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgkxK41INbvhtsAPud
+eA7O8i51DnmlBBgmvYcuCcbvQs+hRANCAAThXCGBiS41fAyPgSERmqEcuWOw5UdD
+aU9RrkgeilKEIbMwC7/+paFWB3iz9N1xVrDXkf7NT83Y9QGuUgxmBRh2
+-----END PRIVATE KEY-----";
+    const TEST_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE4VwhgYkuNXwMj4EhEZqhHLljsOVH
+Q2lPUa5IHopShCGzMAu//qWhVgd4s/TdcVaw15H+zU/N2PUBrlIMZgUYdg==
+-----END PUBLIC KEY-----";
+
+    fn jwt_client(alg: AssertionAlg) -> OAuthClient {
+        OAuthClient {
+            client_id: "gantry".into(),
+            client_secret: String::new(),
+            private_key: TEST_KEY.into(),
+            signing_alg: alg,
+            assertion_audience: None,
+            scope: None,
+            token_endpoint_auth: TokenEndpointAuth::PrivateKeyJwt,
+        }
+    }
+
+    #[test]
+    fn a_client_assertion_is_signed_by_the_client_for_the_authorization_server() {
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+        let assertion =
+            client_assertion(&jwt_client(AssertionAlg::ES256), "https://as.example").unwrap();
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_audience(&["https://as.example"]);
+        validation.set_issuer(&["gantry"]);
+        let key = DecodingKey::from_ec_pem(TEST_PUBLIC_KEY.as_bytes()).unwrap();
+        let claims = jsonwebtoken::decode::<Value>(&assertion, &key, &validation)
+            .unwrap()
+            .claims;
+        assert_eq!(claims["sub"], "gantry");
+        let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+        assert_eq!(lifetime, ASSERTION_LIFETIME.as_secs());
+        let again =
+            client_assertion(&jwt_client(AssertionAlg::ES256), "https://as.example").unwrap();
+        let jti = |a: &str| {
+            jsonwebtoken::decode::<Value>(a, &key, &validation)
+                .unwrap()
+                .claims["jti"]
+                .clone()
+        };
+        assert_ne!(jti(&assertion), jti(&again), "each assertion is new");
+    }
+
+    #[test]
+    fn a_key_that_does_not_fit_its_algorithm_is_named_never_shown() {
+        let err =
+            client_assertion(&jwt_client(AssertionAlg::RS256), "https://as.example").unwrap_err();
+        assert!(
+            err.starts_with("private_key: not a PEM key for RS256"),
+            "{err}"
+        );
+        assert!(!err.contains("MIGHAgEA"), "{err}");
+    }
 
     fn url(s: &str) -> url::Url {
         url::Url::parse(s).unwrap()

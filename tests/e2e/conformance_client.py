@@ -33,6 +33,11 @@ def start_gantry(url: str, tmp: Path, key: str) -> tuple[subprocess.Popen, str]:
         env["CONFORMANCE_CLIENT_SECRET"] = CONTEXT["client_secret"]
         text += (f'[upstreams.s.oauth]\nclient_id = {json.dumps(CONTEXT["client_id"])}\n'
                  'client_secret = "env:CONFORMANCE_CLIENT_SECRET"\n')
+    if "private_key_pem" in CONTEXT:
+        env["CONFORMANCE_PRIVATE_KEY"] = CONTEXT["private_key_pem"]
+        text += (f'[upstreams.s.oauth]\nclient_id = {json.dumps(CONTEXT["client_id"])}\n'
+                 'token_endpoint_auth = "private_key_jwt"\nprivate_key = "env:CONFORMANCE_PRIVATE_KEY"\n'
+                 f'signing_alg = {json.dumps(CONTEXT["signing_algorithm"])}\n')
     config.write_text(text)
     ready = tmp / "ready"
     proc = subprocess.Popen([os.environ["E2E_GANTRY_BIN"], "--config", str(config), "serve", "--ready-file", str(ready)],

@@ -108,7 +108,7 @@ def test_every_conformance_scenario_passes_through_gantry_serve(gantry, tmp_path
 
 
 @pytest.mark.parametrize("scenario", ["initialize", "tools_call", "sse-retry", "elicitation-sep1034-client-defaults",
-                                      "auth/client-credentials-basic"])
+                                      "auth/client-credentials-basic", "auth/client-credentials-jwt"])
 def test_gantry_passes_the_client_scenarios_as_its_upstreams_client(tmp_path, scenario):
     out = tmp_path / "out"
     run = subprocess.run([str(NODE), str(SUITE), "client", "--scenario", scenario, "-o", str(out),
@@ -125,7 +125,9 @@ def test_gantry_passes_the_client_scenarios_as_its_upstreams_client(tmp_path, sc
     if scenario.startswith("auth/"):
         # The token was asked for, and the server saw it on the calls.
         passed = {c["id"] for c in checks if c["status"] == "SUCCESS"}
-        assert {"client-credentials-basic-auth", "valid-bearer-token"} <= passed, report
+        authenticated = {"auth/client-credentials-basic": "client-credentials-basic-auth",
+                         "auth/client-credentials-jwt": "client-credentials-jwt-verified"}[scenario]
+        assert {authenticated, "valid-bearer-token"} <= passed, report
         logged = "".join(f.read_text() for f in out.rglob("stderr.txt"))
         assert "OAuth access token obtained" in logged, logged[-3000:]
         assert "cc-token-" not in logged, "the access token stays out of gantry's log"

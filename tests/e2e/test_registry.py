@@ -169,6 +169,13 @@ def test_registration_rules(control_plane, remote_demo):
     oauth_leak = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "leak", "settings": remote(
         "http://10.0.0.1/mcp", oauth={"client_id": "c", "client_secret": "file:/run/secrets/jwt"})})
     assert "oauth 'client_secret' refers to a secret of the gateway host" in problem(oauth_leak, 403)["detail"]
+    key_leak = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "leak", "settings": remote(
+        "http://10.0.0.1/mcp", oauth={"client_id": "c", "token_endpoint_auth": "private_key_jwt",
+                                      "private_key": "file:/run/secrets/tls.key"})})
+    assert "oauth 'private_key' refers to a secret of the gateway host" in problem(key_leak, 403)["detail"]
+    no_key = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "x", "settings": remote(
+        "http://10.0.0.1/mcp", oauth={"client_id": "c", "token_endpoint_auth": "private_key_jwt"})})
+    assert problem(no_key, 422)["field"] == "settings.oauth.private_key"
     on_sse = api.request("POST", "/v1/servers", token=tenant_admin, json_body={"name": "x", "settings": {
         "transport": "sse", "url": "http://10.0.0.1/sse", "oauth": {"client_id": "c", "client_secret": "s"}}})
     assert problem(on_sse, 422)["field"] == "settings.oauth"
