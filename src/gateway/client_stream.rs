@@ -17,8 +17,8 @@
 //! that keeps up loses nothing to a burst smaller than the bound.
 //!
 //! A session's streams can be resumed (2025-11-25 "Resumability and Redelivery"): each
-//! event carries an id, what was handed to the connection is kept (bounded like the
-//! queue), and a client that lost its connection takes the stream up again with a GET
+//! event carries an id, the last of what was handed to the connection is kept
+//! ([`REPLAY_BYTES`]), and a client that lost its connection takes the stream up again with a GET
 //! naming the last id it got (`super::resumption`). Until then the stream stays open:
 //! the call goes on and its events queue as usual.
 
@@ -38,6 +38,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::resumption::{self, ResumableStreams};
 use super::sse_frames;
+
+/// How much of what a resumable stream already handed to its connection is kept for a
+/// resumption: what a dead connection can have held unread (socket buffers, a proxy's),
+/// not a history. A GET stream lives as long as its session, so this is held for each one
+/// however well its client keeps up.
+pub const REPLAY_BYTES: usize = 256 << 10;
 
 /// How many bytes of JSON may wait for one client's stream before its notifications are
 /// dropped: about 27,000 progress notifications, several seconds of a flood that a client
@@ -95,12 +101,12 @@ impl Log {
         self.sent.get(index)
     }
 
-    /// Keeps what was sent, forgetting the oldest past the backlog: a client that comes
-    /// back after that much misses notifications, as a slow one does.
+    /// Keeps what was sent, forgetting the oldest past [`REPLAY_BYTES`]: a client whose
+    /// connection died holding more misses the older ones, as a slow client would.
     fn keep(&mut self, text: String) {
         self.bytes += text.len();
         self.sent.push_back(text);
-        while self.bytes > BACKLOG_BYTES && self.sent.len() > 1 {
+        while self.bytes > REPLAY_BYTES && self.sent.len() > 1 {
             let oldest = self.sent.pop_front().expect("more than one");
             self.bytes -= oldest.len();
             self.first += 1;

@@ -243,7 +243,7 @@ fn counted(outcome: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::client_stream::{self, BACKLOG_BYTES, Outgoing, Resumable};
+    use crate::gateway::client_stream::{self, BACKLOG_BYTES, Outgoing, REPLAY_BYTES, Resumable};
     use futures::{FutureExt, StreamExt};
     use metrics::Counter;
     use serde_json::json;
@@ -371,6 +371,30 @@ mod tests {
         );
         assert!(!registry.streams.contains_key(&finished[1]));
         assert!(registry.streams.contains_key(&finished[fit + 1]));
+    }
+
+    #[tokio::test]
+    async fn only_the_latest_of_what_was_sent_is_kept() {
+        let streams = Arc::new(ResumableStreams::new(WINDOW));
+        let (tx, mut rx) = stream(&streams, "s", false);
+        let sent = 2 * REPLAY_BYTES / to_json(&progress(0)).len();
+        for i in 0..sent {
+            tx.notify(&progress(i as u64), &Counter::noop());
+            ready(&mut rx);
+        }
+        drop(rx);
+        let mut again = streams.resume("s", &id_of(&streams, 0)).unwrap();
+        let replayed = ready(&mut again);
+        let bytes: usize = replayed.iter().map(|o| o.text.len()).sum();
+        assert!(
+            bytes <= REPLAY_BYTES && bytes > REPLAY_BYTES - 200,
+            "{bytes} bytes kept"
+        );
+        assert_eq!(
+            replayed.last().unwrap().text,
+            to_json(&progress(sent as u64 - 1))
+        );
+        assert!(replayed[0].seq.unwrap() > 1, "the oldest are gone");
     }
 
     #[tokio::test]
