@@ -269,6 +269,15 @@ mod tests {
         client_stream::resumable("test", "tools/call", how)
     }
 
+    /// A stream of `sid` whose client read one notification, then lost its connection.
+    fn lost_after_one(streams: &Arc<ResumableStreams>, sid: &str) -> client_stream::Sender {
+        let (tx, mut rx) = stream(streams, sid, false);
+        tx.notify(&progress(0), &Counter::noop());
+        ready(&mut rx);
+        drop(rx);
+        tx
+    }
+
     fn id_of(streams: &ResumableStreams, seq: u64) -> String {
         let stream = *streams.lock().streams.keys().next().unwrap();
         event_id(stream, seq)
@@ -400,10 +409,7 @@ mod tests {
     #[tokio::test]
     async fn only_the_streams_own_session_may_resume_it() {
         let streams = Arc::new(ResumableStreams::new(WINDOW));
-        let (tx, mut rx) = stream(&streams, "mine", false);
-        tx.notify(&progress(0), &Counter::noop());
-        ready(&mut rx);
-        drop(rx);
+        let _tx = lost_after_one(&streams, "mine");
         let id = id_of(&streams, 1);
         assert_eq!(streams.resume("theirs", &id).err(), Some(Refused::Unknown));
         assert_eq!(
@@ -440,10 +446,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stream_nobody_resumes_in_time_is_closed_and_forgotten() {
         let streams = Arc::new(ResumableStreams::new(WINDOW));
-        let (tx, mut rx) = stream(&streams, "s", false);
-        tx.notify(&progress(0), &Counter::noop());
-        ready(&mut rx);
-        drop(rx);
+        let tx = lost_after_one(&streams, "s");
         tokio::time::sleep(WINDOW - Duration::from_secs(1)).await;
         assert!(
             tx.gone().now_or_never().is_none(),
@@ -457,10 +460,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_resumed_stream_is_not_closed_by_its_first_connections_timer() {
         let streams = Arc::new(ResumableStreams::new(WINDOW));
-        let (tx, mut rx) = stream(&streams, "s", false);
-        tx.notify(&progress(0), &Counter::noop());
-        ready(&mut rx);
-        drop(rx);
+        let tx = lost_after_one(&streams, "s");
         let _again = streams.resume("s", &id_of(&streams, 1)).unwrap();
         tokio::time::sleep(WINDOW * 2).await;
         assert!(tx.gone().now_or_never().is_none());
