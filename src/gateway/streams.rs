@@ -142,7 +142,8 @@ pub fn resume(gw: &Gateway, claims: &SessionClaims, last_event_id: &str) -> Resp
     match gw.resumable.resume(&claims.sid, last_event_id) {
         Ok(stream) => {
             tracing::info!(session = %claims.sid, last_event_id, "client resumed its stream");
-            stream.into_response(Some(KEEP_ALIVE))
+            // A resumed stream keeps the keep-alive it was made with (a GET's, or none).
+            stream.into_response(None)
         }
         Err(refused) => {
             let why = match refused {
