@@ -36,7 +36,7 @@ use metrics::Counter;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::resumption::{self, ResumableStreams};
+use super::resumption::{self, ResumableStreams, StreamKind};
 use super::sse_frames;
 
 /// How much of what a resumable stream already handed to its connection is kept for a
@@ -75,6 +75,7 @@ struct Replay {
     sid: Box<str>,
     /// Names the stream in its event ids; random, so one stream's ids say nothing of another's.
     stream: u64,
+    kind: StreamKind,
     keep_alive: Option<Duration>,
     log: Mutex<Log>,
 }
@@ -159,6 +160,7 @@ pub fn channel(server: &str, method: &str) -> (Sender, Receiver) {
 pub struct Resumable<'a> {
     pub streams: &'a Arc<ResumableStreams>,
     pub sid: &'a str,
+    pub kind: StreamKind,
     pub keep_alive: Option<Duration>,
     /// Send the priming event first: an id before any message, so a client that loses
     /// the connection before the first one can still resume (2025-11-25 clients; older
@@ -172,6 +174,7 @@ pub fn resumable(server: &str, method: &str, how: Resumable<'_>) -> (Sender, Rec
         streams: Arc::clone(how.streams),
         sid: how.sid.into(),
         stream: rand::random(),
+        kind: how.kind,
         keep_alive: how.keep_alive,
         log: Mutex::new(Log {
             sent: VecDeque::new(),
@@ -360,13 +363,13 @@ impl Receiver {
     /// streams (a resumable stream keeps the one it was made with).
     pub fn into_response(self, keep_alive: Option<Duration>) -> Response {
         let (stream, keep_alive) = match &self.shared.replay {
-            Some(replay) => (Some(replay.stream), replay.keep_alive),
+            Some(replay) => (Some((replay.kind, replay.stream)), replay.keep_alive),
             None => (None, keep_alive),
         };
         let events = self.map(move |out| {
             let id = stream
                 .zip(out.seq)
-                .map(|(stream, seq)| resumption::event_id(stream, seq));
+                .map(|((kind, stream), seq)| resumption::event_id(kind, stream, seq));
             sse_frames::event(id.as_deref(), &out.text)
         });
         sse_frames::response(events, keep_alive)

@@ -598,7 +598,8 @@ async fn get(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) -> Re
     }
     if let Some(last) = headers.get(LAST_EVENT_ID) {
         // Not text: no id of ours, refused as malformed.
-        return streams::resume(&gw, &claims, last.to_str().unwrap_or_default());
+        let access = principal.access.as_deref();
+        return streams::resume(gw, route, claims, access, last.to_str().unwrap_or_default());
     }
     streams::session_stream(gw, route, claims, principal.access.as_deref())
 }

@@ -21,6 +21,7 @@ use super::jsonrpc;
 use super::mrtr;
 use super::raw_response::RawResponse;
 use super::result_cache::{CacheKeys, ResultCache};
+use super::resumption::StreamKind;
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
 use crate::upstream::{Admission, Call, CallEvent, Connection, Upstream, UpstreamError};
 
@@ -503,9 +504,11 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
 
     // Something arrives before the answer: stream it, then the answer, over SSE.
     let (out, stream) = match &ctx.session {
-        Some(claims) => gw
-            .resumable
-            .channel(&run.upstream.name, &run.method, claims, None),
+        Some(claims) => {
+            let (server, method) = (&run.upstream.name, &run.method);
+            gw.resumable
+                .channel(server, method, claims, StreamKind::Call, None)
+        }
         None => client_stream::channel(&run.upstream.name, &run.method),
     };
     tokio::spawn(async move {

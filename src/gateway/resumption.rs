@@ -26,18 +26,42 @@ use tokio::time::Instant;
 use super::client_stream::{self, Handle, Receiver, Resumable, Sender};
 use super::session::SessionClaims;
 
-/// The SSE event id of message `seq` of `stream`: both are needed to resume it, and only
-/// the session that holds the stream can (see [`ResumableStreams::resume`]).
-pub fn event_id(stream: u64, seq: u64) -> String {
-    format!("{stream:016x}-{seq}")
+/// What a stream carries, told by the first letter of its event ids: a client whose GET
+/// stream cannot be resumed still needs a GET stream, while a call's stream that cannot be
+/// resumed is lost (the client must hear so, not wait on a stream that never answers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    /// A call's answer and what came before it.
+    Call,
+    /// A session's GET stream.
+    Get,
 }
 
-fn parse_event_id(id: &str) -> Option<(u64, u64)> {
-    let (stream, seq) = id.split_once('-')?;
+/// The SSE event id of message `seq` of `stream`: both are needed to resume it, and only
+/// the session that holds the stream can (see [`ResumableStreams::resume`]).
+pub fn event_id(kind: StreamKind, stream: u64, seq: u64) -> String {
+    let letter = match kind {
+        StreamKind::Call => 'c',
+        StreamKind::Get => 'g',
+    };
+    format!("{letter}{stream:016x}-{seq}")
+}
+
+fn parse_event_id(id: &str) -> Option<(StreamKind, u64, u64)> {
+    let kind = match id.as_bytes().first()? {
+        b'c' => StreamKind::Call,
+        b'g' => StreamKind::Get,
+        _ => return None,
+    };
+    let (stream, seq) = id[1..].split_once('-')?;
     if stream.len() != 16 {
         return None;
     }
-    Some((u64::from_str_radix(stream, 16).ok()?, seq.parse().ok()?))
+    Some((
+        kind,
+        u64::from_str_radix(stream, 16).ok()?,
+        seq.parse().ok()?,
+    ))
 }
 
 /// Why a `Last-Event-ID` resumes nothing.
@@ -45,8 +69,9 @@ fn parse_event_id(id: &str) -> Option<(u64, u64)> {
 pub enum Refused {
     /// Not an id gantry gives.
     Malformed,
-    /// No stream of this session has it: another session's, ended, or not resumed in time.
-    Unknown,
+    /// No stream of this session has it: another session's, ended, not resumed in time,
+    /// or another gateway process's.
+    Unknown(StreamKind),
 }
 
 /// How much of finished streams' events is kept for their clients, in all.
@@ -111,6 +136,7 @@ impl ResumableStreams {
         server: &str,
         method: &str,
         claims: &SessionClaims,
+        kind: StreamKind,
         keep_alive: Option<Duration>,
     ) -> (Sender, Receiver) {
         if self.window.is_zero() {
@@ -119,6 +145,7 @@ impl ResumableStreams {
         let how = Resumable {
             streams: self,
             sid: &claims.sid,
+            kind,
             keep_alive,
             // Priming events came with 2025-11-25: earlier clients parse every event's data.
             prime: claims.ver.as_str() >= "2025-11-25",
@@ -197,25 +224,15 @@ impl ResumableStreams {
 
     /// The stream `last_event_id` names, for session `sid`, from the message after it.
     pub fn resume(&self, sid: &str, last_event_id: &str) -> Result<Receiver, Refused> {
-        let resumed = self.take_over(sid, last_event_id);
-        counted(if resumed.is_ok() {
-            "resumed"
-        } else {
-            "refused"
-        });
-        resumed
-    }
-
-    fn take_over(&self, sid: &str, last_event_id: &str) -> Result<Receiver, Refused> {
-        let (stream, last) = parse_event_id(last_event_id).ok_or(Refused::Malformed)?;
+        let (kind, stream, last) = parse_event_id(last_event_id).ok_or(Refused::Malformed)?;
         let handle = self
             .lock()
             .streams
             .get(&stream)
             .filter(|h| h.sid() == sid)
             .cloned()
-            .ok_or(Refused::Unknown)?;
-        handle.resume(last).ok_or(Refused::Unknown)
+            .ok_or(Refused::Unknown(kind))?;
+        handle.resume(last).ok_or(Refused::Unknown(kind))
     }
 
     /// The session ended (DELETE): its streams end too, resumable no more.
@@ -235,7 +252,8 @@ impl ResumableStreams {
     }
 }
 
-fn counted(outcome: &'static str) {
+/// Counts what became of a stream whose client lost it (`mcp_stream_resumptions_total`).
+pub fn counted(outcome: &'static str) {
     metrics::counter!(crate::telemetry::metrics::STREAM_RESUMPTIONS, "outcome" => outcome)
         .increment(1);
 }
@@ -263,6 +281,7 @@ mod tests {
         let how = Resumable {
             streams,
             sid,
+            kind: StreamKind::Call,
             keep_alive: None,
             prime,
         };
@@ -280,7 +299,7 @@ mod tests {
 
     fn id_of(streams: &ResumableStreams, seq: u64) -> String {
         let stream = *streams.lock().streams.keys().next().unwrap();
-        event_id(stream, seq)
+        event_id(StreamKind::Call, stream, seq)
     }
 
     fn ready(rx: &mut Receiver) -> Vec<Outgoing> {
@@ -293,15 +312,23 @@ mod tests {
 
     #[test]
     fn event_ids_name_their_stream_and_message() {
-        let id = event_id(0xdead_beef, 42);
-        assert_eq!(parse_event_id(&id), Some((0xdead_beef, 42)));
+        let id = event_id(StreamKind::Get, 0xdead_beef, 42);
+        assert_eq!(
+            parse_event_id(&id),
+            Some((StreamKind::Get, 0xdead_beef, 42))
+        );
+        let id = event_id(StreamKind::Call, 7, 0);
+        assert_eq!(parse_event_id(&id), Some((StreamKind::Call, 7, 0)));
         for bad in [
             "",
             "42",
             "xyz-1",
-            "00000000deadbeef-",
-            "00000000deadbeef-x",
-            "beef-1",
+            "c00000000deadbeef-",
+            "c00000000deadbeef-x",
+            "cbeef-1",
+            "00000000deadbeef-1",
+            "x00000000deadbeef-1",
+            "é",
         ] {
             assert_eq!(parse_event_id(bad), None, "{bad:?}");
         }
@@ -411,7 +438,10 @@ mod tests {
         let streams = Arc::new(ResumableStreams::new(WINDOW));
         let _tx = lost_after_one(&streams, "mine");
         let id = id_of(&streams, 1);
-        assert_eq!(streams.resume("theirs", &id).err(), Some(Refused::Unknown));
+        assert_eq!(
+            streams.resume("theirs", &id).err(),
+            Some(Refused::Unknown(StreamKind::Call))
+        );
         assert_eq!(
             streams.resume("mine", "garbage").err(),
             Some(Refused::Malformed)
@@ -419,7 +449,7 @@ mod tests {
         let unsent = id_of(&streams, 2);
         assert_eq!(
             streams.resume("mine", &unsent).err(),
-            Some(Refused::Unknown)
+            Some(Refused::Unknown(StreamKind::Call))
         );
         assert!(streams.resume("mine", &id).is_ok());
     }
@@ -477,7 +507,7 @@ mod tests {
             caps: Default::default(),
             iat: 0,
         };
-        let (tx, mut rx) = streams.channel("test", "tools/call", &claims, None);
+        let (tx, mut rx) = streams.channel("test", "tools/call", &claims, StreamKind::Call, None);
         tx.notify(&progress(0), &Counter::noop());
         let got = ready(&mut rx);
         assert_eq!(got.len(), 1, "no priming event");

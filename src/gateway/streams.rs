@@ -15,7 +15,7 @@ use super::client_stream;
 use super::era;
 use super::http::{Ctx, json_response, rpc_error};
 use super::jsonrpc;
-use super::resumption::Refused;
+use super::resumption::{self, Refused, StreamKind};
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
 use super::session::SessionClaims;
 use super::{Gateway, Route};
@@ -118,9 +118,10 @@ pub fn session_stream(
     access: Option<&Access>,
 ) -> Response {
     let server = route.server().unwrap_or("*");
+    let kind = StreamKind::Get;
     let (out, stream) = gw
         .resumable
-        .channel(server, "GET", &claims, Some(KEEP_ALIVE));
+        .channel(server, "GET", &claims, kind, Some(KEEP_ALIVE));
     let sid = claims.sid.clone();
     let filter_gw = Arc::clone(&gw);
     let keep: Filter = Arc::new(move |event| {
@@ -137,31 +138,46 @@ pub fn session_stream(
 }
 
 /// A GET naming the last event a client got (`Last-Event-ID`): the stream it lost
-/// continues with what it missed, whichever connection held it.
-pub fn resume(gw: &Gateway, claims: &SessionClaims, last_event_id: &str) -> Response {
-    match gw.resumable.resume(&claims.sid, last_event_id) {
+/// continues with what it missed, whichever connection held it. A GET stream that cannot be
+/// resumed (its window passed, or another gateway process held it) is opened anew, what
+/// it carried meanwhile lost: refusing it would leave the client with none, as the SDKs
+/// give up after a few refusals.
+pub fn resume(
+    gw: Arc<Gateway>,
+    route: Route,
+    claims: Arc<SessionClaims>,
+    access: Option<&Access>,
+    last_event_id: &str,
+) -> Response {
+    let refused = match gw.resumable.resume(&claims.sid, last_event_id) {
         Ok(stream) => {
+            resumption::counted("resumed");
             tracing::info!(session = %claims.sid, last_event_id, "client resumed its stream");
             // A resumed stream keeps the keep-alive it was made with (a GET's, or none).
-            stream.into_response(None)
+            return stream.into_response(None);
         }
-        Err(refused) => {
-            let why = match refused {
-                Refused::Malformed => "it is not an event id this gateway gave",
-                Refused::Unknown => {
-                    "no stream of this session has it: the stream ended, or was not resumed in time"
-                }
-            };
-            let message = format!("Bad Request: cannot resume from Last-Event-ID: {why}");
-            rpc_error(
-                StatusCode::BAD_REQUEST,
-                &Value::Null,
-                jsonrpc::INVALID_REQUEST,
-                &message,
-                None,
-            )
+        Err(Refused::Unknown(StreamKind::Get)) => {
+            resumption::counted("restarted");
+            tracing::info!(session = %claims.sid, last_event_id, "client's GET stream could not be resumed: a new one is opened, what the old one missed is lost");
+            return session_stream(gw, route, claims, access);
         }
-    }
+        Err(refused) => refused,
+    };
+    resumption::counted("refused");
+    let why = match refused {
+        Refused::Malformed => "it is not an event id this gateway gave",
+        Refused::Unknown(_) => {
+            "no stream of this session has it: the stream ended, or was not resumed in time"
+        }
+    };
+    let message = format!("Bad Request: cannot resume from Last-Event-ID: {why}");
+    rpc_error(
+        StatusCode::BAD_REQUEST,
+        &Value::Null,
+        jsonrpc::INVALID_REQUEST,
+        &message,
+        None,
+    )
 }
 
 /// 2026-07-28 `subscriptions/listen`: acknowledge what is honored, then deliver the

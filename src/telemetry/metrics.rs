@@ -37,7 +37,8 @@ pub const SERVER_REQUESTS_DECLINED: &str = "mcp_server_requests_declined_total";
 pub const RETRIES_FORWARDED: &str = "mcp_retries_forwarded_total";
 /// Session streams whose client lost its connection, by `outcome` (resumed: taken up
 /// again; expired: not resumed in time, its call cancelled; refused: a `Last-Event-ID`
-/// that named no stream of the session).
+/// that named no stream of the session; restarted: a GET stream that could not be
+/// resumed, opened anew).
 pub const STREAM_RESUMPTIONS: &str = "mcp_stream_resumptions_total";
 /// Log lines dropped because stderr was not read fast enough (`log.buffer_lines`).
 pub const LOG_LINES_DROPPED: &str = "log_lines_dropped_total";
@@ -116,9 +117,9 @@ pub fn install() -> PrometheusHandle {
             );
             metrics::describe_counter!(
                 STREAM_RESUMPTIONS,
-                "Session streams taken up again by their client (resumed), not in time (expired), or asked for in vain (refused)"
+                "Session streams taken up again by their client (resumed), not in time (expired), asked for in vain (refused), or opened anew (restarted)"
             );
-            for outcome in ["resumed", "expired", "refused"] {
+            for outcome in ["resumed", "expired", "refused", "restarted"] {
                 metrics::counter!(STREAM_RESUMPTIONS, "outcome" => outcome).increment(0);
             }
             metrics::describe_counter!(

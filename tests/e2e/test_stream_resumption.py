@@ -5,7 +5,9 @@ Only that session may resume the stream, and only for `server.stream_resume_secs
 delivered to its end included: its last events may have died with the connection)."""
 
 import asyncio
+import base64
 import json
+import secrets
 import time
 
 import httpx2
@@ -123,6 +125,29 @@ def test_a_get_stream_keeps_what_came_while_its_client_was_away(gantry):
             if len(got) == 5 or time.monotonic() > deadline:
                 break
     assert got == [0, 1, 2, 3, 4]
+
+
+def test_a_get_stream_another_gateway_process_held_is_opened_anew(gantry):
+    # A restarted gateway (or another replica, after a rescale) keeps the session (its id
+    # is sealed) but not the streams the old process held.
+    session_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    config = {"upstreams": {"chatty": chatty_stdio()}}
+    old = gantry(config, session_key=session_key)
+    sid, _ = old.initialize(path="/mcp/chatty")
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    headers = {**old.auth(), **session, "Accept": "text/event-stream"}
+    with httpx2.stream("GET", old.base + "/mcp/chatty", headers=headers, timeout=httpx2.Timeout(30, read=5)) as r:
+        priming = next(events(r.iter_lines()))
+    new = gantry(config, session_key=session_key, key=old.key)
+    headers["Last-Event-ID"] = priming["id"]
+    with httpx2.stream("GET", new.base + "/mcp/chatty", headers=headers, timeout=httpx2.Timeout(30, read=5)) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.read()
+        fresh = next(events(r.iter_lines()))
+    assert fresh.get("id") and fresh["id"] != priming["id"] and fresh.get("data") == "", "a new stream, primed"
+    assert new.metric("mcp_stream_resumptions_total", outcome="restarted") == 1
+    # A call's stream is another matter: its answer is lost, and the client must hear so.
+    call_id = "c" + priming["id"][1:]
+    assert "no stream of this session has it" in refused(new, session, call_id)
 
 
 def test_only_the_streams_own_session_resumes_it_and_bad_ids_are_refused_clearly(gantry):
