@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use super::era::{self, Era};
 use super::jsonrpc::{self, Message};
 use super::session::{ClientCaps, SessionClaims, new_session_id};
+use super::tasks::{self, TaskIds};
 use super::{Gateway, Route, aggregate, mrtr, policy, relay, retry_forward, streams};
 use crate::gateway::auth::{AuthError, Principal};
 use crate::http_server::ServedAt;
@@ -39,6 +40,9 @@ pub struct Ctx {
     /// The address the request reached this process at, sealed into a parked call's
     /// `requestState` so that other replicas can carry the retry here.
     pub served_at: Option<SocketAddr>,
+    /// What becomes of task ids in the answer; `None` for the requests that neither ask
+    /// for a task nor name one (boxed: the request's future stays small).
+    pub tasks: Option<Box<TaskIds>>,
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -361,6 +365,7 @@ async fn request(
                 method: method.clone(),
                 request_id,
                 served_at,
+                tasks: None,
             }
         }
         Era::Modern => {
@@ -383,6 +388,7 @@ async fn request(
                 method: method.clone(),
                 request_id,
                 served_at,
+                tasks: None,
             }
         }
     };
@@ -413,6 +419,7 @@ async fn initialize(
                     let init = conn.init().expect("connections are initialized before use");
                     let mut result = init.result.clone();
                     result.insert("protocolVersion".into(), json!(version));
+                    tasks::offered(result.get_mut("capabilities"));
                     Value::Object(result)
                 }
                 Err(e) => return relay::upstream_error_response(&id, &e),
@@ -439,11 +446,17 @@ async fn initialize(
 
 async fn dispatch(
     gw: Arc<Gateway>,
-    ctx: Ctx,
+    mut ctx: Ctx,
     id: Value,
     method: String,
     body: Map<String, Value>,
 ) -> Response {
+    if method.starts_with("tasks/") {
+        return Box::pin(tasks::handle(gw, ctx, id, &method, body)).await;
+    }
+    if tasks::asks_for_task(&body) {
+        ctx.tasks = Some(Box::new(TaskIds::Create));
+    }
     match (method.as_str(), &ctx.era) {
         ("server/discover", Era::Modern) => {
             return match &ctx.route {

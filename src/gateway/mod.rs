@@ -26,6 +26,7 @@ pub mod server_requests;
 pub mod session;
 pub mod sse_frames;
 pub mod streams;
+pub mod tasks;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -201,6 +201,7 @@ pub async fn discover_server(gw: &Gateway, ctx: &Ctx, name: &str, id: &Value) ->
                     result.insert(key.into(), v.clone());
                 }
             }
+            super::tasks::offered(result.get_mut("capabilities"));
             finish(ctx, jsonrpc::result_response(id, Value::Object(result)))
         }
         Err(e) => upstream_error_response(id, &e),
@@ -470,6 +471,11 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
         Some(CallEvent::Response(mut response)) => {
             response.set_id(id);
             run.settle(error_outcome(response.error_code()));
+            if ctx.tasks.is_some() {
+                let mut response = response.to_value();
+                super::tasks::rewrite(&gw, &ctx, &run.upstream.name, &mut response);
+                return finish(&ctx, response);
+            }
             if let Some(keys) = &run.cache_keys {
                 gw.results.put(keys, &response.to_value());
             }
@@ -553,6 +559,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                 Some(CallEvent::Response(response)) => {
                     let mut response = response.to_value();
                     response["id"] = id.clone();
+                    super::tasks::rewrite(&gw, &ctx, &run.upstream.name, &mut response);
                     let label = outcome_label(&response);
                     if ctx.era == Era::Modern {
                         era::mark_complete(&mut response, &ctx.method);

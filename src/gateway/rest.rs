@@ -59,6 +59,7 @@ async fn caller(
             .map(String::from),
         // A REST call never parks: it declares no capability to answer input requests.
         served_at: None,
+        tasks: None,
     };
     Ok((ctx, slots))
 }

@@ -18,6 +18,7 @@ use super::jsonrpc;
 use super::resumption::{self, Refused, StreamKind};
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
 use super::session::SessionClaims;
+use super::tasks;
 use super::{Gateway, Route};
 use crate::policy::Access;
 use crate::upstream::State;
@@ -86,6 +87,8 @@ fn forward(
                             }
                         }
                         event = events.recv() => match event {
+                            // Every caller's tasks' statuses come here: not this client's to see.
+                            Ok(event) if method_of(&event) == tasks::STATUS_NOTIFICATION => {}
                             Ok(event) => {
                                 if let Some(message) = keep(&event) {
                                     out.notify(&message, upstream.metrics.notifications_dropped());

@@ -1,0 +1,190 @@
+//! Tasks (2025-11-25, SEP-1686) through a gateway whose upstream session is shared by every
+//! caller of a server.
+//!
+//! The upstream sees one client, gantry, so it would show any caller's tasks to any other:
+//! `tasks/list` lists them all, and anyone holding a task id could read its result or
+//! cancel it. So the task id a caller gets is sealed (AES-GCM, the session key) around the
+//! server, the upstream's id and the caller's principal: `tasks/get`, `tasks/result` and
+//! `tasks/cancel` open it, refuse one that is not the caller's exactly as an unknown task
+//! (-32602), and send the upstream its own id; answers carry the caller's id back.
+//! Any replica with the session key can serve them, like a session.
+//!
+//! `tasks/list` is not offered (the capability is taken out of the server's, the method
+//! answers -32601): the upstream's list is everyone's. Task status notifications are not
+//! relayed either, for the same reason; the spec has requestors poll `tasks/get` anyway.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::http::{Ctx, no_such_server};
+use super::{Gateway, jsonrpc, relay};
+use axum::response::Response;
+
+/// Binds sealed task ids to their purpose: never accepted as a session id or request state.
+const TASK_PURPOSE: &[u8] = b"gantry-task-v1";
+
+pub const STATUS_NOTIFICATION: &str = "notifications/tasks/status";
+
+/// What a caller's task id holds.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    /// The server, by the name its caller reaches it by.
+    s: String,
+    /// The upstream's own task id.
+    t: String,
+    /// The principal that created the task.
+    p: String,
+}
+
+/// What becomes of task ids in a request's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskIds {
+    /// The request asked for a task: the id the upstream gives is sealed for the caller.
+    Create,
+    /// The request named a task: the upstream's id goes back as the caller named it.
+    Named { upstream: String, caller: String },
+}
+
+/// Whether a request asks to run as a task (`params.task`).
+pub fn asks_for_task(body: &Map<String, Value>) -> bool {
+    jsonrpc::params(body).is_some_and(|p| p.contains_key("task"))
+}
+
+/// `tasks/get`, `tasks/result`, `tasks/cancel` on the caller's own task, relayed to its
+/// server with the upstream's id; `tasks/list` and the rest are not offered.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    mut ctx: Ctx,
+    id: Value,
+    method: &str,
+    mut body: Map<String, Value>,
+) -> Response {
+    if !matches!(method, "tasks/get" | "tasks/result" | "tasks/cancel") {
+        let message = format!(
+            "Method not found: {method} is not offered through the gateway (a server's task list holds every caller's tasks); poll your own with tasks/get"
+        );
+        let error = jsonrpc::error_response(&id, jsonrpc::METHOD_NOT_FOUND, &message, None);
+        return relay::finish(&ctx, error);
+    }
+    let caller = jsonrpc::params(&body)
+        .and_then(|p| p.get("taskId"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let unknown = |ctx: &Ctx| {
+        let error = jsonrpc::error_response(
+            &id,
+            jsonrpc::INVALID_PARAMS,
+            "Unknown task: params.taskId names no task of yours",
+            None,
+        );
+        relay::finish(ctx, error)
+    };
+    let Some(caller) = caller else {
+        return unknown(&ctx);
+    };
+    let sealed = gw
+        .sessions
+        .open_value::<Sealed>(&caller, TASK_PURPOSE)
+        .filter(|s| s.p == ctx.principal.id)
+        .filter(|s| ctx.route.server().is_none_or(|name| name == s.s));
+    let Some(sealed) = sealed else {
+        return unknown(&ctx);
+    };
+    let Some(upstream) = gw.find(ctx.principal.access.as_deref(), &sealed.s) else {
+        return no_such_server(&id, &sealed.s);
+    };
+    if let Some(params) = body.get_mut("params").and_then(Value::as_object_mut) {
+        params.insert("taskId".into(), Value::String(sealed.t.clone()));
+    }
+    ctx.tasks = Some(Box::new(TaskIds::Named {
+        upstream: sealed.t,
+        caller,
+    }));
+    relay::relay(gw, ctx, upstream, id, body).await
+}
+
+/// Puts the caller's task ids into an answer from `server` (see [`TaskIds`]).
+pub fn rewrite(gw: &Gateway, ctx: &Ctx, server: &str, response: &mut Value) {
+    match ctx.tasks.as_deref() {
+        None => {}
+        Some(TaskIds::Create) => {
+            let Some(upstream) = response
+                .pointer("/result/task/taskId")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            else {
+                return; // Answered at once, not as a task.
+            };
+            let sealed = Sealed {
+                s: server.to_string(),
+                t: upstream.clone(),
+                p: ctx.principal.id.clone(),
+            };
+            let caller = gw.sessions.seal_value(&sealed, TASK_PURPOSE);
+            replace_strings(response, &upstream, &caller);
+        }
+        Some(TaskIds::Named { upstream, caller }) => replace_strings(response, upstream, caller),
+    }
+}
+
+/// Every string value equal to `from` becomes `to`: the id in a task's fields and in the
+/// `io.modelcontextprotocol/related-task` metadata of its result alike.
+fn replace_strings(value: &mut Value, from: &str, to: &str) {
+    match value {
+        Value::String(s) if s == from => *s = to.to_string(),
+        Value::Array(items) => items.iter_mut().for_each(|v| replace_strings(v, from, to)),
+        Value::Object(map) => map.values_mut().for_each(|v| replace_strings(v, from, to)),
+        _ => {}
+    }
+}
+
+/// A server's capabilities as its callers see them through the gateway: without
+/// `tasks.list` (see the module's notes).
+pub fn offered(capabilities: Option<&mut Value>) {
+    if let Some(tasks) = capabilities
+        .and_then(|c| c.get_mut("tasks"))
+        .and_then(Value::as_object_mut)
+    {
+        tasks.remove("list");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_tasks_id_is_replaced_wherever_it_appears_and_nothing_else() {
+        let mut answer = json!({"jsonrpc": "2.0", "id": 1, "result": {
+            "taskId": "up-1", "status": "completed",
+            "content": [{"type": "text", "text": "up-1 is done"}],
+            "_meta": {"io.modelcontextprotocol/related-task": {"taskId": "up-1"}}}});
+        replace_strings(&mut answer, "up-1", "mine");
+        assert_eq!(answer["result"]["taskId"], "mine");
+        assert_eq!(
+            answer["result"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"],
+            "mine"
+        );
+        assert_eq!(
+            answer["result"]["content"][0]["text"], "up-1 is done",
+            "only whole values"
+        );
+    }
+
+    #[test]
+    fn the_task_list_is_not_offered() {
+        let mut caps = json!({"tools": {}, "tasks": {"list": {}, "cancel": {},
+                              "requests": {"tools": {"call": {}}}}});
+        offered(Some(&mut caps));
+        assert_eq!(
+            caps["tasks"],
+            json!({"cancel": {}, "requests": {"tools": {"call": {}}}})
+        );
+        let mut none = json!({"tools": {}});
+        offered(Some(&mut none));
+        assert_eq!(none, json!({"tools": {}}));
+    }
+}

@@ -1,0 +1,77 @@
+"""Tasks (2025-11-25, SEP-1686) through gantry, in front of server-everything, whose
+`simulate-research-query` runs as a task for about four seconds. gantry talks to the
+server over one session for every caller, so a task must be its creator's alone: another
+caller can neither see it, read its result nor cancel it, and the server's task list, which
+holds everyone's, is not offered."""
+
+import hashlib
+import secrets
+
+from conftest import everything_stdio
+
+RESEARCH = {"name": "simulate-research-query", "arguments": {"topic": "gateways"}, "task": {"ttl": 60000}}
+
+
+def session(g, key: str, path: str) -> dict:
+    """Headers of a new 2025-11-25 session opened with `key`; the initialize result too."""
+    auth = {"Authorization": f"Bearer {key}"}
+    r = g.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "pytest", "version": "1"}}}, path=path, headers=auth)
+    assert r.status_code == 200, r.text
+    headers = {**auth, "Mcp-Session-Id": r.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+    g.post({"jsonrpc": "2.0", "method": "notifications/initialized"}, path=path, headers=headers)
+    return headers, r.json()["result"]
+
+
+def rpc(g, headers: dict, method: str, params: dict, path: str) -> dict:
+    r = g.post({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, path=path, headers=headers,
+               timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_task_is_its_creators_alone(gantry):
+    other = "gty_" + secrets.token_urlsafe(32)
+    g = gantry({"upstreams": {"everything": everything_stdio()},
+                "auth": {"api_keys": [{"name": "other", "sha256": hashlib.sha256(other.encode()).hexdigest()}]}})
+    path = "/mcp/everything"
+    mine, init = session(g, g.key, path)
+    assert "requests" in init["capabilities"]["tasks"], init["capabilities"]
+    assert "list" not in init["capabilities"]["tasks"], "the server's list holds every caller's tasks"
+    theirs, _ = session(g, other, path)
+
+    created = rpc(g, mine, "tools/call", RESEARCH, path)["result"]["task"]
+    task_id = created["taskId"]
+    assert created["status"] == "working"
+
+    for method in ("tasks/get", "tasks/result", "tasks/cancel"):
+        error = rpc(g, theirs, method, {"taskId": task_id}, path)["error"]
+        assert error["code"] == -32602 and "Unknown task" in error["message"], (method, error)
+    tampered = task_id[:-2] + ("AA" if not task_id.endswith("AA") else "BB")
+    assert rpc(g, mine, "tasks/get", {"taskId": tampered}, path)["error"]["code"] == -32602
+    for who in (mine, theirs):
+        error = rpc(g, who, "tasks/list", {}, path)["error"]
+        assert error["code"] == -32601 and "tasks/get" in error["message"], error
+
+    status = rpc(g, mine, "tasks/get", {"taskId": task_id}, path)["result"]
+    assert status["taskId"] == task_id and status["status"] in ("working", "completed"), status
+    # tasks/result waits for the task to end.
+    result = rpc(g, mine, "tasks/result", {"taskId": task_id}, path)["result"]
+    assert "Research Report: gateways" in result["content"][0]["text"], result
+    assert result["_meta"]["io.modelcontextprotocol/related-task"]["taskId"] == task_id
+    assert rpc(g, mine, "tasks/get", {"taskId": task_id}, path)["result"]["status"] == "completed"
+    # Still not theirs once done.
+    assert rpc(g, theirs, "tasks/result", {"taskId": task_id}, path)["error"]["code"] == -32602
+
+
+def test_a_task_made_on_the_aggregate_is_followed_there(gantry):
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    mine, _ = session(g, g.key, "/mcp")
+    params = {**RESEARCH, "name": "everything__simulate-research-query"}
+    task_id = rpc(g, mine, "tools/call", params, "/mcp")["result"]["task"]["taskId"]
+    result = rpc(g, mine, "tasks/result", {"taskId": task_id}, "/mcp")["result"]
+    assert "Research Report: gateways" in result["content"][0]["text"], result
+    # The server's own endpoint serves it too: the same caller, the same server.
+    other, _ = session(g, g.key, "/mcp/everything")
+    assert rpc(g, other, "tasks/get", {"taskId": task_id}, "/mcp/everything")["result"]["taskId"] == task_id
