@@ -78,6 +78,8 @@ pub struct Gateway {
     pub ended_sessions: Arc<ended_sessions::EndedSessions>,
     /// Session streams a client may resume after losing its connection.
     pub resumable: Arc<resumption::ResumableStreams>,
+    /// Whose each task is, for the server requests made for it.
+    pub task_owners: tasks::TaskOwners,
     /// Calls waiting for a 2026-07-28 client's input (MRTR), by parking token.
     pub parked: Mutex<HashMap<String, mrtr::Parked>>,
     /// Resource subscriptions per session (with the session's expiry), to filter
@@ -115,6 +117,7 @@ impl Gateway {
             in_flight: Mutex::new(HashMap::new()),
             ended_sessions: Arc::new(ended_sessions::EndedSessions::local()),
             resumable: Arc::new(resumption::ResumableStreams::new(resume_window)),
+            task_owners: tasks::TaskOwners::default(),
             parked: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),

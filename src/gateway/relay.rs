@@ -542,8 +542,14 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                     out.send(&mrtr::park(&gw, &ctx, &id, run, upstream_id, msg));
                     return;
                 }
-                Some(CallEvent::ServerRequest { upstream_id, msg }) => {
-                    if relays_to_client(&ctx, &msg) {
+                Some(CallEvent::ServerRequest {
+                    upstream_id,
+                    mut msg,
+                }) => {
+                    let server = &run.upstream.name;
+                    if relays_to_client(&ctx, &msg)
+                        && super::tasks::for_caller(&gw, server, &ctx.principal.id, &mut msg)
+                    {
                         server_requests::relay(
                             &out,
                             &mut minted,

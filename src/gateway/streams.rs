@@ -67,8 +67,13 @@ fn forward(
                 let _listener = session.as_ref().map(|claims| {
                     let caps = claims.caps;
                     let full = Arc::clone(&declines);
+                    let (gw, server, principal) =
+                        (Arc::clone(&gw), upstream.name.clone(), claims.sub.clone());
                     conn.listen_for_requests(
-                        move |method| client_can_answer(&caps, method),
+                        move |msg| {
+                            client_can_answer(&caps, method_of(msg))
+                                && tasks::may_see(&gw, &server, &principal, msg)
+                        },
                         req_tx,
                         Arc::new(move |conn, id| full.decline(conn, id, &MintedIds::too_many())),
                     )
@@ -81,8 +86,11 @@ fn forward(
                         () = out.gone() => return,
                         () = shutdown.cancelled() => return,
                         () = conn.closed().cancelled() => break,
-                        Some((upstream_id, msg)) = req_rx.recv() => {
-                            if let Some(minted) = minted.as_mut() {
+                        Some((upstream_id, mut msg)) = req_rx.recv() => {
+                            let principal = session.as_ref().map(|c| c.sub.as_str()).unwrap_or_default();
+                            if !tasks::for_caller(&gw, &upstream.name, principal, &mut msg) {
+                                conn.answer_unrouted(&upstream_id, &msg);
+                            } else if let Some(minted) = minted.as_mut() {
                                 server_requests::relay(&out, minted, &declines, &conn, &upstream_id, msg);
                             }
                         }

@@ -12,6 +12,17 @@
 //! `tasks/list` is not offered (the capability is taken out of the server's, the method
 //! answers -32601): the upstream's list is everyone's. Task status notifications are not
 //! relayed either, for the same reason; the spec has requestors poll `tasks/get` anyway.
+//!
+//! A server request made for a task (an elicitation while it is `input_required`) names
+//! the task in its `_meta`; it goes only to a client of the task's creator ([`TaskOwners`]),
+//! with the task's id as that client knows it, and is declined when none is there.
+//! A task lives on the upstream session of the gateway process that created it; nginx
+//! keeps a session's requests on that process.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
 
 use std::sync::Arc;
 
@@ -26,6 +37,93 @@ use axum::response::Response;
 const TASK_PURPOSE: &[u8] = b"gantry-task-v1";
 
 pub const STATUS_NOTIFICATION: &str = "notifications/tasks/status";
+
+/// Tasks whose owner is remembered at once, and how long at most: past either, requests
+/// made for a task nobody is remembered for are declined (deny by default).
+const MAX_OWNED_TASKS: usize = 100_000;
+const MAX_TASK_LIFE: Duration = Duration::from_secs(24 * 3600);
+/// For a task whose server gave it no `ttl`.
+const DEFAULT_TASK_LIFE: Duration = Duration::from_secs(3600);
+
+/// Whose each task is, by server and upstream id, and the id its owner knows it by.
+#[derive(Default)]
+pub struct TaskOwners(Mutex<HashMap<(String, String), Owner>>);
+
+struct Owner {
+    principal: String,
+    caller: String,
+    until: Instant,
+}
+
+impl TaskOwners {
+    fn record(
+        &self,
+        server: &str,
+        upstream: &str,
+        principal: &str,
+        caller: &str,
+        ttl: Option<Duration>,
+    ) {
+        let now = Instant::now();
+        let mut owners = self.0.lock().unwrap();
+        if owners.len() >= MAX_OWNED_TASKS {
+            owners.retain(|_, owner| owner.until > now);
+        }
+        if owners.len() >= MAX_OWNED_TASKS {
+            tracing::warn!(
+                server,
+                "too many tasks to remember their owners: requests made for this one will be declined"
+            );
+            return;
+        }
+        let life = ttl.unwrap_or(DEFAULT_TASK_LIFE).min(MAX_TASK_LIFE);
+        let owner = Owner {
+            principal: principal.to_string(),
+            caller: caller.to_string(),
+            until: now + life,
+        };
+        owners.insert((server.to_string(), upstream.to_string()), owner);
+    }
+
+    /// The owner's principal and id of a live task.
+    fn owner(&self, server: &str, upstream: &str) -> Option<(String, String)> {
+        let owners = self.0.lock().unwrap();
+        let owner = owners.get(&(server.to_string(), upstream.to_string()))?;
+        (owner.until > Instant::now()).then(|| (owner.principal.clone(), owner.caller.clone()))
+    }
+}
+
+/// The upstream's id of the task a server request was made for, if any.
+fn related_task(msg: &Value) -> Option<&str> {
+    msg.pointer("/params/_meta/io.modelcontextprotocol~1related-task/taskId")
+        .and_then(Value::as_str)
+}
+
+/// Whether `principal`'s client may be given `msg`, a server request from `server`: any
+/// request but a task's, and a task's when the task is theirs.
+pub fn may_see(gw: &Gateway, server: &str, principal: &str, msg: &Value) -> bool {
+    match related_task(msg) {
+        None => true,
+        Some(task) => gw
+            .task_owners
+            .owner(server, task)
+            .is_some_and(|(owner, _)| owner == principal),
+    }
+}
+
+/// [`may_see`], and when so, `msg` with its task named as the client knows it.
+pub fn for_caller(gw: &Gateway, server: &str, principal: &str, msg: &mut Value) -> bool {
+    let Some(task) = related_task(msg).map(str::to_string) else {
+        return true;
+    };
+    match gw.task_owners.owner(server, &task) {
+        Some((owner, caller)) if owner == principal => {
+            replace_strings(msg, &task, &caller);
+            true
+        }
+        _ => false,
+    }
+}
 
 /// What a caller's task id holds.
 #[derive(Serialize, Deserialize)]
@@ -123,6 +221,13 @@ pub fn rewrite(gw: &Gateway, ctx: &Ctx, server: &str, response: &mut Value) {
                 p: ctx.principal.id.clone(),
             };
             let caller = gw.sessions.seal_value(&sealed, TASK_PURPOSE);
+            let ttl = response
+                .pointer("/result/task/ttl")
+                .and_then(Value::as_u64)
+                .map(Duration::from_millis);
+            let principal = &ctx.principal.id;
+            gw.task_owners
+                .record(server, &upstream, principal, &caller, ttl);
             replace_strings(response, &upstream, &caller);
         }
         Some(TaskIds::Named { upstream, caller }) => replace_strings(response, upstream, caller),

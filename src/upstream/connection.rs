@@ -49,6 +49,8 @@ struct Pending {
     original_id: Value,
     original_token: Option<Value>,
     deadline: Instant,
+    /// The task a `tasks/…` call names: requests made for that task come to it.
+    task: Option<Box<str>>,
 }
 
 /// Result of the upstream's `initialize`.
@@ -76,9 +78,15 @@ impl ServerInit {
 /// A client stream that can answer server requests made outside any call.
 struct RequestListener {
     id: u64,
-    can_answer: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    can_answer: Box<dyn Fn(&Value) -> bool + Send + Sync>,
     tx: mpsc::Sender<(Value, Value)>,
     when_full: WhenFull,
+}
+
+/// The task a server request was made for (2025-11-25): its `_meta` names it.
+fn task_of(msg: &Value) -> Option<&str> {
+    msg.pointer("/params/_meta/io.modelcontextprotocol~1related-task/taskId")
+        .and_then(Value::as_str)
 }
 
 /// What becomes of a server request (its upstream id given) that a listener could answer
@@ -208,10 +216,11 @@ impl Connection {
     }
 
     /// Registers a client stream for server requests made outside any call; they are
-    /// delivered as (upstream id, message) to the newest listener that can answer.
+    /// delivered as (upstream id, message) to the newest listener that can answer (and
+    /// may see) the message.
     pub fn listen_for_requests(
         self: &Arc<Self>,
-        can_answer: impl Fn(&str) -> bool + Send + Sync + 'static,
+        can_answer: impl Fn(&Value) -> bool + Send + Sync + 'static,
         tx: mpsc::Sender<(Value, Value)>,
         when_full: WhenFull,
     ) -> ListenerGuard {
@@ -323,6 +332,12 @@ impl Connection {
             let _ = tx.unbounded_send(CallEvent::Failed(self.close_reason()));
             return call;
         }
+        let task = body
+            .get("method")
+            .and_then(Value::as_str)
+            .filter(|m| m.starts_with("tasks/"))
+            .and_then(|_| body.get("params")?.get("taskId")?.as_str())
+            .map(Box::from);
         self.pending.lock().unwrap().insert(
             id,
             Pending {
@@ -330,6 +345,7 @@ impl Connection {
                 original_id,
                 original_token,
                 deadline: Instant::now() + timeout,
+                task,
             },
         );
         call.exchange = self.outbox.get().map(|o| o.exchange(Value::Object(body)));
@@ -472,10 +488,19 @@ impl Connection {
                 let msg = Value::Object(body);
                 let pending = self.pending.lock().unwrap();
                 // Over stdio nothing ties a server request to the call that caused it;
-                // the most recent call in flight is the one that is waiting on it.
-                let target = related
-                    .and_then(|r| pending.get(&r))
-                    .or_else(|| pending.iter().max_by_key(|(k, _)| **k).map(|(_, p)| p));
+                // the most recent call in flight is the one that is waiting on it. Not for
+                // a task's request: the call that created the task has long been answered;
+                // the task's `tasks/result` (its owner's) is waiting on it, else the
+                // listeners, which know whose task it is.
+                let target =
+                    related
+                        .and_then(|r| pending.get(&r))
+                        .or_else(|| match task_of(&msg) {
+                            Some(task) => {
+                                pending.values().find(|p| p.task.as_deref() == Some(task))
+                            }
+                            None => pending.iter().max_by_key(|(k, _)| **k).map(|(_, p)| p),
+                        });
                 match target {
                     Some(p) => {
                         let _ = p.tx.unbounded_send(CallEvent::ServerRequest {
@@ -493,13 +518,9 @@ impl Connection {
     }
 
     fn offer_to_listeners(&self, id: Value, msg: Value) {
-        let method = msg
-            .get("method")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
         let mut full = None;
         for listener in self.listeners.lock().unwrap().iter().rev() {
-            if !(listener.can_answer)(method) {
+            if !(listener.can_answer)(&msg) {
                 continue;
             }
             match listener.tx.try_send((id.clone(), msg.clone())) {
@@ -516,7 +537,7 @@ impl Connection {
         }
     }
 
-    /// Answers a server request that no client can take: pings succeed, roots are empty,
+    /// Answers a server request that no client can take (or may see): pings succeed, roots are empty,
     /// anything else is refused.
     pub fn answer_unrouted(&self, id: &Value, msg: &Value) {
         let method = msg

@@ -5,18 +5,22 @@ caller can neither see it, read its result nor cancel it, and the server's task 
 holds everyone's, is not offered."""
 
 import hashlib
+import json
 import secrets
+import threading
 
-from conftest import everything_stdio
+import httpx2
+
+from conftest import ACCEPT, everything_stdio, streamed_messages, wait_until
 
 RESEARCH = {"name": "simulate-research-query", "arguments": {"topic": "gateways"}, "task": {"ttl": 60000}}
 
 
-def session(g, key: str, path: str) -> dict:
+def session(g, key: str, path: str, capabilities=None) -> dict:
     """Headers of a new 2025-11-25 session opened with `key`; the initialize result too."""
     auth = {"Authorization": f"Bearer {key}"}
     r = g.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
+        "protocolVersion": "2025-11-25", "capabilities": capabilities or {},
         "clientInfo": {"name": "pytest", "version": "1"}}}, path=path, headers=auth)
     assert r.status_code == 200, r.text
     headers = {**auth, "Mcp-Session-Id": r.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
@@ -75,3 +79,71 @@ def test_a_task_made_on_the_aggregate_is_followed_there(gantry):
     # The server's own endpoint serves it too: the same caller, the same server.
     other, _ = session(g, g.key, "/mcp/everything")
     assert rpc(g, other, "tasks/get", {"taskId": task_id}, "/mcp/everything")["result"]["taskId"] == task_id
+
+
+def test_a_tasks_question_goes_to_its_creator_alone(gantry):
+    # An ambiguous research query asks its client to clarify (elicitation) while the task
+    # runs; the server sends the question for the task, through its tasks/result.
+    other = "gty_" + secrets.token_urlsafe(32)
+    g = gantry({"upstreams": {"everything": everything_stdio()},
+                "auth": {"api_keys": [{"name": "other", "sha256": hashlib.sha256(other.encode()).hexdigest()}]}})
+    path = "/mcp/everything"
+    can_answer = {"elicitation": {}}
+    mine, _ = session(g, g.key, path, can_answer)
+    theirs, _ = session(g, other, path, can_answer)
+    # Another caller, listening for anything the server asks outside its own calls.
+    overheard, listening, stop = [], threading.Event(), threading.Event()
+
+    def listen():
+        with httpx2.stream("GET", g.base + path, headers={**theirs, "Accept": "text/event-stream"},
+                           timeout=httpx2.Timeout(30, read=20)) as r:
+            listening.set()
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line[6:]:
+                    overheard.append(json.loads(line[6:]))
+                if stop.is_set():
+                    return
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert listening.wait(10)
+
+    params = {**RESEARCH, "arguments": {"topic": "python", "ambiguous": True}}
+    task_id = rpc(g, mine, "tools/call", params, path)["result"]["task"]["taskId"]
+    asked, got = [], {}
+
+    def wait_for_result():
+        body = {"jsonrpc": "2.0", "id": 2, "method": "tasks/result", "params": {"taskId": task_id}}
+        headers = {**mine, "Content-Type": "application/json", "Accept": ACCEPT}
+        for msg in streamed_messages(g.base + path, body, headers, timeout=60):
+            if msg.get("method") == "elicitation/create":
+                asked.append(msg)
+                answer = {"jsonrpc": "2.0", "id": msg["id"],
+                          "result": {"action": "accept", "content": {"interpretation": "the snake"}}}
+                assert g.post(answer, path=path, headers=mine).status_code == 202
+            elif msg.get("id") == 2:
+                got["result"] = msg["result"]
+                return
+
+    def their_long_call():
+        body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+            "name": "trigger-long-running-operation", "arguments": {"duration": 6, "steps": 3},
+            "_meta": {"progressToken": "t"}}}
+        headers = {**theirs, "Content-Type": "application/json", "Accept": ACCEPT}
+        overheard.extend(streamed_messages(g.base + path, body, headers, timeout=60))
+
+    waiting = threading.Thread(target=wait_for_result, daemon=True)
+    waiting.start()
+    wait_until(lambda: g.metric("mcp_requests_in_flight", server="everything") == 1, what="tasks/result waiting")
+    # The other caller's call is now the latest in flight, where a question of unknown
+    # origin would go.
+    theirs_running = threading.Thread(target=their_long_call, daemon=True)
+    theirs_running.start()
+    waiting.join(timeout=60)
+    theirs_running.join(timeout=60)
+    result = got["result"]
+    stop.set()
+    assert len(asked) == 1, asked
+    related = asked[0]["params"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"]
+    assert related == task_id, "the task named as its creator knows it"
+    assert "the snake" in result["content"][0]["text"], result
+    assert not [m for m in overheard if m.get("method") == "elicitation/create"], overheard
