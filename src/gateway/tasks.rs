@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 
 use super::http::{Ctx, no_such_server};
 use super::{Gateway, jsonrpc, relay};
+use crate::upstream::connection::task_of;
 use axum::response::Response;
 
 /// Binds sealed task ids to their purpose: never accepted as a session id or request state.
@@ -93,16 +94,10 @@ impl TaskOwners {
     }
 }
 
-/// The upstream's id of the task a server request was made for, if any.
-fn related_task(msg: &Value) -> Option<&str> {
-    msg.pointer("/params/_meta/io.modelcontextprotocol~1related-task/taskId")
-        .and_then(Value::as_str)
-}
-
 /// Whether `principal`'s client may be given `msg`, a server request from `server`: any
 /// request but a task's, and a task's when the task is theirs.
 pub fn may_see(gw: &Gateway, server: &str, principal: &str, msg: &Value) -> bool {
-    match related_task(msg) {
+    match task_of(msg) {
         None => true,
         Some(task) => gw
             .task_owners
@@ -113,7 +108,7 @@ pub fn may_see(gw: &Gateway, server: &str, principal: &str, msg: &Value) -> bool
 
 /// [`may_see`], and when so, `msg` with its task named as the client knows it.
 pub fn for_caller(gw: &Gateway, server: &str, principal: &str, msg: &mut Value) -> bool {
-    let Some(task) = related_task(msg).map(str::to_string) else {
+    let Some(task) = task_of(msg).map(str::to_string) else {
         return true;
     };
     match gw.task_owners.owner(server, &task) {

@@ -84,7 +84,7 @@ struct RequestListener {
 }
 
 /// The task a server request was made for (2025-11-25): its `_meta` names it.
-fn task_of(msg: &Value) -> Option<&str> {
+pub fn task_of(msg: &Value) -> Option<&str> {
     msg.pointer("/params/_meta/io.modelcontextprotocol~1related-task/taskId")
         .and_then(Value::as_str)
 }
