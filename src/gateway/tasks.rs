@@ -7,7 +7,6 @@
 //! server, the upstream's id and the caller's principal: `tasks/get`, `tasks/result` and
 //! `tasks/cancel` open it, refuse one that is not the caller's exactly as an unknown task
 //! (-32602), and send the upstream its own id; answers carry the caller's id back.
-//! Any replica with the session key can serve them, like a session.
 //!
 //! `tasks/list` is not offered (the capability is taken out of the server's, the method
 //! answers -32601): the upstream's list is everyone's. Task status notifications are not
@@ -20,19 +19,17 @@
 //! keeps a session's requests on that process.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 
-use std::sync::Arc;
-
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::time::Instant;
 
 use super::http::{Ctx, no_such_server};
 use super::{Gateway, jsonrpc, relay};
 use crate::upstream::connection::task_of;
-use axum::response::Response;
 
 /// Binds sealed task ids to their purpose: never accepted as a session id or request state.
 const TASK_PURPOSE: &[u8] = b"gantry-task-v1";
