@@ -1218,23 +1218,20 @@ pub fn validate_upstream(name: &str, u: &UpstreamConfig) -> Result<(), (String, 
         if oauth.client_id.is_empty() {
             return Err((key("oauth.client_id"), "must not be empty".into()));
         }
-        let (needed, unused) = match oauth.token_endpoint_auth {
-            TokenEndpointAuth::PrivateKeyJwt => ("private_key", "client_secret"),
-            _ => ("client_secret", "private_key"),
+        let secret = ("client_secret", &oauth.client_secret);
+        let private_key = ("private_key", &oauth.private_key);
+        let (auth, (needed, value), (unused, other)) = match oauth.token_endpoint_auth {
+            TokenEndpointAuth::ClientSecretBasic => ("client_secret_basic", secret, private_key),
+            TokenEndpointAuth::ClientSecretPost => ("client_secret_post", secret, private_key),
+            TokenEndpointAuth::PrivateKeyJwt => ("private_key_jwt", private_key, secret),
         };
-        let given = |name| match name {
-            "private_key" => !oauth.private_key.is_empty(),
-            _ => !oauth.client_secret.is_empty(),
-        };
-        let auth = serde_json::to_value(oauth.token_endpoint_auth).unwrap_or_default();
-        let auth = auth.as_str().unwrap_or_default();
-        if !given(needed) {
+        if value.is_empty() {
             return Err((
                 key(&format!("oauth.{needed}")),
                 format!("required with token_endpoint_auth = \"{auth}\""),
             ));
         }
-        if given(unused) {
+        if !other.is_empty() {
             return Err((
                 key(&format!("oauth.{unused}")),
                 format!("not used with token_endpoint_auth = \"{auth}\""),
