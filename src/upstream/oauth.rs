@@ -316,16 +316,21 @@ impl OAuth {
 fn client_assertion(config: &OAuthClient, audience: &str) -> Result<String, String> {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     let pem = resolve_reference(&config.private_key).map_err(|e| format!("private_key: {e}"))?;
-    let (algorithm, key) = match config.signing_alg {
-        AssertionAlg::RS256 => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem.as_bytes())),
-        AssertionAlg::RS384 => (Algorithm::RS384, EncodingKey::from_rsa_pem(pem.as_bytes())),
-        AssertionAlg::RS512 => (Algorithm::RS512, EncodingKey::from_rsa_pem(pem.as_bytes())),
-        AssertionAlg::PS256 => (Algorithm::PS256, EncodingKey::from_rsa_pem(pem.as_bytes())),
-        AssertionAlg::PS384 => (Algorithm::PS384, EncodingKey::from_rsa_pem(pem.as_bytes())),
-        AssertionAlg::PS512 => (Algorithm::PS512, EncodingKey::from_rsa_pem(pem.as_bytes())),
-        AssertionAlg::ES256 => (Algorithm::ES256, EncodingKey::from_ec_pem(pem.as_bytes())),
-        AssertionAlg::ES384 => (Algorithm::ES384, EncodingKey::from_ec_pem(pem.as_bytes())),
-        AssertionAlg::EdDSA => (Algorithm::EdDSA, EncodingKey::from_ed_pem(pem.as_bytes())),
+    let algorithm = match config.signing_alg {
+        AssertionAlg::RS256 => Algorithm::RS256,
+        AssertionAlg::RS384 => Algorithm::RS384,
+        AssertionAlg::RS512 => Algorithm::RS512,
+        AssertionAlg::PS256 => Algorithm::PS256,
+        AssertionAlg::PS384 => Algorithm::PS384,
+        AssertionAlg::PS512 => Algorithm::PS512,
+        AssertionAlg::ES256 => Algorithm::ES256,
+        AssertionAlg::ES384 => Algorithm::ES384,
+        AssertionAlg::EdDSA => Algorithm::EdDSA,
+    };
+    let key = match algorithm {
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem.as_bytes()),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),
+        _ => EncodingKey::from_rsa_pem(pem.as_bytes()),
     };
     let key = key.map_err(|e| format!("private_key: not a PEM key for {algorithm:?}: {e}"))?;
     let now = jsonwebtoken::get_current_timestamp();
