@@ -14,6 +14,7 @@ use super::era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
 use super::relay::{self, finish};
+use super::task_extension;
 use crate::config::PrefixMode;
 use crate::policy::Access;
 use crate::upstream::{ListKind, Upstream};
@@ -65,9 +66,11 @@ pub fn server_info(gw: &Gateway, version: &str, access: Option<&Access>) -> Valu
 }
 
 pub fn discover(gw: &Gateway, access: Option<&Access>) -> Value {
+    let mut capabilities = capabilities();
+    task_extension::offered_by_any(&mut capabilities, &gw.visible(access));
     json!({
         "supportedVersions": era::all_versions(),
-        "capabilities": capabilities(),
+        "capabilities": capabilities,
         "serverInfo": server_info_object(),
         "instructions": instructions(gw, access),
     })

@@ -150,6 +150,8 @@ pub fn validate_modern(
     let name_field = match method {
         "tools/call" | "prompts/get" => Some("name"),
         "resources/read" => Some("uri"),
+        // The Tasks extension: so that a load balancer can route by task.
+        "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
         _ => None,
     };
     if let Some(field) = name_field {
@@ -316,6 +318,25 @@ mod tests {
                 "{h:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_task_request_names_its_task_in_mcp_name() {
+        let mut body = modern_body("tasks/get", None);
+        body["params"]["taskId"] = json!("t-1");
+        let with = |name: Option<&str>| {
+            let mut h = headers(&[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tasks/get"),
+            ]);
+            if let Some(name) = name {
+                h.insert("mcp-name", name.parse().unwrap());
+            }
+            validate_modern("tasks/get", &body, &h).map_err(|e| e.code)
+        };
+        assert_eq!(with(Some("t-1")), Ok("2026-07-28".to_string()));
+        assert_eq!(with(Some("t-2")), Err(HEADER_MISMATCH));
+        assert_eq!(with(None), Err(HEADER_MISMATCH));
     }
 
     #[test]

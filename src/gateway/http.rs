@@ -17,8 +17,9 @@ use serde_json::{Map, Value, json};
 use super::era::{self, Era};
 use super::jsonrpc::{self, Message};
 use super::session::{ClientCaps, SessionClaims, new_session_id};
+use super::task_extension;
 use super::tasks::{self, TaskIds};
-use super::{Gateway, Route, aggregate, mrtr, policy, relay, retry_forward, streams};
+use super::{Gateway, Route, aggregate, mrtr, policy, relay, replica_forward, streams};
 use crate::gateway::auth::{AuthError, Principal};
 use crate::http_server::ServedAt;
 
@@ -169,6 +170,10 @@ fn caps_from(capabilities: Option<&Value>) -> ClientCaps {
         sampling: has("sampling"),
         elicitation: has("elicitation"),
         roots: has("roots"),
+        tasks: capabilities
+            .and_then(|c| c.get("extensions"))
+            .and_then(|e| e.get(task_extension::EXTENSION))
+            .is_some_and(|v| !v.is_null()),
     }
 }
 
@@ -305,10 +310,15 @@ async fn post(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Respon
             method,
             body: fields,
         } => {
-            if let Some(owner) =
+            let elsewhere =
                 mrtr::held_elsewhere(&gw, &principal, &method, &fields, &headers, served_at)
-            {
-                return Box::pin(retry_forward::forward(
+                    .or_else(|| {
+                        tasks::held_elsewhere(
+                            &gw, &principal, &method, &fields, &headers, served_at,
+                        )
+                    });
+            if let Some(owner) = elsewhere {
+                return Box::pin(replica_forward::forward(
                     owner, &parts.uri, headers, body, &id,
                 ))
                 .await;

@@ -19,6 +19,8 @@ pub const UPSTREAM_UNAVAILABLE: i64 = -32010;
 pub const RESOURCE_NOT_FOUND: i64 = -32002;
 /// 2026-07-28: HTTP headers disagree with the body.
 pub const HEADER_MISMATCH: i64 = -32020;
+/// 2026-07-28: the request needs a client capability it did not declare.
+pub const MISSING_CLIENT_CAPABILITY: i64 = -32021;
 /// 2026-07-28: the requested protocol version is not supported.
 pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 /// Gantry's own: the caller's rate or concurrency limit is reached (sent with HTTP 429

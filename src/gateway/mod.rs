@@ -18,14 +18,15 @@ pub mod policy;
 pub mod raw_response;
 pub mod registry;
 pub mod relay;
+pub mod replica_forward;
 pub mod rest;
 pub mod result_cache;
 pub mod resumption;
-pub mod retry_forward;
 pub mod server_requests;
 pub mod session;
 pub mod sse_frames;
 pub mod streams;
+pub mod task_extension;
 pub mod tasks;
 
 use std::collections::{HashMap, HashSet};
@@ -80,6 +81,8 @@ pub struct Gateway {
     pub resumable: Arc<resumption::ResumableStreams>,
     /// Whose each task is, for the server requests made for it.
     pub task_owners: tasks::TaskOwners,
+    /// Questions of tasks waiting for a 2026-07-28 client's input.
+    pub task_questions: task_extension::Questions,
     /// Calls waiting for a 2026-07-28 client's input (MRTR), by parking token.
     pub parked: Mutex<HashMap<String, mrtr::Parked>>,
     /// Resource subscriptions per session (with the session's expiry), to filter
@@ -118,6 +121,7 @@ impl Gateway {
             ended_sessions: Arc::new(ended_sessions::EndedSessions::local()),
             resumable: Arc::new(resumption::ResumableStreams::new(resume_window)),
             task_owners: tasks::TaskOwners::default(),
+            task_questions: task_extension::Questions::default(),
             parked: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),

@@ -10,7 +10,7 @@
 //! Parked calls live in the process that parked them. The retry carries no session id a
 //! load balancer could route by, so `requestState` seals the address the parking request
 //! reached its replica at, and a replica that receives the retry carries it there
-//! ([`super::retry_forward`]); one that cannot reach it answers with a clear error, and
+//! ([`super::replica_forward`]); one that cannot reach it answers with a clear error, and
 //! the client starts over.
 //!
 //! While a call is parked its upstream goes on: a stdio or HTTP+SSE server's progress and
@@ -38,7 +38,7 @@ use super::era::Era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
 use super::relay::{self, Running, finish};
-use super::retry_forward::{self, Owner};
+use super::replica_forward::{self, Held as HeldBy, Owner};
 use super::server_requests::{self, Declines, MintedIds, client_can_answer};
 use super::session::{REQUEST_STATE_PURPOSE, new_session_id};
 use super::{Gateway, unix_now};
@@ -256,16 +256,18 @@ pub fn held_elsewhere(
         return None;
     }
     let sealed = jsonrpc::params(body)?.get("requestState")?.as_str()?;
-    if headers.contains_key(retry_forward::FORWARDED)
+    if headers.contains_key(replica_forward::FORWARDED)
         || super::era::detect(method, body, headers) != Era::Modern
     {
         return None;
     }
     let state: State = gw.sessions.open_value(sealed, REQUEST_STATE_PURPOSE)?;
     let addr = state.own.filter(|own| Some(*own) != served_at)?;
-    (state.sub == principal.id && state.exp >= unix_now()).then_some(Owner {
+    let now = unix_now();
+    (state.sub == principal.id && state.exp >= now).then_some(Owner {
         addr,
-        expires: state.exp,
+        held: HeldBy::ParkedCall,
+        works_within: std::time::Duration::from_secs(state.exp - now),
     })
 }
 

@@ -23,6 +23,7 @@ use super::raw_response::RawResponse;
 use super::result_cache::{CacheKeys, ResultCache};
 use super::resumption::StreamKind;
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
+use super::task_extension;
 use crate::upstream::{Admission, Call, CallEvent, Connection, Upstream, UpstreamError};
 
 /// An upstream's answer, relayed as it came (2026-07-28 clients get their result fields
@@ -76,7 +77,7 @@ fn outcome_label(response: &Value) -> &'static str {
     error_outcome(response.pointer("/error/code").and_then(Value::as_i64))
 }
 
-fn error_outcome(code: Option<i64>) -> &'static str {
+pub(super) fn error_outcome(code: Option<i64>) -> &'static str {
     match code {
         None => "ok",
         Some(jsonrpc::REQUEST_TIMEOUT) => "timeout",
@@ -178,6 +179,10 @@ pub fn metric_method(method: &str) -> &'static str {
         "logging/setLevel",
         "server/discover",
         "subscriptions/listen",
+        "tasks/get",
+        "tasks/result",
+        "tasks/update",
+        "tasks/cancel",
     ];
     KNOWN
         .iter()
@@ -201,7 +206,7 @@ pub async fn discover_server(gw: &Gateway, ctx: &Ctx, name: &str, id: &Value) ->
                     result.insert(key.into(), v.clone());
                 }
             }
-            super::tasks::offered(result.get_mut("capabilities"));
+            task_extension::offered(result.get_mut("capabilities"));
             finish(ctx, jsonrpc::result_response(id, Value::Object(result)))
         }
         Err(e) => upstream_error_response(id, &e),
@@ -320,7 +325,7 @@ impl Running {
 /// Relays a request to `upstream`, under the upstream's timeout and concurrency cap.
 pub async fn relay(
     gw: Arc<Gateway>,
-    ctx: Ctx,
+    mut ctx: Ctx,
     upstream: Arc<Upstream>,
     id: Value,
     mut body: Map<String, Value>,
@@ -328,48 +333,80 @@ pub async fn relay(
     if mrtr::is_retry(&ctx, &body) {
         return Box::pin(mrtr::resume(gw, ctx, id, body)).await;
     }
+    if task_extension::may_run_as_task(&ctx, &upstream) {
+        if let Err(refused) = Box::pin(task_extension::augment(
+            &gw, &mut ctx, &upstream, &id, &mut body,
+        ))
+        .await
+        {
+            return refused;
+        }
+    }
+    match start(&gw, &ctx, &upstream, &id, body).await {
+        Started::Running(run) => drive(gw, ctx, id, run).await,
+        Started::Answered(response) => response,
+    }
+}
+
+/// An upstream call under way, or the answer that settled the request without one.
+// Not boxed: every relayed request takes the large variant, and moves it once.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Started {
+    Running(Running),
+    Answered(Response),
+}
+
+/// Sends a request to `upstream` once the result cache, rate limit, circuit breaker and
+/// concurrency cap let it through.
+pub(super) async fn start(
+    gw: &Arc<Gateway>,
+    ctx: &Ctx,
+    upstream: &Arc<Upstream>,
+    id: &Value,
+    mut body: Map<String, Value>,
+) -> Started {
     let started = Instant::now();
     let method = body
         .get("method")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let audited = Audited::new(&gw, &ctx, &body);
-    let cache_keys = ResultCache::keys(&upstream, &ctx.principal, &body);
+    let audited = Audited::new(gw, ctx, &body);
+    let cache_keys = ResultCache::keys(upstream, &ctx.principal, &body);
     if let Some(result) = cache_keys.as_ref().and_then(|k| gw.results.get(k)) {
         settle(
-            &upstream,
+            upstream,
             Admission::default(),
             &method,
             started,
             "cached",
             audited,
         );
-        return finish(&ctx, jsonrpc::result_response(&id, result));
+        return Started::Answered(finish(ctx, jsonrpc::result_response(id, result)));
     }
-    if let Err(refusal) = gw.limits.admit_server(&upstream).await {
+    if let Err(refusal) = gw.limits.admit_server(upstream).await {
         settle(
-            &upstream,
+            upstream,
             Admission::default(),
             &method,
             started,
             "rate_limited",
             audited,
         );
-        return refusal.into_response();
+        return Started::Answered(refusal.into_response());
     }
     let admission = match upstream.admit() {
         Ok(admission) => admission,
         Err(e) => {
             settle(
-                &upstream,
+                upstream,
                 Admission::default(),
                 &method,
                 started,
                 "circuit_open",
                 audited,
             );
-            return upstream_error_response(&id, &e);
+            return Started::Answered(upstream_error_response(id, &e));
         }
     };
     let timeout = upstream.timeout();
@@ -378,15 +415,8 @@ pub async fn relay(
         Ok(p) => p,
         Err(e) => {
             // Waiting for a slot is the gateway's queue, not a failure of the upstream.
-            settle(
-                &upstream,
-                admission,
-                &method,
-                started,
-                "overloaded",
-                audited,
-            );
-            return upstream_error_response(&id, &e);
+            settle(upstream, admission, &method, started, "overloaded", audited);
+            return Started::Answered(upstream_error_response(id, &e));
         }
     };
     let conn = match upstream
@@ -396,14 +426,14 @@ pub async fn relay(
         Ok(c) => c,
         Err(e) => {
             settle(
-                &upstream,
+                upstream,
                 admission,
                 &method,
                 started,
                 "unavailable",
                 audited,
             );
-            return upstream_error_response(&id, &e);
+            return Started::Answered(upstream_error_response(id, &e));
         }
     };
     let subscribe_uri = (method == "resources/subscribe")
@@ -424,8 +454,8 @@ pub async fn relay(
         held: VecDeque::new(),
         progress_to: ProgressTo::Caller,
         conn,
-        _in_flight: InFlight::start(&upstream),
-        upstream: Arc::clone(&upstream),
+        _in_flight: InFlight::start(upstream),
+        upstream: Arc::clone(upstream),
         method,
         started,
         timeout,
@@ -436,7 +466,52 @@ pub async fn relay(
         cache_keys,
         _permit: permit,
     };
-    drive(gw, ctx, id, running).await
+    Started::Running(running)
+}
+
+/// Sends a request to `upstream` and waits for its answer, which comes back whole for the
+/// gateway to read rather than relayed: progress and logs are not passed on, and server
+/// requests are answered as no client is there to (`Err` is the answer for the client
+/// when the call could not be made or ended without an answer).
+pub(super) async fn exchange(
+    gw: &Arc<Gateway>,
+    ctx: &Ctx,
+    upstream: &Arc<Upstream>,
+    id: &Value,
+    body: Map<String, Value>,
+) -> Result<Value, Response> {
+    let mut run = match start(gw, ctx, upstream, id, body).await {
+        Started::Running(run) => run,
+        Started::Answered(response) => return Err(response),
+    };
+    loop {
+        let error = match run.next_event().await {
+            Some(CallEvent::Response(response)) => {
+                run.settle(error_outcome(response.error_code()));
+                let mut response = response.to_value();
+                response["id"] = id.clone();
+                return Ok(response);
+            }
+            Some(CallEvent::Notification(_)) => continue,
+            Some(CallEvent::ServerRequest { upstream_id, msg }) => {
+                run.conn.answer_unrouted(&upstream_id, &msg);
+                continue;
+            }
+            Some(CallEvent::Failed(reason)) => {
+                run.settle("unavailable");
+                UpstreamError::Unavailable(run.upstream.name.clone(), reason)
+            }
+            Some(CallEvent::TimedOut) => {
+                run.settle("timeout");
+                UpstreamError::Timeout(run.upstream.name.clone(), run.timeout.as_millis())
+            }
+            None => {
+                run.settle("unavailable");
+                UpstreamError::Unavailable(run.upstream.name.clone(), "connection closed".into())
+            }
+        };
+        return Err(upstream_error_response(id, &error));
+    }
 }
 
 /// Waits for a call's answer and relays it as `id`: plain JSON when it comes first, an

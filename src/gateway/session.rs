@@ -51,6 +51,10 @@ pub struct ClientCaps {
     pub elicitation: bool,
     #[serde(default)]
     pub roots: bool,
+    /// The Tasks extension (`io.modelcontextprotocol/tasks`), which 2026-07-28 clients
+    /// declare per request; sessions never carry it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tasks: bool,
 }
 
 #[derive(Clone)]

@@ -15,20 +15,26 @@
 //! A server request made for a task (an elicitation while it is `input_required`) names
 //! the task in its `_meta`; it goes only to a client of the task's creator ([`TaskOwners`]),
 //! with the task's id as that client knows it, and is declined when none is there.
-//! A task lives on the upstream session of the gateway process that created it; nginx
-//! keeps a session's requests on that process.
+//! A task lives on the upstream session of the gateway process that created it; its id
+//! seals that process's address, and a request naming it that reaches another replica
+//! (a stateless 2026-07-28 client's, or any after a rescale) is carried there.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::Response;
+use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use super::auth::Principal;
+use super::era::Era;
 use super::http::{Ctx, no_such_server};
-use super::{Gateway, jsonrpc, relay};
+use super::replica_forward::{self, Held};
+use super::{Gateway, jsonrpc, relay, task_extension};
 use crate::upstream::connection::task_of;
 
 /// Binds sealed task ids to their purpose: never accepted as a session id or request state.
@@ -39,9 +45,9 @@ pub const STATUS_NOTIFICATION: &str = "notifications/tasks/status";
 /// Tasks whose owner is remembered at once, and how long at most: past either, requests
 /// made for a task nobody is remembered for are declined (deny by default).
 const MAX_OWNED_TASKS: usize = 100_000;
-const MAX_TASK_LIFE: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_TASK_LIFE: Duration = Duration::from_secs(24 * 3600);
 /// For a task whose server gave it no `ttl`.
-const DEFAULT_TASK_LIFE: Duration = Duration::from_secs(3600);
+pub const DEFAULT_TASK_LIFE: Duration = Duration::from_secs(3600);
 
 /// Whose each task is, by server and upstream id, and the id its owner knows it by.
 #[derive(Default)]
@@ -126,6 +132,78 @@ struct Sealed {
     t: String,
     /// The principal that created the task.
     p: String,
+    /// The address the creating request reached its replica at: the task lives on that
+    /// process's upstream session, so requests naming it are carried there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    own: Option<SocketAddr>,
+}
+
+/// A caller's task, its id opened.
+pub struct Opened {
+    /// The server, by the name its caller reaches it by.
+    pub server: String,
+    /// The upstream's own task id.
+    pub upstream: String,
+    /// The id the caller knows it by.
+    pub caller: String,
+}
+
+/// The caller's own task that a `tasks/…` request names in `params.taskId`, on the
+/// request's endpoint; `None` for any other id (another's, tampered, not a task's).
+pub fn open(gw: &Gateway, ctx: &Ctx, body: &Map<String, Value>) -> Option<Opened> {
+    let caller = jsonrpc::params(body)?.get("taskId")?.as_str()?;
+    let sealed = gw
+        .sessions
+        .open_value::<Sealed>(caller, TASK_PURPOSE)
+        .filter(|s| s.p == ctx.principal.id)
+        .filter(|s| ctx.route.server().is_none_or(|name| name == s.s))?;
+    Some(Opened {
+        server: sealed.s,
+        upstream: sealed.t,
+        caller: caller.to_string(),
+    })
+}
+
+/// The replica holding the task a `tasks/…` request names, when it is not this one (see
+/// [`replica_forward`]); `None` for anything else, which is answered here.
+pub fn held_elsewhere(
+    gw: &Gateway,
+    principal: &Principal,
+    method: &str,
+    body: &Map<String, Value>,
+    headers: &HeaderMap,
+    served_at: Option<SocketAddr>,
+) -> Option<replica_forward::Owner> {
+    if !method.starts_with("tasks/") || headers.contains_key(replica_forward::FORWARDED) {
+        return None;
+    }
+    let caller = jsonrpc::params(body)?.get("taskId")?.as_str()?;
+    let sealed: Sealed = gw.sessions.open_value(caller, TASK_PURPOSE)?;
+    let addr = sealed.own.filter(|own| Some(*own) != served_at)?;
+    if sealed.p != principal.id {
+        return None;
+    }
+    // The holder asks its upstream at most twice (a task's status, then its result) and
+    // may wait a moment for a task's questions.
+    let timeout = gw
+        .find(principal.access.as_deref(), &sealed.s)
+        .map_or(Duration::from_secs(60), |u| u.timeout());
+    Some(replica_forward::Owner {
+        addr,
+        held: Held::Task,
+        works_within: 2 * timeout + task_extension::QUESTIONS_WAIT,
+    })
+}
+
+/// Unknown task: what any id that is not the caller's own gets.
+pub fn unknown(ctx: &Ctx, id: &Value) -> Response {
+    let error = jsonrpc::error_response(
+        id,
+        jsonrpc::INVALID_PARAMS,
+        "Unknown task: params.taskId names no task of yours",
+        None,
+    );
+    relay::finish(ctx, error)
 }
 
 /// What becomes of task ids in a request's answer.
@@ -143,7 +221,8 @@ pub fn asks_for_task(body: &Map<String, Value>) -> bool {
 }
 
 /// `tasks/get`, `tasks/result`, `tasks/cancel` on the caller's own task, relayed to its
-/// server with the upstream's id; `tasks/list` and the rest are not offered.
+/// server with the upstream's id; `tasks/list` and the rest are not offered. 2026-07-28
+/// clients speak the Tasks extension instead ([`task_extension`]).
 pub async fn handle(
     gw: Arc<Gateway>,
     mut ctx: Ctx,
@@ -151,6 +230,9 @@ pub async fn handle(
     method: &str,
     mut body: Map<String, Value>,
 ) -> Response {
+    if ctx.era == Era::Modern {
+        return task_extension::handle(gw, ctx, id, method, body).await;
+    }
     if !matches!(method, "tasks/get" | "tasks/result" | "tasks/cancel") {
         let message = format!(
             "Method not found: {method} is not offered through the gateway (a server's task list holds every caller's tasks); poll your own with tasks/get"
@@ -158,39 +240,18 @@ pub async fn handle(
         let error = jsonrpc::error_response(&id, jsonrpc::METHOD_NOT_FOUND, &message, None);
         return relay::finish(&ctx, error);
     }
-    let caller = jsonrpc::params(&body)
-        .and_then(|p| p.get("taskId"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let unknown = |ctx: &Ctx| {
-        let error = jsonrpc::error_response(
-            &id,
-            jsonrpc::INVALID_PARAMS,
-            "Unknown task: params.taskId names no task of yours",
-            None,
-        );
-        relay::finish(ctx, error)
+    let Some(task) = open(&gw, &ctx, &body) else {
+        return unknown(&ctx, &id);
     };
-    let Some(caller) = caller else {
-        return unknown(&ctx);
-    };
-    let sealed = gw
-        .sessions
-        .open_value::<Sealed>(&caller, TASK_PURPOSE)
-        .filter(|s| s.p == ctx.principal.id)
-        .filter(|s| ctx.route.server().is_none_or(|name| name == s.s));
-    let Some(sealed) = sealed else {
-        return unknown(&ctx);
-    };
-    let Some(upstream) = gw.find(ctx.principal.access.as_deref(), &sealed.s) else {
-        return no_such_server(&id, &sealed.s);
+    let Some(upstream) = gw.find(ctx.principal.access.as_deref(), &task.server) else {
+        return no_such_server(&id, &task.server);
     };
     if let Some(params) = body.get_mut("params").and_then(Value::as_object_mut) {
-        params.insert("taskId".into(), Value::String(sealed.t.clone()));
+        params.insert("taskId".into(), Value::String(task.upstream.clone()));
     }
     ctx.tasks = Some(Box::new(TaskIds::Named {
-        upstream: sealed.t,
-        caller,
+        upstream: task.upstream,
+        caller: task.caller,
     }));
     relay::relay(gw, ctx, upstream, id, body).await
 }
@@ -211,6 +272,7 @@ pub fn rewrite(gw: &Gateway, ctx: &Ctx, server: &str, response: &mut Value) {
                 s: server.to_string(),
                 t: upstream.clone(),
                 p: ctx.principal.id.clone(),
+                own: ctx.served_at,
             };
             let caller = gw.sessions.seal_value(&sealed, TASK_PURPOSE);
             let ttl = response
@@ -221,6 +283,9 @@ pub fn rewrite(gw: &Gateway, ctx: &Ctx, server: &str, response: &mut Value) {
             gw.task_owners
                 .record(server, &upstream, principal, &caller, ttl);
             replace_strings(response, &upstream, &caller);
+            if ctx.era == Era::Modern {
+                task_extension::created(response);
+            }
         }
         Some(TaskIds::Named { upstream, caller }) => replace_strings(response, upstream, caller),
     }
@@ -228,7 +293,7 @@ pub fn rewrite(gw: &Gateway, ctx: &Ctx, server: &str, response: &mut Value) {
 
 /// Every string value equal to `from` becomes `to`: the id in a task's fields and in the
 /// `io.modelcontextprotocol/related-task` metadata of its result alike.
-fn replace_strings(value: &mut Value, from: &str, to: &str) {
+pub fn replace_strings(value: &mut Value, from: &str, to: &str) {
     match value {
         Value::String(s) if s == from => *s = to.to_string(),
         Value::Array(items) => items.iter_mut().for_each(|v| replace_strings(v, from, to)),

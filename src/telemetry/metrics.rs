@@ -32,9 +32,9 @@ pub const NOTIFICATIONS_DROPPED: &str = "mcp_notifications_dropped_total";
 /// Server requests (sampling, elicitation, roots) the gateway answered with an error for a
 /// client that was not taking them, by `server`.
 pub const SERVER_REQUESTS_DECLINED: &str = "mcp_server_requests_declined_total";
-/// 2026-07-28 retries carried to the replica holding their parked call, by `outcome`
-/// (forwarded; unreachable: the client was told to start over).
-pub const RETRIES_FORWARDED: &str = "mcp_retries_forwarded_total";
+/// Requests carried to the replica holding what they name, by `held` (retry: an MRTR
+/// retry's parked call; task) and `outcome` (forwarded; unreachable: the client was told).
+pub const REQUESTS_FORWARDED: &str = "mcp_requests_forwarded_total";
 /// Session streams whose client lost its connection, by `outcome` (resumed: taken up
 /// again; expired: not resumed in time, its call cancelled; refused: a `Last-Event-ID`
 /// that named no stream of the session; restarted: a GET stream that could not be
@@ -112,8 +112,8 @@ pub fn install() -> PrometheusHandle {
                 "Server requests answered with an error by the gateway for a client that was not taking them"
             );
             metrics::describe_counter!(
-                RETRIES_FORWARDED,
-                "2026-07-28 retries carried to the replica holding their parked call, by outcome"
+                REQUESTS_FORWARDED,
+                "Requests carried to the replica holding what they name (an MRTR retry's parked call, a task), by outcome"
             );
             metrics::describe_counter!(
                 STREAM_RESUMPTIONS,

@@ -157,22 +157,25 @@ class Gantry:
         content = body if isinstance(body, (bytes, str)) else json.dumps(body)
         return httpx2.post(self.base + path, content=content, headers=h, timeout=kw.pop("timeout", 30), **kw)
 
-    def modern(self, method, params=None, path="/mcp", headers=None, id=1, name=None, **kw) -> httpx2.Response:
-        body, h = self.modern_request(method, params, headers, id, name)
+    def modern(self, method, params=None, path="/mcp", headers=None, id=1, name=None, capabilities=None,
+               **kw) -> httpx2.Response:
+        body, h = self.modern_request(method, params, headers, id, name, capabilities)
         return self.post(body, path=path, headers=h, **kw)
 
-    def modern_request(self, method, params=None, headers=None, id=1, name=None) -> tuple[dict, dict]:
+    def modern_request(self, method, params=None, headers=None, id=1, name=None,
+                       capabilities=None) -> tuple[dict, dict]:
         """The body and the MCP headers of a stateless (2026-07-28) request; `post` adds the rest."""
         params = dict(params or {})
         params["_meta"] = {
             **params.get("_meta", {}),
             "io.modelcontextprotocol/protocolVersion": MODERN,
-            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientCapabilities": capabilities or {},
             "io.modelcontextprotocol/clientInfo": {"name": "pytest", "version": "1"},
         }
         h = {"MCP-Protocol-Version": MODERN, "Mcp-Method": method}
-        n = name or params.get("name") or params.get("uri")
-        if n and method in ("tools/call", "prompts/get", "resources/read"):
+        n = name or params.get("name") or params.get("uri") or params.get("taskId")
+        if n and method in ("tools/call", "prompts/get", "resources/read", "tasks/get", "tasks/update",
+                            "tasks/cancel"):
             h["Mcp-Name"] = n
         h.update(headers or {})
         return {"jsonrpc": "2.0", "id": id, "method": method, "params": params}, h

@@ -191,16 +191,16 @@ def test_a_retry_that_reaches_another_replica_is_carried_to_the_one_holding_its_
     stranger = _retry(b, first, params, {}, id=9, headers=other)
     assert stranger.json()["error"]["code"] == -32602, stranger.text
     # A request another replica already carried is not carried again: b answers it itself.
-    marked = _retry(b, first, params, {}, id=9, headers={"Gantry-Forwarded-Retry": "1"})
+    marked = _retry(b, first, params, {}, id=9, headers={"Gantry-Forwarded": "1"})
     assert "another gateway replica" in marked.json()["error"]["message"], marked.text
-    assert b.metric("mcp_retries_forwarded_total") is None, "neither was carried to a"
+    assert b.metric("mcp_requests_forwarded_total") is None, "neither was carried to a"
 
     messages = sse_messages(_retry(b, first, params, {"progressToken": "p2"}))
     assert messages[-1]["id"] == 2 and messages[-1]["result"]["content"][0]["text"] == "answer: ok", messages[-1]
     progress = progress_of(messages)
     assert progress == list(range(1, 22)), "a's held progress, then what came after the input, through b"
     assert {m["params"]["progressToken"] for m in messages if "params" in m} == {"p2"}
-    assert b.metric("mcp_retries_forwarded_total", outcome="forwarded") == 1
+    assert b.metric("mcp_requests_forwarded_total", held="retry", outcome="forwarded") == 1
     assert b.metric("mcp_requests_total", server="chatty", method="tools/call") is None, "b's upstream saw nothing"
     assert a.metric("mcp_requests_total", server="chatty", method="tools/call", outcome="ok") == 1
 
@@ -219,7 +219,7 @@ def test_a_retry_for_a_replica_that_is_gone_is_told_to_start_over(gantry):
     error = r.json()["error"]
     assert error["code"] == -32602 and "could not be reached" in error["message"], error
     assert "send the request again without it" in error["message"]
-    assert b.metric("mcp_retries_forwarded_total", outcome="unreachable") == 1
+    assert b.metric("mcp_requests_forwarded_total", held="retry", outcome="unreachable") == 1
 
 
 def test_a_retry_that_asks_for_no_progress_gets_none_of_the_parked_calls(gantry):

@@ -4,10 +4,12 @@ server over one session for every caller, so a task must be its creator's alone:
 caller can neither see it, read its result nor cancel it, and the server's task list, which
 holds everyone's, is not offered."""
 
+import base64
 import hashlib
 import json
 import secrets
 import threading
+import time
 
 import httpx2
 
@@ -147,3 +149,131 @@ def test_a_tasks_question_goes_to_its_creator_alone(gantry):
     assert related == task_id, "the task named as its creator knows it"
     assert "the snake" in result["content"][0]["text"], result
     assert not [m for m in overheard if m.get("method") == "elicitation/create"], overheard
+
+
+# 2026-07-28 clients speak tasks as the Tasks extension (io.modelcontextprotocol/tasks)
+# has them: the server decides, `tasks/get` carries the result and the task's questions,
+# `tasks/update` answers them. gantry speaks it in front of the 2025-11-25 server.
+EXTENSION = "io.modelcontextprotocol/tasks"
+WITH_TASKS = {"extensions": {EXTENSION: {}}}
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def modern_task(g, arguments: dict, path="/mcp/everything", capabilities=WITH_TASKS, **kw) -> dict:
+    name = "simulate-research-query" if path != "/mcp" else "everything__simulate-research-query"
+    r = g.modern("tools/call", {"name": name, "arguments": arguments}, path=path, capabilities=capabilities, **kw)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def poll(g, task_id: str, until, path="/mcp/everything", capabilities=WITH_TASKS, **kw) -> dict:
+    """`tasks/get` at the interval the task asks for, until `until(task)`; the last answer."""
+    deadline = time.monotonic() + 60
+    while True:
+        r = g.modern("tasks/get", {"taskId": task_id}, path=path, capabilities=capabilities, **kw)
+        assert r.status_code == 200, r.text
+        task = r.json()["result"]
+        if until(task):
+            return task
+        assert task["status"] not in TERMINAL, task
+        assert time.monotonic() < deadline, task
+        # The protocol's own pacing: clients SHOULD wait pollIntervalMs between polls.
+        time.sleep(task.get("pollIntervalMs", 500) / 1000)
+
+
+def test_a_modern_client_runs_a_tool_as_a_task_and_polls_its_result(gantry):
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    for path in ("/mcp/everything", "/mcp"):
+        capabilities = g.modern("server/discover", path=path).json()["result"]["capabilities"]
+        assert capabilities["extensions"] == {EXTENSION: {}}, (path, capabilities)
+        assert "tasks" not in capabilities, "2025-11-25's capability is not 2026-07-28's"
+
+    # A tool that only runs as a task, for a client that did not declare the extension.
+    error = modern_task(g, {"topic": "gateways"}, capabilities={})["error"]
+    assert error["code"] == -32021, error
+    assert error["data"]["requiredCapabilities"] == {"extensions": {EXTENSION: {}}}, error
+
+    created = modern_task(g, {"topic": "gateways"})["result"]
+    assert created["resultType"] == "task" and created["status"] == "working", created
+    assert created["ttlMs"] == 300000 and created["pollIntervalMs"] == 1000, created
+    assert "task" not in created and "ttl" not in created, "the extension's shape, not 2025-11-25's"
+    task_id = created["taskId"]
+    # A tool that is not a task's stays a plain call for the same client.
+    echo = g.modern("tools/call", {"name": "echo", "arguments": {"message": "hi"}}, path="/mcp/everything",
+                    capabilities=WITH_TASKS).json()["result"]
+    assert echo["resultType"] == "complete" and "hi" in echo["content"][0]["text"], echo
+
+    done = poll(g, task_id, lambda t: t["status"] in TERMINAL)
+    assert done["status"] == "completed" and done["resultType"] == "complete", done
+    assert done["taskId"] == task_id
+    assert "Research Report: gateways" in done["result"]["content"][0]["text"], done
+
+    # The extension's own rules: declared capability, Mcp-Name routing header, its methods.
+    r = g.modern("tasks/get", {"taskId": task_id}, path="/mcp/everything")
+    assert r.json()["error"]["code"] == -32021, r.text
+    r = g.modern("tasks/get", {"taskId": task_id}, path="/mcp/everything", capabilities=WITH_TASKS,
+                 headers={"Mcp-Name": "another-task"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32020, r.text
+    for method in ("tasks/result", "tasks/list"):
+        r = g.modern(method, {"taskId": task_id}, path="/mcp/everything", capabilities=WITH_TASKS)
+        assert r.status_code == 404 and r.json()["error"]["code"] == -32601, (method, r.text)
+
+
+def test_a_modern_clients_task_asks_its_question_in_tasks_get_and_hears_the_answer(gantry):
+    other = "gty_" + secrets.token_urlsafe(32)
+    g = gantry({"upstreams": {"everything": everything_stdio()},
+                "auth": {"api_keys": [{"name": "other", "sha256": hashlib.sha256(other.encode()).hexdigest()}]}})
+    capabilities = {**WITH_TASKS, "elicitation": {}}
+    created = modern_task(g, {"topic": "python", "ambiguous": True}, path="/mcp", capabilities=capabilities)
+    task_id = created["result"]["taskId"]
+
+    asking = poll(g, task_id, lambda t: t["status"] == "input_required", path="/mcp", capabilities=capabilities)
+    (key, question), = asking["inputRequests"].items()
+    assert question["method"] == "elicitation/create", question
+    assert "python" in question["params"]["message"], question
+    # Asked again until answered, under the same key.
+    again = poll(g, task_id, lambda t: True, path="/mcp", capabilities=capabilities)
+    assert again["status"] == "input_required" and list(again["inputRequests"]) == [key], again
+
+    answer = {"taskId": task_id, "inputResponses": {key: {"action": "accept", "content": {"interpretation": "snake"}}}}
+    theirs = g.modern("tasks/update", answer, path="/mcp", capabilities=capabilities,
+                      headers={"Authorization": f"Bearer {other}"}).json()
+    assert theirs["error"]["code"] == -32602, "another caller's task is unknown to them"
+    ack = g.modern("tasks/update", answer, path="/mcp", capabilities=capabilities).json()
+    assert ack["result"] == {"resultType": "complete"}, ack
+    # An answer to a key that is no longer open is ignored.
+    assert g.modern("tasks/update", answer, path="/mcp", capabilities=capabilities).json()["result"] == ack["result"]
+
+    done = poll(g, task_id, lambda t: t["status"] in TERMINAL, path="/mcp", capabilities=capabilities)
+    assert done["status"] == "completed", done
+    assert "python (snake)" in done["result"]["content"][0]["text"], done
+
+
+def test_a_modern_client_cancels_its_task(gantry):
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    task_id = modern_task(g, {"topic": "gateways"})["result"]["taskId"]
+    ack = g.modern("tasks/cancel", {"taskId": task_id}, path="/mcp/everything", capabilities=WITH_TASKS).json()
+    assert ack["result"] == {"resultType": "complete"}, ack
+    done = poll(g, task_id, lambda t: t["status"] in TERMINAL)
+    assert done["status"] == "cancelled", done
+
+
+def test_a_task_request_that_reaches_another_replica_is_carried_to_the_one_running_it(gantry):
+    # Stateless clients carry no session a load balancer could keep on one replica, and
+    # each replica has its own upstream session: the task lives on the one that made it.
+    session_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    config = {"upstreams": {"everything": everything_stdio()}}
+    a = gantry(config, session_key=session_key)
+    b = gantry(config, session_key=session_key, key=a.key)
+    task_id = modern_task(a, {"topic": "replicas"})["result"]["taskId"]
+
+    done = poll(b, task_id, lambda t: t["status"] in TERMINAL)
+    assert done["status"] == "completed" and "Research Report: replicas" in done["result"]["content"][0]["text"]
+    assert b.metric("mcp_requests_forwarded_total", held="task", outcome="forwarded") >= 1
+    assert b.metric("mcp_requests_total", server="everything", method="tasks/get") is None, "b's upstream saw none"
+    assert a.metric("mcp_requests_total", server="everything", method="tasks/get", outcome="ok") >= 1
+
+    a.stop()
+    error = b.modern("tasks/get", {"taskId": task_id}, path="/mcp/everything", capabilities=WITH_TASKS).json()["error"]
+    assert error["code"] == -32602 and "could not be reached" in error["message"], error
+    assert b.metric("mcp_requests_forwarded_total", held="task", outcome="unreachable") == 1

@@ -291,9 +291,9 @@ def test_a_2026_07_28_retry_reaches_the_gateway_replica_holding_its_call(stack, 
         done = modern_tool_call(stack, operator.key, retry, id=2)
         assert done.get("result", {}).get("content", [{}])[0].get("text") == f"answer: ok {i}", done
     # Each replica counts the retries it carried to the other; Prometheus sums them.
-    wait_until(lambda: prometheus_value(stack, 'sum(mcp_retries_forwarded_total{outcome="forwarded"})') >= 1,
+    wait_until(lambda: prometheus_value(stack, 'sum(mcp_requests_forwarded_total{held="retry",outcome="forwarded"})') >= 1,
                timeout=60, interval=2, what="a retry carried from one replica to the other")
-    assert prometheus_value(stack, 'sum(mcp_retries_forwarded_total{outcome="unreachable"})') == 0
+    assert prometheus_value(stack, 'sum(mcp_requests_forwarded_total{held="retry",outcome="unreachable"})') == 0
 
 
 def test_prometheus_reports_every_target_up(stack):

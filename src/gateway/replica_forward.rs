@@ -1,9 +1,13 @@
-//! Carries a 2026-07-28 MRTR retry to the replica that parked its call.
+//! Carries a request to the replica that holds what it names: a 2026-07-28 MRTR retry to
+//! the one that parked its call, a `tasks/…` request to the one whose upstream session
+//! runs its task.
 //!
 //! A parked call lives in the memory of the replica that parked it ([`super::mrtr`]), and
-//! a retry carries no session id a load balancer could route by: behind nginx it lands on
-//! any replica. The retry's `requestState` seals the address the parking request reached
-//! its replica at; a replica that receives a retry sealed with another address passes the
+//! a task on the upstream session of the replica that created it ([`super::tasks`]); the
+//! requests that follow carry no session id a load balancer could route by (or one it
+//! routes elsewhere after a rescale), so behind nginx they land on any replica. The
+//! retry's `requestState` and the task's id seal the address the first request reached
+//! its replica at; a replica that receives one sealed with another address passes the
 //! request on unchanged, as a reverse proxy would, and streams the answer back.
 //!
 //! The forwarding replica adds no trust: the one that holds the call checks the request as
@@ -26,16 +30,15 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 
 use super::http::json_response;
-use super::{jsonrpc, unix_now};
+use super::jsonrpc;
 use crate::telemetry::metrics as m;
 
 /// Marks a request one replica carried to another.
-pub const FORWARDED: HeaderName = HeaderName::from_static("gantry-forwarded-retry");
+pub const FORWARDED: HeaderName = HeaderName::from_static("gantry-forwarded");
 
 /// A replica on the same network answers a connection at once; one that does not is gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long past the parked call's expiry the answer's head may take: the holding replica
-/// answers by then (with the call's result, or its timeout).
+/// How long past its own bound on the work the holding replica's answer may take to begin.
 const ANSWER_GRACE: Duration = Duration::from_secs(5);
 
 /// Headers of one connection, not of the request or answer they travel with (RFC 9110
@@ -49,17 +52,48 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
-/// The replica holding a parked call, as its `requestState` names it.
+/// What a carried request names, held by another replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// A call parked for an MRTR retry.
+    ParkedCall,
+    /// A task.
+    Task,
+}
+
+impl Held {
+    fn label(self) -> &'static str {
+        match self {
+            Self::ParkedCall => "retry",
+            Self::Task => "task",
+        }
+    }
+
+    /// What the client is told when the holding replica cannot be reached.
+    fn unreachable(self) -> &'static str {
+        match self {
+            Self::ParkedCall => {
+                "Invalid params: requestState was issued by another gateway replica, which could not be reached; send the request again without it"
+            }
+            Self::Task => {
+                "Invalid params: the task is held by another gateway replica, which could not be reached; its server session went with it"
+            }
+        }
+    }
+}
+
+/// The replica holding what a request names.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
     pub addr: SocketAddr,
-    /// Unix seconds at which the parked call expires.
-    pub expires: u64,
+    pub held: Held,
+    /// How long the holding replica may work on the request at most before it answers
+    /// (with the result, or its own timeout).
+    pub works_within: Duration,
 }
 
-/// Sends the retry (`uri`, `headers`, `body` as the client sent them) to `owner` and
-/// returns its answer; if `owner` cannot be reached, the error that tells the client to
-/// start over.
+/// Sends the request (`uri`, `headers`, `body` as the client sent them) to `owner` and
+/// returns its answer; if `owner` cannot be reached, the error that tells the client why.
 pub async fn forward(
     owner: Owner,
     uri: &Uri,
@@ -67,21 +101,24 @@ pub async fn forward(
     body: Bytes,
     id: &Value,
 ) -> Response {
+    let held = owner.held.label();
     match send(owner, uri, headers, body).await {
         Ok(response) => {
-            metrics::counter!(m::RETRIES_FORWARDED, "outcome" => "forwarded").increment(1);
-            tracing::debug!(replica = %owner.addr, "carried an MRTR retry to the replica holding its call");
+            metrics::counter!(m::REQUESTS_FORWARDED, "held" => held, "outcome" => "forwarded")
+                .increment(1);
+            tracing::debug!(replica = %owner.addr, held, "carried a request to the replica holding what it names");
             response
         }
         Err(error) => {
-            metrics::counter!(m::RETRIES_FORWARDED, "outcome" => "unreachable").increment(1);
-            tracing::warn!(replica = %owner.addr, %error, "could not carry an MRTR retry to the replica holding its call");
+            metrics::counter!(m::REQUESTS_FORWARDED, "held" => held, "outcome" => "unreachable")
+                .increment(1);
+            tracing::warn!(replica = %owner.addr, held, %error, "could not carry a request to the replica holding what it names");
             json_response(
                 StatusCode::OK,
                 &jsonrpc::error_response(
                     id,
                     jsonrpc::INVALID_PARAMS,
-                    "Invalid params: requestState was issued by another gateway replica, which could not be reached; send the request again without it",
+                    owner.held.unreachable(),
                     None,
                 ),
             )
@@ -124,7 +161,7 @@ async fn send(
     *request.method_mut() = Method::POST;
     *request.uri_mut() = path;
     *request.headers_mut() = headers;
-    let wait = Duration::from_secs(owner.expires.saturating_sub(unix_now())) + ANSWER_GRACE;
+    let wait = owner.works_within + ANSWER_GRACE;
     let answer = tokio::time::timeout(wait, sender.send_request(request))
         .await
         .map_err(|_| format!("no answer within {wait:?}"))?
