@@ -308,6 +308,32 @@ impl Running {
         self.held.push_back(event);
     }
 
+    /// The error a call that ended without its answer (failed, timed out, its connection
+    /// closed: `event`) leaves its client, and the outcome it is settled with.
+    pub(super) fn error_of(&self, event: Option<CallEvent>) -> (UpstreamError, &'static str) {
+        let name = self.upstream.name.clone();
+        match event {
+            Some(CallEvent::TimedOut) => (
+                UpstreamError::Timeout(name, self.timeout.as_millis()),
+                "timeout",
+            ),
+            Some(CallEvent::Failed(reason)) => {
+                (UpstreamError::Unavailable(name, reason), "unavailable")
+            }
+            _ => (
+                UpstreamError::Unavailable(name, "connection closed".into()),
+                "unavailable",
+            ),
+        }
+    }
+
+    /// [`Self::error_of`], the call settled with its outcome.
+    pub(super) fn unanswered(&mut self, event: Option<CallEvent>) -> UpstreamError {
+        let (error, outcome) = self.error_of(event);
+        self.settle(outcome);
+        error
+    }
+
     /// Settles the request that parked the call for a client's input; the request that
     /// resumes it settles again, with its own audit record.
     pub(super) fn settle_parked(&self) {
@@ -485,32 +511,19 @@ pub(super) async fn exchange(
         Started::Answered(response) => return Err(response),
     };
     loop {
-        let error = match run.next_event().await {
+        match run.next_event().await {
             Some(CallEvent::Response(response)) => {
                 run.settle(error_outcome(response.error_code()));
                 let mut response = response.to_value();
                 response["id"] = id.clone();
                 return Ok(response);
             }
-            Some(CallEvent::Notification(_)) => continue,
+            Some(CallEvent::Notification(_)) => {}
             Some(CallEvent::ServerRequest { upstream_id, msg }) => {
                 run.conn.answer_unrouted(&upstream_id, &msg);
-                continue;
             }
-            Some(CallEvent::Failed(reason)) => {
-                run.settle("unavailable");
-                UpstreamError::Unavailable(run.upstream.name.clone(), reason)
-            }
-            Some(CallEvent::TimedOut) => {
-                run.settle("timeout");
-                UpstreamError::Timeout(run.upstream.name.clone(), run.timeout.as_millis())
-            }
-            None => {
-                run.settle("unavailable");
-                UpstreamError::Unavailable(run.upstream.name.clone(), "connection closed".into())
-            }
-        };
-        return Err(upstream_error_response(id, &error));
+            unanswered => return Err(upstream_error_response(id, &run.unanswered(unanswered))),
+        }
     }
 }
 
@@ -564,21 +577,8 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
         Some(CallEvent::ServerRequest { upstream_id, msg }) if mrtr::applies(&ctx, &msg) => {
             return finish(&ctx, mrtr::park(&gw, &ctx, &id, run, upstream_id, msg));
         }
-        Some(CallEvent::Failed(reason)) => {
-            run.settle("unavailable");
-            let error = UpstreamError::Unavailable(run.upstream.name.clone(), reason);
-            return upstream_error_response(&id, &error);
-        }
-        Some(CallEvent::TimedOut) => {
-            run.settle("timeout");
-            let error = UpstreamError::Timeout(run.upstream.name.clone(), run.timeout.as_millis());
-            return upstream_error_response(&id, &error);
-        }
-        None => {
-            run.settle("unavailable");
-            let error =
-                UpstreamError::Unavailable(run.upstream.name.clone(), "connection closed".into());
-            return upstream_error_response(&id, &error);
+        unanswered @ (Some(CallEvent::Failed(_) | CallEvent::TimedOut) | None) => {
+            return upstream_error_response(&id, &run.unanswered(unanswered));
         }
         Some(event) => event,
     };
@@ -648,24 +648,10 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                     out.send(&response);
                     break label;
                 }
-                Some(CallEvent::Failed(reason)) => {
-                    let error = UpstreamError::Unavailable(run.upstream.name.clone(), reason);
+                unanswered => {
+                    let (error, outcome) = run.error_of(unanswered);
                     out.send(&upstream_error(&id, &error));
-                    break "unavailable";
-                }
-                Some(CallEvent::TimedOut) => {
-                    let error =
-                        UpstreamError::Timeout(run.upstream.name.clone(), run.timeout.as_millis());
-                    out.send(&upstream_error(&id, &error));
-                    break "timeout";
-                }
-                None => {
-                    let error = UpstreamError::Unavailable(
-                        run.upstream.name.clone(),
-                        "connection closed".into(),
-                    );
-                    out.send(&upstream_error(&id, &error));
-                    break "unavailable";
+                    break outcome;
                 }
             }
         };

@@ -518,12 +518,8 @@ async fn listen(
                 run.settle(relay::error_outcome(response.error_code()));
                 return asking.ended(Some(response.to_value()));
             }
-            Some(CallEvent::TimedOut) => {
-                run.settle("timeout");
-                return asking.ended(None);
-            }
-            Some(CallEvent::Failed(_)) | None => {
-                run.settle("unavailable");
+            unanswered => {
+                run.unanswered(unanswered);
                 return asking.ended(None);
             }
         }
