@@ -18,8 +18,8 @@ use super::jsonrpc;
 use super::resumption::{self, Refused, StreamKind};
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
 use super::session::SessionClaims;
-use super::tasks;
 use super::{Gateway, Route};
+use super::{relay, task_extension, tasks};
 use crate::policy::Access;
 use crate::upstream::State;
 
@@ -208,6 +208,12 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
                 None,
             ),
         );
+    }
+    // Task status notifications belong to the Tasks extension, which gantry speaks but
+    // does not push (clients poll `tasks/get`): the acknowledgement lists no task ids.
+    if requested.get("taskIds").is_some() && !ctx.caps.tasks {
+        let why = "task status notifications are its own";
+        return relay::finish(&ctx, task_extension::missing_extension(&id, why));
     }
     let flag = |k: &str| requested.get(k).and_then(Value::as_bool).unwrap_or(false);
     let upstreams = gw.upstreams_for(&ctx.route, ctx.principal.access.as_deref());

@@ -109,19 +109,20 @@ pub async fn augment(
             ctx.tasks = Some(Box::new(TaskIds::Create));
             Ok(())
         }
-        (Some("required"), false) => Err(finish(ctx, missing_extension(id))),
+        (Some("required"), false) => Err(finish(
+            ctx,
+            missing_extension(id, "this tool only runs as a task"),
+        )),
         _ => Ok(()),
     }
 }
 
-/// -32021: the request needs the extension, which the client did not declare.
-fn missing_extension(id: &Value) -> Value {
+/// -32021: the request needs the extension, which the client did not declare (`why`).
+pub fn missing_extension(id: &Value, why: &str) -> Value {
     jsonrpc::error_response(
         id,
         jsonrpc::MISSING_CLIENT_CAPABILITY,
-        &format!(
-            "Missing required client capability: the extension {EXTENSION} (this tool only runs as a task)"
-        ),
+        &format!("Missing required client capability: the extension {EXTENSION} ({why})"),
         Some(json!({ "requiredCapabilities": { "extensions": { EXTENSION: {} } } })),
     )
 }
@@ -203,7 +204,10 @@ pub async fn handle(
         return finish(&ctx, error);
     }
     if !ctx.caps.tasks {
-        return finish(&ctx, missing_extension(&id));
+        return finish(
+            &ctx,
+            missing_extension(&id, &format!("{method} is its method")),
+        );
     }
     let Some(task) = tasks::open(&gw, &ctx, &body) else {
         return tasks::unknown(&ctx, &id);

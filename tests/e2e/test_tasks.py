@@ -217,6 +217,17 @@ def test_a_modern_client_runs_a_tool_as_a_task_and_polls_its_result(gantry):
     for method in ("tasks/result", "tasks/list"):
         r = g.modern(method, {"taskId": task_id}, path="/mcp/everything", capabilities=WITH_TASKS)
         assert r.status_code == 404 and r.json()["error"]["code"] == -32601, (method, r.text)
+    # Task status notifications are the extension's too; gantry agrees to send none (clients poll).
+    listen = {"notifications": {"toolsListChanged": True, "taskIds": [task_id]}}
+    r = g.modern("subscriptions/listen", listen, path="/mcp/everything")
+    assert r.json()["error"]["code"] == -32021, r.text
+    body, headers = g.modern_request("subscriptions/listen", listen, capabilities=WITH_TASKS)
+    headers = {**g.auth(), **headers, "Content-Type": "application/json", "Accept": ACCEPT}
+    with httpx2.stream("POST", g.base + "/mcp/everything", content=json.dumps(body), headers=headers,
+                       timeout=10) as r:
+        ack = next(json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:") and line[5:].strip())
+    assert ack["method"] == "notifications/subscriptions/acknowledged", ack
+    assert "taskIds" not in ack["params"]["notifications"], ack
 
 
 def test_a_modern_clients_task_asks_its_question_in_tasks_get_and_hears_the_answer(gantry):
