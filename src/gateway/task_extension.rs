@@ -269,8 +269,15 @@ async fn get(
             // The extension keeps `failed` for JSON-RPC errors: a tool's own error
             // (`isError`), which 2025-11-25 servers may report as failed, is completed.
             if let Some(result) = outcome.get("result") {
+                // The result is the request's own, in the client's era.
+                let mut result = result.clone();
+                if let Value::Object(fields) = &mut result {
+                    fields
+                        .entry("resultType")
+                        .or_insert_with(|| json!("complete"));
+                }
                 detailed.insert("status".into(), json!("completed"));
-                detailed.insert("result".into(), result.clone());
+                detailed.insert("result".into(), result);
             } else if let Some(error) = outcome.get("error") {
                 detailed.insert("status".into(), json!("failed"));
                 detailed.insert("error".into(), error.clone());

@@ -8,12 +8,14 @@ import base64
 import hashlib
 import json
 import secrets
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx2
 
-from conftest import ACCEPT, everything_stdio, streamed_messages, wait_until
+from conftest import ACCEPT, TOOLS, everything_stdio, streamed_messages, wait_until
 
 RESEARCH = {"name": "simulate-research-query", "arguments": {"topic": "gateways"}, "task": {"ttl": 60000}}
 
@@ -207,6 +209,7 @@ def test_a_modern_client_runs_a_tool_as_a_task_and_polls_its_result(gantry):
     assert done["status"] == "completed" and done["resultType"] == "complete", done
     assert done["taskId"] == task_id
     assert "Research Report: gateways" in done["result"]["content"][0]["text"], done
+    assert done["result"]["resultType"] == "complete", "the tool's result, in the client's era"
 
     # The extension's own rules: declared capability, Mcp-Name routing header, its methods.
     r = g.modern("tasks/get", {"taskId": task_id}, path="/mcp/everything")
@@ -288,3 +291,23 @@ def test_a_task_request_that_reaches_another_replica_is_carried_to_the_one_runni
     error = b.modern("tasks/get", {"taskId": task_id}, path="/mcp/everything", capabilities=WITH_TASKS).json()["error"]
     assert error["code"] == -32602 and "could not be reached" in error["message"], error
     assert b.metric("mcp_requests_forwarded_total", held="task", outcome="unreachable") == 1
+
+
+def test_the_official_tasks_extension_client_runs_a_task_through_gantry(gantry, tmp_path):
+    # @modelcontextprotocol/ext-tasks on the official TypeScript client (2026-07-28): it
+    # finds the extension in server/discover, polls, answers the task's question through
+    # tasks/update, and decodes every answer against the extension's schemas.
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    # Node resolves the script's imports from beside it.
+    (tmp_path / "node_modules").symlink_to(TOOLS / "npm/node_modules")
+    script = tmp_path / "tasks_extension_client.mjs"
+    script.write_text((Path(__file__).parent / "tasks_extension_client.mjs").read_text())
+    arguments = json.dumps({"topic": "python", "ambiguous": True})
+    run = subprocess.run(["node", str(script), g.base + "/mcp/everything", g.key, "simulate-research-query",
+                          arguments, "snake"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-4000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["asked"] == ["elicitation"], report
+    assert report["outcome"] == "completed", report
+    assert "Research Report: python (snake)" in report["result"]["content"][0]["text"], report
+    assert g.metric("mcp_requests_total", server="everything", method="tasks/get", outcome="ok") >= 2
