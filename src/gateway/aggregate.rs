@@ -14,7 +14,7 @@ use super::era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
 use super::relay::{self, finish};
-use super::task_extension;
+use super::{task_extension, tasks};
 use crate::config::PrefixMode;
 use crate::policy::Access;
 use crate::upstream::{ListKind, Upstream};
@@ -57,9 +57,11 @@ fn server_info_object() -> Value {
 }
 
 pub fn server_info(gw: &Gateway, version: &str, access: Option<&Access>) -> Value {
+    let mut capabilities = capabilities();
+    tasks::offered_by_any(&mut capabilities, &gw.visible(access));
     json!({
         "protocolVersion": version,
-        "capabilities": capabilities(),
+        "capabilities": capabilities,
         "serverInfo": server_info_object(),
         "instructions": instructions(gw, access),
     })

@@ -39,7 +39,7 @@ use super::server_requests::{self, Declines, MintedIds, client_can_answer};
 use super::session::new_session_id;
 use super::tasks::{self, Opened, TaskIds};
 use super::{Gateway, client_stream, jsonrpc};
-use crate::upstream::{CallEvent, Connection, ListKind, State, Upstream};
+use crate::upstream::{CallEvent, Connection, ListKind, Upstream};
 
 pub const EXTENSION: &str = "io.modelcontextprotocol/tasks";
 
@@ -56,19 +56,7 @@ const QUESTIONS_FULL: &str =
 /// Whether a 2026-07-28 `tools/call` to `upstream` may run as a task: its server runs
 /// tool calls as tasks.
 pub fn may_run_as_task(ctx: &Ctx, upstream: &Upstream) -> bool {
-    ctx.era == Era::Modern && ctx.method == "tools/call" && runs_tool_tasks(upstream)
-}
-
-fn runs_tool_tasks(upstream: &Upstream) -> bool {
-    match upstream.state() {
-        State::Up(conn) => conn.init().is_some_and(|init| {
-            init.result
-                .get("capabilities")
-                .and_then(|c| c.pointer("/tasks/requests/tools/call"))
-                .is_some_and(|v| !v.is_null())
-        }),
-        _ => false,
-    }
+    ctx.era == Era::Modern && ctx.method == "tools/call" && tasks::runs_tool_tasks(upstream)
 }
 
 /// Decides whether a 2026-07-28 `tools/call` runs as a task (see the module's notes), and
@@ -149,7 +137,7 @@ pub fn offered_by_any<'a>(
     upstreams: impl IntoIterator<Item = &'a Arc<Upstream>>,
 ) {
     if let Value::Object(capabilities) = capabilities {
-        if upstreams.into_iter().any(|u| runs_tool_tasks(u)) {
+        if upstreams.into_iter().any(|u| tasks::runs_tool_tasks(u)) {
             offer(capabilities);
         }
     }

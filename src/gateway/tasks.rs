@@ -36,6 +36,7 @@ use super::http::{Ctx, no_such_server};
 use super::replica_forward::{self, Held};
 use super::{Gateway, jsonrpc, relay, task_extension};
 use crate::upstream::connection::task_of;
+use crate::upstream::{State, Upstream};
 
 /// Binds sealed task ids to their purpose: never accepted as a session id or request state.
 const TASK_PURPOSE: &[u8] = b"gantry-task-v1";
@@ -299,6 +300,32 @@ pub fn replace_strings(value: &mut Value, from: &str, to: &str) {
         Value::Array(items) => items.iter_mut().for_each(|v| replace_strings(v, from, to)),
         Value::Object(map) => map.values_mut().for_each(|v| replace_strings(v, from, to)),
         _ => {}
+    }
+}
+
+/// Whether `upstream`'s server runs tool calls as tasks.
+pub fn runs_tool_tasks(upstream: &Upstream) -> bool {
+    match upstream.state() {
+        State::Up(conn) => conn.init().is_some_and(|init| {
+            init.result
+                .get("capabilities")
+                .and_then(|c| c.pointer("/tasks/requests/tools/call"))
+                .is_some_and(|v| !v.is_null())
+        }),
+        _ => false,
+    }
+}
+
+/// The aggregate's `tasks` capability: tool calls run as tasks when any server the caller
+/// may use runs them (the others answer a task request with a plain result, as the spec
+/// lets them), and tasks can be cancelled; never listed.
+pub fn offered_by_any<'a>(
+    capabilities: &mut Value,
+    upstreams: impl IntoIterator<Item = &'a Arc<Upstream>>,
+) {
+    if upstreams.into_iter().any(|u| runs_tool_tasks(u)) {
+        capabilities["tasks"] =
+            serde_json::json!({"requests": {"tools": {"call": {}}}, "cancel": {}});
     }
 }
 

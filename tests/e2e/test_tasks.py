@@ -75,7 +75,8 @@ def test_a_task_is_its_creators_alone(gantry):
 
 def test_a_task_made_on_the_aggregate_is_followed_there(gantry):
     g = gantry({"upstreams": {"everything": everything_stdio()}})
-    mine, _ = session(g, g.key, "/mcp")
+    mine, init = session(g, g.key, "/mcp")
+    assert init["capabilities"]["tasks"] == {"requests": {"tools": {"call": {}}}, "cancel": {}}, init
     params = {**RESEARCH, "name": "everything__simulate-research-query"}
     task_id = rpc(g, mine, "tools/call", params, "/mcp")["result"]["task"]["taskId"]
     result = rpc(g, mine, "tasks/result", {"taskId": task_id}, "/mcp")["result"]
