@@ -561,7 +561,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
             run.settle(error_outcome(response.error_code()));
             if ctx.tasks.is_some() {
                 let mut response = response.to_value();
-                super::tasks::rewrite(&gw, &ctx, &run.upstream.name, &mut response);
+                super::tasks::rewrite(&gw, &ctx, &run.upstream, &mut response);
                 return finish(&ctx, response);
             }
             if let Some(keys) = &run.cache_keys {
@@ -621,7 +621,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                     upstream_id,
                     mut msg,
                 }) => {
-                    let server = &run.upstream.name;
+                    let server = &run.upstream;
                     if relays_to_client(&ctx, &msg)
                         && super::tasks::for_caller(&gw, server, &ctx.principal.id, &mut msg)
                     {
@@ -640,7 +640,7 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                 Some(CallEvent::Response(response)) => {
                     let mut response = response.to_value();
                     response["id"] = id.clone();
-                    super::tasks::rewrite(&gw, &ctx, &run.upstream.name, &mut response);
+                    super::tasks::rewrite(&gw, &ctx, &run.upstream, &mut response);
                     let label = outcome_label(&response);
                     if ctx.era == Era::Modern {
                         era::mark_complete(&mut response, &ctx.method);

@@ -68,7 +68,7 @@ fn forward(
                     let caps = claims.caps;
                     let full = Arc::clone(&declines);
                     let (gw, server, principal) =
-                        (Arc::clone(&gw), upstream.name.clone(), claims.sub.clone());
+                        (Arc::clone(&gw), Arc::clone(&upstream), claims.sub.clone());
                     conn.listen_for_requests(
                         move |msg| {
                             client_can_answer(&caps, method_of(msg))
@@ -88,7 +88,7 @@ fn forward(
                         () = conn.closed().cancelled() => break,
                         Some((upstream_id, mut msg)) = req_rx.recv() => {
                             let principal = session.as_ref().map(|c| c.sub.as_str()).unwrap_or_default();
-                            if !tasks::for_caller(&gw, &upstream.name, principal, &mut msg) {
+                            if !tasks::for_caller(&gw, &upstream, principal, &mut msg) {
                                 conn.answer_unrouted(&upstream_id, &msg);
                             } else if let Some(minted) = minted.as_mut() {
                                 server_requests::relay(&out, minted, &declines, &conn, &upstream_id, msg);

@@ -205,7 +205,7 @@ pub async fn handle(
     };
     let answer = match method {
         "tasks/get" => get(&gw, &ctx, &id, &upstream, &task).await,
-        "tasks/update" => Ok(update(&gw, &id, &task, &body)),
+        "tasks/update" => Ok(update(&gw, &id, &upstream, &task, &body)),
         _ => cancel(&gw, &ctx, &id, &upstream, &task).await,
     };
     match answer {
@@ -245,7 +245,7 @@ async fn get(
     let questions = &gw.task_questions;
     match state.as_str() {
         "completed" | "failed" => {
-            let held = questions.get(task).and_then(|asking| asking.outcome());
+            let held = questions.get(upstream, task).and_then(|a| a.outcome());
             let outcome = match held {
                 Some(outcome) => outcome,
                 None => {
@@ -253,7 +253,7 @@ async fn get(
                         .await?
                 }
             };
-            questions.forget(task);
+            questions.forget(upstream, task);
             // The extension keeps `failed` for JSON-RPC errors: a tool's own error
             // (`isError`), which 2025-11-25 servers may report as failed, is completed.
             if let Some(result) = outcome.get("result") {
@@ -271,12 +271,12 @@ async fn get(
                 detailed.insert("error".into(), error.clone());
             }
         }
-        "cancelled" => questions.forget(task),
+        "cancelled" => questions.forget(upstream, task),
         _ => {
             let asking = if state == "input_required" {
                 questions.listening(gw, ctx, upstream, id, task, ttl)
             } else {
-                questions.get(task)
+                questions.get(upstream, task)
             };
             let wait = if state == "input_required" {
                 QUESTIONS_WAIT
@@ -303,7 +303,13 @@ async fn get(
 /// Gives the server the client's answers to the questions `tasks/get` listed; answers to
 /// keys that are not open (answered already, never asked) are ignored, as the extension
 /// has it.
-fn update(gw: &Gateway, id: &Value, task: &Opened, body: &Map<String, Value>) -> Value {
+fn update(
+    gw: &Gateway,
+    id: &Value,
+    upstream: &Upstream,
+    task: &Opened,
+    body: &Map<String, Value>,
+) -> Value {
     let responses = jsonrpc::params(body)
         .and_then(|p| p.get("inputResponses"))
         .and_then(Value::as_object);
@@ -315,7 +321,7 @@ fn update(gw: &Gateway, id: &Value, task: &Opened, body: &Map<String, Value>) ->
             None,
         );
     };
-    if let Some(asking) = gw.task_questions.get(task) {
+    if let Some(asking) = gw.task_questions.get(upstream, task) {
         asking.answer(responses);
     }
     jsonrpc::result_response(id, json!({}))
@@ -334,11 +340,12 @@ async fn cancel(
     if answer.get("result").is_none() {
         return Ok(answer);
     }
-    gw.task_questions.forget(task);
+    gw.task_questions.forget(upstream, task);
     Ok(jsonrpc::result_response(id, json!({})))
 }
 
-/// The questions of tasks whose server waits for input, by server and upstream task id.
+/// The questions of tasks whose server waits for input, by upstream (its key) and the
+/// upstream's task id.
 #[derive(Default)]
 pub struct Questions(Mutex<HashMap<(String, String), Arc<Asking>>>);
 
@@ -372,17 +379,21 @@ struct Question {
 }
 
 impl Questions {
-    fn key(task: &Opened) -> (String, String) {
-        (task.server.clone(), task.upstream.clone())
+    fn key(upstream: &Upstream, task: &Opened) -> (String, String) {
+        (upstream.key(), task.upstream.clone())
     }
 
-    fn get(&self, task: &Opened) -> Option<Arc<Asking>> {
-        self.0.lock().unwrap().get(&Self::key(task)).cloned()
+    fn get(&self, upstream: &Upstream, task: &Opened) -> Option<Arc<Asking>> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(&Self::key(upstream, task))
+            .cloned()
     }
 
     /// Forgets a task's questions (it ended, or its time ran out) and ends its call.
-    fn forget(&self, task: &Opened) {
-        self.forget_key(&Self::key(task));
+    fn forget(&self, upstream: &Upstream, task: &Opened) {
+        self.forget_key(&Self::key(upstream, task));
     }
 
     fn forget_key(&self, key: &(String, String)) {
@@ -412,7 +423,7 @@ impl Questions {
         task: &Opened,
         ttl_ms: Option<u64>,
     ) -> Option<Arc<Asking>> {
-        let key = Self::key(task);
+        let key = Self::key(upstream, task);
         let asking = {
             let mut all = self.0.lock().unwrap();
             match all.get(&key) {

@@ -50,7 +50,8 @@ pub const MAX_TASK_LIFE: Duration = Duration::from_secs(24 * 3600);
 /// For a task whose server gave it no `ttl`.
 pub const DEFAULT_TASK_LIFE: Duration = Duration::from_secs(3600);
 
-/// Whose each task is, by server and upstream id, and the id its owner knows it by.
+/// Whose each task is, by upstream (its key: two tenants may each have a server of one
+/// name) and the upstream's task id, and the id its owner knows it by.
 #[derive(Default)]
 pub struct TaskOwners(Mutex<HashMap<(String, String), Owner>>);
 
@@ -63,7 +64,7 @@ struct Owner {
 impl TaskOwners {
     fn record(
         &self,
-        server: &str,
+        server: &Upstream,
         upstream: &str,
         principal: &str,
         caller: &str,
@@ -76,7 +77,7 @@ impl TaskOwners {
         }
         if owners.len() >= MAX_OWNED_TASKS {
             tracing::warn!(
-                server,
+                server = %server.name,
                 "too many tasks to remember their owners: requests made for this one will be declined"
             );
             return;
@@ -87,20 +88,20 @@ impl TaskOwners {
             caller: caller.to_string(),
             until: now + life,
         };
-        owners.insert((server.to_string(), upstream.to_string()), owner);
+        owners.insert((server.key(), upstream.to_string()), owner);
     }
 
     /// The owner's principal and id of a live task.
-    fn owner(&self, server: &str, upstream: &str) -> Option<(String, String)> {
+    fn owner(&self, server: &Upstream, upstream: &str) -> Option<(String, String)> {
         let owners = self.0.lock().unwrap();
-        let owner = owners.get(&(server.to_string(), upstream.to_string()))?;
+        let owner = owners.get(&(server.key(), upstream.to_string()))?;
         (owner.until > Instant::now()).then(|| (owner.principal.clone(), owner.caller.clone()))
     }
 }
 
 /// Whether `principal`'s client may be given `msg`, a server request from `server`: any
 /// request but a task's, and a task's when the task is theirs.
-pub fn may_see(gw: &Gateway, server: &str, principal: &str, msg: &Value) -> bool {
+pub fn may_see(gw: &Gateway, server: &Upstream, principal: &str, msg: &Value) -> bool {
     match task_of(msg) {
         None => true,
         Some(task) => gw
@@ -111,7 +112,7 @@ pub fn may_see(gw: &Gateway, server: &str, principal: &str, msg: &Value) -> bool
 }
 
 /// [`may_see`], and when so, `msg` with its task named as the client knows it.
-pub fn for_caller(gw: &Gateway, server: &str, principal: &str, msg: &mut Value) -> bool {
+pub fn for_caller(gw: &Gateway, server: &Upstream, principal: &str, msg: &mut Value) -> bool {
     let Some(task) = task_of(msg).map(str::to_string) else {
         return true;
     };
@@ -258,7 +259,7 @@ pub async fn handle(
 }
 
 /// Puts the caller's task ids into an answer from `server` (see [`TaskIds`]).
-pub fn rewrite(gw: &Gateway, ctx: &Ctx, server: &str, response: &mut Value) {
+pub fn rewrite(gw: &Gateway, ctx: &Ctx, server: &Upstream, response: &mut Value) {
     match ctx.tasks.as_deref() {
         None => {}
         Some(TaskIds::Create) => {
@@ -270,7 +271,7 @@ pub fn rewrite(gw: &Gateway, ctx: &Ctx, server: &str, response: &mut Value) {
                 return; // Answered at once, not as a task.
             };
             let sealed = Sealed {
-                s: server.to_string(),
+                s: server.name.clone(),
                 t: upstream.clone(),
                 p: ctx.principal.id.clone(),
                 own: ctx.served_at,

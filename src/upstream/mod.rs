@@ -152,6 +152,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// Its key among every upstream: the name, under its tenant for a registered server
+    /// (two tenants may each have a server of one name).
+    pub fn key(&self) -> String {
+        match &self.tenant {
+            Some(tenant) => scoped_key(tenant, &self.name),
+            None => self.name.clone(),
+        }
+    }
+
     fn new(
         name: String,
         tenant: Option<String>,
