@@ -19,7 +19,7 @@ use super::jsonrpc::{self, Message};
 use super::session::{ClientCaps, SessionClaims, new_session_id};
 use super::task_extension;
 use super::tasks::{self, TaskIds};
-use super::{Gateway, Route, aggregate, mrtr, policy, relay, replica_forward, streams};
+use super::{Gateway, Route, aggregate, policy, relay, replica_forward, streams};
 use crate::gateway::auth::{AuthError, Principal};
 use crate::http_server::ServedAt;
 
@@ -310,14 +310,9 @@ async fn post(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Respon
             method,
             body: fields,
         } => {
-            let elsewhere =
-                mrtr::held_elsewhere(&gw, &principal, &method, &fields, &headers, served_at)
-                    .or_else(|| {
-                        tasks::held_elsewhere(
-                            &gw, &principal, &method, &fields, &headers, served_at,
-                        )
-                    });
-            if let Some(owner) = elsewhere {
+            if let Some(owner) = replica_forward::held_elsewhere(
+                &gw, &principal, &method, &fields, &headers, served_at,
+            ) {
                 return Box::pin(replica_forward::forward(
                     owner, &parts.uri, headers, body, &id,
                 ))

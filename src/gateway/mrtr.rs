@@ -38,7 +38,7 @@ use super::era::Era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
 use super::relay::{self, Running, finish};
-use super::replica_forward::{self, Held as HeldBy, Owner};
+use super::replica_forward::{Held as HeldBy, Owner};
 use super::server_requests::{self, Declines, MintedIds, client_can_answer};
 use super::session::{REQUEST_STATE_PURPOSE, new_session_id};
 use super::{Gateway, unix_now};
@@ -241,9 +241,9 @@ pub fn is_retry(ctx: &Ctx, body: &Map<String, Value>) -> bool {
 }
 
 /// The replica holding the call this request retries, when it is not this one: the
-/// address sealed in its `requestState`, unless the request reached this process there or
-/// another replica already carried it here. Anything else (no state, a state that does
-/// not open, has expired or is another principal's) is left for [`resume`] to answer.
+/// address sealed in its `requestState`, unless the request reached this process there.
+/// Anything else (no state, a state that does not open, has expired or is another
+/// principal's) is left for [`resume`] to answer.
 pub fn held_elsewhere(
     gw: &Gateway,
     principal: &Principal,
@@ -256,9 +256,7 @@ pub fn held_elsewhere(
         return None;
     }
     let sealed = jsonrpc::params(body)?.get("requestState")?.as_str()?;
-    if headers.contains_key(replica_forward::FORWARDED)
-        || super::era::detect(method, body, headers) != Era::Modern
-    {
+    if super::era::detect(method, body, headers) != Era::Modern {
         return None;
     }
     let state: State = gw.sessions.open_value(sealed, REQUEST_STATE_PURPOSE)?;

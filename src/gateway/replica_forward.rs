@@ -26,11 +26,12 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::net::TcpStream;
 
+use super::auth::Principal;
 use super::http::json_response;
-use super::jsonrpc;
+use super::{Gateway, jsonrpc, mrtr, tasks};
 use crate::telemetry::metrics as m;
 
 /// Marks a request one replica carried to another.
@@ -90,6 +91,24 @@ pub struct Owner {
     /// How long the holding replica may work on the request at most before it answers
     /// (with the result, or its own timeout).
     pub works_within: Duration,
+}
+
+/// The replica holding what a request names (a call parked for its retry, a task), when
+/// that is not this process; a request another replica carried here already is answered
+/// here, whatever it names.
+pub fn held_elsewhere(
+    gw: &Gateway,
+    principal: &Principal,
+    method: &str,
+    body: &Map<String, Value>,
+    headers: &HeaderMap,
+    served_at: Option<SocketAddr>,
+) -> Option<Owner> {
+    if headers.contains_key(FORWARDED) {
+        return None;
+    }
+    mrtr::held_elsewhere(gw, principal, method, body, headers, served_at)
+        .or_else(|| tasks::held_elsewhere(gw, principal, method, body, served_at))
 }
 
 /// Sends the request (`uri`, `headers`, `body` as the client sent them) to `owner` and

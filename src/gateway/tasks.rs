@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::Response;
-use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
@@ -173,10 +172,9 @@ pub fn held_elsewhere(
     principal: &Principal,
     method: &str,
     body: &Map<String, Value>,
-    headers: &HeaderMap,
     served_at: Option<SocketAddr>,
 ) -> Option<replica_forward::Owner> {
-    if !method.starts_with("tasks/") || headers.contains_key(replica_forward::FORWARDED) {
+    if !method.starts_with("tasks/") {
         return None;
     }
     let caller = jsonrpc::params(body)?.get("taskId")?.as_str()?;
