@@ -49,6 +49,11 @@ pub const QUESTIONS_WAIT: Duration = Duration::from_secs(2);
 /// Tasks whose questions are held at once; past it, `tasks/get` reports such a task as
 /// working, without questions, until room is made.
 const MAX_ASKING_TASKS: usize = 10_000;
+/// `tasks/result` calls one caller's tasks may have waiting for questions at once: each
+/// holds one of its server's concurrency slots while it waits, and one caller must not
+/// take them all. Past it, a task waiting for input reads as working (with the questions
+/// already held) until another call ends.
+const MAX_LISTENING_PER_CALLER: usize = 8;
 /// Why a question is declined when those held for its task fill the client's backlog.
 const QUESTIONS_FULL: &str =
     "gantry: the questions already waiting for the client's answer fill its backlog";
@@ -347,7 +352,47 @@ async fn cancel(
 /// The questions of tasks whose server waits for input, by upstream (its key) and the
 /// upstream's task id.
 #[derive(Default)]
-pub struct Questions(Mutex<HashMap<(String, String), Arc<Asking>>>);
+pub struct Questions {
+    asking: Mutex<HashMap<(String, String), Arc<Asking>>>,
+    listening: Arc<Listening>,
+}
+
+/// How many `tasks/result` calls each caller's tasks have waiting for questions.
+#[derive(Default)]
+struct Listening(Mutex<HashMap<String, usize>>);
+
+/// One of a caller's waiting calls; given back when dropped.
+struct ListenSlot {
+    listening: Arc<Listening>,
+    caller: String,
+}
+
+impl Listening {
+    fn take(self: &Arc<Self>, caller: &str) -> Option<ListenSlot> {
+        let mut counts = self.0.lock().unwrap();
+        let count = counts.entry(caller.to_string()).or_default();
+        if *count >= MAX_LISTENING_PER_CALLER {
+            return None;
+        }
+        *count += 1;
+        Some(ListenSlot {
+            listening: Arc::clone(self),
+            caller: caller.to_string(),
+        })
+    }
+}
+
+impl Drop for ListenSlot {
+    fn drop(&mut self) {
+        let mut counts = self.listening.0.lock().unwrap();
+        if let Some(count) = counts.get_mut(&self.caller) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.caller);
+            }
+        }
+    }
+}
 
 /// One task's questions.
 #[derive(Default)]
@@ -384,7 +429,7 @@ impl Questions {
     }
 
     fn get(&self, upstream: &Upstream, task: &Opened) -> Option<Arc<Asking>> {
-        self.0
+        self.asking
             .lock()
             .unwrap()
             .get(&Self::key(upstream, task))
@@ -397,7 +442,7 @@ impl Questions {
     }
 
     fn forget_key(&self, key: &(String, String)) {
-        let asking = self.0.lock().unwrap().remove(key);
+        let asking = self.asking.lock().unwrap().remove(key);
         if let Some(asking) = asking {
             asking.stop.cancel();
         }
@@ -405,15 +450,15 @@ impl Questions {
 
     /// Forgets `asking` if it still holds its task's questions.
     fn forget_expired(&self, key: &(String, String), asking: &Arc<Asking>) {
-        let mut all = self.0.lock().unwrap();
+        let mut all = self.asking.lock().unwrap();
         if all.get(key).is_some_and(|held| Arc::ptr_eq(held, asking)) {
             all.remove(key);
             asking.stop.cancel();
         }
     }
 
-    /// The task's questions, with a `tasks/result` call under way to bring them; `None`
-    /// when too many tasks are asking already.
+    /// The task's questions, with a `tasks/result` call under way to bring them when the
+    /// caller may have one more; `None` when too many tasks are asking already.
     fn listening(
         &self,
         gw: &Arc<Gateway>,
@@ -425,7 +470,7 @@ impl Questions {
     ) -> Option<Arc<Asking>> {
         let key = Self::key(upstream, task);
         let asking = {
-            let mut all = self.0.lock().unwrap();
+            let mut all = self.asking.lock().unwrap();
             match all.get(&key) {
                 Some(asking) => Arc::clone(asking),
                 None if all.len() >= MAX_ASKING_TASKS => {
@@ -443,6 +488,13 @@ impl Questions {
                 }
             }
         };
+        let Some(slot) = self.listening.take(&ctx.principal.id) else {
+            tracing::debug!(
+                principal = %ctx.principal.id,
+                "a caller's tasks already wait for questions on {MAX_LISTENING_PER_CALLER} calls"
+            );
+            return Some(asking);
+        };
         let idle = {
             let mut asked = asking.asked.lock().unwrap();
             let idle = !asked.listening && asked.outcome.is_none();
@@ -459,7 +511,7 @@ impl Questions {
             Arc::clone(upstream),
             id.clone(),
             call,
-            Arc::clone(&asking),
+            (Arc::clone(&asking), slot),
         ));
         Some(asking)
     }
@@ -494,7 +546,7 @@ async fn listen(
     upstream: Arc<Upstream>,
     id: Value,
     call: Map<String, Value>,
-    asking: Arc<Asking>,
+    (asking, _slot): (Arc<Asking>, ListenSlot),
 ) {
     let mut run = match relay::start(&gw, &ctx, &upstream, &id, call).await {
         Started::Running(run) => run,
@@ -662,6 +714,29 @@ mod tests {
         let mut lists_only = json!({"tools": {}, "tasks": {"list": {}}});
         offered(Some(&mut lists_only));
         assert_eq!(lists_only, json!({"tools": {}}));
+    }
+
+    #[test]
+    fn a_caller_waits_for_questions_on_a_bounded_number_of_calls() {
+        let listening = Arc::new(Listening::default());
+        let mine: Vec<_> = (0..MAX_LISTENING_PER_CALLER)
+            .map(|_| listening.take("me").expect("room"))
+            .collect();
+        assert!(
+            listening.take("me").is_none(),
+            "the caller's calls are all taken"
+        );
+        assert!(
+            listening.take("another").is_some(),
+            "another caller's are not"
+        );
+        drop(mine);
+        assert!(listening.take("me").is_some(), "given back when they end");
+        assert_eq!(
+            listening.0.lock().unwrap().len(),
+            0,
+            "nothing kept for idle callers"
+        );
     }
 
     #[tokio::test]
