@@ -104,11 +104,10 @@ pub fn held_elsewhere(
     headers: &HeaderMap,
     served_at: Option<SocketAddr>,
 ) -> Option<Owner> {
-    if headers.contains_key(FORWARDED) {
-        return None;
-    }
-    mrtr::held_elsewhere(gw, principal, method, body, headers, served_at)
-        .or_else(|| tasks::held_elsewhere(gw, principal, method, body, served_at))
+    let owner = mrtr::held_elsewhere(gw, principal, method, body, headers, served_at)
+        .or_else(|| tasks::held_elsewhere(gw, principal, method, body, served_at))?;
+    // Looked for last: most requests name nothing held anywhere.
+    (!headers.contains_key(FORWARDED)).then_some(owner)
 }
 
 /// Sends the request (`uri`, `headers`, `body` as the client sent them) to `owner` and
