@@ -1,22 +1,25 @@
-// A 2026-07-28 client that runs a tool as a task through the official Tasks extension
-// package (@modelcontextprotocol/ext-tasks) on the official TypeScript client.
+// A client that runs a tool as a task through the official Tasks package
+// (@modelcontextprotocol/ext-tasks) on the official TypeScript client: as the 2026-07-28
+// extension has tasks, or (PROTOCOL=2025-11-25) as the 2025-11-25 core protocol has them.
+// Prints what it was asked, the task's outcome and the tool's result as one JSON line.
 import { Client, StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
 import { createTaskSessionFromClient, resultFromTaskOutcome } from "@modelcontextprotocol/ext-tasks/client";
 
 const [url, key, tool, argumentsJson, answer] = process.argv.slice(2);
 const auth = { Authorization: `Bearer ${key}` };
-const protocolVersion = "2026-07-28";
+const protocolVersion = process.env.PROTOCOL ?? "2026-07-28";
+const modern = protocolVersion === "2026-07-28";
 const clientInfo = { name: "gantry-e2e-tasks", version: "1" };
 const clientCapabilities = { elicitation: {} };
 
 const client = new Client(clientInfo, {
   capabilities: clientCapabilities,
-  versionNegotiation: { mode: { pin: protocolVersion } },
+  ...(modern ? { versionNegotiation: { mode: { pin: protocolVersion } } } : {}),
 });
 await client.connect(new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers: auth } }));
 
 let nextId = 1;
-// The package frames task requests itself and leaves their transport to the host.
+// The package frames 2026-07-28 task requests itself and leaves their transport to the host.
 async function rawDispatch(request, options) {
   const headers = {
     ...auth,
@@ -45,8 +48,7 @@ async function rawDispatch(request, options) {
 const asked = [];
 const session = createTaskSessionFromClient(client, {
   endpointId: url,
-  rawDispatch,
-  v2RequestFraming: { protocolVersion, clientInfo, clientCapabilities },
+  ...(modern ? { rawDispatch, v2RequestFraming: { protocolVersion, clientInfo, clientCapabilities } } : {}),
   onInputRequest: async (request) => {
     asked.push(request.kind);
     return { action: "accept", content: { interpretation: answer } };

@@ -7,6 +7,7 @@ holds everyone's, is not offered."""
 import base64
 import hashlib
 import json
+import os
 import secrets
 import subprocess
 import threading
@@ -294,21 +295,42 @@ def test_a_task_request_that_reaches_another_replica_is_carried_to_the_one_runni
     assert b.metric("mcp_requests_forwarded_total", held="task", outcome="unreachable") == 1
 
 
-def test_the_official_tasks_extension_client_runs_a_task_through_gantry(gantry, tmp_path):
-    # @modelcontextprotocol/ext-tasks on the official TypeScript client (2026-07-28): it
-    # finds the extension in server/discover, polls, answers the task's question through
-    # tasks/update, and decodes every answer against the extension's schemas.
-    g = gantry({"upstreams": {"everything": everything_stdio()}})
+def official_tasks_client(g, tmp_path, path: str, tool: str, arguments: dict, protocol: str) -> dict:
+    """Runs a tool as a task with @modelcontextprotocol/ext-tasks on the official TypeScript
+    client (tasks_extension_client.mjs), answering any question with "snake"; its report."""
     # Node resolves the script's imports from beside it.
     (tmp_path / "node_modules").symlink_to(TOOLS / "npm/node_modules")
     script = tmp_path / "tasks_extension_client.mjs"
     script.write_text((Path(__file__).parent / "tasks_extension_client.mjs").read_text())
-    arguments = json.dumps({"topic": "python", "ambiguous": True})
-    run = subprocess.run(["node", str(script), g.base + "/mcp/everything", g.key, "simulate-research-query",
-                          arguments, "snake"], capture_output=True, text=True, timeout=120)
+    run = subprocess.run(["node", str(script), g.base + path, g.key, tool, json.dumps(arguments), "snake"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PROTOCOL": protocol})
     assert run.returncode == 0, run.stderr[-4000:]
-    report = json.loads(run.stdout.strip().splitlines()[-1])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_the_official_tasks_extension_client_runs_a_task_through_gantry(gantry, tmp_path):
+    # 2026-07-28: the client finds the extension in server/discover, polls, answers the
+    # task's question through tasks/update, and decodes every answer against the
+    # extension's schemas.
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    report = official_tasks_client(g, tmp_path, "/mcp/everything", "simulate-research-query",
+                                   {"topic": "python", "ambiguous": True}, "2026-07-28")
     assert report["asked"] == ["elicitation"], report
     assert report["outcome"] == "completed", report
     assert "Research Report: python (snake)" in report["result"]["content"][0]["text"], report
     assert g.metric("mcp_requests_total", server="everything", method="tasks/get", outcome="ok") >= 2
+
+
+def test_the_official_tasks_client_runs_2025_11_25_tasks_on_both_endpoints(gantry, tmp_path):
+    # The same client in a 2025-11-25 session, where it asks for the task itself once the
+    # server (or on /mcp, gantry) offers tasks. No question here: its 2025-11-25 requester
+    # reads tasks/result only once the task has ended, and server-everything gives a task's
+    # questions only to tasks/result, so a question would wait for ever (directly too).
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    for path, tool in (("/mcp/everything", "simulate-research-query"), ("/mcp", "everything__simulate-research-query")):
+        (tmp_path / path.strip("/").replace("/", "-")).mkdir()
+        report = official_tasks_client(g, tmp_path / path.strip("/").replace("/", "-"), path, tool,
+                                       {"topic": "gateways"}, "2025-11-25")
+        assert report["outcome"] == "completed", (path, report)
+        assert "Research Report: gateways" in report["result"]["content"][0]["text"], (path, report)
+    assert g.metric("mcp_requests_total", server="everything", method="tasks/result", outcome="ok") == 2
