@@ -123,7 +123,9 @@ pub fn validate_modern(
         }
         (Some(h), Some(b)) if h != b => {
             return Err(mismatch(format!(
-                "MCP-Protocol-Version header value '{h}' does not match body value '{b}'"
+                "MCP-Protocol-Version header value '{}' does not match body value '{}'",
+                quoted(h),
+                quoted(b)
             )));
         }
         _ => {}
@@ -142,7 +144,9 @@ pub fn validate_modern(
         None => return Err(mismatch("Mcp-Method header is required".into())),
         Some(h) if h != method => {
             return Err(mismatch(format!(
-                "Mcp-Method header value '{h}' does not match body value '{method}'"
+                "Mcp-Method header value '{}' does not match body value '{}'",
+                quoted(h),
+                quoted(method)
             )));
         }
         _ => {}
@@ -170,11 +174,25 @@ pub fn validate_modern(
             .ok_or_else(|| mismatch("Mcp-Name header has an invalid Base64 value".into()))?;
         if header_name != body_name {
             return Err(mismatch(format!(
-                "Mcp-Name header value '{header_name}' does not match body value '{body_name}'"
+                "Mcp-Name header value '{}' does not match body value '{}'",
+                quoted(&header_name),
+                quoted(body_name)
             )));
         }
     }
     Ok(requested.to_string())
+}
+
+/// How much of a client's value an error message repeats: enough to recognise it, not a
+/// request body's worth.
+const QUOTED_CHARS: usize = 100;
+
+/// `value` as an error message repeats it: its first [`QUOTED_CHARS`] characters.
+fn quoted(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.char_indices().nth(QUOTED_CHARS) {
+        Some((end, _)) => format!("{}…", &value[..end]).into(),
+        None => value.into(),
+    }
 }
 
 /// Decodes the `=?base64?…?=` sentinel form of `Mcp-Name` / `Mcp-Param-*` values.
@@ -318,6 +336,22 @@ mod tests {
                 "{h:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_mismatch_repeats_only_the_start_of_a_long_value() {
+        let long = "é".repeat(10_000);
+        let body = modern_body("tools/call", Some(&long));
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
+        let message = validate_modern("tools/call", &body, &h)
+            .unwrap_err()
+            .message;
+        assert!(message.contains(&"é".repeat(QUOTED_CHARS)), "{message}");
+        assert!(message.len() < 400, "{} bytes", message.len());
     }
 
     #[test]
