@@ -264,7 +264,11 @@ pub async fn handle(
                 } else {
                     "prompt"
                 };
-                return invalid_params(id, &format!("Unknown {what}: {exposed}")).into();
+                return invalid_params(
+                    id,
+                    &format!("Unknown {what}: {}", jsonrpc::quoted(&exposed)),
+                )
+                .into();
             };
             set_param(&mut body, "name", Value::String(name));
             return Handled::Relay(upstream, body);
@@ -348,7 +352,8 @@ pub async fn handle(
                 id,
                 jsonrpc::METHOD_NOT_FOUND,
                 &format!(
-                    "Method not found: {method} (use /mcp/{{server}} to reach one server directly)"
+                    "Method not found: {} (use /mcp/{{server}} to reach one server directly)",
+                    jsonrpc::quoted(&method)
                 ),
                 None,
             ),

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value, json};
 
-use super::jsonrpc::{HEADER_MISMATCH, INVALID_PARAMS, UNSUPPORTED_PROTOCOL_VERSION};
+use super::jsonrpc::{HEADER_MISMATCH, INVALID_PARAMS, UNSUPPORTED_PROTOCOL_VERSION, quoted};
 
 pub const MODERN_VERSIONS: &[&str] = &["2026-07-28"];
 pub const LEGACY_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -183,18 +183,6 @@ pub fn validate_modern(
     Ok(requested.to_string())
 }
 
-/// How much of a client's value an error message repeats: enough to recognise it, not a
-/// request body's worth.
-const QUOTED_CHARS: usize = 100;
-
-/// `value` as an error message repeats it: its first [`QUOTED_CHARS`] characters.
-fn quoted(value: &str) -> std::borrow::Cow<'_, str> {
-    match value.char_indices().nth(QUOTED_CHARS) {
-        Some((end, _)) => format!("{}…", &value[..end]).into(),
-        None => value.into(),
-    }
-}
-
 /// Decodes the `=?base64?…?=` sentinel form of `Mcp-Name` / `Mcp-Param-*` values.
 pub fn decode_header_value(raw: &str) -> Option<String> {
     match raw
@@ -350,7 +338,8 @@ mod tests {
         let message = validate_modern("tools/call", &body, &h)
             .unwrap_err()
             .message;
-        assert!(message.contains(&"é".repeat(QUOTED_CHARS)), "{message}");
+        let quoted = "é".repeat(crate::gateway::jsonrpc::QUOTED_CHARS);
+        assert!(message.contains(&quoted), "{message}");
         assert!(message.len() < 400, "{} bytes", message.len());
     }
 

@@ -135,7 +135,10 @@ fn route_for(
             StatusCode::NOT_FOUND,
             &Value::Null,
             jsonrpc::INVALID_REQUEST,
-            &format!("no MCP server named '{name}' is configured"),
+            &format!(
+                "no MCP server named '{}' is configured",
+                jsonrpc::quoted(&name)
+            ),
             None,
         )),
     }
@@ -147,7 +150,10 @@ pub fn no_such_server(id: &Value, name: &str) -> Response {
         StatusCode::NOT_FOUND,
         id,
         jsonrpc::INVALID_REQUEST,
-        &format!("no MCP server named '{name}' is configured"),
+        &format!(
+            "no MCP server named '{}' is configured",
+            jsonrpc::quoted(name)
+        ),
         None,
     )
 }

@@ -150,6 +150,18 @@ pub fn result_response(id: &Value, result: Value) -> Value {
 }
 
 /// A request the gateway sends on its own behalf; the connection gives it its id.
+/// How much of a client's value an error message repeats: enough to recognise it, not a
+/// request body's worth.
+pub const QUOTED_CHARS: usize = 100;
+
+/// `value` as an error message repeats it: its first [`QUOTED_CHARS`] characters.
+pub fn quoted(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.char_indices().nth(QUOTED_CHARS) {
+        Some((end, _)) => format!("{}…", &value[..end]).into(),
+        None => value.into(),
+    }
+}
+
 pub fn request(method: &str, params: Value) -> Map<String, Value> {
     let mut body = Map::new();
     body.insert("jsonrpc".into(), json!("2.0"));

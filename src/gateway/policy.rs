@@ -42,7 +42,7 @@ pub async fn pass_through(
                 jsonrpc::error_response(
                     id,
                     jsonrpc::INVALID_PARAMS,
-                    &format!("Unknown tool: {name}"),
+                    &format!("Unknown tool: {}", jsonrpc::quoted(name)),
                     None,
                 ),
             ))

@@ -191,7 +191,8 @@ pub async fn handle(
 ) -> Response {
     if !matches!(method, "tasks/get" | "tasks/update" | "tasks/cancel") {
         let message = format!(
-            "Method not found: {method} is not a method of the tasks extension (tasks/get, tasks/update, tasks/cancel)"
+            "Method not found: {} is not a method of the tasks extension (tasks/get, tasks/update, tasks/cancel)",
+            jsonrpc::quoted(method)
         );
         let error = jsonrpc::error_response(&id, jsonrpc::METHOD_NOT_FOUND, &message, None);
         return finish(&ctx, error);
@@ -199,7 +200,7 @@ pub async fn handle(
     if !ctx.caps.tasks {
         return finish(
             &ctx,
-            missing_extension(&id, &format!("{method} is its method")),
+            missing_extension(&id, &format!("{} is its method", jsonrpc::quoted(method))),
         );
     }
     let Some(task) = tasks::open(&gw, &ctx, &body) else {

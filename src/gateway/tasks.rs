@@ -235,7 +235,8 @@ pub async fn handle(
     }
     if !matches!(method, "tasks/get" | "tasks/result" | "tasks/cancel") {
         let message = format!(
-            "Method not found: {method} is not offered through the gateway (a server's task list holds every caller's tasks); poll your own with tasks/get"
+            "Method not found: {} is not offered through the gateway (a server's task list holds every caller's tasks); poll your own with tasks/get",
+            jsonrpc::quoted(method)
         );
         let error = jsonrpc::error_response(&id, jsonrpc::METHOD_NOT_FOUND, &message, None);
         return relay::finish(&ctx, error);

@@ -136,6 +136,17 @@ def test_base64_encoded_name_header_is_decoded(g):
     assert r.status_code == 200, r.text
 
 
+def test_errors_repeat_only_the_start_of_a_hostile_value(g):
+    # A request body's worth of tool name comes back as a short message, not echoed whole.
+    name = "x" * 200_000
+    mismatch = g.modern("tools/call", {"name": name, "arguments": {}}, headers={"Mcp-Name": "demo__echo"})
+    unknown = g.modern("tools/call", {"name": name, "arguments": {}})
+    assert mismatch.status_code == 400 and mismatch.json()["error"]["code"] == -32020, mismatch.text[:300]
+    assert unknown.json()["error"]["code"] == -32602, unknown.text[:300]
+    for r in (mismatch, unknown):
+        assert "x" * 100 in r.json()["error"]["message"] and len(r.content) < 1000, len(r.content)
+
+
 def test_missing_required_headers_are_rejected(g):
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
         "io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}}}
