@@ -578,8 +578,12 @@ async fn listen(
             // The extension has no progress or logs for tasks.
             Some(CallEvent::Notification(_)) => {}
             Some(CallEvent::Response(response)) => {
-                run.settle(relay::error_outcome(response.error_code()));
-                return asking.ended(Some(response.to_value()));
+                let code = response.error_code();
+                run.settle(relay::error_outcome(code));
+                // An error may be the call's rather than the task's: not kept, so the next
+                // poll that finds the task waiting asks again (and one that finds it
+                // ended reads its error afresh).
+                return asking.ended(code.is_none().then(|| response.to_value()));
             }
             unanswered => {
                 run.unanswered(unanswered);
