@@ -149,7 +149,6 @@ pub fn result_response(id: &Value, result: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "result": result })
 }
 
-/// A request the gateway sends on its own behalf; the connection gives it its id.
 /// How much of a client's value an error message repeats: enough to recognise it, not a
 /// request body's worth.
 pub const QUOTED_CHARS: usize = 100;
@@ -162,6 +161,7 @@ pub fn quoted(value: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A request the gateway sends on its own behalf; the connection gives it its id.
 pub fn request(method: &str, params: Value) -> Map<String, Value> {
     let mut body = Map::new();
     body.insert("jsonrpc".into(), json!("2.0"));
