@@ -56,20 +56,26 @@ fn server_info_object() -> Value {
     json!({ "name": "gantry", "title": "Gantry MCP gateway", "version": env!("CARGO_PKG_VERSION") })
 }
 
-pub fn server_info(gw: &Gateway, version: &str, access: Option<&Access>) -> Value {
+/// The aggregate's capabilities for the servers the caller may use.
+fn capabilities_for(gw: &Gateway, access: Option<&Access>) -> Value {
     let mut capabilities = capabilities();
     tasks::offered_by_any(&mut capabilities, &gw.visible(access));
+    capabilities
+}
+
+pub fn server_info(gw: &Gateway, version: &str, access: Option<&Access>) -> Value {
     json!({
         "protocolVersion": version,
-        "capabilities": capabilities,
+        "capabilities": capabilities_for(gw, access),
         "serverInfo": server_info_object(),
         "instructions": instructions(gw, access),
     })
 }
 
 pub fn discover(gw: &Gateway, access: Option<&Access>) -> Value {
-    let mut capabilities = capabilities();
-    task_extension::offered_by_any(&mut capabilities, &gw.visible(access));
+    // As one server's: the tasks capability becomes the extension.
+    let mut capabilities = capabilities_for(gw, access);
+    task_extension::offered(Some(&mut capabilities));
     json!({
         "supportedVersions": era::all_versions(),
         "capabilities": capabilities,

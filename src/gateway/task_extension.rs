@@ -130,25 +130,9 @@ pub fn offered(capabilities: Option<&mut Value>) {
         t.pointer("/requests/tools/call")
             .is_some_and(|v| !v.is_null())
     });
-    if runs_tools {
-        offer(capabilities);
+    if !runs_tools {
+        return;
     }
-}
-
-/// The aggregate's capabilities for 2026-07-28 clients: the extension when any server the
-/// caller may use runs tool calls as tasks.
-pub fn offered_by_any<'a>(
-    capabilities: &mut Value,
-    upstreams: impl IntoIterator<Item = &'a Arc<Upstream>>,
-) {
-    if let Value::Object(capabilities) = capabilities {
-        if upstreams.into_iter().any(|u| tasks::runs_tool_tasks(u)) {
-            offer(capabilities);
-        }
-    }
-}
-
-fn offer(capabilities: &mut Map<String, Value>) {
     let extensions = capabilities
         .entry("extensions")
         .or_insert_with(|| json!({}));
@@ -279,15 +263,11 @@ async fn get(
         }
         "cancelled" => questions.forget(upstream, task),
         _ => {
-            let asking = if state == "input_required" {
-                questions.listening(gw, ctx, upstream, id, task, ttl)
+            let (asking, wait) = if state == "input_required" {
+                let asking = questions.listening(gw, ctx, upstream, id, task, ttl);
+                (asking, QUESTIONS_WAIT)
             } else {
-                questions.get(upstream, task)
-            };
-            let wait = if state == "input_required" {
-                QUESTIONS_WAIT
-            } else {
-                Duration::ZERO
+                (questions.get(upstream, task), Duration::ZERO)
             };
             let open = match asking {
                 Some(asking) => asking.open_questions(wait).await,
@@ -408,7 +388,6 @@ struct Asking {
 struct Asked {
     /// Open questions by the key the client answers them under.
     open: BTreeMap<String, Question>,
-    bytes: usize,
     /// Whether a `tasks/result` call is under way to bring questions.
     listening: bool,
     /// The task's final answer, if that call brought it.
@@ -437,13 +416,13 @@ impl Questions {
             .cloned()
     }
 
-    /// Forgets a task's questions (it ended, or its time ran out) and ends its call.
+    /// Forgets a task's questions (it ended) and ends its call.
     fn forget(&self, upstream: &Upstream, task: &Opened) {
-        self.forget_key(&Self::key(upstream, task));
-    }
-
-    fn forget_key(&self, key: &(String, String)) {
-        let asking = self.asking.lock().unwrap().remove(key);
+        let asking = self
+            .asking
+            .lock()
+            .unwrap()
+            .remove(&Self::key(upstream, task));
         if let Some(asking) = asking {
             asking.stop.cancel();
         }
@@ -602,7 +581,8 @@ impl Asking {
             if asked.open.len() >= server_requests::MAX_WAITING {
                 return Err(MintedIds::too_many());
             }
-            if asked.bytes >= client_stream::BACKLOG_BYTES {
+            let held: usize = asked.open.values().map(|q| q.bytes).sum();
+            if held >= client_stream::BACKLOG_BYTES {
                 return Err(QUESTIONS_FULL.to_string());
             }
             let request = json!({
@@ -615,7 +595,6 @@ impl Asking {
                 request,
                 bytes,
             };
-            asked.bytes += bytes;
             asked.open.insert(new_session_id(), question);
         }
         self.changed.notify_waiters();
@@ -668,7 +647,6 @@ impl Asking {
             let Some(question) = asked.open.remove(key) else {
                 continue;
             };
-            asked.bytes -= question.bytes;
             if let Some(conn) = question.conn.upgrade() {
                 let mut reply = Map::new();
                 reply.insert("jsonrpc".into(), json!("2.0"));
@@ -767,6 +745,5 @@ mod tests {
         asking.answer(answers.as_object().unwrap());
         asking.answer(answers.as_object().unwrap());
         assert!(asking.asked.lock().unwrap().open.is_empty());
-        assert_eq!(asking.asked.lock().unwrap().bytes, 0);
     }
 }

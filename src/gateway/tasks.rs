@@ -90,24 +90,18 @@ impl TaskOwners {
         owners.insert((server.key(), upstream.to_string()), owner);
     }
 
-    /// The owner's principal and id of a live task.
-    fn owner(&self, server: &Upstream, upstream: &str) -> Option<(String, String)> {
+    /// The id `principal` knows a live task by, when the task is theirs.
+    fn id_for(&self, server: &Upstream, upstream: &str, principal: &str) -> Option<String> {
         let owners = self.0.lock().unwrap();
         let owner = owners.get(&(server.key(), upstream.to_string()))?;
-        (owner.until > Instant::now()).then(|| (owner.principal.clone(), owner.caller.clone()))
+        (owner.until > Instant::now() && owner.principal == principal).then(|| owner.caller.clone())
     }
 }
 
 /// Whether `principal`'s client may be given `msg`, a server request from `server`: any
 /// request but a task's, and a task's when the task is theirs.
 pub fn may_see(gw: &Gateway, server: &Upstream, principal: &str, msg: &Value) -> bool {
-    match task_of(msg) {
-        None => true,
-        Some(task) => gw
-            .task_owners
-            .owner(server, task)
-            .is_some_and(|(owner, _)| owner == principal),
-    }
+    task_of(msg).is_none_or(|task| gw.task_owners.id_for(server, task, principal).is_some())
 }
 
 /// [`may_see`], and when so, `msg` with its task named as the client knows it.
@@ -115,13 +109,11 @@ pub fn for_caller(gw: &Gateway, server: &Upstream, principal: &str, msg: &mut Va
     let Some(task) = task_of(msg).map(str::to_string) else {
         return true;
     };
-    match gw.task_owners.owner(server, &task) {
-        Some((owner, caller)) if owner == principal => {
-            replace_strings(msg, &task, &caller);
-            true
-        }
-        _ => false,
-    }
+    let Some(caller) = gw.task_owners.id_for(server, &task, principal) else {
+        return false;
+    };
+    replace_strings(msg, &task, &caller);
+    true
 }
 
 /// What a caller's task id holds.
