@@ -77,6 +77,8 @@ struct Replay {
     stream: u64,
     kind: StreamKind,
     keep_alive: Option<Duration>,
+    /// The mark of the replica holding the stream, at the end of its event ids.
+    mark: Option<Arc<str>>,
     log: Mutex<Log>,
 }
 
@@ -162,6 +164,8 @@ pub struct Resumable<'a> {
     pub sid: &'a str,
     pub kind: StreamKind,
     pub keep_alive: Option<Duration>,
+    /// Ends every event id: the mark of the replica holding the stream.
+    pub mark: Option<Arc<str>>,
     /// Send the priming event first: an id before any message, so a client that loses
     /// the connection before the first one can still resume (2025-11-25 clients; older
     /// ones would take its empty data for a malformed message).
@@ -176,6 +180,7 @@ pub fn resumable(server: &str, method: &str, how: Resumable<'_>) -> (Sender, Rec
         stream: rand::random(),
         kind: how.kind,
         keep_alive: how.keep_alive,
+        mark: how.mark,
         log: Mutex::new(Log {
             sent: VecDeque::new(),
             first: 1,
@@ -363,13 +368,19 @@ impl Receiver {
     /// streams (a resumable stream keeps the one it was made with).
     pub fn into_response(self, keep_alive: Option<Duration>) -> Response {
         let (stream, keep_alive) = match &self.shared.replay {
-            Some(replay) => (Some((replay.kind, replay.stream)), replay.keep_alive),
+            Some(replay) => (
+                Some((replay.kind, replay.stream, replay.mark.clone())),
+                replay.keep_alive,
+            ),
             None => (None, keep_alive),
         };
         let events = self.map(move |out| {
             let id = stream
+                .as_ref()
                 .zip(out.seq)
-                .map(|((kind, stream), seq)| resumption::event_id(kind, stream, seq));
+                .map(|((kind, stream, mark), seq)| {
+                    resumption::event_id(*kind, *stream, seq, mark.as_deref())
+                });
             sse_frames::event(id.as_deref(), &out.text)
         });
         sse_frames::response(events, keep_alive)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use super::era::{self, Era};
@@ -38,8 +38,9 @@ pub struct Ctx {
     pub method: String,
     /// The `x-request-id` of the HTTP request, for the audit record.
     pub request_id: Option<String>,
-    /// The address the request reached this process at, sealed into a parked call's
-    /// `requestState` so that other replicas can carry the retry here.
+    /// The address the request reached this process at, sealed into what names things
+    /// this replica holds (a parked call's `requestState`, task ids, event ids) so that
+    /// other replicas can carry the requests that follow here.
     pub served_at: Option<SocketAddr>,
     /// What becomes of task ids in the answer; `None` for the requests that neither ask
     /// for a task nor name one (boxed: the request's future stays small).
@@ -330,8 +331,20 @@ async fn post(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Respon
         Message::Notification { method, body } => {
             notification(&gw, &route, &principal, &headers, &method, body)
         }
-        Message::Response { id, body } => {
-            client_response(&gw, &principal, &headers, &route, id, body)
+        Message::Response { id, body: fields } => {
+            let key = id.as_str().unwrap_or_default();
+            let held = replica_forward::Held::ServerRequest;
+            if let Some(owner) =
+                replica_forward::marked_elsewhere(&gw, key, held, &headers, served_at)
+            {
+                let carried =
+                    replica_forward::carry(owner, Method::POST, &parts.uri, headers, body);
+                return match Box::pin(carried).await {
+                    Some(response) => response,
+                    None => bad_answer(held.unreachable()),
+                };
+            }
+            client_response(&gw, &principal, &headers, &route, id, fields)
         }
     }
 }
@@ -572,30 +585,37 @@ fn client_response(
             conn.respond(upstream_id, body);
             StatusCode::ACCEPTED.into_response()
         }
-        None => rpc_error(
-            StatusCode::BAD_REQUEST,
-            &Value::Null,
-            jsonrpc::INVALID_REQUEST,
-            "Bad Request: no pending server request has this id",
-            None,
-        ),
+        None => bad_answer("Bad Request: no pending server request has this id"),
     }
 }
 
-pub async fn get_aggregate(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    get(gw, None, headers).await
+/// A client's answer that answers nothing.
+fn bad_answer(message: &str) -> Response {
+    rpc_error(
+        StatusCode::BAD_REQUEST,
+        &Value::Null,
+        jsonrpc::INVALID_REQUEST,
+        message,
+        None,
+    )
+}
+
+pub async fn get_aggregate(State(gw): State<Arc<Gateway>>, http: Request) -> Response {
+    get(gw, None, http).await
 }
 
 pub async fn get_server(
     State(gw): State<Arc<Gateway>>,
     Path(server): Path<String>,
-    headers: HeaderMap,
+    http: Request,
 ) -> Response {
-    get(gw, Some(server), headers).await
+    get(gw, Some(server), http).await
 }
 
 /// The 2025-era standalone stream. Without a session (the 2026-07-28 era), 405.
-async fn get(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) -> Response {
+async fn get(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Response {
+    let (parts, _) = http.into_parts();
+    let headers = parts.headers;
     let principal = match admit(&gw, &headers).await {
         Ok(p) => p,
         Err(r) => return r,
@@ -620,12 +640,25 @@ async fn get(gw: Arc<Gateway>, server: Option<String>, headers: HeaderMap) -> Re
             None,
         );
     }
+    let served_at = parts.extensions.get::<ServedAt>().map(|s| s.0);
+    let access = principal.access.as_deref();
     if let Some(last) = headers.get(LAST_EVENT_ID) {
         // Not text: no id of ours, refused as malformed.
-        let access = principal.access.as_deref();
-        return streams::resume(gw, route, claims, access, last.to_str().unwrap_or_default());
+        let last = last.to_str().unwrap_or_default().to_string();
+        let held = replica_forward::Held::Stream;
+        if let Some(owner) =
+            replica_forward::marked_elsewhere(&gw, &last, held, &headers, served_at)
+        {
+            let carried =
+                replica_forward::carry(owner, Method::GET, &parts.uri, headers, Bytes::new());
+            if let Some(response) = Box::pin(carried).await {
+                return response;
+            }
+            // Gone with what it held: answered here as any stream this replica lacks.
+        }
+        return streams::resume(gw, route, claims, access, &last, served_at);
     }
-    streams::session_stream(gw, route, claims, principal.access.as_deref())
+    streams::session_stream(gw, route, claims, access, served_at)
 }
 
 pub async fn delete_aggregate(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {

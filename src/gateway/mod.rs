@@ -79,6 +79,9 @@ pub struct Gateway {
     pub ended_sessions: Arc<ended_sessions::EndedSessions>,
     /// Session streams a client may resume after losing its connection.
     pub resumable: Arc<resumption::ResumableStreams>,
+    /// Marks naming this replica in the ids of what it holds, for the others to carry
+    /// requests naming them here.
+    pub owner_marks: replica_forward::OwnerMarks,
     /// Whose each task is, for the server requests made for it.
     pub task_owners: tasks::TaskOwners,
     /// Questions of tasks waiting for a 2026-07-28 client's input.
@@ -113,6 +116,7 @@ impl Gateway {
         Self {
             config,
             upstreams,
+            owner_marks: replica_forward::OwnerMarks::new(sessions.clone()),
             sessions,
             auth,
             hosts,

@@ -584,17 +584,21 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
     };
 
     // Something arrives before the answer: stream it, then the answer, over SSE.
+    // Event ids and relayed server requests' ids name this replica, for the one a
+    // resumption or an answer reaches after a rescale.
+    let mark = gw.owner_marks.mark(ctx.served_at);
     let (out, stream) = match &ctx.session {
         Some(claims) => {
             let (server, method) = (&run.upstream.name, &run.method);
+            let mark = mark.clone();
             gw.resumable
-                .channel(server, method, claims, StreamKind::Call, None)
+                .channel(server, method, claims, StreamKind::Call, None, mark)
         }
         None => client_stream::channel(&run.upstream.name, &run.method),
     };
     tokio::spawn(async move {
         let answerer = Answerer::new(&ctx.principal, ctx.session.as_deref());
-        let mut minted = MintedIds::new(&gw, answerer);
+        let mut minted = MintedIds::new(&gw, answerer, mark);
         let declines = Declines::new(&run.upstream, &run.method);
         let mut event = Some(first);
         let outcome = loop {

@@ -1,14 +1,18 @@
 //! Carries a request to the replica that holds what it names: a 2026-07-28 MRTR retry to
 //! the one that parked its call, a `tasks/…` request to the one whose upstream session
-//! runs its task.
+//! runs its task, a stream resumption (`Last-Event-ID`) to the one holding the stream, a
+//! client's answer to a server request to the one whose upstream waits for it.
 //!
-//! A parked call lives in the memory of the replica that parked it ([`super::mrtr`]), and
-//! a task on the upstream session of the replica that created it ([`super::tasks`]); the
-//! requests that follow carry no session id a load balancer could route by (or one it
-//! routes elsewhere after a rescale), so behind nginx they land on any replica. The
-//! retry's `requestState` and the task's id seal the address the first request reached
-//! its replica at; a replica that receives one sealed with another address passes the
-//! request on unchanged, as a reverse proxy would, and streams the answer back.
+//! A parked call lives in the memory of the replica that parked it ([`super::mrtr`]), a
+//! task on the upstream session of the replica that created it ([`super::tasks`]), a
+//! session's streams and the server requests relayed on them in the memory of the replica
+//! that made them. The requests that follow carry no session id a load balancer could
+//! route by, or one it routes elsewhere after a rescale (nginx hashes the session id over
+//! the replicas there are), so behind nginx they land on any replica. The retry's
+//! `requestState` and the task's id seal the address the first request reached its
+//! replica at; event ids and the ids of relayed server requests end in a mark
+//! ([`OwnerMarks`]) sealing it. A replica that receives one sealed with another address
+//! passes the request on unchanged, as a reverse proxy would, and streams the answer back.
 //!
 //! The forwarding replica adds no trust: the one that holds the call checks the request as
 //! it checks any client's (host, key, the state's binding to principal and request), and
@@ -17,6 +21,7 @@
 //! loop.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -31,6 +36,7 @@ use tokio::net::TcpStream;
 
 use super::auth::Principal;
 use super::http::json_response;
+use super::session::SessionCodec;
 use super::{Gateway, jsonrpc, mrtr, tasks};
 use crate::telemetry::metrics as m;
 
@@ -60,6 +66,10 @@ pub enum Held {
     ParkedCall,
     /// A task.
     Task,
+    /// A session's stream, for its client to resume.
+    Stream,
+    /// A server request relayed to a client, waiting for its answer.
+    ServerRequest,
 }
 
 impl Held {
@@ -67,17 +77,25 @@ impl Held {
         match self {
             Self::ParkedCall => "retry",
             Self::Task => "task",
+            Self::Stream => "stream",
+            Self::ServerRequest => "server_request",
         }
     }
 
     /// What the client is told when the holding replica cannot be reached.
-    fn unreachable(self) -> &'static str {
+    pub fn unreachable(self) -> &'static str {
         match self {
             Self::ParkedCall => {
                 "Invalid params: requestState was issued by another gateway replica, which could not be reached; send the request again without it"
             }
             Self::Task => {
                 "Invalid params: the task is held by another gateway replica, which could not be reached; its server session went with it"
+            }
+            Self::Stream => {
+                "the gateway replica holding the stream could not be reached; what it held went with it"
+            }
+            Self::ServerRequest => {
+                "Bad Request: the server request is held by another gateway replica, which could not be reached; the call waiting for this answer went with it"
             }
         }
     }
@@ -110,8 +128,32 @@ pub fn held_elsewhere(
     (!headers.contains_key(FORWARDED)).then_some(owner)
 }
 
-/// Sends the request (`uri`, `headers`, `body` as the client sent them) to `owner` and
-/// returns its answer; if `owner` cannot be reached, the error that tells the client why.
+/// The replica holding what `marked_id` (an event id, a relayed server request's id)
+/// names, when its mark names one other than this; a request another replica carried here
+/// already is answered here.
+pub fn marked_elsewhere(
+    gw: &Gateway,
+    marked_id: &str,
+    held: Held,
+    headers: &HeaderMap,
+    served_at: Option<SocketAddr>,
+) -> Option<Owner> {
+    if headers.contains_key(FORWARDED) {
+        return None;
+    }
+    let addr = gw.owner_marks.elsewhere(marked_id, served_at)?;
+    // What it holds is answered at once: a stream resumed, an answer taken.
+    let works_within = Duration::ZERO;
+    Some(Owner {
+        addr,
+        held,
+        works_within,
+    })
+}
+
+/// Sends the JSON-RPC request (`uri`, `headers`, `body` as the client sent them) to
+/// `owner` and returns its answer; if `owner` cannot be reached, the error that tells the
+/// client why.
 pub async fn forward(
     owner: Owner,
     uri: &Uri,
@@ -119,33 +161,44 @@ pub async fn forward(
     body: Bytes,
     id: &Value,
 ) -> Response {
+    match carry(owner, Method::POST, uri, headers, body).await {
+        Some(response) => response,
+        None => json_response(
+            StatusCode::OK,
+            &jsonrpc::error_response(id, jsonrpc::INVALID_PARAMS, owner.held.unreachable(), None),
+        ),
+    }
+}
+
+/// Sends the request to `owner` and returns its answer; `None` (counted and logged) when
+/// `owner` cannot be reached, for the caller to say so or to do without.
+pub async fn carry(
+    owner: Owner,
+    method: Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Option<Response> {
     let held = owner.held.label();
-    match send(owner, uri, headers, body).await {
+    match send(owner, method, uri, headers, body).await {
         Ok(response) => {
             metrics::counter!(m::REQUESTS_FORWARDED, "held" => held, "outcome" => "forwarded")
                 .increment(1);
             tracing::debug!(replica = %owner.addr, held, "carried a request to the replica holding what it names");
-            response
+            Some(response)
         }
         Err(error) => {
             metrics::counter!(m::REQUESTS_FORWARDED, "held" => held, "outcome" => "unreachable")
                 .increment(1);
             tracing::warn!(replica = %owner.addr, held, %error, "could not carry a request to the replica holding what it names");
-            json_response(
-                StatusCode::OK,
-                &jsonrpc::error_response(
-                    id,
-                    jsonrpc::INVALID_PARAMS,
-                    owner.held.unreachable(),
-                    None,
-                ),
-            )
+            None
         }
     }
 }
 
 async fn send(
     owner: Owner,
+    method: Method,
     uri: &Uri,
     mut headers: HeaderMap,
     body: Bytes,
@@ -176,7 +229,7 @@ async fn send(
         .parse::<Uri>()
         .map_err(|e| e.to_string())?;
     let mut request = http::Request::new(Full::new(body));
-    *request.method_mut() = Method::POST;
+    *request.method_mut() = method;
     *request.uri_mut() = path;
     *request.headers_mut() = headers;
     let wait = owner.works_within + ANSWER_GRACE;
@@ -204,6 +257,76 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// What an owner mark seals, and nothing else: a mark opens for no other purpose, nor
+/// another sealed value as a mark.
+const MARK_PURPOSE: &[u8] = b"gantry-replica-mark-v1";
+
+/// Separates an id from the mark of the replica that gave it: not a character of the
+/// mark (base64url), so the last one found is the mark's.
+pub const MARK_SEPARATOR: char = '.';
+
+/// Addresses a process may be reached at whose marks are kept; past that (a process
+/// reached at many addresses) they are sealed again.
+const MAX_MARKED_ADDRESSES: usize = 16;
+
+/// The marks that end the ids this replica hands out for what it holds in memory (event
+/// ids, relayed server requests' ids), naming it by the address a client's request
+/// reached it at. Sealed, so the address stays the gateway's (an internal address is not
+/// the client's to know), and so that only a gateway holding the session key makes one
+/// (a replica carries requests to the address a mark names: a forged one must not make
+/// it connect anywhere). One mark per address: it says which replica, no more.
+pub struct OwnerMarks {
+    codec: SessionCodec,
+    sealed: Mutex<Vec<(SocketAddr, Arc<str>)>>,
+}
+
+impl OwnerMarks {
+    pub fn new(codec: SessionCodec) -> Self {
+        Self {
+            codec,
+            sealed: Mutex::default(),
+        }
+    }
+
+    /// The mark for what a request that reached this replica at `served_at` leaves here;
+    /// `None` where a request has no address (the REST bridge's calls).
+    pub fn mark(&self, served_at: Option<SocketAddr>) -> Option<Arc<str>> {
+        let addr = served_at?;
+        let mut sealed = self.sealed.lock().unwrap();
+        if let Some((_, mark)) = sealed.iter().find(|(a, _)| *a == addr) {
+            return Some(Arc::clone(mark));
+        }
+        if sealed.len() >= MAX_MARKED_ADDRESSES {
+            sealed.clear();
+        }
+        let mark: Arc<str> = self.codec.seal_value(&addr, MARK_PURPOSE).into();
+        sealed.push((addr, Arc::clone(&mark)));
+        Some(mark)
+    }
+
+    /// `id` with `mark` after it.
+    pub fn marked(mut id: String, mark: Option<&str>) -> String {
+        if let Some(mark) = mark {
+            id.push(MARK_SEPARATOR);
+            id.push_str(mark);
+        }
+        id
+    }
+
+    /// The replica that gave `id`, when its mark names one other than this replica at
+    /// `served_at`; `None` for an id without a mark, or one this gateway did not seal.
+    pub fn elsewhere(&self, id: &str, served_at: Option<SocketAddr>) -> Option<SocketAddr> {
+        let (_, mark) = id.rsplit_once(MARK_SEPARATOR)?;
+        let addr: SocketAddr = self.codec.open_value(mark, MARK_PURPOSE)?;
+        (Some(addr) != served_at).then_some(addr)
+    }
+}
+
+/// `id` without the mark of the replica that gave it.
+pub fn unmarked(id: &str) -> &str {
+    id.rsplit_once(MARK_SEPARATOR).map_or(id, |(id, _)| id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +350,51 @@ mod tests {
         let mut left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["authorization", "mcp-method"]);
+    }
+
+    fn addr(s: &str) -> Option<SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_mark_names_the_replica_that_gave_the_id_to_every_replica_but_itself() {
+        let codec = SessionCodec::random();
+        let (here, there) = (OwnerMarks::new(codec.clone()), OwnerMarks::new(codec));
+        let mark = here.mark(addr("10.0.0.5:8080"));
+        assert_eq!(
+            mark,
+            here.mark(addr("10.0.0.5:8080")),
+            "one mark per address"
+        );
+        let id = OwnerMarks::marked("c00ff-3".into(), mark.as_deref());
+        assert!(!id.contains("10.0.0.5"), "the address is sealed: {id}");
+        assert_eq!(unmarked(&id), "c00ff-3");
+        assert_eq!(
+            there.elsewhere(&id, addr("10.0.0.6:8080")),
+            addr("10.0.0.5:8080")
+        );
+        assert_eq!(here.elsewhere(&id, addr("10.0.0.5:8080")), None, "its own");
+        assert_eq!(here.mark(None), None, "no address, no mark");
+        assert_eq!(OwnerMarks::marked("c00ff-3".into(), None), "c00ff-3");
+    }
+
+    #[test]
+    fn only_a_mark_sealed_with_the_session_key_names_a_replica() {
+        let ours = OwnerMarks::new(SessionCodec::random());
+        let theirs = OwnerMarks::new(SessionCodec::random());
+        let foreign =
+            OwnerMarks::marked("g1-1".into(), theirs.mark(addr("10.0.0.9:80")).as_deref());
+        assert_eq!(ours.elsewhere(&foreign, addr("10.0.0.5:8080")), None);
+        let mark = ours.mark(addr("10.0.0.9:80")).unwrap();
+        let mut tampered = mark.to_string();
+        tampered.replace_range(..1, if tampered.starts_with('A') { "B" } else { "A" });
+        for id in ["g1-1", "g1-1.", "g1-1.garbage", &format!("g1-1.{tampered}")] {
+            assert_eq!(ours.elsewhere(id, addr("10.0.0.5:8080")), None, "{id}");
+        }
+        // Another purpose's sealed value is no mark, though sealed with the same key.
+        let codec = SessionCodec::random();
+        let marks = OwnerMarks::new(codec.clone());
+        let other = codec.seal_value(&"10.0.0.9:80".parse::<SocketAddr>().unwrap(), b"other");
+        assert_eq!(marks.elsewhere(&format!("g1-1.{other}"), None), None);
     }
 }

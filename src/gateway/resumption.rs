@@ -13,9 +13,10 @@
 //! [`FINISHED_BYTES`] in all, the oldest going first, so a flood of streamed answers
 //! shortens their window rather than growing the gateway's memory.
 //!
-//! The registry is this process's own: nginx sends a session's requests to one replica
-//! (by a hash of `Mcp-Session-Id`), so a resumption reaches the replica that holds the
-//! stream.
+//! The registry is this process's own. nginx sends a session's requests to one replica
+//! (by a hash of `Mcp-Session-Id`), but after a rescale to another: each event id ends
+//! in the mark of the replica holding its stream, and a resumption that reaches another
+//! replica is carried to it ([`super::replica_forward`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::client_stream::{self, Handle, Receiver, Resumable, Sender};
+use super::replica_forward::{self, OwnerMarks};
 use super::session::SessionClaims;
 
 /// What a stream carries, told by the first letter of its event ids: a client whose GET
@@ -38,16 +40,18 @@ pub enum StreamKind {
 }
 
 /// The SSE event id of message `seq` of `stream`: both are needed to resume it, and only
-/// the session that holds the stream can (see [`ResumableStreams::resume`]).
-pub fn event_id(kind: StreamKind, stream: u64, seq: u64) -> String {
+/// the session that holds the stream can (see [`ResumableStreams::resume`]); then the
+/// mark of the replica holding it, if any.
+pub fn event_id(kind: StreamKind, stream: u64, seq: u64, mark: Option<&str>) -> String {
     let letter = match kind {
         StreamKind::Call => 'c',
         StreamKind::Get => 'g',
     };
-    format!("{letter}{stream:016x}-{seq}")
+    OwnerMarks::marked(format!("{letter}{stream:016x}-{seq}"), mark)
 }
 
 fn parse_event_id(id: &str) -> Option<(StreamKind, u64, u64)> {
+    let id = replica_forward::unmarked(id);
     let kind = match id.as_bytes().first()? {
         b'c' => StreamKind::Call,
         b'g' => StreamKind::Get,
@@ -130,7 +134,8 @@ impl ResumableStreams {
         self.registry.lock().unwrap()
     }
 
-    /// A new stream of `claims`' session: resumable, unless the window is 0.
+    /// A new stream of `claims`' session: resumable, unless the window is 0; its event
+    /// ids end in `mark` (this replica's, see [`OwnerMarks`]).
     pub fn channel(
         self: &Arc<Self>,
         server: &str,
@@ -138,6 +143,7 @@ impl ResumableStreams {
         claims: &SessionClaims,
         kind: StreamKind,
         keep_alive: Option<Duration>,
+        mark: Option<Arc<str>>,
     ) -> (Sender, Receiver) {
         if self.window.is_zero() {
             return client_stream::channel(server, method);
@@ -147,6 +153,7 @@ impl ResumableStreams {
             sid: &claims.sid,
             kind,
             keep_alive,
+            mark,
             // Priming events came with 2025-11-25: earlier clients parse every event's data.
             prime: claims.ver.as_str() >= "2025-11-25",
         };
@@ -283,6 +290,7 @@ mod tests {
             sid,
             kind: StreamKind::Call,
             keep_alive: None,
+            mark: None,
             prime,
         };
         client_stream::resumable("test", "tools/call", how)
@@ -299,7 +307,7 @@ mod tests {
 
     fn id_of(streams: &ResumableStreams, seq: u64) -> String {
         let stream = *streams.lock().streams.keys().next().unwrap();
-        event_id(StreamKind::Call, stream, seq)
+        event_id(StreamKind::Call, stream, seq, Some("mark"))
     }
 
     fn ready(rx: &mut Receiver) -> Vec<Outgoing> {
@@ -312,13 +320,17 @@ mod tests {
 
     #[test]
     fn event_ids_name_their_stream_and_message() {
-        let id = event_id(StreamKind::Get, 0xdead_beef, 42);
+        let id = event_id(StreamKind::Get, 0xdead_beef, 42, None);
         assert_eq!(
             parse_event_id(&id),
             Some((StreamKind::Get, 0xdead_beef, 42))
         );
-        let id = event_id(StreamKind::Call, 7, 0);
+        let id = event_id(StreamKind::Call, 7, 0, None);
         assert_eq!(parse_event_id(&id), Some((StreamKind::Call, 7, 0)));
+        // The holding replica's mark after it changes nothing.
+        let id = event_id(StreamKind::Call, 7, 3, Some("bWFyaw"));
+        assert_eq!(id, "c0000000000000007-3.bWFyaw");
+        assert_eq!(parse_event_id(&id), Some((StreamKind::Call, 7, 3)));
         for bad in [
             "",
             "42",
@@ -328,6 +340,7 @@ mod tests {
             "cbeef-1",
             "00000000deadbeef-1",
             "x00000000deadbeef-1",
+            ".c00000000deadbeef-1",
             "é",
         ] {
             assert_eq!(parse_event_id(bad), None, "{bad:?}");
@@ -507,7 +520,8 @@ mod tests {
             caps: Default::default(),
             iat: 0,
         };
-        let (tx, mut rx) = streams.channel("test", "tools/call", &claims, StreamKind::Call, None);
+        let (tx, mut rx) =
+            streams.channel("test", "tools/call", &claims, StreamKind::Call, None, None);
         tx.notify(&progress(0), &Counter::noop());
         let got = ready(&mut rx);
         assert_eq!(got.len(), 1, "no priming event");

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::Gateway;
 use super::auth::Principal;
 use super::client_stream;
+use super::replica_forward::OwnerMarks;
 use super::session::{ClientCaps, SessionClaims, new_session_id};
 use crate::upstream::{Connection, Upstream};
 
@@ -97,7 +98,9 @@ struct Waiting {
 }
 
 /// The server requests relayed to clients and not answered yet, by the id each client
-/// sees. Ids are random: one travels to one client, and is no use to another.
+/// sees. Ids are random: one travels to one client, and is no use to another. Each ends
+/// in the mark of the replica that relayed it, to which an answer that reaches another
+/// replica is carried ([`super::replica_forward`]).
 #[derive(Default)]
 pub struct Pending {
     waiting: Mutex<HashMap<String, Waiting>>,
@@ -105,8 +108,15 @@ pub struct Pending {
 
 impl Pending {
     /// Registers a server request relayed to `answerer` and returns the id it gets.
-    fn register(&self, conn: &Arc<Connection>, upstream_id: Value, answerer: Answerer) -> String {
+    fn register(
+        &self,
+        conn: &Arc<Connection>,
+        upstream_id: Value,
+        answerer: Answerer,
+        mark: Option<&str>,
+    ) -> String {
         let id = format!("gantry-{}-{}", conn.name(), new_session_id());
+        let id = OwnerMarks::marked(id, mark);
         let waiting = Waiting {
             conn: Arc::clone(conn),
             upstream_id,
@@ -159,15 +169,19 @@ const STREAM_ENDED: &str = "gantry: the client's stream ended before it answered
 pub struct MintedIds {
     gw: Arc<Gateway>,
     answerer: Answerer,
+    /// This replica's mark, ending each id.
+    mark: Option<Arc<str>>,
     ids: Vec<String>,
 }
 
 impl MintedIds {
-    /// Ids for requests relayed to `answerer`, who alone may answer them.
-    pub fn new(gw: &Arc<Gateway>, answerer: Answerer) -> Self {
+    /// Ids for requests relayed to `answerer`, who alone may answer them, ending in
+    /// `mark`.
+    pub fn new(gw: &Arc<Gateway>, answerer: Answerer, mark: Option<Arc<str>>) -> Self {
         Self {
             gw: Arc::clone(gw),
             answerer,
+            mark,
             ids: Vec::new(),
         }
     }
@@ -183,10 +197,12 @@ impl MintedIds {
                 return None;
             }
         }
-        let id = self
-            .gw
-            .server_requests
-            .register(conn, upstream_id.clone(), self.answerer.clone());
+        let id = self.gw.server_requests.register(
+            conn,
+            upstream_id.clone(),
+            self.answerer.clone(),
+            self.mark.as_deref(),
+        );
         self.ids.push(id.clone());
         Some(id)
     }

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ fn forward(
     keep: Filter,
     session: Option<Arc<SessionClaims>>,
     access: Option<&Access>,
+    mark: Option<Arc<str>>,
 ) {
     let out = Arc::new(out);
     for upstream in gw.upstreams_for(route, access) {
@@ -49,6 +51,7 @@ fn forward(
         let shutdown = gw.shutdown.clone();
         let gw = Arc::clone(gw);
         let session = session.clone();
+        let mark = mark.clone();
         tokio::spawn(async move {
             loop {
                 let conn = tokio::select! {
@@ -80,7 +83,7 @@ fn forward(
                 });
                 let mut minted = session
                     .as_deref()
-                    .map(|claims| MintedIds::new(&gw, Answerer::of_session(claims)));
+                    .map(|claims| MintedIds::new(&gw, Answerer::of_session(claims), mark.clone()));
                 loop {
                     tokio::select! {
                         () = out.gone() => return,
@@ -121,18 +124,21 @@ fn method_of(v: &Value) -> &str {
 }
 
 /// GET on a 2025-era session: list changes, resource updates for subscribed URIs, and
-/// log messages of the session's server(s).
+/// log messages of the session's server(s). `served_at`: the address the GET reached this
+/// replica at, which its event ids and relayed requests' ids name.
 pub fn session_stream(
     gw: Arc<Gateway>,
     route: Route,
     claims: Arc<SessionClaims>,
     access: Option<&Access>,
+    served_at: Option<SocketAddr>,
 ) -> Response {
     let server = route.server().unwrap_or("*");
     let kind = StreamKind::Get;
-    let (out, stream) = gw
-        .resumable
-        .channel(server, "GET", &claims, kind, Some(KEEP_ALIVE));
+    let mark = gw.owner_marks.mark(served_at);
+    let (out, stream) =
+        gw.resumable
+            .channel(server, "GET", &claims, kind, Some(KEEP_ALIVE), mark.clone());
     let sid = claims.sid.clone();
     let filter_gw = Arc::clone(&gw);
     let keep: Filter = Arc::new(move |event| {
@@ -144,13 +150,13 @@ pub fn session_stream(
         }
         Some(Cow::Borrowed(event))
     });
-    forward(&gw, &route, out, keep, Some(claims), access);
+    forward(&gw, &route, out, keep, Some(claims), access, mark);
     stream.into_response(Some(KEEP_ALIVE))
 }
 
 /// A GET naming the last event a client got (`Last-Event-ID`): the stream it lost
 /// continues with what it missed, whichever connection held it. A GET stream that cannot be
-/// resumed (its window passed, or another gateway process held it) is opened anew, what
+/// resumed (its window passed, or the gateway process that held it is gone) is opened anew, what
 /// it carried meanwhile lost: refusing it would leave the client with none, as the SDKs
 /// give up after a few refusals.
 pub fn resume(
@@ -159,6 +165,7 @@ pub fn resume(
     claims: Arc<SessionClaims>,
     access: Option<&Access>,
     last_event_id: &str,
+    served_at: Option<SocketAddr>,
 ) -> Response {
     let refused = match gw.resumable.resume(&claims.sid, last_event_id) {
         Ok(stream) => {
@@ -170,7 +177,7 @@ pub fn resume(
         Err(Refused::Unknown(StreamKind::Get)) => {
             resumption::counted("restarted");
             tracing::info!(session = %claims.sid, last_event_id, "client's GET stream could not be resumed: a new one is opened, what the old one missed is lost");
-            return session_stream(gw, route, claims, access);
+            return session_stream(gw, route, claims, access, served_at);
         }
         Err(refused) => refused,
     };
@@ -178,7 +185,7 @@ pub fn resume(
     let why = match refused {
         Refused::Malformed => "it is not an event id this gateway gave",
         Refused::Unknown(_) => {
-            "no stream of this session has it: the stream ended, or was not resumed in time"
+            "no stream of this session has it: the stream ended, was not resumed in time, or the gateway replica holding it is gone"
         }
     };
     let message = format!("Bad Request: cannot resume from Last-Event-ID: {why}");
@@ -321,6 +328,7 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         keep,
         None,
         ctx.principal.access.as_deref(),
+        None,
     );
     stream.into_response(Some(KEEP_ALIVE))
 }

@@ -113,7 +113,7 @@ pub fn install() -> PrometheusHandle {
             );
             metrics::describe_counter!(
                 REQUESTS_FORWARDED,
-                "Requests carried to the replica holding what they name (an MRTR retry's parked call, a task), by outcome"
+                "Requests carried to the replica holding what they name (an MRTR retry's parked call, a task, a stream to resume, a server request to answer), by held and outcome"
             );
             metrics::describe_counter!(
                 STREAM_RESUMPTIONS,

@@ -168,7 +168,7 @@ def _retry(g, first: dict, params: dict, meta: dict, id: int = 2, headers=None):
     return g.post(body, path="/mcp/chatty", headers={**mcp_headers, **(headers or {})})
 
 
-def _two_replicas(gantry):
+def two_replicas(gantry):
     """Two gantry processes in front of the chatty upstream with the same keys (the test's,
     and a second one returned too) and the same session key, as replicas behind a load
     balancer have."""
@@ -182,7 +182,7 @@ def _two_replicas(gantry):
 
 
 def test_a_retry_that_reaches_another_replica_is_carried_to_the_one_holding_its_call(gantry):
-    a, b, other = _two_replicas(gantry)
+    a, b, other = two_replicas(gantry)
     params = {"name": "ask_then_flood", "arguments": {"count": 20}, "_meta": {"progressToken": "p"}}
     first = _park(a, params)
     wait_until(lambda: a.logged("flood sent", upstream="chatty"), what="the upstream's progress")
@@ -209,7 +209,7 @@ def test_a_retry_that_reaches_another_replica_is_carried_to_the_one_holding_its_
 
 
 def test_a_retry_for_a_replica_that_is_gone_is_told_to_start_over(gantry):
-    a, b, _ = _two_replicas(gantry)
+    a, b, _ = two_replicas(gantry)
     params = {"name": "ask_then_flood", "arguments": {"count": 0}}
     first = _park(a, params)
     a.stop()

@@ -13,6 +13,7 @@ import httpx2
 from mcp import types
 
 from conftest import ACCEPT, MODERN, everything_stdio, sdk_client, streamed_messages, wait_until
+from test_mrtr import two_replicas
 from test_slow_clients import chatty_stdio
 
 
@@ -156,6 +157,47 @@ def test_only_the_client_a_server_request_was_relayed_to_can_answer_it(gantry):
             break
     outcome = json.loads(result["result"]["content"][0]["text"])
     assert (outcome["answered"], outcome["declined"]) == (1, 0), outcome
+
+
+def test_an_answer_that_reaches_another_replica_is_carried_to_the_one_whose_server_asked(gantry):
+    # After a rescale nginx hashes a session to another replica than before: the answer to
+    # a request relayed by the first lands on the second, whose upstream asked nothing.
+    a, b, other = two_replicas(gantry)
+    sid, _ = a.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 1}}}
+    headers = {**a.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
+    result = None
+    for msg in streamed_messages(a.base + "/mcp/chatty", body, headers):
+        if msg.get("method") == "sampling/createMessage":
+            assert "127.0.0.1" not in msg["id"], "the replica's address is sealed in the id"
+            # Carried, and refused there as there: only this session may answer.
+            forged = b.post({**SAMPLED, "id": msg["id"]}, path="/mcp/chatty", headers=other)
+            assert forged.status_code == 400 and "no pending server request" in forged.text, forged.text
+            accepted = b.post({**SAMPLED, "id": msg["id"]}, path="/mcp/chatty", headers=session)
+            assert accepted.status_code == 202, accepted.text
+        elif msg.get("id") == 5:
+            result = msg
+            break
+    outcome = json.loads(result["result"]["content"][0]["text"])
+    assert (outcome["answered"], outcome["declined"]) == (1, 0), outcome
+    assert b.metric("mcp_requests_forwarded_total", held="server_request", outcome="forwarded") == 2
+
+
+def test_an_answer_for_a_replica_that_is_gone_is_refused_clearly(gantry):
+    a, b, _ = two_replicas(gantry)
+    sid, _ = a.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 1}}}
+    headers = {**a.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
+    stream = streamed_messages(a.base + "/mcp/chatty", body, headers)
+    asked = next(m for m in stream if m.get("method") == "sampling/createMessage")
+    stream.close()
+    a.stop()
+    refused = b.post({**SAMPLED, "id": asked["id"]}, path="/mcp/chatty", headers=session)
+    assert refused.status_code == 400, refused.text
+    assert "another gateway replica, which could not be reached" in refused.json()["error"]["message"]
+    assert b.metric("mcp_requests_forwarded_total", held="server_request", outcome="unreachable") == 1
 
 
 def test_a_server_request_on_a_get_stream_is_answered_by_that_session_alone(gantry):

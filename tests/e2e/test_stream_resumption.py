@@ -5,15 +5,14 @@ Only that session may resume the stream, and only for `server.stream_resume_secs
 delivered to its end included: its last events may have died with the connection)."""
 
 import asyncio
-import base64
 import json
-import secrets
 import time
 
 import httpx2
 import pytest
 
 from conftest import ACCEPT, wait_until
+from test_mrtr import two_replicas
 from test_slow_clients import chatty_stdio
 
 
@@ -127,27 +126,72 @@ def test_a_get_stream_keeps_what_came_while_its_client_was_away(gantry):
     assert got == [0, 1, 2, 3, 4]
 
 
-def test_a_get_stream_another_gateway_process_held_is_opened_anew(gantry):
-    # A restarted gateway (or another replica, after a rescale) keeps the session (its id
-    # is sealed) but not the streams the old process held.
-    session_key = base64.b64encode(secrets.token_bytes(32)).decode()
-    config = {"upstreams": {"chatty": chatty_stdio()}}
-    old = gantry(config, session_key=session_key)
+def primed_get_stream(g, session: dict) -> dict:
+    """Opens the session's GET stream on `g`, takes its priming event and drops it."""
+    headers = {**g.auth(), **session, "Accept": "text/event-stream"}
+    # The priming event comes at once (a read timeout below the keep-alives' 15 s says if not).
+    with httpx2.stream("GET", g.base + "/mcp/chatty", headers=headers, timeout=httpx2.Timeout(30, read=5)) as r:
+        assert r.status_code == 200, r.read()
+        return next(events(r.iter_lines()))
+
+
+def test_a_stream_resumed_on_another_replica_is_carried_from_the_one_holding_it(gantry):
+    # After a rescale nginx hashes a session to another replica than before: a client that
+    # lost its stream resumes it there.
+    a, b, _ = two_replicas(gantry)
+    sid, _ = a.initialize(path="/mcp/chatty")
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    before = start_call(a, session, flood(10, pause_ms=150), messages=3)
+    assert not any("127.0.0.1" in e["id"] for e in before), "the replica's address is sealed in the ids"
+    after = resume(b, session, before[-1]["id"])
+    got = before + after
+    assert progress_of(got) == list(range(1, 11)), "every notification once, in order"
+    assert json.loads(after[-1]["data"])["result"]["content"][0]["text"] == "flooded 10"
+    assert a.metric("mcp_stream_resumptions_total", outcome="resumed") == 1, "resumed where it was held"
+    assert b.metric("mcp_requests_forwarded_total", held="stream", outcome="forwarded") == 1
+
+    # A GET stream too: what came while its client was away comes through the other replica.
+    priming = primed_get_stream(a, session)
+    r = a.post({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                "params": {"name": "log_later", "arguments": {"count": 3, "size": 0}}},
+               path="/mcp/chatty", headers=session)
+    assert r.json()["result"]["content"][0]["text"] == "logging"
+    wait_until(lambda: a.logged("logs sent", upstream="chatty"), what="the upstream's logs")
+    headers = {**b.auth(), **session, "Accept": "text/event-stream", "Last-Event-ID": priming["id"]}
+    got = []
+    deadline = time.monotonic() + 20  # keep-alives come every 15 s
+    with httpx2.stream("GET", b.base + "/mcp/chatty", headers=headers, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        for event in events(r.iter_lines()):
+            message = json.loads(event["data"]) if event.get("data") else {}
+            if message.get("method") == "notifications/message":
+                got.append(message["params"]["data"]["n"])
+            if len(got) == 3 or time.monotonic() > deadline:
+                break
+    assert got == [0, 1, 2]
+    assert a.metric("mcp_stream_resumptions_total", outcome="resumed") == 2
+    assert b.metric("mcp_requests_forwarded_total", held="stream", outcome="forwarded") == 2
+    assert not b.metric("mcp_stream_resumptions_total", outcome="resumed"), "b resumed nothing itself"
+
+
+def test_a_get_stream_a_gone_gateway_process_held_is_opened_anew(gantry):
+    # A replica that stopped (or restarted) took its streams with it; the session goes on
+    # (its id is sealed) on another.
+    old, new, _ = two_replicas(gantry)
     sid, _ = old.initialize(path="/mcp/chatty")
     session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
-    headers = {**old.auth(), **session, "Accept": "text/event-stream"}
-    with httpx2.stream("GET", old.base + "/mcp/chatty", headers=headers, timeout=httpx2.Timeout(30, read=5)) as r:
-        priming = next(events(r.iter_lines()))
-    new = gantry(config, session_key=session_key, key=old.key)
-    headers["Last-Event-ID"] = priming["id"]
+    priming = primed_get_stream(old, session)
+    old.stop()
+    headers = {**new.auth(), **session, "Accept": "text/event-stream", "Last-Event-ID": priming["id"]}
     with httpx2.stream("GET", new.base + "/mcp/chatty", headers=headers, timeout=httpx2.Timeout(30, read=5)) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.read()
         fresh = next(events(r.iter_lines()))
     assert fresh.get("id") and fresh["id"] != priming["id"] and fresh.get("data") == "", "a new stream, primed"
     assert new.metric("mcp_stream_resumptions_total", outcome="restarted") == 1
+    assert new.metric("mcp_requests_forwarded_total", held="stream", outcome="unreachable") == 1
     # A call's stream is another matter: its answer is lost, and the client must hear so.
     call_id = "c" + priming["id"][1:]
-    assert "no stream of this session has it" in refused(new, session, call_id)
+    assert "the gateway replica holding it is gone" in refused(new, session, call_id)
 
 
 def test_only_the_streams_own_session_resumes_it_and_bad_ids_are_refused_clearly(gantry):
