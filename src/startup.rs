@@ -25,9 +25,9 @@ use crate::audit::queue::AuditWriter;
 use crate::audit::sql::SqlAudit;
 use crate::config::{Config, EMBEDDED_DATABASE, PrefixMode, UpstreamConfig};
 use crate::gateway::auth::{self, ConfigKeys};
-use crate::gateway::ended_sessions::EndedSessions;
 use crate::gateway::host_policy::HostPolicy;
 use crate::gateway::session::{SessionCodec, decode_key};
+use crate::gateway::session_feed::SessionFeed;
 use crate::gateway::{self, Gateway, aggregate};
 use crate::identity::key_auth::KeyAuthenticator;
 use crate::identity::throttle::LoginThrottle;
@@ -308,7 +308,7 @@ impl Application {
         gateway.pinned = pinned;
         let redis_client = open_redis(&config)?;
         if let Some((client, conn)) = &redis_client {
-            gateway.ended_sessions = Arc::new(EndedSessions::shared(
+            gateway.session_feed = Arc::new(SessionFeed::shared(
                 client.clone(),
                 conn.clone(),
                 &config.cache.key_prefix,
@@ -329,7 +329,15 @@ impl Application {
         };
         let gateway = Arc::new(gateway);
         if role.serves_mcp() {
-            gateway.ended_sessions.follow(gateway.shutdown.clone());
+            // Weak: the subscription must not keep the gateway alive.
+            let weak = Arc::downgrade(&gateway);
+            gateway
+                .session_feed
+                .follow(gateway.shutdown.clone(), move |heard| {
+                    if let Some(gateway) = weak.upgrade() {
+                        gateway.heard(heard);
+                    }
+                });
         }
         if let (Some(store), true) = (
             &store,

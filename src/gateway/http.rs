@@ -542,9 +542,11 @@ fn notification(
                 .map(Value::to_string);
             // Only session-era calls can be cancelled this way; see relay::Cancellable.
             if let (Some(session), Some(request_id)) = (&session, request_id) {
-                let key = (session.sid.clone(), request_id);
-                if let Some(token) = gw.in_flight.lock().unwrap().remove(&key) {
-                    token.cancel();
+                if !gw.cancel_call(&session.sid, &request_id) {
+                    // Perhaps running on the replica the session was on before a rescale.
+                    let feed = Arc::clone(&gw.session_feed);
+                    let sid = session.sid.clone();
+                    tokio::spawn(async move { feed.cancel(&sid, &request_id).await });
                 }
             }
         }

@@ -7,7 +7,6 @@ pub mod audited;
 pub mod auth;
 pub mod catalog;
 pub mod client_stream;
-pub mod ended_sessions;
 pub mod era;
 pub mod host_policy;
 pub mod http;
@@ -24,6 +23,7 @@ pub mod result_cache;
 pub mod resumption;
 pub mod server_requests;
 pub mod session;
+pub mod session_feed;
 pub mod sse_frames;
 pub mod streams;
 pub mod task_extension;
@@ -75,8 +75,9 @@ pub struct Gateway {
     /// Calls in flight, by (session, client request id), so `notifications/cancelled`
     /// from a client reaches the right call.
     pub in_flight: Mutex<HashMap<(String, String), CancellationToken>>,
-    /// Sessions ended with DELETE, here or (with Redis) on any replica.
-    pub ended_sessions: Arc<ended_sessions::EndedSessions>,
+    /// Sessions ended with DELETE, here or (with Redis) on any replica; cancellations
+    /// for calls on other replicas.
+    pub session_feed: Arc<session_feed::SessionFeed>,
     /// Session streams a client may resume after losing its connection.
     pub resumable: Arc<resumption::ResumableStreams>,
     /// Marks naming this replica in the ids of what it holds, for the others to carry
@@ -122,7 +123,7 @@ impl Gateway {
             hosts,
             server_requests: server_requests::Pending::default(),
             in_flight: Mutex::new(HashMap::new()),
-            ended_sessions: Arc::new(ended_sessions::EndedSessions::local()),
+            session_feed: Arc::new(session_feed::SessionFeed::local()),
             resumable: Arc::new(resumption::ResumableStreams::new(resume_window)),
             task_owners: tasks::TaskOwners::default(),
             task_questions: task_extension::Questions::default(),
@@ -186,16 +187,42 @@ impl Gateway {
     /// Whether a session is still usable: not expired, not ended with DELETE.
     /// `iat` has whole seconds, so `>=` guarantees at least the configured lifetime.
     pub fn session_alive(&self, claims: &SessionClaims) -> bool {
-        self.session_expiry(claims) >= unix_now() && !self.ended_sessions.contains(&claims.sid)
+        self.session_expiry(claims) >= unix_now() && !self.session_feed.contains(&claims.sid)
     }
 
     /// Ends a session, on every replica when they share Redis.
     pub async fn end_session(&self, claims: &SessionClaims) {
-        self.subscriptions.lock().unwrap().remove(&claims.sid);
-        self.resumable.end_session(&claims.sid);
-        self.ended_sessions
+        self.forget_session(&claims.sid);
+        self.session_feed
             .end(&claims.sid, self.session_expiry(claims))
             .await;
+    }
+
+    /// Lets go of what this replica holds for an ended session: its streams close, which
+    /// cancels their calls.
+    fn forget_session(&self, sid: &str) {
+        self.subscriptions.lock().unwrap().remove(sid);
+        self.resumable.end_session(sid);
+    }
+
+    /// Cancels the call a session's client made as `request_id` (JSON text), if it runs
+    /// here; whether it did.
+    pub fn cancel_call(&self, sid: &str, request_id: &str) -> bool {
+        let key = (sid.to_string(), request_id.to_string());
+        let token = self.in_flight.lock().unwrap().remove(&key);
+        token.inspect(CancellationToken::cancel).is_some()
+    }
+
+    /// What another replica said of a session (`session_feed`).
+    pub fn heard(&self, heard: session_feed::Heard<'_>) {
+        match heard {
+            session_feed::Heard::Ended(sid) => self.forget_session(sid),
+            session_feed::Heard::Cancelled { sid, request_id } => {
+                if self.cancel_call(sid, request_id) {
+                    tracing::debug!(session = %sid, request_id, "a call cancelled on another replica ended here");
+                }
+            }
+        }
     }
 
     pub fn remember_subscription(&self, claims: &SessionClaims, uri: String) {

@@ -1,4 +1,5 @@
-//! Sessions ended with DELETE, known to every replica.
+//! What one replica must tell the others about sessions: the sessions ended with DELETE,
+//! and the calls their clients cancelled.
 //!
 //! A session id is sealed and carries all a replica needs, so any replica serves it; the
 //! end of a session must therefore reach them all, or a request after the DELETE that a
@@ -7,7 +8,15 @@
 //! stays a map lookup. With Redis (`cache.url`), ending a session also adds it to a sorted
 //! set (scored by the session's expiry, pruned as it is written) and publishes it; every
 //! replica subscribes, and loads the set each time its subscription starts, so a replica
-//! that starts or reconnects later learns of the sessions ended meanwhile.
+//! that starts or reconnects later learns of the sessions ended meanwhile. A replica that
+//! hears of an ending closes the session's streams it holds, as the one that took the
+//! DELETE does.
+//!
+//! A call runs on the replica its request reached, and nginx sends a session's requests to
+//! one replica only until a rescale moves the session: a `notifications/cancelled` that
+//! finds no such call where it lands is published (with Redis) for the replica running it.
+//! Nothing is kept: a cancellation nobody hears (no replica runs the call any more, or
+//! Redis is down) is as one that came too late.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +31,7 @@ use super::unix_now;
 const RETRY_START: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-pub struct EndedSessions {
+pub struct SessionFeed {
     /// Ended sessions by id, with the time (Unix seconds) they would have expired anyway.
     known: Mutex<HashMap<String, u64>>,
     shared: Option<Shared>,
@@ -36,9 +45,21 @@ struct Shared {
     set: String,
     /// The channel each ending is published on, as "{id} {expiry}".
     channel: String,
+    /// The channel cancellations are published on, as "{session id} {request id}" (the
+    /// request id as JSON text).
+    cancelled: String,
 }
 
-impl EndedSessions {
+/// What another replica said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heard<'a> {
+    /// The session ended.
+    Ended(&'a str),
+    /// The session's client cancelled its request `request_id` (JSON text).
+    Cancelled { sid: &'a str, request_id: &'a str },
+}
+
+impl SessionFeed {
     /// Ended sessions known to this process alone.
     pub fn local() -> Self {
         Self {
@@ -47,7 +68,7 @@ impl EndedSessions {
         }
     }
 
-    /// Ended sessions shared through Redis, under `prefix`.
+    /// Ended sessions and cancellations shared through Redis, under `prefix`.
     pub fn shared(client: redis::Client, conn: ConnectionManager, prefix: &str) -> Self {
         Self {
             known: Mutex::new(HashMap::new()),
@@ -56,6 +77,7 @@ impl EndedSessions {
                 conn,
                 set: format!("{prefix}sessions:ended"),
                 channel: format!("{prefix}sessions:ended:feed"),
+                cancelled: format!("{prefix}calls:cancelled:feed"),
             }),
         }
     }
@@ -94,6 +116,22 @@ impl EndedSessions {
         }
     }
 
+    /// Tells every replica that the session's client cancelled `request_id` (JSON text),
+    /// for the one running it; without Redis there is no other replica to tell.
+    pub async fn cancel(&self, sid: &str, request_id: &str) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let published = redis::cmd("PUBLISH")
+            .arg(&shared.cancelled)
+            .arg(format!("{sid} {request_id}"))
+            .query_async::<()>(&mut shared.conn.clone())
+            .await;
+        if let Err(e) = published {
+            tracing::warn!(session = %sid, error = %e, "a cancellation did not reach the other replicas: Redis did not take it");
+        }
+    }
+
     fn remember(&self, sid: String, expiry: u64) {
         let now = unix_now();
         let mut known = self.known.lock().unwrap();
@@ -101,8 +139,12 @@ impl EndedSessions {
         known.insert(sid, expiry);
     }
 
-    /// Follows the sessions other replicas end, until `shutdown`; with Redis only.
-    pub fn follow(self: &Arc<Self>, shutdown: CancellationToken) {
+    /// Follows what other replicas say, until `shutdown`, telling `heard`; with Redis
+    /// only.
+    pub fn follow<F>(self: &Arc<Self>, shutdown: CancellationToken, heard: F)
+    where
+        F: Fn(Heard<'_>) + Send + Sync + 'static,
+    {
         if self.shared.is_none() {
             return;
         }
@@ -112,7 +154,7 @@ impl EndedSessions {
             loop {
                 let followed = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    followed = this.follow_once(&mut wait) => followed,
+                    followed = this.follow_once(&mut wait, &heard) => followed,
                 };
                 if let Err(e) = followed {
                     tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "not following the sessions other replicas end: Redis unreachable");
@@ -128,10 +170,15 @@ impl EndedSessions {
 
     /// One subscription, until its connection ends. Subscribed first, then the set
     /// loaded: a session ended in between arrives both ways, none falls between them.
-    async fn follow_once(&self, wait: &mut Duration) -> redis::RedisResult<()> {
+    async fn follow_once<F>(&self, wait: &mut Duration, heard: &F) -> redis::RedisResult<()>
+    where
+        F: Fn(Heard<'_>),
+    {
         let shared = self.shared.as_ref().expect("follow runs with Redis only");
         let mut pubsub = shared.client.get_async_pubsub().await?;
-        pubsub.subscribe(&shared.channel).await?;
+        pubsub
+            .subscribe(&[shared.channel.as_str(), shared.cancelled.as_str()])
+            .await?;
         // ZRANGEBYSCORE rather than ZRANGE … BYSCORE, which Redis before 6.2 lacks.
         let ended: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
             .arg(&shared.set)
@@ -146,13 +193,26 @@ impl EndedSessions {
             .lock()
             .unwrap()
             .extend(ended.into_iter().map(|(sid, expiry)| (sid, expiry as u64)));
-        tracing::info!(loaded, "following the sessions other replicas end");
+        tracing::info!(
+            loaded,
+            "following the sessions other replicas end and the calls they cancel"
+        );
         *wait = RETRY_START;
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             let payload = message.get_payload::<String>().unwrap_or_default();
+            if message.get_channel_name() == shared.cancelled {
+                match payload.split_once(' ') {
+                    Some((sid, request_id)) => heard(Heard::Cancelled { sid, request_id }),
+                    None => tracing::warn!(%payload, "ignored a malformed cancellation from Redis"),
+                }
+                continue;
+            }
             match payload.split_once(' ').map(|(s, e)| (s, e.parse::<u64>())) {
-                Some((sid, Ok(expiry))) => self.remember(sid.to_string(), expiry),
+                Some((sid, Ok(expiry))) => {
+                    self.remember(sid.to_string(), expiry);
+                    heard(Heard::Ended(sid));
+                }
                 _ => tracing::warn!(%payload, "ignored a malformed session ending from Redis"),
             }
         }
@@ -169,7 +229,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ended_session_is_known_until_it_would_have_expired() {
-        let ended = EndedSessions::local();
+        let ended = SessionFeed::local();
         let now = unix_now();
         ended.end("gone", now + 60).await;
         ended.end("old", now - 1).await;
