@@ -27,6 +27,7 @@ pub mod session_feed;
 pub mod sse_frames;
 pub mod streams;
 pub mod task_extension;
+pub mod task_notifications;
 pub mod tasks;
 
 use std::collections::{HashMap, HashSet};

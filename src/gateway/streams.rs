@@ -19,6 +19,7 @@ use super::jsonrpc;
 use super::resumption::{self, Refused, StreamKind};
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
 use super::session::SessionClaims;
+use super::task_notifications::{self, Watched};
 use super::{Gateway, Route};
 use super::{relay, task_extension, tasks};
 use crate::policy::Access;
@@ -38,13 +39,12 @@ type Filter = Arc<dyn for<'a> Fn(&'a Value) -> Option<Cow<'a, Value>> + Send + S
 fn forward(
     gw: &Arc<Gateway>,
     route: &Route,
-    out: client_stream::Sender,
+    out: Arc<client_stream::Sender>,
     keep: Filter,
     session: Option<Arc<SessionClaims>>,
     access: Option<&Access>,
     mark: Option<Arc<str>>,
 ) {
-    let out = Arc::new(out);
     for upstream in gw.upstreams_for(route, access) {
         let out = Arc::clone(&out);
         let keep = Arc::clone(&keep);
@@ -150,7 +150,7 @@ pub fn session_stream(
         }
         Some(Cow::Borrowed(event))
     });
-    forward(&gw, &route, out, keep, Some(claims), access, mark);
+    forward(&gw, &route, Arc::new(out), keep, Some(claims), access, mark);
     stream.into_response(Some(KEEP_ALIVE))
 }
 
@@ -216,12 +216,27 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
             ),
         );
     }
-    // Task status notifications belong to the Tasks extension, which gantry speaks but
-    // does not push (clients poll `tasks/get`): the acknowledgement lists no task ids.
-    if requested.get("taskIds").is_some() && !ctx.caps.tasks {
-        let why = "task status notifications are its own";
-        return relay::finish(&ctx, task_extension::missing_extension(&id, why));
-    }
+    // Task status notifications belong to the Tasks extension.
+    let task_ids = match requested.get("taskIds") {
+        None => &[][..],
+        Some(_) if !ctx.caps.tasks => {
+            let why = "task status notifications are its own";
+            return relay::finish(&ctx, task_extension::missing_extension(&id, why));
+        }
+        Some(Value::Array(ids)) => ids.as_slice(),
+        Some(_) => {
+            return json_response(
+                http::StatusCode::BAD_REQUEST,
+                &jsonrpc::error_response(
+                    &id,
+                    jsonrpc::INVALID_PARAMS,
+                    "params.notifications.taskIds must be an array of task ids",
+                    None,
+                ),
+            );
+        }
+    };
+    let watched = task_notifications::watchable(&gw, &ctx, task_ids);
     let flag = |k: &str| requested.get(k).and_then(Value::as_bool).unwrap_or(false);
     let upstreams = gw.upstreams_for(&ctx.route, ctx.principal.access.as_deref());
     let any_capability = |cap: &str, sub: &str| {
@@ -287,6 +302,10 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
     if !honored_uris.is_empty() {
         honored.insert("resourceSubscriptions".into(), json!(honored_uris));
     }
+    if !watched.is_empty() {
+        let ids: Vec<&str> = watched.iter().map(Watched::id).collect();
+        honored.insert("taskIds".into(), json!(ids));
+    }
     let ack = jsonrpc::notification(
         "notifications/subscriptions/acknowledged",
         json!({ "_meta": { era::META_SUBSCRIPTION_ID: id }, "notifications": honored }),
@@ -294,6 +313,10 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
     let (out, stream) =
         client_stream::channel(ctx.route.server().unwrap_or("*"), "subscriptions/listen");
     out.send(&ack);
+    let out = Arc::new(out);
+    for task in watched {
+        task_notifications::watch(&gw, &ctx, &id, task, &out);
+    }
     let uris: HashSet<String> = honored_uris.into_iter().collect();
     let keep: Filter = Arc::new(move |event| {
         let wanted = match method_of(event) {

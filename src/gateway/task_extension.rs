@@ -214,7 +214,7 @@ fn about(method: &str, upstream_task: &str) -> Map<String, Value> {
 
 /// The task's status as the extension has it: a finished task's result or error in it,
 /// the questions it waits on listed.
-async fn get(
+pub(super) async fn get(
     gw: &Arc<Gateway>,
     ctx: &Ctx,
     id: &Value,

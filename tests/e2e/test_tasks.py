@@ -222,17 +222,64 @@ def test_a_modern_client_runs_a_tool_as_a_task_and_polls_its_result(gantry):
     for method in ("tasks/result", "tasks/list"):
         r = g.modern(method, {"taskId": task_id}, path="/mcp/everything", capabilities=WITH_TASKS)
         assert r.status_code == 404 and r.json()["error"]["code"] == -32601, (method, r.text)
-    # Task status notifications are the extension's too; gantry agrees to send none (clients poll).
+    # Task status notifications are the extension's too.
     listen = {"notifications": {"toolsListChanged": True, "taskIds": [task_id]}}
     r = g.modern("subscriptions/listen", listen, path="/mcp/everything")
     assert r.json()["error"]["code"] == -32021, r.text
-    body, headers = g.modern_request("subscriptions/listen", listen, capabilities=WITH_TASKS)
+    r = g.modern("subscriptions/listen", {"notifications": {"taskIds": task_id}}, path="/mcp/everything",
+                 capabilities=WITH_TASKS)
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32602, r.text
+
+
+def listened(g, listen: dict, path: str, capabilities: dict, until, id="listen-1"):
+    """Opens a `subscriptions/listen` stream and yields its messages until `until(message)`
+    (or 60 s)."""
+    body, headers = g.modern_request("subscriptions/listen", listen, id=id, capabilities=capabilities)
     headers = {**g.auth(), **headers, "Content-Type": "application/json", "Accept": ACCEPT}
-    with httpx2.stream("POST", g.base + "/mcp/everything", content=json.dumps(body), headers=headers,
-                       timeout=10) as r:
-        ack = next(json.loads(line[5:]) for line in r.iter_lines() if line.startswith("data:") and line[5:].strip())
-    assert ack["method"] == "notifications/subscriptions/acknowledged", ack
-    assert "taskIds" not in ack["params"]["notifications"], ack
+    deadline = time.monotonic() + 60
+    with httpx2.stream("POST", g.base + path, content=json.dumps(body), headers=headers, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data:") and line[5:].strip():
+                message = json.loads(line[5:])
+                yield message
+                if until(message):
+                    return
+            assert time.monotonic() < deadline, "the stream brought nothing more"
+
+
+def test_a_modern_client_listening_for_its_task_hears_each_status_without_polling(gantry):
+    other = "gty_" + secrets.token_urlsafe(32)
+    g = gantry({"upstreams": {"everything": everything_stdio()},
+                "auth": {"api_keys": [{"name": "other", "sha256": hashlib.sha256(other.encode()).hexdigest()}]}})
+    capabilities = {**WITH_TASKS, "elicitation": {}}
+    task_id = modern_task(g, {"topic": "python", "ambiguous": True}, path="/mcp", capabilities=capabilities)[
+        "result"]["taskId"]
+    theirs = modern_task(g, {"topic": "theirs"}, path="/mcp", capabilities=capabilities,
+                         headers={"Authorization": f"Bearer {other}"})["result"]["taskId"]
+    listen = {"notifications": {"taskIds": [task_id, theirs, "no-such-task", task_id]}}
+    heard = []
+    for message in listened(g, listen, "/mcp", capabilities,
+                            until=lambda m: m.get("params", {}).get("status") in TERMINAL):
+        if message["method"] == "notifications/subscriptions/acknowledged":
+            assert message["params"]["notifications"] == {"taskIds": [task_id]}, "its own task, once"
+            continue
+        assert message["method"] == "notifications/tasks", message
+        task = message["params"]
+        assert task["taskId"] == task_id and task["_meta"]["io.modelcontextprotocol/subscriptionId"] == "listen-1"
+        assert "resultType" not in task, task
+        heard.append(task)
+        if task["status"] == "input_required":
+            (key, question), = task["inputRequests"].items()
+            assert "python" in question["params"]["message"], question
+            answer = {"taskId": task_id, "inputResponses": {key: {"action": "accept",
+                                                                   "content": {"interpretation": "snake"}}}}
+            assert g.modern("tasks/update", answer, path="/mcp", capabilities=capabilities).json()["result"]
+    statuses = [t["status"] for t in heard]
+    assert statuses[0] == "working" and statuses[-1] == "completed", statuses
+    assert "input_required" in statuses, statuses
+    assert all(a != b or a == "working" for a, b in zip(statuses, statuses[1:])), "told of changes only"
+    assert "python (snake)" in heard[-1]["result"]["content"][0]["text"], heard[-1]
 
 
 def test_a_modern_clients_task_asks_its_question_in_tasks_get_and_hears_the_answer(gantry):

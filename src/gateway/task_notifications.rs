@@ -1,0 +1,226 @@
+//! `notifications/tasks` for 2026-07-28 clients that listen for their tasks
+//! (`subscriptions/listen` naming `taskIds`, the Tasks extension): each status a task
+//! passes through is pushed on the listen stream, as `tasks/get` would have given it, so a
+//! client need not poll.
+//!
+//! A 2025-11-25 server may push its tasks' statuses, but on the one upstream session every
+//! caller shares, and need not push at all; so gantry asks the server itself, at the
+//! interval the task asks its clients to poll at (within [`POLL_MIN`]..[`POLL_MAX`]), and
+//! pushes what changed. A task is watched by the replica whose upstream session runs it;
+//! a listen that reaches another replica leaves it out of the acknowledgement, and its
+//! client polls it. A watch ends with the task, with the stream, or when the server no
+//! longer knows the task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::http::Ctx;
+use super::tasks::{self, Opened};
+use super::{Gateway, client_stream, era, jsonrpc, task_extension};
+use crate::upstream::Upstream;
+
+/// Most tasks one listen stream watches: each asks its server on its own.
+pub const MAX_WATCHED: usize = 16;
+/// How often a watched task's server is asked at most, whatever the task says.
+const POLL_MIN: Duration = Duration::from_millis(500);
+/// How long a watched task goes unasked at most, whatever the task says.
+const POLL_MAX: Duration = Duration::from_secs(30);
+/// How often when the task says nothing.
+const POLL_DEFAULT: Duration = Duration::from_secs(1);
+
+/// A task a listen stream watches.
+pub struct Watched {
+    task: Opened,
+    upstream: Arc<Upstream>,
+}
+
+impl Watched {
+    /// The task's id as its client knows it.
+    pub fn id(&self) -> &str {
+        &self.task.caller
+    }
+}
+
+/// Of the task ids a listen names, those this replica watches for the caller: its own
+/// tasks, run by an upstream session of this replica, the first [`MAX_WATCHED`] of them.
+pub fn watchable(gw: &Gateway, ctx: &Ctx, ids: &[Value]) -> Vec<Watched> {
+    let mut watched: Vec<Watched> = Vec::new();
+    for id in ids.iter().filter_map(Value::as_str) {
+        if watched.len() == MAX_WATCHED {
+            break;
+        }
+        if watched.iter().any(|w| w.id() == id) {
+            continue;
+        }
+        let named = jsonrpc::request("tasks/get", json!({ "taskId": id }));
+        let principal = &ctx.principal;
+        if tasks::held_elsewhere(gw, principal, "tasks/get", &named, ctx.served_at).is_some() {
+            continue;
+        }
+        let Some(task) = tasks::open(gw, ctx, &named) else {
+            continue;
+        };
+        if let Some(upstream) = gw.find(principal.access.as_deref(), &task.server) {
+            watched.push(Watched { task, upstream });
+        }
+    }
+    watched
+}
+
+/// Pushes each status of `watched` on `out`, tagged with the subscription `sub`, from the
+/// one it has now until it ends, the server no longer knows it, or the client leaves.
+pub fn watch(
+    gw: &Arc<Gateway>,
+    ctx: &Ctx,
+    sub: &Value,
+    watched: Watched,
+    out: &Arc<client_stream::Sender>,
+) {
+    let (gw, out, sub) = (Arc::clone(gw), Arc::clone(out), sub.clone());
+    // Counted and audited as the polls they stand in for.
+    let mut ctx = ctx.clone();
+    ctx.method = "tasks/get".into();
+    tokio::spawn(async move {
+        let Watched { task, upstream } = watched;
+        let id = json!("gantry-task-watch");
+        let mut last: Option<Value> = None;
+        let mut wait = POLL_DEFAULT;
+        loop {
+            let answer = tokio::select! {
+                answer = task_extension::get(&gw, &ctx, &id, &upstream, &task) => answer,
+                () = out.gone() => return,
+            };
+            match answer {
+                Ok(mut answer) => {
+                    tasks::replace_strings(&mut answer, &task.upstream, &task.caller);
+                    // An error: the server no longer knows the task (ended, expired).
+                    let Some(Value::Object(detailed)) = answer.get_mut("result").map(Value::take)
+                    else {
+                        return;
+                    };
+                    wait = poll_interval(&detailed);
+                    let ended = matches!(
+                        detailed.get("status").and_then(Value::as_str),
+                        Some("completed" | "failed" | "cancelled")
+                    );
+                    let seen = fingerprint(&detailed);
+                    if last.as_ref() != Some(&seen) {
+                        let dropped = upstream.metrics.notifications_dropped();
+                        out.notify(&notification(detailed, &sub), dropped);
+                        last = Some(seen);
+                    }
+                    if ended {
+                        return;
+                    }
+                }
+                // The server could not be asked this time (down, timed out): asked again
+                // later, less often.
+                Err(_) => wait = (wait * 2).min(POLL_MAX),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = out.gone() => return,
+            }
+        }
+    });
+}
+
+/// What tells one status from the next: a client is told again only when one changed.
+fn fingerprint(task: &Map<String, Value>) -> Value {
+    let questions: Vec<&String> = task
+        .get("inputRequests")
+        .and_then(Value::as_object)
+        .map(|q| q.keys().collect())
+        .unwrap_or_default();
+    json!([
+        task.get("status"),
+        task.get("statusMessage"),
+        task.get("lastUpdatedAt"),
+        questions
+    ])
+}
+
+fn poll_interval(task: &Map<String, Value>) -> Duration {
+    task.get("pollIntervalMs")
+        .and_then(Value::as_u64)
+        .map_or(POLL_DEFAULT, Duration::from_millis)
+        .clamp(POLL_MIN, POLL_MAX)
+}
+
+/// The `notifications/tasks` carrying `task` (a `tasks/get` result) for subscription `sub`.
+fn notification(mut task: Map<String, Value>, sub: &Value) -> Value {
+    // The notification carries the task, not a result of a request.
+    task.remove("resultType");
+    let meta = task.entry("_meta").or_insert_with(|| json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        meta.insert(era::META_SUBSCRIPTION_ID.into(), sub.clone());
+    }
+    jsonrpc::notification("notifications/tasks", Value::Object(task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(fields: Value) -> Map<String, Value> {
+        fields.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn a_task_is_told_again_only_when_its_status_moved() {
+        let working = task(json!({"taskId": "t", "status": "working", "lastUpdatedAt": "1"}));
+        let asking = task(
+            json!({"taskId": "t", "status": "input_required", "lastUpdatedAt": "2",
+            "inputRequests": {"k1": {"method": "elicitation/create"}}}),
+        );
+        let asking_more = task(
+            json!({"taskId": "t", "status": "input_required", "lastUpdatedAt": "2",
+            "inputRequests": {"k1": {}, "k2": {}}}),
+        );
+        assert_eq!(fingerprint(&working), fingerprint(&working.clone()));
+        assert_ne!(fingerprint(&working), fingerprint(&asking));
+        assert_ne!(
+            fingerprint(&asking),
+            fingerprint(&asking_more),
+            "a new question"
+        );
+        let mut later = working.clone();
+        later.insert("ttlMs".into(), json!(5));
+        assert_eq!(
+            fingerprint(&working),
+            fingerprint(&later),
+            "the ttl is no news"
+        );
+    }
+
+    #[test]
+    fn the_task_sets_the_pace_within_bounds() {
+        assert_eq!(
+            poll_interval(&task(json!({"pollIntervalMs": 5000}))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(poll_interval(&task(json!({"pollIntervalMs": 1}))), POLL_MIN);
+        assert_eq!(
+            poll_interval(&task(json!({"pollIntervalMs": u64::MAX}))),
+            POLL_MAX
+        );
+        assert_eq!(poll_interval(&task(json!({}))), POLL_DEFAULT);
+    }
+
+    #[test]
+    fn the_notification_is_the_task_tagged_with_its_subscription() {
+        let done = task(
+            json!({"resultType": "complete", "taskId": "t", "status": "completed",
+            "result": {"content": []}}),
+        );
+        let sent = notification(done, &json!("sub-1"));
+        assert_eq!(sent["method"], "notifications/tasks");
+        let params = sent["params"].as_object().unwrap();
+        assert!(!params.contains_key("resultType"));
+        assert_eq!(params["taskId"], "t");
+        assert_eq!(params["result"], json!({"content": []}));
+        assert_eq!(params["_meta"][era::META_SUBSCRIPTION_ID], "sub-1");
+    }
+}
