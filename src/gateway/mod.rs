@@ -13,6 +13,7 @@ pub mod http;
 pub mod jsonrpc;
 pub mod limits;
 pub mod mrtr;
+pub mod per_caller;
 pub mod policy;
 pub mod raw_response;
 pub mod registry;
@@ -88,6 +89,8 @@ pub struct Gateway {
     pub task_owners: tasks::TaskOwners,
     /// Questions of tasks waiting for a 2026-07-28 client's input.
     pub task_questions: task_extension::Questions,
+    /// The tasks each caller's listen streams watch.
+    pub task_watches: Arc<per_caller::PerCaller>,
     /// Calls waiting for a 2026-07-28 client's input (MRTR), by parking token.
     pub parked: Mutex<HashMap<String, mrtr::Parked>>,
     /// Resource subscriptions per session (with the session's expiry), to filter
@@ -128,6 +131,7 @@ impl Gateway {
             resumable: Arc::new(resumption::ResumableStreams::new(resume_window)),
             task_owners: tasks::TaskOwners::default(),
             task_questions: task_extension::Questions::default(),
+            task_watches: per_caller::PerCaller::new(task_notifications::MAX_WATCHED_PER_CALLER),
             parked: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::era::Era;
 use super::http::{Ctx, no_such_server};
+use super::per_caller::{PerCaller, Slot};
 use super::relay::{self, Started, finish};
 use super::server_requests::{self, Declines, MintedIds, client_can_answer};
 use super::session::new_session_id;
@@ -332,45 +333,17 @@ async fn cancel(
 
 /// The questions of tasks whose server waits for input, by upstream (its key) and the
 /// upstream's task id.
-#[derive(Default)]
 pub struct Questions {
     asking: Mutex<HashMap<(String, String), Arc<Asking>>>,
-    listening: Arc<Listening>,
+    /// The `tasks/result` calls each caller's tasks have waiting for questions.
+    listening: Arc<PerCaller>,
 }
 
-/// How many `tasks/result` calls each caller's tasks have waiting for questions.
-#[derive(Default)]
-struct Listening(Mutex<HashMap<String, usize>>);
-
-/// One of a caller's waiting calls; given back when dropped.
-struct ListenSlot {
-    listening: Arc<Listening>,
-    caller: String,
-}
-
-impl Listening {
-    fn take(self: &Arc<Self>, caller: &str) -> Option<ListenSlot> {
-        let mut counts = self.0.lock().unwrap();
-        let count = counts.entry(caller.to_string()).or_default();
-        if *count >= MAX_LISTENING_PER_CALLER {
-            return None;
-        }
-        *count += 1;
-        Some(ListenSlot {
-            listening: Arc::clone(self),
-            caller: caller.to_string(),
-        })
-    }
-}
-
-impl Drop for ListenSlot {
-    fn drop(&mut self) {
-        let mut counts = self.listening.0.lock().unwrap();
-        if let Some(count) = counts.get_mut(&self.caller) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.caller);
-            }
+impl Default for Questions {
+    fn default() -> Self {
+        Self {
+            asking: Mutex::default(),
+            listening: PerCaller::new(MAX_LISTENING_PER_CALLER),
         }
     }
 }
@@ -526,7 +499,7 @@ async fn listen(
     upstream: Arc<Upstream>,
     id: Value,
     call: Map<String, Value>,
-    (asking, _slot): (Arc<Asking>, ListenSlot),
+    (asking, _slot): (Arc<Asking>, Slot),
 ) {
     let mut run = match relay::start(&gw, &ctx, &upstream, &id, call).await {
         Started::Running(run) => run,
@@ -697,29 +670,6 @@ mod tests {
         let mut lists_only = json!({"tools": {}, "tasks": {"list": {}}});
         offered(Some(&mut lists_only));
         assert_eq!(lists_only, json!({"tools": {}}));
-    }
-
-    #[test]
-    fn a_caller_waits_for_questions_on_a_bounded_number_of_calls() {
-        let listening = Arc::new(Listening::default());
-        let mine: Vec<_> = (0..MAX_LISTENING_PER_CALLER)
-            .map(|_| listening.take("me").expect("room"))
-            .collect();
-        assert!(
-            listening.take("me").is_none(),
-            "the caller's calls are all taken"
-        );
-        assert!(
-            listening.take("another").is_some(),
-            "another caller's are not"
-        );
-        drop(mine);
-        assert!(listening.take("me").is_some(), "given back when they end");
-        assert_eq!(
-            listening.0.lock().unwrap().len(),
-            0,
-            "nothing kept for idle callers"
-        );
     }
 
     #[tokio::test]

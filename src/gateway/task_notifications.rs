@@ -9,7 +9,7 @@
 //! pushes what changed. A task is watched by the replica whose upstream session runs it;
 //! a listen that reaches another replica leaves it out of the acknowledgement, and its
 //! client polls it. A watch ends with the task, with the stream, or when the server no
-//! longer knows the task.
+//! longer knows the task; one caller's streams watch a bounded number of tasks in all.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +17,16 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::http::Ctx;
+use super::per_caller::Slot;
 use super::tasks::{self, Opened};
 use super::{Gateway, client_stream, era, jsonrpc, task_extension};
 use crate::upstream::Upstream;
 
 /// Most tasks one listen stream watches: each asks its server on its own.
 pub const MAX_WATCHED: usize = 16;
+/// Most tasks one caller's listen streams watch in all: a caller opening stream after
+/// stream must not make gantry ask the servers without end.
+pub const MAX_WATCHED_PER_CALLER: usize = 64;
 /// How often a watched task's server is asked at most, whatever the task says.
 const POLL_MIN: Duration = Duration::from_millis(500);
 /// How long a watched task goes unasked at most, whatever the task says.
@@ -34,6 +38,8 @@ const POLL_DEFAULT: Duration = Duration::from_secs(1);
 pub struct Watched {
     task: Opened,
     upstream: Arc<Upstream>,
+    /// One of the caller's [`MAX_WATCHED_PER_CALLER`], held while it is watched.
+    _slot: Slot,
 }
 
 impl Watched {
@@ -44,7 +50,8 @@ impl Watched {
 }
 
 /// Of the task ids a listen names, those this replica watches for the caller: its own
-/// tasks, run by an upstream session of this replica, the first [`MAX_WATCHED`] of them.
+/// tasks, run by an upstream session of this replica, the first [`MAX_WATCHED`] of them
+/// that the caller's [`MAX_WATCHED_PER_CALLER`] leave room for.
 pub fn watchable(gw: &Gateway, ctx: &Ctx, ids: &[Value]) -> Vec<Watched> {
     let mut watched: Vec<Watched> = Vec::new();
     for id in ids.iter().filter_map(Value::as_str) {
@@ -62,9 +69,17 @@ pub fn watchable(gw: &Gateway, ctx: &Ctx, ids: &[Value]) -> Vec<Watched> {
         let Some(task) = tasks::open(gw, ctx, &named) else {
             continue;
         };
-        if let Some(upstream) = gw.find(principal.access.as_deref(), &task.server) {
-            watched.push(Watched { task, upstream });
-        }
+        let Some(upstream) = gw.find(principal.access.as_deref(), &task.server) else {
+            continue;
+        };
+        let Some(slot) = gw.task_watches.take(&principal.id) else {
+            break;
+        };
+        watched.push(Watched {
+            task,
+            upstream,
+            _slot: slot,
+        });
     }
     watched
 }
@@ -83,7 +98,11 @@ pub fn watch(
     let mut ctx = ctx.clone();
     ctx.method = "tasks/get".into();
     tokio::spawn(async move {
-        let Watched { task, upstream } = watched;
+        let Watched {
+            task,
+            upstream,
+            _slot,
+        } = watched;
         let id = json!("gantry-task-watch");
         let mut last: Option<Value> = None;
         let mut wait = POLL_DEFAULT;
