@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::client_stream;
 use super::era;
-use super::http::{Ctx, json_response, rpc_error};
+use super::http::{Ctx, rpc_error};
 use super::jsonrpc;
 use super::resumption::{self, Refused, StreamKind};
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
@@ -205,16 +205,17 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
         .and_then(|p| p.get("notifications"))
         .cloned()
         .unwrap_or(json!({}));
+    let invalid = |message| {
+        rpc_error(
+            StatusCode::BAD_REQUEST,
+            &id,
+            jsonrpc::INVALID_PARAMS,
+            message,
+            None,
+        )
+    };
     if !requested.is_object() {
-        return json_response(
-            http::StatusCode::BAD_REQUEST,
-            &jsonrpc::error_response(
-                &id,
-                jsonrpc::INVALID_PARAMS,
-                "params.notifications must be an object",
-                None,
-            ),
-        );
+        return invalid("params.notifications must be an object");
     }
     // Task status notifications belong to the Tasks extension.
     let task_ids = match requested.get("taskIds") {
@@ -224,17 +225,7 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
             return relay::finish(&ctx, task_extension::missing_extension(&id, why));
         }
         Some(Value::Array(ids)) => ids.as_slice(),
-        Some(_) => {
-            return json_response(
-                http::StatusCode::BAD_REQUEST,
-                &jsonrpc::error_response(
-                    &id,
-                    jsonrpc::INVALID_PARAMS,
-                    "params.notifications.taskIds must be an array of task ids",
-                    None,
-                ),
-            );
-        }
+        Some(_) => return invalid("params.notifications.taskIds must be an array of task ids"),
     };
     let watched = task_notifications::watchable(&gw, &ctx, task_ids);
     let flag = |k: &str| requested.get(k).and_then(Value::as_bool).unwrap_or(false);

@@ -130,6 +130,29 @@ def _chatty_and_another_key(gantry):
     return g, other, {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
 
 
+def _asking_on(g, session=None):
+    """A session on `g` able to answer sampling (`session`, or a new one), and the messages
+    of its call (id 5) of the chatty upstream's `ask`, which sends one sampling request and
+    waits for its answer."""
+    if session is None:
+        sid, _ = g.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
+        session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 1}}}
+    headers = {**g.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
+    return session, streamed_messages(g.base + "/mcp/chatty", body, headers)
+
+
+def _outcome_answering(asking, answer) -> dict:
+    """Reads the messages of `ask` (see `_asking_on`), handing each sampling request to
+    `answer`; what the call says of how they were answered."""
+    for msg in asking:
+        if msg.get("method") == "sampling/createMessage":
+            answer(msg)
+        elif msg.get("id") == 5:
+            return json.loads(msg["result"]["content"][0]["text"])
+    raise AssertionError("the call's stream ended without its answer")
+
+
 def test_only_the_client_a_server_request_was_relayed_to_can_answer_it(gantry):
     g, other, session = _chatty_and_another_key(gantry)
     r = g.post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
@@ -138,24 +161,19 @@ def test_only_the_client_a_server_request_was_relayed_to_can_answer_it(gantry):
     other_session = {"Authorization": f"Bearer {other}", "Mcp-Session-Id": r.headers["mcp-session-id"],
                      "MCP-Protocol-Version": "2025-11-25"}
     forged = {"jsonrpc": "2.0", "error": {"code": -1, "message": "forged by another caller"}}
-    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 1}}}
-    headers = {**g.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
-    result = None
-    for msg in streamed_messages(g.base + "/mcp/chatty", body, headers):
-        if msg.get("method") == "sampling/createMessage":
-            # Another caller that learned the id, with or without a session of its own,
-            # and this caller outside the session the request was relayed on: refused,
-            # as if no such request were pending, and the request still waits.
-            for who in ({"Authorization": f"Bearer {other}"}, other_session, {}):
-                refused = g.post({**forged, "id": msg["id"]}, path="/mcp/chatty", headers=who)
-                assert refused.status_code in (400, 404), (who.keys(), refused.status_code, refused.text)
-                assert "no pending server request" in refused.text or "Session" in refused.text, refused.text
-            accepted = g.post({**SAMPLED, "id": msg["id"]}, path="/mcp/chatty", headers=session)
-            assert accepted.status_code == 202, accepted.text
-        elif msg.get("id") == 5:
-            result = msg
-            break
-    outcome = json.loads(result["result"]["content"][0]["text"])
+
+    def answer(request):
+        # Another caller that learned the id, with or without a session of its own,
+        # and this caller outside the session the request was relayed on: refused,
+        # as if no such request were pending, and the request still waits.
+        for who in ({"Authorization": f"Bearer {other}"}, other_session, {}):
+            refused = g.post({**forged, "id": request["id"]}, path="/mcp/chatty", headers=who)
+            assert refused.status_code in (400, 404), (who.keys(), refused.status_code, refused.text)
+            assert "no pending server request" in refused.text or "Session" in refused.text, refused.text
+        accepted = g.post({**SAMPLED, "id": request["id"]}, path="/mcp/chatty", headers=session)
+        assert accepted.status_code == 202, accepted.text
+
+    outcome = _outcome_answering(_asking_on(g, session)[1], answer)
     assert (outcome["answered"], outcome["declined"]) == (1, 0), outcome
 
 
@@ -163,36 +181,26 @@ def test_an_answer_that_reaches_another_replica_is_carried_to_the_one_whose_serv
     # After a rescale nginx hashes a session to another replica than before: the answer to
     # a request relayed by the first lands on the second, whose upstream asked nothing.
     a, b, other = two_replicas(gantry)
-    sid, _ = a.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
-    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
-    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 1}}}
-    headers = {**a.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
-    result = None
-    for msg in streamed_messages(a.base + "/mcp/chatty", body, headers):
-        if msg.get("method") == "sampling/createMessage":
-            assert "127.0.0.1" not in msg["id"], "the replica's address is sealed in the id"
-            # Carried, and refused there as there: only this session may answer.
-            forged = b.post({**SAMPLED, "id": msg["id"]}, path="/mcp/chatty", headers=other)
-            assert forged.status_code == 400 and "no pending server request" in forged.text, forged.text
-            accepted = b.post({**SAMPLED, "id": msg["id"]}, path="/mcp/chatty", headers=session)
-            assert accepted.status_code == 202, accepted.text
-        elif msg.get("id") == 5:
-            result = msg
-            break
-    outcome = json.loads(result["result"]["content"][0]["text"])
+    session, asking = _asking_on(a)
+
+    def answer_on_b(request):
+        assert "127.0.0.1" not in request["id"], "the replica's address is sealed in the id"
+        # Carried, and refused there as there: only this session may answer.
+        forged = b.post({**SAMPLED, "id": request["id"]}, path="/mcp/chatty", headers=other)
+        assert forged.status_code == 400 and "no pending server request" in forged.text, forged.text
+        accepted = b.post({**SAMPLED, "id": request["id"]}, path="/mcp/chatty", headers=session)
+        assert accepted.status_code == 202, accepted.text
+
+    outcome = _outcome_answering(asking, answer_on_b)
     assert (outcome["answered"], outcome["declined"]) == (1, 0), outcome
     assert b.metric("mcp_requests_forwarded_total", held="server_request", outcome="forwarded") == 2
 
 
 def test_an_answer_for_a_replica_that_is_gone_is_refused_clearly(gantry):
     a, b, _ = two_replicas(gantry)
-    sid, _ = a.initialize(path="/mcp/chatty", capabilities={"sampling": {}})
-    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
-    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "ask", "arguments": {"count": 1}}}
-    headers = {**a.auth(), **session, "Content-Type": "application/json", "Accept": ACCEPT}
-    stream = streamed_messages(a.base + "/mcp/chatty", body, headers)
-    asked = next(m for m in stream if m.get("method") == "sampling/createMessage")
-    stream.close()
+    session, asking = _asking_on(a)
+    asked = next(m for m in asking if m.get("method") == "sampling/createMessage")
+    asking.close()
     a.stop()
     refused = b.post({**SAMPLED, "id": asked["id"]}, path="/mcp/chatty", headers=session)
     assert refused.status_code == 400, refused.text

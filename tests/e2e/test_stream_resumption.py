@@ -76,6 +76,33 @@ def refused(g, session: dict, last_event_id: str) -> str:
     return r.json()["error"]["message"]
 
 
+def log_while_away(g, session: dict, count: int):
+    """Has the upstream send `count` log messages outside any call while the session's
+    client has no GET stream open, and waits until it sent them."""
+    r = g.post({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                "params": {"name": "log_later", "arguments": {"count": count, "size": 0}}},
+               path="/mcp/chatty", headers=session)
+    assert r.json()["result"]["content"][0]["text"] == "logging"
+    wait_until(lambda: g.logged("logs sent", upstream="chatty"), what="the upstream's logs")
+
+
+def logs_resumed(g, session: dict, last_event_id: str, count: int) -> list[int]:
+    """Resumes the session's GET stream on `g` after `last_event_id`; the numbers of the
+    first `count` log messages it brings (fewer if 20 s pass)."""
+    headers = {**g.auth(), **session, "Accept": "text/event-stream", "Last-Event-ID": last_event_id}
+    got = []
+    deadline = time.monotonic() + 20  # keep-alives come every 15 s
+    with httpx2.stream("GET", g.base + "/mcp/chatty", headers=headers, timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        for event in events(r.iter_lines()):
+            message = json.loads(event["data"]) if event.get("data") else {}
+            if message.get("method") == "notifications/message":
+                got.append(message["params"]["data"]["n"])
+            if len(got) == count or time.monotonic() > deadline:
+                break
+    return got
+
+
 @pytest.mark.parametrize("version", ["2025-11-25", "2025-06-18"])
 def test_a_client_that_loses_a_calls_stream_resumes_it_and_nothing_is_lost(gantry, version):
     g = gantry({"upstreams": {"chatty": chatty_stdio()}})
@@ -106,24 +133,8 @@ def test_a_get_stream_keeps_what_came_while_its_client_was_away(gantry):
     with httpx2.stream("GET", g.base + "/mcp/chatty", headers=headers, timeout=httpx2.Timeout(30, read=5)) as r:
         priming = next(events(r.iter_lines()))
     assert priming.get("id") and priming.get("data") == ""
-    # Log messages outside any call, sent while the client has no stream.
-    r = g.post({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
-                "params": {"name": "log_later", "arguments": {"count": 5, "size": 0}}},
-               path="/mcp/chatty", headers=session)
-    assert r.json()["result"]["content"][0]["text"] == "logging"
-    wait_until(lambda: g.logged("logs sent", upstream="chatty"), what="the upstream's logs")
-    got = []
-    headers["Last-Event-ID"] = priming["id"]
-    deadline = time.monotonic() + 20  # keep-alives come every 15 s
-    with httpx2.stream("GET", g.base + "/mcp/chatty", headers=headers, timeout=30) as r:
-        assert r.status_code == 200, r.read()
-        for event in events(r.iter_lines()):
-            message = json.loads(event["data"]) if event.get("data") else {}
-            if message.get("method") == "notifications/message":
-                got.append(message["params"]["data"]["n"])
-            if len(got) == 5 or time.monotonic() > deadline:
-                break
-    assert got == [0, 1, 2, 3, 4]
+    log_while_away(g, session, count=5)
+    assert logs_resumed(g, session, priming["id"], count=5) == [0, 1, 2, 3, 4]
 
 
 def primed_get_stream(g, session: dict) -> dict:
@@ -152,23 +163,8 @@ def test_a_stream_resumed_on_another_replica_is_carried_from_the_one_holding_it(
 
     # A GET stream too: what came while its client was away comes through the other replica.
     priming = primed_get_stream(a, session)
-    r = a.post({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
-                "params": {"name": "log_later", "arguments": {"count": 3, "size": 0}}},
-               path="/mcp/chatty", headers=session)
-    assert r.json()["result"]["content"][0]["text"] == "logging"
-    wait_until(lambda: a.logged("logs sent", upstream="chatty"), what="the upstream's logs")
-    headers = {**b.auth(), **session, "Accept": "text/event-stream", "Last-Event-ID": priming["id"]}
-    got = []
-    deadline = time.monotonic() + 20  # keep-alives come every 15 s
-    with httpx2.stream("GET", b.base + "/mcp/chatty", headers=headers, timeout=30) as r:
-        assert r.status_code == 200, r.read()
-        for event in events(r.iter_lines()):
-            message = json.loads(event["data"]) if event.get("data") else {}
-            if message.get("method") == "notifications/message":
-                got.append(message["params"]["data"]["n"])
-            if len(got) == 3 or time.monotonic() > deadline:
-                break
-    assert got == [0, 1, 2]
+    log_while_away(a, session, count=3)
+    assert logs_resumed(b, session, priming["id"], count=3) == [0, 1, 2]
     assert a.metric("mcp_stream_resumptions_total", outcome="resumed") == 2
     assert b.metric("mcp_requests_forwarded_total", held="stream", outcome="forwarded") == 2
     assert not b.metric("mcp_stream_resumptions_total", outcome="resumed"), "b resumed nothing itself"
