@@ -106,7 +106,23 @@ impl SessionCodec {
 
     /// Seals any value for `purpose` into a URL-safe string.
     pub fn seal_value<T: Serialize>(&self, value: &T, purpose: &[u8]) -> String {
-        let plaintext = serde_json::to_vec(value).expect("sealed values serialize");
+        self.seal_bytes(
+            &serde_json::to_vec(value).expect("sealed values serialize"),
+            purpose,
+        )
+    }
+
+    /// Opens a value sealed for `purpose`; anything else yields `None`.
+    pub fn open_value<T: serde::de::DeserializeOwned>(
+        &self,
+        sealed: &str,
+        purpose: &[u8],
+    ) -> Option<T> {
+        serde_json::from_slice(&self.open_bytes(sealed, purpose)?).ok()
+    }
+
+    /// Seals `plaintext` for `purpose` into a URL-safe string: for what must stay short.
+    pub fn seal_bytes(&self, plaintext: &[u8], purpose: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
         let ciphertext = self
@@ -114,7 +130,7 @@ impl SessionCodec {
             .encrypt(
                 Nonce::from_slice(&nonce),
                 aes_gcm::aead::Payload {
-                    msg: &plaintext,
+                    msg: plaintext,
                     aad: purpose,
                 },
             )
@@ -125,12 +141,8 @@ impl SessionCodec {
         URL_SAFE_NO_PAD.encode(out)
     }
 
-    /// Opens a value sealed for `purpose`; anything else yields `None`.
-    pub fn open_value<T: serde::de::DeserializeOwned>(
-        &self,
-        sealed: &str,
-        purpose: &[u8],
-    ) -> Option<T> {
+    /// Opens bytes sealed for `purpose`; anything else yields `None`.
+    pub fn open_bytes(&self, sealed: &str, purpose: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() > MAX_SESSION_ID_LEN {
             return None;
         }
@@ -139,8 +151,7 @@ impl SessionCodec {
             return None;
         }
         let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
-        let plaintext = self
-            .cipher
+        self.cipher
             .decrypt(
                 Nonce::from_slice(nonce),
                 aes_gcm::aead::Payload {
@@ -148,8 +159,7 @@ impl SessionCodec {
                     aad: purpose,
                 },
             )
-            .ok()?;
-        serde_json::from_slice(&plaintext).ok()
+            .ok()
     }
 }
 
