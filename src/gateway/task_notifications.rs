@@ -9,7 +9,8 @@
 //! pushes what changed. A task is watched by the replica whose upstream session runs it;
 //! a listen that reaches another replica leaves it out of the acknowledgement, and its
 //! client polls it. A watch ends with the task, with the stream, or when the server no
-//! longer knows the task; one caller's streams watch a bounded number of tasks in all.
+//! longer knows the task (told as `failed`, with the server's error); one caller's streams
+//! watch a bounded number of tasks in all.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,7 +105,8 @@ pub fn watch(
             _slot,
         } = watched;
         let id = json!("gantry-task-watch");
-        let mut last: Option<Value> = None;
+        // The task as last pushed, and what told it from the one before.
+        let mut last: Option<(Map<String, Value>, Value)> = None;
         let mut wait = POLL_DEFAULT;
         loop {
             let answer = tokio::select! {
@@ -114,9 +116,14 @@ pub fn watch(
             match answer {
                 Ok(mut answer) => {
                     tasks::replace_strings(&mut answer, &task.upstream, &task.caller);
-                    // An error: the server no longer knows the task (ended, expired).
+                    let dropped = upstream.metrics.notifications_dropped();
                     let Some(Value::Object(detailed)) = answer.get_mut("result").map(Value::take)
                     else {
+                        // The server no longer knows the task (it restarted, or the task
+                        // expired): a client told of it must hear that it is gone.
+                        if let Some((told, _)) = last {
+                            out.notify(&notification(gone(told, &answer), &sub), dropped);
+                        }
                         return;
                     };
                     wait = poll_interval(&detailed);
@@ -125,10 +132,9 @@ pub fn watch(
                         Some("completed" | "failed" | "cancelled")
                     );
                     let seen = fingerprint(&detailed);
-                    if last.as_ref() != Some(&seen) {
-                        let dropped = upstream.metrics.notifications_dropped();
-                        out.notify(&notification(detailed, &sub), dropped);
-                        last = Some(seen);
+                    if last.as_ref().is_none_or(|(_, before)| *before != seen) {
+                        out.notify(&notification(detailed.clone(), &sub), dropped);
+                        last = Some((detailed, seen));
                     }
                     if ended {
                         return;
@@ -159,6 +165,20 @@ fn fingerprint(task: &Map<String, Value>) -> Value {
         task.get("lastUpdatedAt"),
         questions
     ])
+}
+
+/// The task last told of, failed with the error the server now answers for it.
+fn gone(mut task: Map<String, Value>, answer: &Value) -> Map<String, Value> {
+    task.remove("inputRequests");
+    task.remove("result");
+    task.insert("status".into(), json!("failed"));
+    task.insert(
+        "statusMessage".into(),
+        json!("the server no longer knows the task"),
+    );
+    let error = answer.get("error").cloned();
+    task.insert("error".into(), error.unwrap_or_else(|| json!({})));
+    task
 }
 
 fn poll_interval(task: &Map<String, Value>) -> Duration {
@@ -212,6 +232,21 @@ mod tests {
             fingerprint(&later),
             "the ttl is no news"
         );
+    }
+
+    #[test]
+    fn a_task_the_server_forgot_is_told_as_failed_with_the_servers_error() {
+        let told = task(
+            json!({"taskId": "t", "status": "input_required", "createdAt": "c",
+            "inputRequests": {"k": {}}}),
+        );
+        let answer = json!({"jsonrpc": "2.0", "id": 1,
+            "error": {"code": -32602, "message": "Task not found"}});
+        let failed = gone(told, &answer);
+        assert_eq!(failed["status"], "failed");
+        assert_eq!(failed["error"]["code"], -32602);
+        assert_eq!(failed["createdAt"], "c", "the rest as last told");
+        assert!(!failed.contains_key("inputRequests"));
     }
 
     #[test]

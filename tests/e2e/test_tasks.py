@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import threading
 import time
@@ -310,6 +311,26 @@ def test_a_modern_clients_task_asks_its_question_in_tasks_get_and_hears_the_answ
     done = poll(g, task_id, lambda t: t["status"] in TERMINAL, path="/mcp", capabilities=capabilities)
     assert done["status"] == "completed", done
     assert "python (snake)" in done["result"]["content"][0]["text"], done
+
+
+def test_a_listening_client_hears_that_a_task_its_server_forgot_failed(gantry):
+    from test_resilience import children
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    task_id = modern_task(g, {"topic": "crash"})["result"]["taskId"]
+    server = children(g.proc.pid)[0]
+    heard = []
+    for message in listened(g, {"notifications": {"taskIds": [task_id]}}, "/mcp/everything", WITH_TASKS,
+                            until=lambda m: m.get("params", {}).get("status") in TERMINAL):
+        if message["method"] == "notifications/tasks":
+            heard.append(message["params"])
+            if len(heard) == 1:
+                # The server dies with the task; gantry restarts it, without the task.
+                os.kill(server, signal.SIGKILL)
+    assert heard[0]["status"] == "working", heard
+    gone = heard[-1]
+    assert gone["status"] == "failed" and gone["taskId"] == task_id, gone
+    assert gone["error"]["code"] == -32602, gone
+    assert g.metric("mcp_upstream_restarts_total", server="everything") == 1
 
 
 def test_a_modern_client_cancels_its_task(gantry):
