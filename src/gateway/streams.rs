@@ -224,7 +224,13 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
             let why = "task status notifications are its own";
             return relay::finish(&ctx, task_extension::missing_extension(&id, why));
         }
-        Some(Value::Array(ids)) => ids.as_slice(),
+        Some(Value::Array(ids)) if ids.len() <= task_notifications::MAX_NAMED => ids.as_slice(),
+        Some(Value::Array(_)) => {
+            return invalid(&format!(
+                "params.notifications.taskIds names more than {} tasks",
+                task_notifications::MAX_NAMED
+            ));
+        }
         Some(_) => return invalid("params.notifications.taskIds must be an array of task ids"),
     };
     let watched = task_notifications::watchable(&gw, &ctx, task_ids);

@@ -25,6 +25,8 @@ use crate::upstream::Upstream;
 
 /// Most tasks one listen stream watches: each asks its server on its own.
 pub const MAX_WATCHED: usize = 16;
+/// Most task ids one listen may name: each is opened (decrypted) to find the caller's.
+pub const MAX_NAMED: usize = 256;
 /// Most tasks one caller's listen streams watch in all: a caller opening stream after
 /// stream must not make gantry ask the servers without end.
 pub const MAX_WATCHED_PER_CALLER: usize = 64;

@@ -227,9 +227,11 @@ def test_a_modern_client_runs_a_tool_as_a_task_and_polls_its_result(gantry):
     listen = {"notifications": {"toolsListChanged": True, "taskIds": [task_id]}}
     r = g.modern("subscriptions/listen", listen, path="/mcp/everything")
     assert r.json()["error"]["code"] == -32021, r.text
-    r = g.modern("subscriptions/listen", {"notifications": {"taskIds": task_id}}, path="/mcp/everything",
-                 capabilities=WITH_TASKS)
-    assert r.status_code == 400 and r.json()["error"]["code"] == -32602, r.text
+    for task_ids in (task_id, [task_id] * 257):
+        r = g.modern("subscriptions/listen", {"notifications": {"taskIds": task_ids}}, path="/mcp/everything",
+                     capabilities=WITH_TASKS)
+        assert r.status_code == 400 and r.json()["error"]["code"] == -32602, r.text
+        assert "taskIds" in r.json()["error"]["message"], r.text
 
 
 def listened(g, listen: dict, path: str, capabilities: dict, until, id="listen-1"):
