@@ -17,9 +17,9 @@ use serde_json::{Map, Value, json};
 use super::era::{self, Era};
 use super::jsonrpc::{self, Message};
 use super::session::{ClientCaps, SessionClaims, new_session_id};
-use super::task_extension;
 use super::tasks::{self, TaskIds};
 use super::{Gateway, Route, aggregate, policy, relay, replica_forward, streams};
+use super::{task_extension, task_notifications};
 use crate::gateway::auth::{AuthError, Principal};
 use crate::http_server::ServedAt;
 
@@ -416,6 +416,12 @@ async fn request(
             }
         }
     };
+    if ctx.era == Era::Modern && method == "subscriptions/listen" {
+        // Its headers go with it: the tasks it watches on other replicas are asked there
+        // with the listener's credentials.
+        let listener = task_notifications::Listener { headers };
+        return Box::pin(streams::listen(gw, ctx, id, body, listener)).await;
+    }
     dispatch(gw, ctx, id, method, body).await
 }
 
@@ -481,23 +487,17 @@ async fn dispatch(
     if tasks::asks_for_task(&body) {
         ctx.tasks = Some(Box::new(TaskIds::Create));
     }
-    match (method.as_str(), &ctx.era) {
-        ("server/discover", Era::Modern) => {
-            return match &ctx.route {
-                Route::Aggregate => relay::finish(
-                    &ctx,
-                    jsonrpc::result_response(
-                        &id,
-                        aggregate::discover(&gw, ctx.principal.access.as_deref()),
-                    ),
+    if ctx.era == Era::Modern && method == "server/discover" {
+        return match &ctx.route {
+            Route::Aggregate => relay::finish(
+                &ctx,
+                jsonrpc::result_response(
+                    &id,
+                    aggregate::discover(&gw, ctx.principal.access.as_deref()),
                 ),
-                Route::Server(name) => Box::pin(relay::discover_server(&gw, &ctx, name, &id)).await,
-            };
-        }
-        ("subscriptions/listen", Era::Modern) => {
-            return Box::pin(streams::listen(gw, ctx, id, body)).await;
-        }
-        _ => {}
+            ),
+            Route::Server(name) => Box::pin(relay::discover_server(&gw, &ctx, name, &id)).await,
+        };
     }
     match &ctx.route {
         Route::Server(name) => {

@@ -19,7 +19,7 @@ use super::jsonrpc;
 use super::resumption::{self, Refused, StreamKind};
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
 use super::session::SessionClaims;
-use super::task_notifications::{self, Watched};
+use super::task_notifications::{self, Listener, Watched};
 use super::{Gateway, Route};
 use super::{relay, task_extension, tasks};
 use crate::policy::Access;
@@ -200,7 +200,13 @@ pub fn resume(
 
 /// 2026-07-28 `subscriptions/listen`: acknowledge what is honored, then deliver the
 /// chosen change notifications tagged with the subscription id.
-pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Value>) -> Response {
+pub async fn listen(
+    gw: Arc<Gateway>,
+    ctx: Ctx,
+    id: Value,
+    body: Map<String, Value>,
+    listener: Listener,
+) -> Response {
     let requested = jsonrpc::params(&body)
         .and_then(|p| p.get("notifications"))
         .cloned()
@@ -312,7 +318,7 @@ pub async fn listen(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
     out.send(&ack);
     let out = Arc::new(out);
     for task in watched {
-        task_notifications::watch(&gw, &ctx, &id, task, &out);
+        task_notifications::watch(&gw, (&ctx, &listener), &id, task, &out);
     }
     let uris: HashSet<String> = honored_uris.into_iter().collect();
     let keep: Filter = Arc::new(move |event| {

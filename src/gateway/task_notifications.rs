@@ -6,9 +6,10 @@
 //! A 2025-11-25 server may push its tasks' statuses, but on the one upstream session every
 //! caller shares, and need not push at all; so gantry asks the server itself, at the
 //! interval the task asks its clients to poll at (within [`POLL_MIN`]..[`POLL_MAX`]), and
-//! pushes what changed. A task is watched by the replica whose upstream session runs it;
-//! a listen that reaches another replica leaves it out of the acknowledgement, and its
-//! client polls it. A watch ends with the task, with the stream, or when the server no
+//! pushes what changed. A task runs on the upstream session of one replica; a listen that
+//! reaches another (2026-07-28 requests carry no session a load balancer could keep on
+//! one replica) asks that replica, with the listen's own credentials, as the client's
+//! `tasks/get` would be carried there ([`super::replica_forward`]). A watch ends with the task, with the stream, or when the server no
 //! longer knows the task (told as `failed`, with the server's error); one caller's streams
 //! watch a bounded number of tasks in all.
 
@@ -17,8 +18,12 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use axum::body::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Uri, header};
+
 use super::http::Ctx;
 use super::per_caller::Slot;
+use super::replica_forward::{self, Owner};
 use super::tasks::{self, Opened};
 use super::{Gateway, client_stream, era, jsonrpc, task_extension};
 use crate::upstream::Upstream;
@@ -41,8 +46,17 @@ const POLL_DEFAULT: Duration = Duration::from_secs(1);
 pub struct Watched {
     task: Opened,
     upstream: Arc<Upstream>,
+    /// The replica whose upstream session runs the task, when not this one.
+    elsewhere: Option<Owner>,
     /// One of the caller's [`MAX_WATCHED_PER_CALLER`], held while it is watched.
     _slot: Slot,
+}
+
+/// The listen request's own headers (its credentials among them), for the `tasks/get`
+/// requests carried to another replica on its behalf.
+#[derive(Clone)]
+pub struct Listener {
+    pub headers: HeaderMap,
 }
 
 impl Watched {
@@ -66,9 +80,7 @@ pub fn watchable(gw: &Gateway, ctx: &Ctx, ids: &[Value]) -> Vec<Watched> {
         }
         let named = jsonrpc::request("tasks/get", json!({ "taskId": id }));
         let principal = &ctx.principal;
-        if tasks::held_elsewhere(gw, principal, "tasks/get", &named, ctx.served_at).is_some() {
-            continue;
-        }
+        let elsewhere = tasks::held_elsewhere(gw, principal, "tasks/get", &named, ctx.served_at);
         let Some(task) = tasks::open(gw, ctx, &named) else {
             continue;
         };
@@ -81,6 +93,7 @@ pub fn watchable(gw: &Gateway, ctx: &Ctx, ids: &[Value]) -> Vec<Watched> {
         watched.push(Watched {
             task,
             upstream,
+            elsewhere,
             _slot: slot,
         });
     }
@@ -91,12 +104,13 @@ pub fn watchable(gw: &Gateway, ctx: &Ctx, ids: &[Value]) -> Vec<Watched> {
 /// one it has now until it ends, the server no longer knows it, or the client leaves.
 pub fn watch(
     gw: &Arc<Gateway>,
-    ctx: &Ctx,
+    (ctx, listener): (&Ctx, &Listener),
     sub: &Value,
     watched: Watched,
     out: &Arc<client_stream::Sender>,
 ) {
     let (gw, out, sub) = (Arc::clone(gw), Arc::clone(out), sub.clone());
+    let listener = listener.clone();
     // Counted and audited as the polls they stand in for.
     let mut ctx = ctx.clone();
     ctx.method = "tasks/get".into();
@@ -104,6 +118,7 @@ pub fn watch(
         let Watched {
             task,
             upstream,
+            elsewhere,
             _slot,
         } = watched;
         let id = json!("gantry-task-watch");
@@ -111,8 +126,16 @@ pub fn watch(
         let mut last: Option<(Map<String, Value>, Value)> = None;
         let mut wait = POLL_DEFAULT;
         loop {
+            let asked = async {
+                match elsewhere {
+                    None => task_extension::get(&gw, &ctx, &id, &upstream, &task)
+                        .await
+                        .map_err(drop),
+                    Some(owner) => ask_replica(owner, &ctx, &listener, &task).await,
+                }
+            };
             let answer = tokio::select! {
-                answer = task_extension::get(&gw, &ctx, &id, &upstream, &task) => answer,
+                answer = asked => answer,
                 () = out.gone() => return,
             };
             match answer {
@@ -152,6 +175,49 @@ pub fn watch(
             }
         }
     });
+}
+
+/// Most bytes of a `tasks/get` answer another replica gives: a finished task's result
+/// is inlined, and results are bounded upstream by the same limit.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// The task's status as the replica running it gives it, asked as the listening client's
+/// own `tasks/get` would be; `Err` when it could not say this time.
+async fn ask_replica(
+    owner: Owner,
+    ctx: &Ctx,
+    listener: &Listener,
+    task: &Opened,
+) -> Result<Value, ()> {
+    let mut headers = listener.headers.clone();
+    let version = headers.get(era::HEADER_PROTOCOL_VERSION).cloned();
+    headers.insert(era::HEADER_METHOD, HeaderValue::from_static("tasks/get"));
+    let name = HeaderValue::from_str(&task.caller).map_err(drop)?;
+    headers.insert(era::HEADER_NAME, name);
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    let meta = json!({
+        era::META_PROTOCOL_VERSION: version.as_ref().and_then(|v| v.to_str().ok()),
+        era::META_CLIENT_CAPABILITIES: {"extensions": {task_extension::EXTENSION: {}}},
+    });
+    let body = jsonrpc::request("tasks/get", json!({"taskId": task.caller, "_meta": meta}));
+    let body = Bytes::from(serde_json::to_vec(&body).expect("JSON values serialize"));
+    let path = match ctx.route.server() {
+        Some(server) => format!("/mcp/{server}"),
+        None => "/mcp".into(),
+    };
+    let uri: Uri = path.parse().map_err(drop)?;
+    let Some(response) = replica_forward::carry(owner, Method::POST, &uri, headers, body).await
+    else {
+        // Gone, and the task with it: as the client's own tasks/get would be told.
+        let unreachable = owner.held.unreachable();
+        let error =
+            jsonrpc::error_response(&Value::Null, jsonrpc::INVALID_PARAMS, unreachable, None);
+        return Ok(error);
+    };
+    let bytes = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
+        .await
+        .map_err(drop)?;
+    serde_json::from_slice(&bytes).map_err(drop)
 }
 
 /// What tells one status from the next: a client is told again only when one changed.

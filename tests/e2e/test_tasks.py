@@ -344,13 +344,19 @@ def test_a_modern_client_cancels_its_task(gantry):
     assert done["status"] == "cancelled", done
 
 
-def test_a_task_request_that_reaches_another_replica_is_carried_to_the_one_running_it(gantry):
-    # Stateless clients carry no session a load balancer could keep on one replica, and
-    # each replica has its own upstream session: the task lives on the one that made it.
+def everything_replicas(gantry):
+    """Two gantry processes in front of server-everything with the same API key and
+    session key, as replicas behind a load balancer have."""
     session_key = base64.b64encode(secrets.token_bytes(32)).decode()
     config = {"upstreams": {"everything": everything_stdio()}}
     a = gantry(config, session_key=session_key)
-    b = gantry(config, session_key=session_key, key=a.key)
+    return a, gantry(config, session_key=session_key, key=a.key)
+
+
+def test_a_task_request_that_reaches_another_replica_is_carried_to_the_one_running_it(gantry):
+    # Stateless clients carry no session a load balancer could keep on one replica, and
+    # each replica has its own upstream session: the task lives on the one that made it.
+    a, b = everything_replicas(gantry)
     task_id = modern_task(a, {"topic": "replicas"})["result"]["taskId"]
 
     done = poll(b, task_id, lambda t: t["status"] in TERMINAL)
@@ -363,6 +369,18 @@ def test_a_task_request_that_reaches_another_replica_is_carried_to_the_one_runni
     error = b.modern("tasks/get", {"taskId": task_id}, path="/mcp/everything", capabilities=WITH_TASKS).json()["error"]
     assert error["code"] == -32602 and "could not be reached" in error["message"], error
     assert b.metric("mcp_requests_forwarded_total", held="task", outcome="unreachable") == 1
+
+
+def test_a_listen_that_reaches_another_replica_hears_the_task_running_on_the_first(gantry):
+    a, b = everything_replicas(gantry)
+    task_id = modern_task(a, {"topic": "replicas"})["result"]["taskId"]
+    heard = list(listened(b, {"notifications": {"taskIds": [task_id]}}, "/mcp/everything", WITH_TASKS,
+                          until=lambda m: m.get("params", {}).get("status") in TERMINAL))
+    assert heard[0]["params"]["notifications"] == {"taskIds": [task_id]}, heard[0]
+    done = heard[-1]["params"]
+    assert done["status"] == "completed" and "Research Report: replicas" in done["result"]["content"][0]["text"]
+    assert b.metric("mcp_requests_forwarded_total", held="task", outcome="forwarded") >= 1
+    assert b.metric("mcp_requests_total", server="everything", method="tasks/get") is None, "b's upstream saw none"
 
 
 def official_tasks_client(g, tmp_path, path: str, tool: str, arguments: dict, protocol: str) -> dict:
