@@ -318,7 +318,7 @@ pub async fn listen(
     out.send(&ack);
     let out = Arc::new(out);
     for task in watched {
-        task_notifications::watch(&gw, (&ctx, &listener), &id, task, &out);
+        task_notifications::watch(&gw, &ctx, &listener, &id, task, &out);
     }
     let uris: HashSet<String> = honored_uris.into_iter().collect();
     let keep: Filter = Arc::new(move |event| {

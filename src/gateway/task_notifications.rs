@@ -9,17 +9,18 @@
 //! pushes what changed. A task runs on the upstream session of one replica; a listen that
 //! reaches another (2026-07-28 requests carry no session a load balancer could keep on
 //! one replica) asks that replica, with the listen's own credentials, as the client's
-//! `tasks/get` would be carried there ([`super::replica_forward`]). A watch ends with the task, with the stream, or when the server no
-//! longer knows the task (told as `failed`, with the server's error); one caller's streams
-//! watch a bounded number of tasks in all.
+//! `tasks/get` would be carried there ([`super::replica_forward`]).
+//!
+//! A watch ends with the task, with the stream, or when the server no longer knows the
+//! task (told as `failed`, with the server's error); one caller's streams watch a bounded
+//! number of tasks in all.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
-
 use axum::body::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use serde_json::{Map, Value, json};
 
 use super::http::Ctx;
 use super::per_caller::Slot;
@@ -66,9 +67,8 @@ impl Watched {
     }
 }
 
-/// Of the task ids a listen names, those this replica watches for the caller: its own
-/// tasks, run by an upstream session of this replica, the first [`MAX_WATCHED`] of them
-/// that the caller's [`MAX_WATCHED_PER_CALLER`] leave room for.
+/// Of the task ids a listen names, those watched for the caller: its own tasks, the first
+/// [`MAX_WATCHED`] of them that the caller's [`MAX_WATCHED_PER_CALLER`] leave room for.
 pub fn watchable(gw: &Gateway, ctx: &Ctx, ids: &[Value]) -> Vec<Watched> {
     let mut watched: Vec<Watched> = Vec::new();
     for id in ids.iter().filter_map(Value::as_str) {
@@ -104,7 +104,8 @@ pub fn watchable(gw: &Gateway, ctx: &Ctx, ids: &[Value]) -> Vec<Watched> {
 /// one it has now until it ends, the server no longer knows it, or the client leaves.
 pub fn watch(
     gw: &Arc<Gateway>,
-    (ctx, listener): (&Ctx, &Listener),
+    ctx: &Ctx,
+    listener: &Listener,
     sub: &Value,
     watched: Watched,
     out: &Arc<client_stream::Sender>,
@@ -138,31 +139,37 @@ pub fn watch(
                 answer = asked => answer,
                 () = out.gone() => return,
             };
+            let dropped = upstream.metrics.notifications_dropped();
             match answer {
+                // The server no longer knows the task (it restarted, or the task expired):
+                // a client told of it must hear that it is gone.
+                Ok(answer) if answer.get("error").is_some() => {
+                    if let Some((told, _)) = last {
+                        out.notify(&notification(gone(told, &answer), &sub), dropped);
+                    }
+                    return;
+                }
                 Ok(mut answer) => {
                     tasks::replace_strings(&mut answer, &task.upstream, &task.caller);
-                    let dropped = upstream.metrics.notifications_dropped();
-                    let Some(Value::Object(detailed)) = answer.get_mut("result").map(Value::take)
-                    else {
-                        // The server no longer knows the task (it restarted, or the task
-                        // expired): a client told of it must hear that it is gone.
-                        if let Some((told, _)) = last {
-                            out.notify(&notification(gone(told, &answer), &sub), dropped);
+                    match answer.get_mut("result").map(Value::take) {
+                        Some(Value::Object(detailed)) => {
+                            wait = poll_interval(&detailed);
+                            let ended = matches!(
+                                detailed.get("status").and_then(Value::as_str),
+                                Some("completed" | "failed" | "cancelled")
+                            );
+                            let seen = fingerprint(&detailed);
+                            if last.as_ref().is_none_or(|(_, before)| *before != seen) {
+                                out.notify(&notification(detailed.clone(), &sub), dropped);
+                                last = Some((detailed, seen));
+                            }
+                            if ended {
+                                return;
+                            }
                         }
-                        return;
-                    };
-                    wait = poll_interval(&detailed);
-                    let ended = matches!(
-                        detailed.get("status").and_then(Value::as_str),
-                        Some("completed" | "failed" | "cancelled")
-                    );
-                    let seen = fingerprint(&detailed);
-                    if last.as_ref().is_none_or(|(_, before)| *before != seen) {
-                        out.notify(&notification(detailed.clone(), &sub), dropped);
-                        last = Some((detailed, seen));
-                    }
-                    if ended {
-                        return;
+                        // Neither result nor error: asked again later, as when the server
+                        // could not be asked.
+                        _ => wait = (wait * 2).min(POLL_MAX),
                     }
                 }
                 // The server could not be asked this time (down, timed out): asked again
@@ -214,6 +221,10 @@ async fn ask_replica(
             jsonrpc::error_response(&Value::Null, jsonrpc::INVALID_PARAMS, unreachable, None);
         return Ok(error);
     };
+    // Refused there (a rate limit, say): nothing said of the task, asked again later.
+    if response.status() != StatusCode::OK {
+        return Err(());
+    }
     let bytes = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
         .await
         .map_err(drop)?;
