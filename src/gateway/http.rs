@@ -416,13 +416,7 @@ async fn request(
             }
         }
     };
-    if ctx.era == Era::Modern && method == "subscriptions/listen" {
-        // Its headers go with it: the tasks it watches on other replicas are asked there
-        // with the listener's credentials.
-        let listener = task_notifications::Listener { headers };
-        return Box::pin(streams::listen(gw, ctx, id, body, listener)).await;
-    }
-    dispatch(gw, ctx, id, method, body).await
+    dispatch(gw, ctx, id, method, body, &headers).await
 }
 
 async fn initialize(
@@ -480,6 +474,7 @@ async fn dispatch(
     id: Value,
     method: String,
     body: Map<String, Value>,
+    headers: &HeaderMap,
 ) -> Response {
     if method.starts_with("tasks/") {
         return Box::pin(tasks::handle(gw, ctx, id, &method, body)).await;
@@ -487,17 +482,28 @@ async fn dispatch(
     if tasks::asks_for_task(&body) {
         ctx.tasks = Some(Box::new(TaskIds::Create));
     }
-    if ctx.era == Era::Modern && method == "server/discover" {
-        return match &ctx.route {
-            Route::Aggregate => relay::finish(
-                &ctx,
-                jsonrpc::result_response(
-                    &id,
-                    aggregate::discover(&gw, ctx.principal.access.as_deref()),
+    match (method.as_str(), &ctx.era) {
+        ("server/discover", Era::Modern) => {
+            return match &ctx.route {
+                Route::Aggregate => relay::finish(
+                    &ctx,
+                    jsonrpc::result_response(
+                        &id,
+                        aggregate::discover(&gw, ctx.principal.access.as_deref()),
+                    ),
                 ),
-            ),
-            Route::Server(name) => Box::pin(relay::discover_server(&gw, &ctx, name, &id)).await,
-        };
+                Route::Server(name) => Box::pin(relay::discover_server(&gw, &ctx, name, &id)).await,
+            };
+        }
+        ("subscriptions/listen", Era::Modern) => {
+            // Its headers go with it: the tasks it watches on other replicas are asked
+            // there with the listener's credentials.
+            let listener = task_notifications::Listener {
+                headers: headers.clone(),
+            };
+            return Box::pin(streams::listen(gw, ctx, id, body, listener)).await;
+        }
+        _ => {}
     }
     match &ctx.route {
         Route::Server(name) => {
