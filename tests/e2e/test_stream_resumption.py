@@ -208,13 +208,17 @@ def test_only_the_streams_own_session_resumes_it_and_bad_ids_are_refused_clearly
     before = start_call(g, session, flood(10, pause_ms=150), messages=2)
     last = before[-1]["id"]
     assert "no stream of this session has it" in refused(g, other, last), "another session's stream"
-    for bad in ("garbage", "0-1", last.split("-")[0] + "-99999"):
+    # A mark this gateway did not seal (forged, or another deployment's) names no replica:
+    # the id is answered here, never carried anywhere.
+    forged_mark = "c0000000000000000-1." + "A" * 46
+    for bad in ("garbage", "0-1", last.split("-")[0] + "-99999", forged_mark):
         message = refused(g, session, bad)
         assert "cannot resume from Last-Event-ID" in message, message
+    assert not g.metric("mcp_requests_forwarded_total"), "nothing carried to another replica"
     # Still there for its own session, whole.
     got = before + resume(g, session, last)
     assert progress_of(got) == list(range(1, 11))
-    assert g.metric("mcp_stream_resumptions_total", outcome="refused") == 4
+    assert g.metric("mcp_stream_resumptions_total", outcome="refused") == 5
 
 
 def test_a_stream_nobody_resumes_in_time_cancels_its_call(gantry):
