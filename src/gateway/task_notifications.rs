@@ -78,12 +78,11 @@ pub fn watchable(gw: &Gateway, ctx: &Ctx, ids: &[Value]) -> Vec<Watched> {
         if watched.iter().any(|w| w.id() == id) {
             continue;
         }
-        let named = jsonrpc::request("tasks/get", json!({ "taskId": id }));
-        let principal = &ctx.principal;
-        let elsewhere = tasks::held_elsewhere(gw, principal, "tasks/get", &named, ctx.served_at);
-        let Some(task) = tasks::open(gw, ctx, &named) else {
+        let Some(task) = tasks::open_id(gw, ctx, id) else {
             continue;
         };
+        let principal = &ctx.principal;
+        let elsewhere = tasks::runs_elsewhere(gw, principal, &task, ctx.served_at);
         let Some(upstream) = gw.find(principal.access.as_deref(), &task.server) else {
             continue;
         };

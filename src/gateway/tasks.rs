@@ -139,12 +139,18 @@ pub struct Opened {
     pub upstream: String,
     /// The id the caller knows it by.
     pub caller: String,
+    /// The address the creating request reached its replica at.
+    own: Option<SocketAddr>,
 }
 
 /// The caller's own task that a `tasks/…` request names in `params.taskId`, on the
 /// request's endpoint; `None` for any other id (another's, tampered, not a task's).
 pub fn open(gw: &Gateway, ctx: &Ctx, body: &Map<String, Value>) -> Option<Opened> {
-    let caller = jsonrpc::params(body)?.get("taskId")?.as_str()?;
+    open_id(gw, ctx, jsonrpc::params(body)?.get("taskId")?.as_str()?)
+}
+
+/// The caller's own task whose id is `caller`, as [`open`] finds it.
+pub fn open_id(gw: &Gateway, ctx: &Ctx, caller: &str) -> Option<Opened> {
     let sealed = gw
         .sessions
         .open_value::<Sealed>(caller, TASK_PURPOSE)
@@ -154,6 +160,7 @@ pub fn open(gw: &Gateway, ctx: &Ctx, body: &Map<String, Value>) -> Option<Opened
         server: sealed.s,
         upstream: sealed.t,
         caller: caller.to_string(),
+        own: sealed.own,
     })
 }
 
@@ -171,14 +178,36 @@ pub fn held_elsewhere(
     }
     let caller = jsonrpc::params(body)?.get("taskId")?.as_str()?;
     let sealed: Sealed = gw.sessions.open_value(caller, TASK_PURPOSE)?;
-    let addr = sealed.own.filter(|own| Some(*own) != served_at)?;
     if sealed.p != principal.id {
         return None;
     }
+    owner(gw, principal, &sealed.s, sealed.own, served_at)
+}
+
+/// The replica running `task`, when it is not this one (reached at `served_at`).
+pub fn runs_elsewhere(
+    gw: &Gateway,
+    principal: &Principal,
+    task: &Opened,
+    served_at: Option<SocketAddr>,
+) -> Option<replica_forward::Owner> {
+    owner(gw, principal, &task.server, task.own, served_at)
+}
+
+/// The replica a task of `server` created at `own` runs on, when not the one at
+/// `served_at`.
+fn owner(
+    gw: &Gateway,
+    principal: &Principal,
+    server: &str,
+    own: Option<SocketAddr>,
+    served_at: Option<SocketAddr>,
+) -> Option<replica_forward::Owner> {
+    let addr = own.filter(|own| Some(*own) != served_at)?;
     // The holder asks its upstream at most twice (a task's status, then its result) and
     // may wait a moment for a task's questions.
     let timeout = gw
-        .find(principal.access.as_deref(), &sealed.s)
+        .find(principal.access.as_deref(), server)
         .map_or(Duration::from_secs(60), |u| u.timeout());
     Some(replica_forward::Owner {
         addr,
