@@ -19,6 +19,7 @@ pub mod raw_response;
 pub mod registry;
 pub mod relay;
 pub mod replica_forward;
+pub mod resource_subscriptions;
 pub mod rest;
 pub mod result_cache;
 pub mod resumption;
@@ -31,7 +32,7 @@ pub mod task_extension;
 pub mod task_notifications;
 pub mod tasks;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,9 +94,9 @@ pub struct Gateway {
     pub task_watches: Arc<per_caller::PerCaller>,
     /// Calls waiting for a 2026-07-28 client's input (MRTR), by parking token.
     pub parked: Mutex<HashMap<String, mrtr::Parked>>,
-    /// Resource subscriptions per session (with the session's expiry), to filter
-    /// `notifications/resources/updated`.
-    subscriptions: Mutex<HashMap<String, (u64, HashSet<String>)>>,
+    /// Resource subscriptions on the upstreams, and the sessions and listen streams
+    /// holding each: what `notifications/resources/updated` each stream gets.
+    pub resource_subscriptions: Arc<resource_subscriptions::ResourceSubscriptions>,
     pub shutdown: CancellationToken,
     /// `gantry bridge`: `/mcp` is this one server's pass-through, not the aggregate.
     pub pinned: Option<String>,
@@ -133,7 +134,7 @@ impl Gateway {
             task_questions: task_extension::Questions::default(),
             task_watches: per_caller::PerCaller::new(task_notifications::MAX_WATCHED_PER_CALLER),
             parked: Mutex::new(HashMap::new()),
-            subscriptions: Mutex::new(HashMap::new()),
+            resource_subscriptions: Arc::default(),
             shutdown: CancellationToken::new(),
             pinned: None,
             audit: None,
@@ -206,7 +207,8 @@ impl Gateway {
     /// Lets go of what this replica holds for an ended session: its streams close, which
     /// cancels their calls.
     fn forget_session(&self, sid: &str) {
-        self.subscriptions.lock().unwrap().remove(sid);
+        self.resource_subscriptions
+            .release_all(&resource_subscriptions::Holder::Session(sid.to_string()));
         self.resumable.end_session(sid);
     }
 
@@ -228,25 +230,5 @@ impl Gateway {
                 }
             }
         }
-    }
-
-    pub fn remember_subscription(&self, claims: &SessionClaims, uri: String) {
-        let now = unix_now();
-        let mut subscriptions = self.subscriptions.lock().unwrap();
-        subscriptions.retain(|_, (expiry, _)| *expiry >= now);
-        let expiry = self.session_expiry(claims);
-        subscriptions
-            .entry(claims.sid.clone())
-            .or_insert_with(|| (expiry, HashSet::new()))
-            .1
-            .insert(uri);
-    }
-
-    pub fn is_subscribed(&self, sid: &str, uri: &str) -> bool {
-        self.subscriptions
-            .lock()
-            .unwrap()
-            .get(sid)
-            .is_some_and(|(_, uris)| uris.contains(uri))
     }
 }

@@ -20,6 +20,7 @@ use super::http::{Ctx, json_bytes_response, json_response};
 use super::jsonrpc;
 use super::mrtr;
 use super::raw_response::RawResponse;
+use super::resource_subscriptions::{self, Asked};
 use super::result_cache::{CacheKeys, ResultCache};
 use super::resumption::StreamKind;
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
@@ -228,7 +229,8 @@ pub struct Running {
     pub(super) timeout: Duration,
     /// The request's tool or prompt name, or resource URI.
     pub(super) target: String,
-    subscribe_uri: Option<String>,
+    /// A subscribe's hold, kept once the upstream accepts it.
+    subscription: Option<resource_subscriptions::Pending>,
     admission: Admission,
     audited: Option<Audited>,
     /// Set when the server opted this tool in to result caching.
@@ -462,14 +464,31 @@ pub(super) async fn start(
             return Started::Answered(upstream_error_response(id, &e));
         }
     };
-    let subscribe_uri = (method == "resources/subscribe")
-        .then(|| {
-            jsonrpc::params(&body)
-                .and_then(|p| p.get("uri"))
-                .and_then(Value::as_str)
-                .map(String::from)
-        })
-        .flatten();
+    let subscription = match resource_subscriptions::asked(gw, ctx, upstream, &body) {
+        Asked::Other => None,
+        Asked::Subscribe(pending) => Some(pending),
+        Asked::HeldByOthers => {
+            settle(
+                upstream,
+                admission,
+                &method,
+                started,
+                "held_by_others",
+                audited,
+            );
+            let answer = jsonrpc::result_response(id, json!({}));
+            return Started::Answered(finish(ctx, answer));
+        }
+        Asked::TooMany => {
+            settle(upstream, admission, &method, started, "too_many", audited);
+            let message = format!(
+                "this session holds {} resource subscriptions, the most gantry keeps for one: unsubscribe from one first",
+                resource_subscriptions::MAX_PER_HOLDER
+            );
+            let answer = jsonrpc::error_response(id, jsonrpc::INVALID_PARAMS, &message, None);
+            return Started::Answered(finish(ctx, answer));
+        }
+    };
     let target = mrtr::target(&body);
     body.insert("id".into(), id.clone());
     // The connection enforces the deadline; no timer is armed per request.
@@ -486,7 +505,7 @@ pub(super) async fn start(
         started,
         timeout,
         target,
-        subscribe_uri,
+        subscription,
         admission,
         audited,
         cache_keys,
@@ -567,10 +586,8 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
             if let Some(keys) = &run.cache_keys {
                 gw.results.put(keys, &response.to_value());
             }
-            if let (Some(uri), true) = (run.subscribe_uri.take(), response.has_result()) {
-                if let Some(claims) = &ctx.session {
-                    gw.remember_subscription(claims, uri);
-                }
+            if let (Some(pending), true) = (run.subscription.take(), response.has_result()) {
+                pending.keep(&run.upstream, &run.conn, gw.shutdown.clone());
             }
             return finish_answer(&ctx, response);
         }
@@ -646,6 +663,9 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                     response["id"] = id.clone();
                     super::tasks::rewrite(&gw, &ctx, &run.upstream, &mut response);
                     let label = outcome_label(&response);
+                    if let (Some(pending), true) = (run.subscription.take(), label == "ok") {
+                        pending.keep(&run.upstream, &run.conn, gw.shutdown.clone());
+                    }
                     if ctx.era == Era::Modern {
                         era::mark_complete(&mut response, &ctx.method);
                     }

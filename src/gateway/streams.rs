@@ -20,8 +20,8 @@ use super::resumption::{self, Refused, StreamKind};
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
 use super::session::SessionClaims;
 use super::task_notifications::{self, Listener, Watched};
-use super::{Gateway, Route};
-use super::{relay, task_extension, tasks};
+use super::{Gateway, Route, unix_now};
+use super::{relay, resource_subscriptions, task_extension, tasks};
 use crate::policy::Access;
 use crate::upstream::State;
 
@@ -145,6 +145,7 @@ pub fn session_stream(
         if method_of(event) == "notifications/resources/updated" {
             let uri = event.pointer("/params/uri").and_then(Value::as_str)?;
             return filter_gw
+                .resource_subscriptions
                 .is_subscribed(&sid, uri)
                 .then_some(Cow::Borrowed(event));
         }
@@ -257,18 +258,26 @@ pub async fn listen(
     let tools = flag("toolsListChanged") && any_capability("tools", "listChanged");
     let prompts = flag("promptsListChanged") && any_capability("prompts", "listChanged");
     let resources = flag("resourcesListChanged") && any_capability("resources", "listChanged");
-    let wanted_uris: Vec<String> = requested
-        .get("resourceSubscriptions")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|u| u.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    // Ask the upstream(s) to send updates for the URIs; keep those that were accepted.
+    let wanted_uris = match requested.get("resourceSubscriptions") {
+        None => &[][..],
+        Some(Value::Array(uris)) if uris.len() <= resource_subscriptions::MAX_PER_HOLDER => {
+            uris.as_slice()
+        }
+        Some(Value::Array(_)) => {
+            return invalid(&format!(
+                "params.notifications.resourceSubscriptions names more than {} resources",
+                resource_subscriptions::MAX_PER_HOLDER
+            ));
+        }
+        Some(_) => {
+            return invalid("params.notifications.resourceSubscriptions must be an array of URIs");
+        }
+    };
+    // Ask the upstream(s) to send updates for the URIs; keep those that were accepted,
+    // held by this stream until its client leaves.
+    let holder = gw.resource_subscriptions.listen_holder();
     let mut honored_uris = Vec::new();
-    for uri in wanted_uris {
+    for uri in wanted_uris.iter().filter_map(Value::as_str) {
         for upstream in &upstreams {
             let Ok(conn) = upstream.connection(Duration::ZERO).await else {
                 continue;
@@ -281,13 +290,19 @@ pub async fn listen(
             }) {
                 continue;
             }
+            let subscriptions = &gw.resource_subscriptions;
+            let Ok(pending) = subscriptions.begin(holder.clone(), None, upstream, uri, unix_now())
+            else {
+                break; // Not past the most one stream holds: checked above.
+            };
             let request = jsonrpc::request("resources/subscribe", json!({ "uri": uri }));
             if upstream
                 .request(&conn, request, upstream.timeout())
                 .await
                 .is_ok()
             {
-                honored_uris.push(uri.clone());
+                pending.keep(upstream, &conn, gw.shutdown.clone());
+                honored_uris.push(uri.to_string());
                 break;
             }
         }
@@ -317,6 +332,13 @@ pub async fn listen(
         client_stream::channel(ctx.route.server().unwrap_or("*"), "subscriptions/listen");
     out.send(&ack);
     let out = Arc::new(out);
+    if !honored_uris.is_empty() {
+        let (out, subscriptions) = (Arc::clone(&out), Arc::clone(&gw.resource_subscriptions));
+        tokio::spawn(async move {
+            out.gone().await;
+            subscriptions.release_all(&holder);
+        });
+    }
     for task in watched {
         task_notifications::watch(&gw, &ctx, &listener, &id, task, &out);
     }

@@ -194,6 +194,12 @@ impl Upstream {
         self.state.borrow().clone()
     }
 
+    /// Resolves once this upstream is stopped for good: the gateway shuts down, or the
+    /// registry replaced or removed it.
+    pub async fn stopping(&self) {
+        self.stop.cancelled().await;
+    }
+
     pub fn is_up(&self) -> bool {
         matches!(*self.state.borrow(), State::Up(_))
     }

@@ -6,10 +6,12 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import threading
 import time
 
 import httpx2
+import pytest
 from mcp import types
 
 from conftest import ACCEPT, MODERN, everything_stdio, sdk_client, streamed_messages, wait_until
@@ -69,6 +71,145 @@ def test_resource_subscription_updates_reach_a_session(gantry):
                 await asyncio.sleep(0.1)
             assert uri in updates, updates
     asyncio.run(use())
+
+
+def updates_into(log: list):
+    """A message handler recording each resource update as (monotonic time, uri)."""
+    async def on_message(message):
+        root = getattr(message, "root", message)
+        if isinstance(root, types.ResourceUpdatedNotification):
+            log.append((time.monotonic(), str(root.params.uri)))
+    return on_message
+
+
+async def heard_after(log: list, uri: str, since: float, timeout: float = 15) -> bool:
+    """Whether an update of `uri` arrives after `since`; server-everything sends one every 5 s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(t > since and u == uri for t, u in log):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def test_a_client_unsubscribing_leaves_another_clients_subscription_in_place(gantry):
+    # One upstream session serves both clients: the first one's unsubscribe must silence
+    # its own updates, not the second one's.
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    heard_a, heard_b = [], []
+
+    async def use():
+        async with sdk_client(g, path="/mcp/everything", message_handler=updates_into(heard_a)) as a, \
+                sdk_client(g, path="/mcp/everything", message_handler=updates_into(heard_b)) as b:
+            uri = str((await a.list_resources()).resources[0].uri)
+            await a.subscribe_resource(uri)
+            await b.subscribe_resource(uri)
+            await a.call_tool("toggle-subscriber-updates", {})
+            assert await heard_after(heard_a, uri, 0) and await heard_after(heard_b, uri, 0)
+            await a.unsubscribe_resource(uri)
+            unsubscribed = time.monotonic()
+            assert await heard_after(heard_b, uri, unsubscribed), "the other client's updates stopped"
+            # The same upstream notification would have reached the first client by now.
+            await asyncio.sleep(0.5)
+            assert not [t for t, u in heard_a if t > unsubscribed + 0.2], heard_a
+            # The last holder's unsubscribe is the server's to hear.
+            await b.unsubscribe_resource(uri)
+    asyncio.run(use())
+    assert g.metric("mcp_requests_total", server="everything", method="resources/unsubscribe",
+                    outcome="held_by_others") == 1
+    assert g.metric("mcp_requests_total", server="everything", method="resources/unsubscribe",
+                    outcome="ok") == 1
+
+
+def test_a_subscription_outlives_a_restart_of_its_server(gantry):
+    from test_resilience import children
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    heard = []
+
+    async def use():
+        async with sdk_client(g, path="/mcp/everything", message_handler=updates_into(heard)) as client:
+            uri = str((await client.list_resources()).resources[0].uri)
+            await client.subscribe_resource(uri)
+            os.kill(children(g.proc.pid)[0], signal.SIGKILL)
+            await asyncio.to_thread(wait_until, lambda: g.metric("mcp_upstream_up", server="everything") == 1
+                                    and g.metric("mcp_upstream_restarts_total", server="everything") == 1,
+                                    what="the server restarted")
+            restarted = time.monotonic()
+            # The new server process knows neither the subscription nor the updates switch.
+            await client.call_tool("toggle-subscriber-updates", {})
+            assert await heard_after(heard, uri, restarted), "the subscription went with the old process"
+    asyncio.run(use())
+    assert g.logged("resource subscriptions restored", "everything")
+
+
+@pytest.mark.parametrize("holder", ["session", "listen stream"])
+def test_the_last_holder_leaving_unsubscribes_the_server(gantry, holder):
+    # server-everything logs each subscribe and unsubscribe it receives; the log reaches
+    # a watching session's GET stream.
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    logged = []
+
+    async def on_log(params):
+        logged.append(str(params.data))
+
+    async def until_logged(text):
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any(text in line for line in logged):
+            await asyncio.sleep(0.05)
+        assert any(text in line for line in logged), logged
+
+    def hold_and_leave(uri):
+        if holder == "session":
+            sid, _ = g.initialize(path="/mcp/everything")
+            h = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+            r = g.post({"jsonrpc": "2.0", "id": 1, "method": "resources/subscribe", "params": {"uri": uri}},
+                       path="/mcp/everything", headers=h)
+            assert r.json()["result"] == {}, r.text
+            r = httpx2.delete(g.base + "/mcp/everything", headers={**g.auth(), **h}, timeout=10)
+            assert r.status_code in (200, 204), r.text
+            return
+        body, h = g.modern_request("subscriptions/listen", {"notifications": {"resourceSubscriptions": [uri]}})
+        h = {**g.auth(), **h, "Content-Type": "application/json", "Accept": ACCEPT}
+        with httpx2.stream("POST", g.base + "/mcp/everything", json=body, headers=h, timeout=30) as r:
+            ack = next(r.iter_lines())  # the acknowledgement's first line: subscribed by then
+            assert r.status_code == 200 and ack, ack
+
+    async def use():
+        async with sdk_client(g, path="/mcp/everything", logging_callback=on_log) as watcher:
+            uri = str((await watcher.list_resources()).resources[0].uri)
+            await asyncio.to_thread(hold_and_leave, uri)
+            await until_logged(f"Received Unsubscribe Resource request: {uri}")
+    asyncio.run(use())
+
+
+def test_a_session_holds_a_bounded_number_of_subscriptions(gantry):
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    sid, _ = g.initialize(path="/mcp/everything")
+    h = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+
+    def ask(method, n):
+        body = {"jsonrpc": "2.0", "id": n, "method": method, "params": {"uri": f"demo://resource/{n}"}}
+        return g.post(body, path="/mcp/everything", headers=h).json()
+    for n in range(256):
+        assert ask("resources/subscribe", n)["result"] == {}, n
+    refused = ask("resources/subscribe", 256)["error"]
+    assert refused["code"] == -32602 and "256 resource subscriptions" in refused["message"], refused
+    assert ask("resources/subscribe", 255)["result"] == {}, "one held already is no new one"
+    assert ask("resources/unsubscribe", 0)["result"] == {}
+    assert ask("resources/subscribe", 256)["result"] == {}
+
+
+def test_a_listen_stream_naming_too_many_resources_is_refused(gantry):
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    for uris, why in (([f"demo://resource/{n}" for n in range(257)], "names more than 256 resources"),
+                      ("demo://resource/1", "must be an array")):
+        body, h = g.modern_request("subscriptions/listen", {"notifications": {"resourceSubscriptions": uris}})
+        h = {**g.auth(), **h, "Content-Type": "application/json", "Accept": ACCEPT}
+        # Streamed: a listen that is taken never ends.
+        with httpx2.stream("POST", g.base + "/mcp/everything", json=body, headers=h, timeout=30) as r:
+            assert r.status_code == 400, r.headers
+            error = json.loads(r.read())["error"]
+        assert error["code"] == -32602 and why in error["message"], error
 
 
 def test_modern_listen_stream_delivers_subscribed_resource_updates(gantry):
