@@ -420,6 +420,10 @@ impl Handle {
         &self.replay().sid
     }
 
+    pub fn kind(&self) -> StreamKind {
+        self.replay().kind
+    }
+
     /// Takes the stream over for a client that got every message up to `last`, from
     /// whichever connection held it; `None` when `last` was never sent.
     pub fn resume(&self, last: u64) -> Option<Receiver> {

@@ -229,6 +229,36 @@ impl Gateway {
                     tracing::debug!(session = %sid, request_id, "a call cancelled on another replica ended here");
                 }
             }
+            session_feed::Heard::Subscription {
+                sid,
+                taken,
+                key,
+                uri,
+                expiry,
+            } => {
+                let holder = resource_subscriptions::Holder::Session(sid.to_string());
+                if !taken {
+                    self.resource_subscriptions.let_go(&holder, key, uri);
+                    return;
+                }
+                // Its updates come on the session's GET stream: taken where that is.
+                let Some(upstream) = self.upstreams.get(key) else {
+                    return;
+                };
+                if !self.resumable.holds_get_stream(sid) {
+                    return;
+                }
+                let (subscriptions, stop) = (
+                    Arc::clone(&self.resource_subscriptions),
+                    self.shutdown.clone(),
+                );
+                let uri = uri.to_string();
+                tokio::spawn(async move {
+                    subscriptions
+                        .take(&upstream, holder, Some(expiry), &uri, &stop)
+                        .await;
+                });
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::http::Ctx;
+use super::session_feed::SessionFeed;
 use super::{Gateway, jsonrpc, unix_now};
 use crate::upstream::{Connection, Upstream};
 
@@ -70,6 +71,8 @@ pub struct Pending {
     /// the first one as it was.
     fresh: bool,
     kept: bool,
+    /// A session's, told to the other replicas once kept: the session's expiry.
+    share: Option<(Arc<SessionFeed>, u64)>,
 }
 
 /// Why a subscription was not taken.
@@ -107,6 +110,7 @@ impl ResourceSubscriptions {
             key,
             fresh,
             kept: false,
+            share: None,
         })
     }
 
@@ -162,6 +166,55 @@ impl ResourceSubscriptions {
                     tracing::debug!(upstream = %upstream.name, uri = %key.1, error = ?e, "unsubscribing from a resource nobody holds failed");
                 }
             });
+        }
+    }
+
+    /// Lets go of `holder`'s subscription to `uri` on the upstream of `key`, unsubscribing
+    /// the upstream if nobody else holds it (another replica heard the session let go).
+    pub fn let_go(self: &Arc<Self>, holder: &Holder, key: &str, uri: &str) {
+        let key = (key.to_string(), uri.to_string());
+        let last = self.inner.lock().unwrap().drop_hold(holder, &key);
+        if let Some(upstream) = last {
+            self.unsubscribe(vec![(upstream, key.1)]);
+        }
+    }
+
+    /// Takes `uri` on `upstream` for `holder`, asking the upstream, unless it holds it
+    /// already: whether it holds it now.
+    pub async fn take(
+        self: &Arc<Self>,
+        upstream: &Arc<Upstream>,
+        holder: Holder,
+        expiry: Option<u64>,
+        uri: &str,
+        stop: &CancellationToken,
+    ) -> bool {
+        let key = (upstream.key(), uri.to_string());
+        let held = |inner: &Inner| {
+            inner
+                .held
+                .get(&holder)
+                .is_some_and(|h| h.keys.contains(&key))
+        };
+        if held(&self.inner.lock().unwrap()) {
+            return true;
+        }
+        let Ok(conn) = upstream.connection(Duration::ZERO).await else {
+            return false;
+        };
+        let Ok(pending) = self.begin(holder, expiry, upstream, uri, unix_now()) else {
+            return false;
+        };
+        let request = jsonrpc::request("resources/subscribe", json!({ "uri": uri }));
+        match upstream.request(&conn, request, upstream.timeout()).await {
+            Ok(_) => {
+                pending.keep(upstream, &conn, stop.clone());
+                true
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %upstream.name, %uri, error = %e, "the server did not take a resource subscription");
+                false
+            }
         }
     }
 
@@ -286,6 +339,10 @@ impl Pending {
         stop: CancellationToken,
     ) {
         self.kept = true;
+        if let (Some((feed, expiry)), Holder::Session(sid)) = (self.share.take(), &self.holder) {
+            let (sid, (key, uri)) = (sid.clone(), self.key.clone());
+            tokio::spawn(async move { feed.subscription(&sid, expiry, true, &key, &uri).await });
+        }
         if self.of.start_following(&self.key.0) {
             tokio::spawn(follow(
                 Arc::clone(&self.of),
@@ -392,6 +449,12 @@ pub fn asked(
         .map(|claims| Holder::Session(claims.sid.clone()));
     let subscriptions = &gw.resource_subscriptions;
     if method == Some("resources/unsubscribe") {
+        if let Some(claims) = &ctx.session {
+            // Other replicas holding it for this session let go too.
+            let (feed, expiry) = (Arc::clone(&gw.session_feed), gw.session_expiry(claims));
+            let (sid, key, uri) = (claims.sid.clone(), upstream.key(), uri.to_string());
+            tokio::spawn(async move { feed.subscription(&sid, expiry, false, &key, &uri).await });
+        }
         return if subscriptions.release(holder.as_ref(), upstream, uri) {
             Asked::HeldByOthers
         } else {
@@ -403,7 +466,10 @@ pub fn asked(
     };
     let expiry = Some(gw.session_expiry(claims));
     match subscriptions.begin(holder, expiry, upstream, uri, unix_now()) {
-        Ok(pending) => Asked::Subscribe(pending),
+        Ok(mut pending) => {
+            pending.share = expiry.map(|e| (Arc::clone(&gw.session_feed), e));
+            Asked::Subscribe(pending)
+        }
         Err(TooMany) => Asked::TooMany,
     }
 }

@@ -242,6 +242,14 @@ impl ResumableStreams {
         handle.resume(last).ok_or(Refused::Unknown(kind))
     }
 
+    /// Whether session `sid` has its GET stream here.
+    pub fn holds_get_stream(&self, sid: &str) -> bool {
+        self.lock()
+            .streams
+            .values()
+            .any(|handle| handle.sid() == sid && handle.kind() == StreamKind::Get)
+    }
+
     /// The session ended (DELETE): its streams end too, resumable no more.
     pub fn end_session(&self, sid: &str) {
         self.lock().streams.retain(|_, handle| {

@@ -17,6 +17,12 @@
 //! finds no such call where it lands is published (with Redis) for the replica running it.
 //! Nothing is kept: a cancellation nobody hears (no replica runs the call any more, or
 //! Redis is down) is as one that came too late.
+//!
+//! A session's resource subscriptions are kept in a set per session (until the session
+//! expires) and each change is published: its updates come on the replica holding the
+//! session's GET stream, which may not be the one that took the subscribe after a
+//! rescale. That replica subscribes its own upstream connection when it hears of one, and
+//! a GET stream opened later (its replica gone) subscribes to the whole set.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,6 +54,11 @@ struct Shared {
     /// The channel cancellations are published on, as "{session id} {request id}" (the
     /// request id as JSON text).
     cancelled: String,
+    /// The channel subscription changes are published on, as a JSON array
+    /// `[session id, taken, upstream key, uri, session expiry]`.
+    subscriptions: String,
+    /// The prefix of each session's set of subscriptions (`[upstream key, uri]` as JSON).
+    subscriptions_of: String,
 }
 
 /// What another replica said.
@@ -57,6 +68,14 @@ pub enum Heard<'a> {
     Ended(&'a str),
     /// The session's client cancelled its request `request_id` (JSON text).
     Cancelled { sid: &'a str, request_id: &'a str },
+    /// The session took (or let go of) a subscription to `uri` on the upstream of `key`.
+    Subscription {
+        sid: &'a str,
+        taken: bool,
+        key: &'a str,
+        uri: &'a str,
+        expiry: u64,
+    },
 }
 
 impl SessionFeed {
@@ -78,6 +97,8 @@ impl SessionFeed {
                 set: format!("{prefix}sessions:ended"),
                 channel: format!("{prefix}sessions:ended:feed"),
                 cancelled: format!("{prefix}calls:cancelled:feed"),
+                subscriptions: format!("{prefix}subscriptions:feed"),
+                subscriptions_of: format!("{prefix}sessions:subscriptions:"),
             }),
         }
     }
@@ -105,6 +126,9 @@ impl SessionFeed {
             .arg(expiry)
             .arg(sid)
             .ignore()
+            .cmd("DEL")
+            .arg(format!("{}{sid}", shared.subscriptions_of))
+            .ignore()
             .cmd("PUBLISH")
             .arg(&shared.channel)
             .arg(format!("{sid} {expiry}"))
@@ -130,6 +154,59 @@ impl SessionFeed {
         if let Err(e) = published {
             tracing::warn!(session = %sid, error = %e, "a cancellation did not reach the other replicas: Redis did not take it");
         }
+    }
+
+    /// Tells every replica that session `sid` took (or let go of) a subscription to `uri`
+    /// on the upstream of `key`, and keeps the session's set for a GET stream opened
+    /// later; without Redis there is no other replica to tell.
+    pub async fn subscription(&self, sid: &str, expiry: u64, taken: bool, key: &str, uri: &str) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let set = format!("{}{sid}", shared.subscriptions_of);
+        let member = serde_json::json!([key, uri]).to_string();
+        let message = serde_json::json!([sid, taken, key, uri, expiry]).to_string();
+        let written = redis::pipe()
+            .cmd(if taken { "SADD" } else { "SREM" })
+            .arg(&set)
+            .arg(member)
+            .ignore()
+            .cmd("EXPIREAT")
+            .arg(&set)
+            .arg(expiry)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(&shared.subscriptions)
+            .arg(message)
+            .ignore()
+            .query_async::<()>(&mut shared.conn.clone())
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(session = %sid, error = %e, "a resource subscription is known to this replica only: Redis did not take it");
+        }
+    }
+
+    /// The subscriptions session `sid` holds, as `(upstream key, uri)`, wherever it took
+    /// them; none without Redis.
+    pub async fn subscriptions_of(&self, sid: &str) -> Vec<(String, String)> {
+        let Some(shared) = &self.shared else {
+            return Vec::new();
+        };
+        let members: Vec<String> = match redis::cmd("SMEMBERS")
+            .arg(format!("{}{sid}", shared.subscriptions_of))
+            .query_async(&mut shared.conn.clone())
+            .await
+        {
+            Ok(members) => members,
+            Err(e) => {
+                tracing::warn!(session = %sid, error = %e, "the session's resource subscriptions on other replicas are unknown: Redis did not answer");
+                return Vec::new();
+            }
+        };
+        members
+            .iter()
+            .filter_map(|m| serde_json::from_str(m).ok())
+            .collect()
     }
 
     fn remember(&self, sid: String, expiry: u64) {
@@ -177,7 +254,11 @@ impl SessionFeed {
         let shared = self.shared.as_ref().expect("follow runs with Redis only");
         let mut pubsub = shared.client.get_async_pubsub().await?;
         pubsub
-            .subscribe(&[shared.channel.as_str(), shared.cancelled.as_str()])
+            .subscribe(&[
+                shared.channel.as_str(),
+                shared.cancelled.as_str(),
+                shared.subscriptions.as_str(),
+            ])
             .await?;
         // ZRANGEBYSCORE rather than ZRANGE … BYSCORE, which Redis before 6.2 lacks.
         let ended: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
@@ -201,6 +282,21 @@ impl SessionFeed {
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             let payload = message.get_payload::<String>().unwrap_or_default();
+            if message.get_channel_name() == shared.subscriptions {
+                match serde_json::from_str::<(String, bool, String, String, u64)>(&payload) {
+                    Ok((sid, taken, key, uri, expiry)) => heard(Heard::Subscription {
+                        sid: &sid,
+                        taken,
+                        key: &key,
+                        uri: &uri,
+                        expiry,
+                    }),
+                    Err(_) => {
+                        tracing::warn!(%payload, "ignored a malformed subscription change from Redis")
+                    }
+                }
+                continue;
+            }
             if message.get_channel_name() == shared.cancelled {
                 match payload.split_once(' ') {
                     Some((sid, request_id)) => heard(Heard::Cancelled { sid, request_id }),

@@ -20,7 +20,7 @@ use super::resumption::{self, Refused, StreamKind};
 use super::server_requests::{self, Answerer, Declines, MintedIds, client_can_answer};
 use super::session::SessionClaims;
 use super::task_notifications::{self, Listener, Watched};
-use super::{Gateway, Route, unix_now};
+use super::{Gateway, Route};
 use super::{relay, resource_subscriptions, task_extension, tasks};
 use crate::policy::Access;
 use crate::upstream::State;
@@ -151,8 +151,35 @@ pub fn session_stream(
         }
         Some(Cow::Borrowed(event))
     });
-    forward(&gw, &route, Arc::new(out), keep, Some(claims), access, mark);
+    forward(
+        &gw,
+        &route,
+        Arc::new(out),
+        keep,
+        Some(claims.clone()),
+        access,
+        mark,
+    );
+    take_shared_subscriptions(gw, claims);
     stream.into_response(Some(KEEP_ALIVE))
+}
+
+/// Subscribes this replica's upstreams to what the session subscribed to on other
+/// replicas (with Redis): their updates come on this GET stream.
+fn take_shared_subscriptions(gw: Arc<Gateway>, claims: Arc<SessionClaims>) {
+    tokio::spawn(async move {
+        let holder = resource_subscriptions::Holder::Session(claims.sid.clone());
+        let expiry = Some(gw.session_expiry(&claims));
+        for (key, uri) in gw.session_feed.subscriptions_of(&claims.sid).await {
+            let Some(upstream) = gw.upstreams.get(&key) else {
+                continue;
+            };
+            let subscriptions = &gw.resource_subscriptions;
+            subscriptions
+                .take(&upstream, holder.clone(), expiry, &uri, &gw.shutdown)
+                .await;
+        }
+    });
 }
 
 /// A GET naming the last event a client got (`Last-Event-ID`): the stream it lost
@@ -279,29 +306,20 @@ pub async fn listen(
     let mut honored_uris = Vec::new();
     for uri in wanted_uris.iter().filter_map(Value::as_str) {
         for upstream in &upstreams {
-            let Ok(conn) = upstream.connection(Duration::ZERO).await else {
-                continue;
-            };
-            if !conn.init().is_some_and(|i| {
-                i.capabilities()
-                    .pointer("/resources/subscribe")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false)
-            }) {
-                continue;
-            }
+            let subscribable = upstream.connection(Duration::ZERO).await.is_ok_and(|conn| {
+                conn.init().is_some_and(|i| {
+                    i.capabilities()
+                        .pointer("/resources/subscribe")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                })
+            });
             let subscriptions = &gw.resource_subscriptions;
-            let Ok(pending) = subscriptions.begin(holder.clone(), None, upstream, uri, unix_now())
-            else {
-                break; // Not past the most one stream holds: checked above.
-            };
-            let request = jsonrpc::request("resources/subscribe", json!({ "uri": uri }));
-            if upstream
-                .request(&conn, request, upstream.timeout())
-                .await
-                .is_ok()
+            if subscribable
+                && subscriptions
+                    .take(upstream, holder.clone(), None, uri, &gw.shutdown)
+                    .await
             {
-                pending.keep(upstream, &conn, gw.shutdown.clone());
                 honored_uris.push(uri.to_string());
                 break;
             }

@@ -2,9 +2,11 @@
 client's cancellation, through the transparent path."""
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
+import queue
 import secrets
 import signal
 import threading
@@ -180,6 +182,70 @@ def test_the_last_holder_leaving_unsubscribes_the_server(gantry, holder):
             await asyncio.to_thread(hold_and_leave, uri)
             await until_logged(f"Received Unsubscribe Resource request: {uri}")
     asyncio.run(use())
+
+
+@pytest.mark.parametrize("get_stream", ["held before", "opened after"])
+def test_a_subscription_taken_on_another_replica_brings_its_updates_to_the_get_stream(
+        gantry, redis_prefix, get_stream):
+    # After a rescale nginx sends a session's requests to another replica than the one
+    # still holding its GET stream, or the GET stream comes back on another one. Each
+    # replica has a server process of its own.
+    session_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    config = {"upstreams": {"everything": everything_stdio()},
+              "cache": {"url": "redis://127.0.0.1:6379/0", "key_prefix": redis_prefix}}
+    a = gantry(config, session_key=session_key)
+    b = gantry(config, session_key=session_key, key=a.key)
+    for g in (a, b):
+        wait_until(lambda: "following the sessions other replicas end" in g.logs(), what="the replica following Redis")
+    sid, _ = a.initialize(path="/mcp/everything")
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    listed = a.post({"jsonrpc": "2.0", "id": 1, "method": "resources/list"}, path="/mcp/everything", headers=session)
+    uri = listed.json()["result"]["resources"][0]["uri"]
+    primed, done, heard = threading.Event(), threading.Event(), queue.Queue()
+
+    def read_get_stream():
+        headers = {**a.auth(), **session, "Accept": "text/event-stream"}
+        with httpx2.stream("GET", a.base + "/mcp/everything", headers=headers,
+                           timeout=httpx2.Timeout(30, read=20)) as r:
+            for line in r.iter_lines():
+                primed.set()
+                if line.startswith("data:") and line[5:].strip():
+                    heard.put(json.loads(line[5:]))
+                if done.is_set():
+                    return
+
+    def next_heard(method, holding):
+        deadline = time.monotonic() + 15
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = heard.get(timeout=left)
+            except queue.Empty:
+                break
+            if message.get("method") == method and holding in json.dumps(message["params"]):
+                return message
+        raise AssertionError(f"no {method} holding {holding} on the GET stream")
+
+    def subscribe_on_b():
+        body = {"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": uri}}
+        assert b.post(body, path="/mcp/everything", headers=session).json()["result"] == {}
+
+    reader = threading.Thread(target=read_get_stream, daemon=True)
+    if get_stream == "held before":
+        reader.start()
+        assert primed.wait(10), "the GET stream's priming event"
+        subscribe_on_b()
+    else:
+        subscribe_on_b()
+        reader.start()
+    toggle = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+              "params": {"name": "toggle-subscriber-updates", "arguments": {}}}
+    assert "result" in a.post(toggle, path="/mcp/everything", headers=session).json()
+    next_heard("notifications/resources/updated", uri)
+    # Let go of on b: a's server hears of it too (and logs it on the stream).
+    body = {"jsonrpc": "2.0", "id": 4, "method": "resources/unsubscribe", "params": {"uri": uri}}
+    assert b.post(body, path="/mcp/everything", headers=session).json()["result"] == {}
+    next_heard("notifications/message", f"Received Unsubscribe Resource request: {uri}")
+    done.set()
 
 
 def test_a_session_holds_a_bounded_number_of_subscriptions(gantry):
