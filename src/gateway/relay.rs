@@ -229,8 +229,9 @@ pub struct Running {
     pub(super) timeout: Duration,
     /// The request's tool or prompt name, or resource URI.
     pub(super) target: String,
-    /// A subscribe's hold, kept once the upstream accepts it.
-    subscription: Option<resource_subscriptions::Pending>,
+    /// A subscribe's hold, kept once the upstream accepts it (boxed: every call's future
+    /// carries the field, few calls are subscribes).
+    subscription: Option<Box<resource_subscriptions::Pending>>,
     admission: Admission,
     audited: Option<Audited>,
     /// Set when the server opted this tool in to result caching.
@@ -466,7 +467,7 @@ pub(super) async fn start(
     };
     let subscription = match resource_subscriptions::asked(gw, ctx, upstream, &body) {
         Asked::Other => None,
-        Asked::Subscribe(pending) => Some(pending),
+        Asked::Subscribe(pending) => Some(Box::new(pending)),
         Asked::HeldByOthers => {
             settle(
                 upstream,

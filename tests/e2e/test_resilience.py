@@ -190,18 +190,19 @@ def test_a_session_ended_on_one_replica_is_ended_on_every_replica(gantry, redis_
             replica.stop()
 
 
-def _replicas_sharing_redis(gantry, redis_prefix):
-    """Two gantry processes in front of the chatty upstream with the same keys, sharing
-    Redis, each following what the other says of sessions; a session of theirs."""
+def replicas_sharing_redis(gantry, redis_prefix, server="chatty", upstream=None):
+    """Two gantry processes in front of `server` (the chatty upstream unless given) with
+    the same keys, sharing Redis, each following what the other says of sessions; a
+    session of theirs. Each process runs a stdio server of its own."""
     from test_slow_clients import chatty_stdio
     key = base64.b64encode(secrets.token_bytes(32)).decode()
-    config = {"upstreams": {"chatty": chatty_stdio()},
+    config = {"upstreams": {server: upstream or chatty_stdio()},
               "cache": {"url": "redis://127.0.0.1:6379/0", "key_prefix": redis_prefix}}
     a = gantry(config, session_key=key)
     b = gantry(config, session_key=key, key=a.key)
     for g in (a, b):
         wait_until(lambda: "following the sessions other replicas end" in g.logs(), what="the replica following Redis")
-    sid, _ = a.initialize(path="/mcp/chatty")
+    sid, _ = a.initialize(path=f"/mcp/{server}")
     return a, b, {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
 
 
@@ -218,7 +219,7 @@ def _long_call_left_running(a, session: dict, id: int):
 
 def test_a_cancellation_that_reaches_another_replica_ends_the_call_where_it_runs(gantry, redis_prefix):
     # After a rescale nginx hashes a session to another replica than the one its call runs on.
-    a, b, session = _replicas_sharing_redis(gantry, redis_prefix)
+    a, b, session = replicas_sharing_redis(gantry, redis_prefix)
     _long_call_left_running(a, session, id=7)
     cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7, "reason": "user"}}
     assert b.post(cancel, path="/mcp/chatty", headers=session).status_code == 202
@@ -229,7 +230,7 @@ def test_a_cancellation_that_reaches_another_replica_ends_the_call_where_it_runs
 
 
 def test_a_session_ended_on_another_replica_closes_its_streams_here(gantry, redis_prefix):
-    a, b, session = _replicas_sharing_redis(gantry, redis_prefix)
+    a, b, session = replicas_sharing_redis(gantry, redis_prefix)
     _long_call_left_running(a, session, id=7)
     assert httpx2.delete(b.base + "/mcp/chatty", headers={**b.auth(), **session}, timeout=10).status_code == 204
     wait_until(lambda: a.metric("mcp_requests_total", server="chatty", method="tools/call",

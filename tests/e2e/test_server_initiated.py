@@ -2,7 +2,6 @@
 client's cancellation, through the transparent path."""
 
 import asyncio
-import base64
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ from mcp import types
 
 from conftest import ACCEPT, MODERN, everything_stdio, sdk_client, streamed_messages, wait_until
 from test_mrtr import two_replicas
+from test_resilience import replicas_sharing_redis
 from test_slow_clients import chatty_stdio
 
 
@@ -190,15 +190,7 @@ def test_a_subscription_taken_on_another_replica_brings_its_updates_to_the_get_s
     # After a rescale nginx sends a session's requests to another replica than the one
     # still holding its GET stream, or the GET stream comes back on another one. Each
     # replica has a server process of its own.
-    session_key = base64.b64encode(secrets.token_bytes(32)).decode()
-    config = {"upstreams": {"everything": everything_stdio()},
-              "cache": {"url": "redis://127.0.0.1:6379/0", "key_prefix": redis_prefix}}
-    a = gantry(config, session_key=session_key)
-    b = gantry(config, session_key=session_key, key=a.key)
-    for g in (a, b):
-        wait_until(lambda: "following the sessions other replicas end" in g.logs(), what="the replica following Redis")
-    sid, _ = a.initialize(path="/mcp/everything")
-    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    a, b, session = replicas_sharing_redis(gantry, redis_prefix, "everything", everything_stdio())
     listed = a.post({"jsonrpc": "2.0", "id": 1, "method": "resources/list"}, path="/mcp/everything", headers=session)
     uri = listed.json()["result"]["resources"][0]["uri"]
     primed, done, heard = threading.Event(), threading.Event(), queue.Queue()
