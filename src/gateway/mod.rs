@@ -248,16 +248,15 @@ impl Gateway {
                 if !self.resumable.holds_get_stream(sid) {
                     return;
                 }
-                let (subscriptions, stop) = (
-                    Arc::clone(&self.resource_subscriptions),
-                    self.shutdown.clone(),
-                );
-                let uri = uri.to_string();
-                tokio::spawn(async move {
-                    subscriptions
-                        .take(&upstream, holder, Some(expiry), &uri, &stop)
-                        .await;
-                });
+                // Held before anything is awaited: a let-go heard next finds it.
+                let subscriptions = &self.resource_subscriptions;
+                let Ok(pending) =
+                    subscriptions.begin(holder, Some(expiry), &upstream, uri, unix_now())
+                else {
+                    return;
+                };
+                let stop = self.shutdown.clone();
+                tokio::spawn(async move { pending.ask(&upstream, &stop).await });
             }
         }
     }

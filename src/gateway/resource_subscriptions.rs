@@ -189,32 +189,9 @@ impl ResourceSubscriptions {
         uri: &str,
         stop: &CancellationToken,
     ) -> bool {
-        let key = (upstream.key(), uri.to_string());
-        let held = |inner: &Inner| {
-            inner
-                .held
-                .get(&holder)
-                .is_some_and(|h| h.keys.contains(&key))
-        };
-        if held(&self.inner.lock().unwrap()) {
-            return true;
-        }
-        let Ok(conn) = upstream.connection(Duration::ZERO).await else {
-            return false;
-        };
-        let Ok(pending) = self.begin(holder, expiry, upstream, uri, unix_now()) else {
-            return false;
-        };
-        let request = jsonrpc::request("resources/subscribe", json!({ "uri": uri }));
-        match upstream.request(&conn, request, upstream.timeout()).await {
-            Ok(_) => {
-                pending.keep(upstream, &conn, stop.clone());
-                true
-            }
-            Err(e) => {
-                tracing::debug!(upstream = %upstream.name, %uri, error = %e, "the server did not take a resource subscription");
-                false
-            }
+        match self.begin(holder, expiry, upstream, uri, unix_now()) {
+            Ok(pending) => pending.ask(upstream, stop).await,
+            Err(TooMany) => false,
         }
     }
 
@@ -330,6 +307,29 @@ impl Inner {
 }
 
 impl Pending {
+    /// Asks the upstream for it, unless the holder held it already: whether it holds it
+    /// now. A let-go meanwhile finds it held, and wins.
+    pub async fn ask(self, upstream: &Arc<Upstream>, stop: &CancellationToken) -> bool {
+        if !self.fresh {
+            return true;
+        }
+        let Ok(conn) = upstream.connection(Duration::ZERO).await else {
+            return false;
+        };
+        let uri = self.key.1.clone();
+        let request = jsonrpc::request("resources/subscribe", json!({ "uri": uri }));
+        match upstream.request(&conn, request, upstream.timeout()).await {
+            Ok(_) => {
+                self.keep(upstream, &conn, stop.clone());
+                true
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %upstream.name, %uri, error = %e, "the server did not take a resource subscription");
+                false
+            }
+        }
+    }
+
     /// The upstream accepted it on `conn`: held until let go, and asked again of each
     /// connection that replaces `conn`.
     pub fn keep(
