@@ -205,7 +205,7 @@ impl Gateway {
     }
 
     /// Lets go of what this replica holds for an ended session: its streams close, which
-    /// cancels their calls.
+    /// cancels their calls, and its resource subscriptions go.
     fn forget_session(&self, sid: &str) {
         self.resource_subscriptions
             .release_all(&resource_subscriptions::Holder::Session(sid.to_string()));
@@ -235,29 +235,7 @@ impl Gateway {
                 key,
                 uri,
                 expiry,
-            } => {
-                let holder = resource_subscriptions::Holder::Session(sid.to_string());
-                if !taken {
-                    self.resource_subscriptions.let_go(&holder, key, uri);
-                    return;
-                }
-                // Its updates come on the session's GET stream: taken where that is.
-                let Some(upstream) = self.upstreams.get(key) else {
-                    return;
-                };
-                if !self.resumable.holds_get_stream(sid) {
-                    return;
-                }
-                // Held before anything is awaited: a let-go heard next finds it.
-                let subscriptions = &self.resource_subscriptions;
-                let Ok(pending) =
-                    subscriptions.begin(holder, Some(expiry), &upstream, uri, unix_now())
-                else {
-                    return;
-                };
-                let stop = self.shutdown.clone();
-                tokio::spawn(async move { pending.ask(&upstream, &stop).await });
-            }
+            } => resource_subscriptions::heard(self, sid, taken, key, uri, expiry),
         }
     }
 }

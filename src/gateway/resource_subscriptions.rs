@@ -407,6 +407,29 @@ async fn follow(
     }
 }
 
+/// Another replica says session `sid` took (or let go of) a subscription to `uri` on the
+/// upstream of `key`. Its updates come on the session's GET stream: taken where that is.
+pub fn heard(gw: &Gateway, sid: &str, taken: bool, key: &str, uri: &str, expiry: u64) {
+    let holder = Holder::Session(sid.to_string());
+    let subscriptions = &gw.resource_subscriptions;
+    if !taken {
+        subscriptions.let_go(&holder, key, uri);
+        return;
+    }
+    let Some(upstream) = gw.upstreams.get(key) else {
+        return;
+    };
+    if !gw.resumable.holds_get_stream(sid) {
+        return;
+    }
+    // Held before anything is awaited: a let-go heard next finds it.
+    let Ok(pending) = subscriptions.begin(holder, Some(expiry), &upstream, uri, unix_now()) else {
+        return;
+    };
+    let stop = gw.shutdown.clone();
+    tokio::spawn(async move { pending.ask(&upstream, &stop).await });
+}
+
 /// What a request does to the subscriptions held here, decided just before it goes
 /// upstream: nothing else runs between the two, so a subscribe and another holder's
 /// unsubscribe cannot pass each other on the way.
