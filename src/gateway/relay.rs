@@ -465,7 +465,7 @@ pub(super) async fn start(
             return Started::Answered(upstream_error_response(id, &e));
         }
     };
-    let subscription = match resource_subscriptions::asked(gw, ctx, upstream, &body) {
+    let subscription = match resource_subscriptions::asked(gw, ctx, upstream, &method, &body) {
         Asked::Other => None,
         Asked::Subscribe(pending) => Some(Box::new(pending)),
         Asked::HeldByOthers => {

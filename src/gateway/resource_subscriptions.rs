@@ -446,19 +446,19 @@ pub enum Asked {
     TooMany,
 }
 
+/// What the subscriptions held here make of a request `method` to `upstream`.
 pub fn asked(
     gw: &Gateway,
     ctx: &Ctx,
     upstream: &Arc<Upstream>,
+    method: &str,
     body: &Map<String, Value>,
 ) -> Asked {
-    let method = body.get("method").and_then(Value::as_str);
-    if !matches!(
-        method,
-        Some("resources/subscribe" | "resources/unsubscribe")
-    ) {
-        return Asked::Other;
-    }
+    let subscribe = match method {
+        "resources/subscribe" => true,
+        "resources/unsubscribe" => false,
+        _ => return Asked::Other,
+    };
     // A URI that is not a string is the upstream's to refuse.
     let Some(uri) = jsonrpc::params(body)
         .and_then(|p| p.get("uri"))
@@ -471,7 +471,7 @@ pub fn asked(
         .as_ref()
         .map(|claims| Holder::Session(claims.sid.clone()));
     let subscriptions = &gw.resource_subscriptions;
-    if method == Some("resources/unsubscribe") {
+    if !subscribe {
         if let Some(claims) = &ctx.session {
             // Other replicas holding it for this session let go too.
             let (feed, expiry) = (Arc::clone(&gw.session_feed), gw.session_expiry(claims));
@@ -487,10 +487,10 @@ pub fn asked(
     let (Some(holder), Some(claims)) = (holder, &ctx.session) else {
         return Asked::Other;
     };
-    let expiry = Some(gw.session_expiry(claims));
-    match subscriptions.begin(holder, expiry, upstream, uri, unix_now()) {
+    let expiry = gw.session_expiry(claims);
+    match subscriptions.begin(holder, Some(expiry), upstream, uri, unix_now()) {
         Ok(mut pending) => {
-            pending.share = expiry.map(|e| (Arc::clone(&gw.session_feed), e));
+            pending.share = Some((Arc::clone(&gw.session_feed), expiry));
             Asked::Subscribe(pending)
         }
         Err(TooMany) => Asked::TooMany,
