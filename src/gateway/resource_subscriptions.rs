@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::http::Ctx;
 use super::session_feed::SessionFeed;
 use super::{Gateway, jsonrpc, unix_now};
-use crate::upstream::{Connection, Upstream};
+use crate::upstream::{Connection, Upstream, UpstreamError};
 
 /// The most subscriptions one session or listen stream holds: each costs memory here and
 /// work upstream, and a client has no use for unbounded many.
@@ -259,7 +259,7 @@ impl Inner {
         Ok(fresh)
     }
 
-    /// Drops `holder`'s hold on `key`; whether that was the last hold on it.
+    /// Drops `holder`'s hold on `key`; the upstream when that was the last hold on it.
     fn drop_hold(&mut self, holder: &Holder, key: &Key) -> Option<Weak<Upstream>> {
         if let Some(held) = self.held.get_mut(holder) {
             held.keys.remove(key);
@@ -267,11 +267,7 @@ impl Inner {
                 self.held.remove(holder);
             }
         }
-        let subscribed = self.subscribed.get_mut(key)?;
-        if !subscribed.by.remove(holder) || !subscribed.by.is_empty() {
-            return None;
-        }
-        self.subscribed.remove(key).map(|s| s.upstream)
+        self.unhold(holder, key)
     }
 
     /// Drops everything `holder` holds; the subscriptions nobody holds any more.
@@ -279,19 +275,19 @@ impl Inner {
         let Some(held) = self.held.remove(holder) else {
             return Vec::new();
         };
-        let mut lasts = Vec::new();
-        for key in held.keys {
-            let Some(subscribed) = self.subscribed.get_mut(&key) else {
-                continue;
-            };
-            subscribed.by.remove(holder);
-            if subscribed.by.is_empty() {
-                if let Some(s) = self.subscribed.remove(&key) {
-                    lasts.push((s.upstream, key.1));
-                }
-            }
+        held.keys
+            .into_iter()
+            .filter_map(|key| Some((self.unhold(holder, &key)?, key.1)))
+            .collect()
+    }
+
+    /// Takes `holder` off the holders of `key`; the upstream when it was the last.
+    fn unhold(&mut self, holder: &Holder, key: &Key) -> Option<Weak<Upstream>> {
+        let subscribed = self.subscribed.get_mut(key)?;
+        if !subscribed.by.remove(holder) || !subscribed.by.is_empty() {
+            return None;
         }
-        lasts
+        self.subscribed.remove(key).map(|s| s.upstream)
     }
 
     /// Drops the holds of sessions past their expiry.
@@ -317,9 +313,8 @@ impl Pending {
             return false;
         };
         let uri = self.key.1.clone();
-        let request = jsonrpc::request("resources/subscribe", json!({ "uri": uri }));
-        match upstream.request(&conn, request, upstream.timeout()).await {
-            Ok(_) => {
+        match subscribe(upstream, &conn, &uri).await {
+            Ok(()) => {
                 self.keep(upstream, &conn, stop.clone());
                 true
             }
@@ -395,9 +390,8 @@ async fn follow(
         };
         let mut restored = 0;
         for uri in &uris {
-            let request = jsonrpc::request("resources/subscribe", json!({ "uri": uri }));
-            match upstream.request(&conn, request, upstream.timeout()).await {
-                Ok(_) => restored += 1,
+            match subscribe(&upstream, &conn, uri).await {
+                Ok(()) => restored += 1,
                 Err(e) => {
                     tracing::warn!(upstream = %upstream.name, %uri, error = %e, "a resource subscription could not be restored after the server reconnected")
                 }
@@ -405,6 +399,19 @@ async fn follow(
         }
         tracing::info!(upstream = %upstream.name, restored, held = uris.len(), "resource subscriptions restored after the server reconnected");
     }
+}
+
+/// Asks the upstream on `conn` for updates of `uri`.
+async fn subscribe(
+    upstream: &Upstream,
+    conn: &Arc<Connection>,
+    uri: &str,
+) -> Result<(), UpstreamError> {
+    let request = jsonrpc::request("resources/subscribe", json!({ "uri": uri }));
+    upstream
+        .request(conn, request, upstream.timeout())
+        .await
+        .map(drop)
 }
 
 /// Another replica says session `sid` took (or let go of) a subscription to `uri` on the
