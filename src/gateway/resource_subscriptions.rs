@@ -227,6 +227,17 @@ impl ResourceSubscriptions {
         self.inner.lock().unwrap().followed.insert(key.to_string())
     }
 
+    /// The registry replaced the upstream of `key` by `successor`: what was held on the
+    /// old instance is held on it, and let go of there.
+    fn retarget(&self, key: &str, successor: &Arc<Upstream>) {
+        let mut inner = self.inner.lock().unwrap();
+        for ((k, _), subscribed) in &mut inner.subscribed {
+            if k == key {
+                subscribed.upstream = Arc::downgrade(successor);
+            }
+        }
+    }
+
     fn stop_following(&self, key: &str) {
         self.inner.lock().unwrap().followed.remove(key);
     }
@@ -363,28 +374,41 @@ impl Drop for Pending {
 }
 
 /// Asks each connection that replaces `conn` for the subscriptions held on `upstream`,
-/// for as long as any are.
+/// for as long as any are. An upstream the registry replaces (new settings or version)
+/// is followed to the instance that took its place: its clients' subscriptions go on.
 async fn follow(
     subscriptions: Arc<ResourceSubscriptions>,
-    upstream: Arc<Upstream>,
+    mut upstream: Arc<Upstream>,
     mut conn: Arc<Connection>,
     stop: CancellationToken,
 ) {
     let key = upstream.key();
+    let mut after = "the server reconnected";
     loop {
         tokio::select! {
             () = conn.closed().cancelled() => {}
-            // Replaced by the registry, or the gateway stops: not this upstream's to restore.
-            () = upstream.stopping() => return subscriptions.stop_following(&key),
+            _ = upstream.stopped() => {}
             () = stop.cancelled() => return,
         }
-        let next = tokio::select! {
-            c = upstream.connection_eventually(Duration::from_secs(3600)) => c,
-            () = upstream.stopping() => return subscriptions.stop_following(&key),
-            () = stop.cancelled() => return,
+        // The next connection: this upstream's, or its successor's.
+        conn = loop {
+            let next = tokio::select! {
+                c = upstream.connection_eventually(Duration::from_secs(3600)) => Ok(c),
+                successor = upstream.stopped() => Err(successor),
+                () = stop.cancelled() => return,
+            };
+            match next {
+                Ok(Ok(next)) => break next,
+                Ok(Err(_)) => {}
+                Err(Some(successor)) => {
+                    subscriptions.retarget(&key, &successor);
+                    upstream = successor;
+                    after = "the registry replaced the server";
+                }
+                // Removed from the registry, or the gateway stops: nothing to restore.
+                Err(None) => return subscriptions.stop_following(&key),
+            }
         };
-        let Ok(next) = next else { continue };
-        conn = next;
         let Some(uris) = subscriptions.held_on(&key) else {
             return;
         };
@@ -393,11 +417,12 @@ async fn follow(
             match subscribe(&upstream, &conn, uri).await {
                 Ok(()) => restored += 1,
                 Err(e) => {
-                    tracing::warn!(upstream = %upstream.name, %uri, error = %e, "a resource subscription could not be restored after the server reconnected")
+                    tracing::warn!(upstream = %upstream.name, %uri, error = %e, after, "a resource subscription could not be restored")
                 }
             }
         }
-        tracing::info!(upstream = %upstream.name, restored, held = uris.len(), "resource subscriptions restored after the server reconnected");
+        tracing::info!(upstream = %upstream.name, restored, held = uris.len(), after, "resource subscriptions restored");
+        after = "the server reconnected";
     }
 }
 

@@ -53,9 +53,19 @@ fn forward(
         let session = session.clone();
         let mark = mark.clone();
         tokio::spawn(async move {
+            let mut upstream = upstream;
             loop {
                 let conn = tokio::select! {
                     c = upstream.connection_eventually(Duration::from_secs(3600)) => c,
+                    // Replaced by the registry (new settings or version): the stream goes
+                    // on with the instance that took its place. Removed: nothing more comes.
+                    successor = upstream.stopped() => match successor {
+                        Some(successor) => {
+                            upstream = successor;
+                            continue;
+                        }
+                        None => return,
+                    },
                     () = out.gone() => return,
                     () = shutdown.cancelled() => return,
                 };
@@ -89,6 +99,7 @@ fn forward(
                         () = out.gone() => return,
                         () = shutdown.cancelled() => return,
                         () = conn.closed().cancelled() => break,
+                        _ = upstream.stopped() => break,
                         Some((upstream_id, mut msg)) = req_rx.recv() => {
                             let principal = session.as_ref().map(|c| c.sub.as_str()).unwrap_or_default();
                             if !tasks::for_caller(&gw, &upstream, principal, &mut msg) {

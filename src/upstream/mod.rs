@@ -15,6 +15,7 @@ pub mod transport;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -148,6 +149,9 @@ pub struct Upstream {
     catalog: listing::Catalog,
     breaker: Mutex<Breaker>,
     stop: CancellationToken,
+    /// The instance the registry started in its place (new settings or version), set
+    /// before this one stops: what follows it (a client's stream, its subscriptions) moves on.
+    successor: OnceLock<Arc<Upstream>>,
     pub metrics: crate::telemetry::mcp_metrics::CallMetrics,
 }
 
@@ -183,6 +187,7 @@ impl Upstream {
             catalog: listing::Catalog::new(catalog_ttl),
             breaker: Mutex::new(Breaker::default()),
             stop: CancellationToken::new(),
+            successor: OnceLock::new(),
         })
     }
 
@@ -194,10 +199,11 @@ impl Upstream {
         self.state.borrow().clone()
     }
 
-    /// Resolves once this upstream is stopped for good: the gateway shuts down, or the
-    /// registry replaced or removed it.
-    pub async fn stopping(&self) {
+    /// Resolves once this upstream is stopped for good: with the instance the registry
+    /// replaced it by, or `None` when the registry removed it or the gateway shuts down.
+    pub async fn stopped(&self) -> Option<Arc<Upstream>> {
         self.stop.cancelled().await;
+        self.successor.get().cloned()
     }
 
     pub fn is_up(&self) -> bool {
@@ -673,6 +679,9 @@ impl Upstreams {
                         r.version,
                     );
                     start_one(&upstream);
+                    if let Some(old) = stop.iter().find(|old| old.key() == key) {
+                        let _ = old.successor.set(Arc::clone(&upstream));
+                    }
                     tracing::info!(upstream = %key, "registered server started");
                     next.insert(key, upstream);
                 }

@@ -240,6 +240,63 @@ def test_a_subscription_taken_on_another_replica_brings_its_updates_to_the_get_s
     done.set()
 
 
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("holder", ["session", "listen stream"])
+def test_streams_and_subscriptions_follow_a_server_the_registry_replaces(control_plane, holder):
+    # A registered server restarted from the API (as any change of its settings) is
+    # replaced by a new instance: a client's open stream, and the subscription it holds,
+    # must go on with the new one.
+    from conftest import new_key
+    g, api = control_plane()
+    admin = api.login()["access_token"]
+    g.key = new_key(api, admin)  # a registered server is its tenant's: the tenant's key calls it
+    made = api.request("POST", "/v1/servers", token=admin,
+                       json_body={"name": "everything", "settings": everything_stdio()})
+    assert made.status_code == 201, made.text
+    server = f"/v1/servers/{made.json()['id']}"
+
+    def health():
+        return api.request("GET", server + "/health", token=admin).json()
+    wait_until(lambda: health().get("status") == "up", what="the registered server up")
+    uri = g.modern("resources/list", path="/mcp/everything").json()["result"]["resources"][0]["uri"]
+    heard = []
+
+    def read_updates(method, headers, body=None):
+        with httpx2.stream(method, g.base + "/mcp/everything", headers={**g.auth(), **headers},
+                           content=body and json.dumps(body), timeout=httpx2.Timeout(30, read=None)) as r:
+            try:
+                for line in r.iter_lines():
+                    message = json.loads(line[5:]) if line.startswith("data:") and line[5:].strip() else {}
+                    if message.get("method") == "notifications/resources/updated":
+                        heard.append((time.monotonic(), message["params"]["uri"]))
+            except httpx2.HTTPError:
+                pass  # gantry stopped at the test's end
+
+    if holder == "session":
+        sid, _ = g.initialize(path="/mcp/everything")
+        session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+        r = g.post({"jsonrpc": "2.0", "id": 1, "method": "resources/subscribe", "params": {"uri": uri}},
+                   path="/mcp/everything", headers=session)
+        assert r.json()["result"] == {}, r.text
+        stream = ("GET", {**session, "Accept": "text/event-stream"})
+    else:
+        body, h = g.modern_request("subscriptions/listen", {"notifications": {"resourceSubscriptions": [uri]}})
+        stream = ("POST", {**h, "Content-Type": "application/json", "Accept": ACCEPT}, body)
+    threading.Thread(target=read_updates, args=stream, daemon=True).start()
+
+    def toggle_and_hear(since):
+        g.modern("tools/call", {"name": "toggle-subscriber-updates", "arguments": {}}, path="/mcp/everything")
+        return asyncio.run(heard_after(heard, uri, since))
+    assert toggle_and_hear(0), "no update before the server was replaced"
+
+    assert api.request("POST", server + "/restart", token=admin).status_code == 202
+    wait_until(lambda: health().get("version") == 2 and health().get("status") == "up",
+               what="the replacing instance up")
+    # The new process knows neither the subscription nor the updates switch.
+    assert toggle_and_hear(time.monotonic()), "the stream or its subscription stayed with the stopped instance"
+    assert g.logged("resource subscriptions restored", "everything")
+
+
 def test_a_session_holds_a_bounded_number_of_subscriptions(gantry):
     g = gantry({"upstreams": {"everything": everything_stdio()}})
     sid, _ = g.initialize(path="/mcp/everything")
