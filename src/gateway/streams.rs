@@ -2,7 +2,7 @@
 //! session, and the 2026-07-28 `subscriptions/listen` stream.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::response::Response;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use super::client_stream;
 use super::era;
@@ -23,7 +23,7 @@ use super::task_notifications::{self, Listener, Watched};
 use super::{Gateway, Route};
 use super::{relay, resource_subscriptions, task_extension, tasks};
 use crate::policy::Access;
-use crate::upstream::State;
+use crate::upstream::{State, Upstream};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -31,11 +31,32 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// borrowed from the broadcast every stream shares, or changed for this one.
 type Filter = Arc<dyn for<'a> Fn(&'a Value) -> Option<Cow<'a, Value>> + Send + Sync>;
 
+/// Where one client stream's messages go, and which it takes.
+#[derive(Clone)]
+struct Forwarding {
+    out: Arc<client_stream::Sender>,
+    keep: Filter,
+    /// The session whose client may answer server requests (none on a listen stream).
+    session: Option<Arc<SessionClaims>>,
+    mark: Option<Arc<str>>,
+    /// The aggregate endpoint's: its lists are the servers' together, so a server coming,
+    /// going or reconnecting changes them.
+    aggregate: bool,
+}
+
+/// The aggregate endpoint's list changes a stream is told of when its servers change.
+const LISTS: [&str; 3] = [
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/resources/list_changed",
+];
+
 /// Subscribes to each upstream's unsolicited messages, following reconnects, and queues
 /// the ones `keep` accepts on `out` until the client leaves or the gateway stops. Server
 /// requests made outside calls are relayed too when `session` is given: its client may
 /// answer them, and nobody else. Nothing here waits on the client: what it has not read
-/// is bounded by `out`'s backlog.
+/// is bounded by `out`'s backlog. On the aggregate endpoint the servers the registry adds
+/// later are followed too.
 fn forward(
     gw: &Arc<Gateway>,
     route: &Route,
@@ -45,88 +66,190 @@ fn forward(
     access: Option<&Access>,
     mark: Option<Arc<str>>,
 ) {
-    for upstream in gw.upstreams_for(route, access) {
-        let out = Arc::clone(&out);
-        let keep = Arc::clone(&keep);
-        let shutdown = gw.shutdown.clone();
-        let gw = Arc::clone(gw);
-        let session = session.clone();
-        let mark = mark.clone();
-        tokio::spawn(async move {
-            let mut upstream = upstream;
-            loop {
-                let conn = tokio::select! {
-                    c = upstream.connection_eventually(Duration::from_secs(3600)) => c,
-                    // Replaced by the registry (new settings or version): the stream goes
-                    // on with the instance that took its place. Removed: nothing more comes.
-                    successor = upstream.stopped() => match successor {
-                        Some(successor) => {
-                            upstream = successor;
-                            continue;
-                        }
-                        None => return,
-                    },
-                    () = out.gone() => return,
-                    () = shutdown.cancelled() => return,
-                };
-                let Ok(conn) = conn else { continue };
-                let mut events = conn.subscribe();
-                // Server requests made outside any call come here when this client can answer.
-                // As many may queue here as may wait for the client's answers: a burst
-                // of them all gets in, and past that the client has its hands full.
-                let (req_tx, mut req_rx) =
-                    mpsc::channel::<(Value, Value)>(server_requests::MAX_WAITING);
-                let declines = Arc::new(Declines::new(&upstream, "GET"));
-                let _listener = session.as_ref().map(|claims| {
-                    let caps = claims.caps;
-                    let full = Arc::clone(&declines);
-                    let (gw, server, principal) =
-                        (Arc::clone(&gw), Arc::clone(&upstream), claims.sub.clone());
-                    conn.listen_for_requests(
-                        move |msg| {
-                            client_can_answer(&caps, method_of(msg))
-                                && tasks::may_see(&gw, &server, &principal, msg)
-                        },
-                        req_tx,
-                        Arc::new(move |conn, id| full.decline(conn, id, &MintedIds::too_many())),
-                    )
-                });
-                let mut minted = session
-                    .as_deref()
-                    .map(|claims| MintedIds::new(&gw, Answerer::of_session(claims), mark.clone()));
-                loop {
-                    tokio::select! {
-                        () = out.gone() => return,
-                        () = shutdown.cancelled() => return,
-                        () = conn.closed().cancelled() => break,
-                        _ = upstream.stopped() => break,
-                        Some((upstream_id, mut msg)) = req_rx.recv() => {
-                            let principal = session.as_ref().map(|c| c.sub.as_str()).unwrap_or_default();
-                            if !tasks::for_caller(&gw, &upstream, principal, &mut msg) {
-                                conn.answer_unrouted(&upstream_id, &msg);
-                            } else if let Some(minted) = minted.as_mut() {
-                                server_requests::relay(&out, minted, &declines, &conn, &upstream_id, msg);
-                            }
-                        }
-                        event = events.recv() => match event {
-                            // Every caller's tasks' statuses come here: not this client's to see.
-                            Ok(event) if method_of(&event) == tasks::STATUS_NOTIFICATION => {}
-                            Ok(event) => {
-                                if let Some(message) = keep(&event) {
-                                    out.notify(&message, upstream.metrics.notifications_dropped());
-                                }
-                            }
-                            // Passed by while this task was not scheduled: lost to this
-                            // stream as if its backlog were full, and counted with those.
-                            Err(broadcast::error::RecvError::Lagged(n)) => {
-                                out.missed(n, upstream.metrics.notifications_dropped());
-                            }
-                            Err(broadcast::error::RecvError::Closed) => break,
-                        }
+    let aggregate = *route == Route::Aggregate;
+    let stream = Forwarding {
+        out,
+        keep,
+        session,
+        mark,
+        aggregate,
+    };
+    let changes = gw.upstreams.changes();
+    let upstreams = gw.upstreams_for(route, access);
+    for upstream in &upstreams {
+        tokio::spawn(forward_from(
+            Arc::clone(gw),
+            Arc::clone(upstream),
+            stream.clone(),
+        ));
+    }
+    if aggregate {
+        tokio::spawn(follow_the_registry(
+            Arc::clone(gw),
+            stream,
+            access.cloned(),
+            upstreams,
+            changes,
+        ));
+    }
+}
+
+/// One upstream's messages for one client stream; a replaced upstream's successor's after it.
+async fn forward_from(gw: Arc<Gateway>, mut upstream: Arc<Upstream>, stream: Forwarding) {
+    let Forwarding {
+        out,
+        keep,
+        session,
+        mark,
+        aggregate,
+    } = stream;
+    let shutdown = gw.shutdown.clone();
+    // A connection made after the stream opened may serve other lists than the client saw.
+    let mut news = !upstream.is_up();
+    loop {
+        let conn = tokio::select! {
+            c = upstream.connection_eventually(Duration::from_secs(3600)) => c,
+            // Replaced by the registry (new settings or version): the stream goes
+            // on with the instance that took its place. Removed: nothing more comes.
+            successor = upstream.stopped() => match successor {
+                Some(successor) => {
+                    upstream = successor;
+                    news = true;
+                    continue;
+                }
+                None => return,
+            },
+            () = out.gone() => return,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok(conn) = conn else { continue };
+        if aggregate && news {
+            lists_changed(&out, &keep, &upstream);
+        }
+        news = true;
+        let mut events = conn.subscribe();
+        // Server requests made outside any call come here when this client can answer.
+        // As many may queue here as may wait for the client's answers: a burst
+        // of them all gets in, and past that the client has its hands full.
+        let (req_tx, mut req_rx) = mpsc::channel::<(Value, Value)>(server_requests::MAX_WAITING);
+        let declines = Arc::new(Declines::new(&upstream, "GET"));
+        let _listener = session.as_ref().map(|claims| {
+            let caps = claims.caps;
+            let full = Arc::clone(&declines);
+            let (gw, server, principal) =
+                (Arc::clone(&gw), Arc::clone(&upstream), claims.sub.clone());
+            conn.listen_for_requests(
+                move |msg| {
+                    client_can_answer(&caps, method_of(msg))
+                        && tasks::may_see(&gw, &server, &principal, msg)
+                },
+                req_tx,
+                Arc::new(move |conn, id| full.decline(conn, id, &MintedIds::too_many())),
+            )
+        });
+        let mut minted = session
+            .as_deref()
+            .map(|claims| MintedIds::new(&gw, Answerer::of_session(claims), mark.clone()));
+        loop {
+            tokio::select! {
+                () = out.gone() => return,
+                () = shutdown.cancelled() => return,
+                () = conn.closed().cancelled() => break,
+                _ = upstream.stopped() => break,
+                Some((upstream_id, mut msg)) = req_rx.recv() => {
+                    let principal = session.as_ref().map(|c| c.sub.as_str()).unwrap_or_default();
+                    if !tasks::for_caller(&gw, &upstream, principal, &mut msg) {
+                        conn.answer_unrouted(&upstream_id, &msg);
+                    } else if let Some(minted) = minted.as_mut() {
+                        server_requests::relay(&out, minted, &declines, &conn, &upstream_id, msg);
                     }
                 }
+                event = events.recv() => match event {
+                    // Every caller's tasks' statuses come here: not this client's to see.
+                    Ok(event) if method_of(&event) == tasks::STATUS_NOTIFICATION => {}
+                    Ok(event) => {
+                        if let Some(message) = keep(&event) {
+                            out.notify(&message, upstream.metrics.notifications_dropped());
+                        }
+                    }
+                    // Passed by while this task was not scheduled: lost to this
+                    // stream as if its backlog were full, and counted with those.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        out.missed(n, upstream.metrics.notifications_dropped());
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
             }
-        });
+        }
+    }
+}
+
+/// An aggregate stream follows the servers its caller may see as the registry changes
+/// them: one added is forwarded from as well, and its client is told its lists changed
+/// when a server comes or goes (a replaced one tells of itself once it connects).
+async fn follow_the_registry(
+    gw: Arc<Gateway>,
+    stream: Forwarding,
+    access: Option<Access>,
+    upstreams: Vec<Arc<Upstream>>,
+    mut changes: watch::Receiver<u64>,
+) {
+    let mut known: HashMap<String, Arc<Upstream>> =
+        upstreams.into_iter().map(|u| (u.key(), u)).collect();
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = stream.out.gone() => return,
+            () = gw.shutdown.cancelled() => return,
+        }
+        let now: HashMap<String, Arc<Upstream>> = gw
+            .upstreams_for(&Route::Aggregate, access.as_ref())
+            .into_iter()
+            .map(|u| (u.key(), u))
+            .collect();
+        let mut told = None;
+        for (key, upstream) in &now {
+            // The forwarder of a replaced instance moves on to its successor by itself.
+            if known.get(key).is_some_and(|was| leads_to(was, upstream)) {
+                continue;
+            }
+            tokio::spawn(forward_from(
+                Arc::clone(&gw),
+                Arc::clone(upstream),
+                stream.clone(),
+            ));
+            told = Some(upstream);
+        }
+        let gone = known.iter().find(|(key, _)| !now.contains_key(*key));
+        if let Some(upstream) = told.or(gone.map(|(_, u)| u)) {
+            lists_changed(&stream.out, &stream.keep, upstream);
+        }
+        known = now;
+    }
+}
+
+/// Whether `to` is `from`, or replaced it (through any number of replacements).
+fn leads_to(from: &Arc<Upstream>, to: &Arc<Upstream>) -> bool {
+    let mut at = Arc::clone(from);
+    loop {
+        if Arc::ptr_eq(&at, to) {
+            return true;
+        }
+        match at.successor() {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+}
+
+/// Tells an aggregate stream's client that its lists may have changed because of
+/// `upstream`, as far as the stream asked for such news.
+fn lists_changed(out: &client_stream::Sender, keep: &Filter, upstream: &Upstream) {
+    for method in LISTS {
+        let notification = json!({ "jsonrpc": "2.0", "method": method });
+        if let Some(message) = keep(&notification) {
+            out.notify(&message, upstream.metrics.notifications_dropped());
+        }
     }
 }
 

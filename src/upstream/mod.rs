@@ -203,6 +203,11 @@ impl Upstream {
     /// replaced it by, or `None` when the registry removed it or the gateway shuts down.
     pub async fn stopped(&self) -> Option<Arc<Upstream>> {
         self.stop.cancelled().await;
+        self.successor()
+    }
+
+    /// The instance the registry replaced this one by, if it did.
+    pub fn successor(&self) -> Option<Arc<Upstream>> {
         self.successor.get().cloned()
     }
 
@@ -567,6 +572,9 @@ pub struct Upstreams {
     catalog_ttl: Duration,
     /// The egress rule given to every registered server.
     egress: egress::Egress,
+    /// Counts the registry's changes to the map: what follows the servers a caller sees
+    /// looks again.
+    changes: watch::Sender<u64>,
 }
 
 /// A server the control plane's registry wants running.
@@ -617,7 +625,14 @@ impl Upstreams {
             map: RwLock::new(Arc::new(map)),
             catalog_ttl: ttl,
             egress: egress::Egress::new(&config.registry.allowed_hosts),
+            changes: watch::Sender::new(0),
         }
+    }
+
+    /// Tells of each change the registry makes to the servers (one started, stopped or
+    /// replaced); subscribe before reading the servers, so that none is missed between.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Upstream>>> {
@@ -651,6 +666,7 @@ impl Upstreams {
     /// are never touched.
     pub fn sync(&self, desired: &[Registered]) {
         let mut stop = Vec::new();
+        let mut started = false;
         {
             let mut guard = self.map.write().expect("upstreams lock");
             let mut next: BTreeMap<String, Arc<Upstream>> = (**guard).clone();
@@ -684,9 +700,13 @@ impl Upstreams {
                     }
                     tracing::info!(upstream = %key, "registered server started");
                     next.insert(key, upstream);
+                    started = true;
                 }
             }
             *guard = Arc::new(next);
+        }
+        if started || !stop.is_empty() {
+            self.changes.send_modify(|n| *n += 1);
         }
         for upstream in stop {
             tracing::info!(upstream = %upstream.name, tenant = upstream.tenant.as_deref().unwrap_or(""), "registered server stopped");

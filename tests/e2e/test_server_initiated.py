@@ -144,6 +144,44 @@ def test_a_subscription_outlives_a_restart_of_its_server(gantry):
     assert g.logged("resource subscriptions restored", "everything")
 
 
+def test_an_aggregate_stream_is_told_its_lists_changed_when_a_server_comes_back(gantry):
+    # /mcp leaves a server that is down out of its lists: a client that listed meanwhile
+    # learns from its GET stream when the server is back. /mcp/{server} passes through
+    # what the server says, and adds nothing.
+    from test_resilience import children
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    heard = {"/mcp": [], "/mcp/everything": []}
+
+    async def use():
+        async with sdk_client(g, path="/mcp", message_handler=lists_into(heard["/mcp"])), \
+                sdk_client(g, path="/mcp/everything", message_handler=lists_into(heard["/mcp/everything"])):
+            await asyncio.sleep(0.5)  # the GET streams open
+            os.kill(children(g.proc.pid)[0], signal.SIGKILL)
+            await asyncio.to_thread(wait_until, lambda: g.metric("mcp_upstream_restarts_total", server="everything") == 1
+                                    and g.metric("mcp_upstream_up", server="everything") == 1,
+                                    what="the server restarted")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not {"prompts", "resources"} <= set(heard["/mcp"]):
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+    asyncio.run(use())
+    # server-everything announces its tools list itself as it starts; prompts and
+    # resources changes come from gantry alone.
+    assert {"tools", "prompts", "resources"} <= set(heard["/mcp"]), heard
+    assert not {"prompts", "resources"} & set(heard["/mcp/everything"]), heard
+
+
+def lists_into(log: list):
+    """A message handler recording which list each list-changed notification names."""
+    async def on_message(message):
+        root = getattr(message, "root", message)
+        for kind, cls in (("tools", types.ToolListChangedNotification), ("prompts", types.PromptListChangedNotification),
+                          ("resources", types.ResourceListChangedNotification)):
+            if isinstance(root, cls):
+                log.append(kind)
+    return on_message
+
+
 @pytest.mark.parametrize("holder", ["session", "listen stream"])
 def test_the_last_holder_leaving_unsubscribes_the_server(gantry, holder):
     # server-everything logs each subscribe and unsubscribe it receives; the log reaches
