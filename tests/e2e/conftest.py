@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -295,6 +297,59 @@ def streamed_messages(url: str, body: dict, headers: dict, timeout: float = 30):
         for line in r.iter_lines():
             if line.startswith("data:") and line[5:].strip():
                 yield json.loads(line[5:])
+
+
+class StreamReader:
+    """Reads an event stream (a session's GET stream, a listen stream) in the background,
+    queueing each JSON-RPC message it carries for `next`. It ends with the stream, when
+    told to (at its next line), or when gantry stops at the test's end."""
+
+    def __init__(self, g: "Gantry", method: str, path: str, headers: dict, body: dict | None = None):
+        self.messages: queue.Queue = queue.Queue()
+        self.primed, self.done = threading.Event(), threading.Event()
+        headers = {**g.auth(), **headers}
+        args = (method, g.base + path, headers, body and json.dumps(body))
+        threading.Thread(target=self._read, args=args, daemon=True).start()
+
+    def _read(self, method, url, headers, content):
+        try:
+            with httpx2.stream(method, url, headers=headers, content=content,
+                               timeout=httpx2.Timeout(30, read=None)) as r:
+                for line in r.iter_lines():
+                    self.primed.set()
+                    if line.startswith("data:") and line[5:].strip():
+                        self.messages.put(json.loads(line[5:]))
+                    if self.done.is_set():
+                        return
+        except httpx2.HTTPError:
+            pass  # gantry stopped
+
+    def next(self, method: str, holding: str = "", timeout: float = 15) -> dict:
+        """The next message of `method` whose params hold `holding`; those before it are passed over."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = self.messages.get(timeout=left)
+            except queue.Empty:
+                break
+            if message.get("method") == method and holding in json.dumps(message.get("params", {})):
+                return message
+        raise AssertionError(f"no {method} holding {holding!r} on the stream")
+
+    def drain(self):
+        """Passes over every message come so far."""
+        while not self.messages.empty():
+            self.messages.get_nowait()
+
+
+def subscribed_session(g: "Gantry", uri: str, path: str) -> dict:
+    """A new 2025-11-25 session on `path` subscribed to `uri`: its headers."""
+    sid, _ = g.initialize(path=path)
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    r = g.post({"jsonrpc": "2.0", "id": 1, "method": "resources/subscribe", "params": {"uri": uri}},
+               path=path, headers=session)
+    assert r.json()["result"] == {}, r.text
+    return session
 
 
 def sse_messages(response: httpx2.Response) -> list[dict]:

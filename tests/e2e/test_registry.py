@@ -6,19 +6,17 @@ may connect is enforced again on every connection, and no upstream follows redir
 
 from __future__ import annotations
 
-import json
-import queue
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from conftest import MEMBER_PASSWORD, BIN, everything_stdio, free_port, key_call, port_open, problem, wait_until, new_key
+from conftest import (MEMBER_PASSWORD, BIN, StreamReader, everything_stdio, free_port, key_call, port_open, problem,
+                      wait_until, new_key)
 
 @pytest.fixture
 def remote_demo():
@@ -217,36 +215,12 @@ def test_an_aggregate_stream_follows_the_servers_the_registry_adds_and_removes(c
     g.key = new_key(api, admin)  # registered servers are their tenant's: the tenant's key sees them
     sid, _ = g.initialize()
     session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
-    heard, primed = queue.Queue(), threading.Event()
-
-    def read_get_stream():
-        headers = {**g.auth(), **session, "Accept": "text/event-stream"}
-        try:
-            with httpx2.stream("GET", g.base + "/mcp", headers=headers, timeout=httpx2.Timeout(30, read=None)) as r:
-                for line in r.iter_lines():
-                    primed.set()
-                    if line.startswith("data:") and line[5:].strip():
-                        heard.put(json.loads(line[5:]))
-        except httpx2.HTTPError:
-            pass  # gantry stopped at the test's end
-
-    def next_heard(method, holding=""):
-        deadline = time.monotonic() + 15
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                message = heard.get(timeout=left)
-            except queue.Empty:
-                break
-            if message.get("method") == method and holding in json.dumps(message.get("params", {})):
-                return message
-        raise AssertionError(f"no {method} holding {holding!r} on the aggregate GET stream")
-
-    threading.Thread(target=read_get_stream, daemon=True).start()
-    assert primed.wait(10), "the GET stream's priming event"
+    stream = StreamReader(g, "GET", "/mcp", {**session, "Accept": "text/event-stream"})
+    assert stream.primed.wait(10), "the GET stream's priming event"
     made = api.request("POST", "/v1/servers", token=admin,
                        json_body={"name": "everything", "settings": everything_stdio()})
     assert made.status_code == 201, made.text
-    next_heard("notifications/tools/list_changed")
+    stream.next("notifications/tools/list_changed")
     wait_until(lambda: "everything__echo" in tools(g.base, g.key), what="the added server's tools on /mcp")
 
     # The added server's own messages reach the stream opened before it came.
@@ -254,10 +228,10 @@ def test_an_aggregate_stream_follows_the_servers_the_registry_adds_and_removes(c
     call = lambda i, method, params: g.post({"jsonrpc": "2.0", "id": i, "method": method, "params": params}, headers=session)
     assert call(1, "resources/subscribe", {"uri": uri}).json()["result"] == {}
     assert "result" in call(2, "tools/call", {"name": "everything__toggle-subscriber-updates", "arguments": {}}).json()
-    next_heard("notifications/resources/updated", uri)
+    stream.next("notifications/resources/updated", uri)
 
     assert api.request("DELETE", f"/v1/servers/{made.json()['id']}", token=admin).status_code == 204
-    next_heard("notifications/tools/list_changed")
+    stream.next("notifications/tools/list_changed")
     assert "everything__echo" not in tools(g.base, g.key)
 
 

@@ -5,7 +5,6 @@ import asyncio
 import hashlib
 import json
 import os
-import queue
 import secrets
 import signal
 import threading
@@ -15,7 +14,8 @@ import httpx2
 import pytest
 from mcp import types
 
-from conftest import ACCEPT, MODERN, everything_stdio, sdk_client, streamed_messages, wait_until
+from conftest import (ACCEPT, MODERN, StreamReader, everything_stdio, sdk_client, streamed_messages,
+                      subscribed_session, wait_until)
 from test_mrtr import two_replicas
 from test_resilience import replicas_sharing_redis
 from test_slow_clients import chatty_stdio
@@ -200,11 +200,7 @@ def test_the_last_holder_leaving_unsubscribes_the_server(gantry, holder):
 
     def hold_and_leave(uri):
         if holder == "session":
-            sid, _ = g.initialize(path="/mcp/everything")
-            h = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
-            r = g.post({"jsonrpc": "2.0", "id": 1, "method": "resources/subscribe", "params": {"uri": uri}},
-                       path="/mcp/everything", headers=h)
-            assert r.json()["result"] == {}, r.text
+            h = subscribed_session(g, uri, "/mcp/everything")
             r = httpx2.delete(g.base + "/mcp/everything", headers={**g.auth(), **h}, timeout=10)
             assert r.status_code in (200, 204), r.text
             return
@@ -231,51 +227,30 @@ def test_a_subscription_taken_on_another_replica_brings_its_updates_to_the_get_s
     a, b, session = replicas_sharing_redis(gantry, redis_prefix, "everything", everything_stdio())
     listed = a.post({"jsonrpc": "2.0", "id": 1, "method": "resources/list"}, path="/mcp/everything", headers=session)
     uri = listed.json()["result"]["resources"][0]["uri"]
-    primed, done, heard = threading.Event(), threading.Event(), queue.Queue()
-
-    def read_get_stream():
-        headers = {**a.auth(), **session, "Accept": "text/event-stream"}
-        with httpx2.stream("GET", a.base + "/mcp/everything", headers=headers,
-                           timeout=httpx2.Timeout(30, read=20)) as r:
-            for line in r.iter_lines():
-                primed.set()
-                if line.startswith("data:") and line[5:].strip():
-                    heard.put(json.loads(line[5:]))
-                if done.is_set():
-                    return
-
-    def next_heard(method, holding):
-        deadline = time.monotonic() + 15
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                message = heard.get(timeout=left)
-            except queue.Empty:
-                break
-            if message.get("method") == method and holding in json.dumps(message["params"]):
-                return message
-        raise AssertionError(f"no {method} holding {holding} on the GET stream")
 
     def subscribe_on_b():
         body = {"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": uri}}
         assert b.post(body, path="/mcp/everything", headers=session).json()["result"] == {}
 
-    reader = threading.Thread(target=read_get_stream, daemon=True)
+    def read_get_stream():
+        return StreamReader(a, "GET", "/mcp/everything", {**session, "Accept": "text/event-stream"})
+
     if get_stream == "held before":
-        reader.start()
-        assert primed.wait(10), "the GET stream's priming event"
+        stream = read_get_stream()
+        assert stream.primed.wait(10), "the GET stream's priming event"
         subscribe_on_b()
     else:
         subscribe_on_b()
-        reader.start()
+        stream = read_get_stream()
     toggle = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
               "params": {"name": "toggle-subscriber-updates", "arguments": {}}}
     assert "result" in a.post(toggle, path="/mcp/everything", headers=session).json()
-    next_heard("notifications/resources/updated", uri)
+    stream.next("notifications/resources/updated", uri)
     # Let go of on b: a's server hears of it too (and logs it on the stream).
     body = {"jsonrpc": "2.0", "id": 4, "method": "resources/unsubscribe", "params": {"uri": uri}}
     assert b.post(body, path="/mcp/everything", headers=session).json()["result"] == {}
-    next_heard("notifications/message", f"Received Unsubscribe Resource request: {uri}")
-    done.set()
+    stream.next("notifications/message", f"Received Unsubscribe Resource request: {uri}")
+    stream.done.set()
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
@@ -297,41 +272,26 @@ def test_streams_and_subscriptions_follow_a_server_the_registry_replaces(control
         return api.request("GET", server + "/health", token=admin).json()
     wait_until(lambda: health().get("status") == "up", what="the registered server up")
     uri = g.modern("resources/list", path="/mcp/everything").json()["result"]["resources"][0]["uri"]
-    heard = []
-
-    def read_updates(method, headers, body=None):
-        with httpx2.stream(method, g.base + "/mcp/everything", headers={**g.auth(), **headers},
-                           content=body and json.dumps(body), timeout=httpx2.Timeout(30, read=None)) as r:
-            try:
-                for line in r.iter_lines():
-                    message = json.loads(line[5:]) if line.startswith("data:") and line[5:].strip() else {}
-                    if message.get("method") == "notifications/resources/updated":
-                        heard.append((time.monotonic(), message["params"]["uri"]))
-            except httpx2.HTTPError:
-                pass  # gantry stopped at the test's end
-
     if holder == "session":
-        sid, _ = g.initialize(path="/mcp/everything")
-        session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
-        r = g.post({"jsonrpc": "2.0", "id": 1, "method": "resources/subscribe", "params": {"uri": uri}},
-                   path="/mcp/everything", headers=session)
-        assert r.json()["result"] == {}, r.text
-        stream = ("GET", {**session, "Accept": "text/event-stream"})
+        session = subscribed_session(g, uri, "/mcp/everything")
+        stream = StreamReader(g, "GET", "/mcp/everything", {**session, "Accept": "text/event-stream"})
     else:
         body, h = g.modern_request("subscriptions/listen", {"notifications": {"resourceSubscriptions": [uri]}})
-        stream = ("POST", {**h, "Content-Type": "application/json", "Accept": ACCEPT}, body)
-    threading.Thread(target=read_updates, args=stream, daemon=True).start()
+        stream = StreamReader(g, "POST", "/mcp/everything", {**h, "Content-Type": "application/json", "Accept": ACCEPT},
+                              body)
 
-    def toggle_and_hear(since):
+    def toggle_and_hear():
         g.modern("tools/call", {"name": "toggle-subscriber-updates", "arguments": {}}, path="/mcp/everything")
-        return asyncio.run(heard_after(heard, uri, since))
-    assert toggle_and_hear(0), "no update before the server was replaced"
+        stream.next("notifications/resources/updated", uri)
+    toggle_and_hear()
 
     assert api.request("POST", server + "/restart", token=admin).status_code == 202
     wait_until(lambda: health().get("version") == 2 and health().get("status") == "up",
                what="the replacing instance up")
-    # The new process knows neither the subscription nor the updates switch.
-    assert toggle_and_hear(time.monotonic()), "the stream or its subscription stayed with the stopped instance"
+    # The new process knows neither the subscription nor the updates switch; what the
+    # old one sent is passed over.
+    stream.drain()
+    toggle_and_hear()
     assert g.logged("resource subscriptions restored", "everything")
 
 
