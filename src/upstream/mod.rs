@@ -709,7 +709,8 @@ impl Upstreams {
             self.changes.send_modify(|n| *n += 1);
         }
         for upstream in stop {
-            tracing::info!(upstream = %upstream.name, tenant = upstream.tenant.as_deref().unwrap_or(""), "registered server stopped");
+            let replaced = upstream.successor().is_some();
+            tracing::info!(upstream = %upstream.name, tenant = upstream.tenant.as_deref().unwrap_or(""), replaced, "registered server stopped");
             upstream.stop.cancel();
         }
     }
