@@ -301,12 +301,12 @@ def streamed_messages(url: str, body: dict, headers: dict, timeout: float = 30):
 
 class StreamReader:
     """Reads an event stream (a session's GET stream, a listen stream) in the background,
-    queueing each JSON-RPC message it carries for `next`. It ends with the stream, when
-    told to (at its next line), or when gantry stops at the test's end."""
+    queueing each JSON-RPC message it carries for `next`. It ends (`ended`) with the
+    stream, when told to (`done`, at its next line), or when gantry stops at the test's end."""
 
     def __init__(self, g: "Gantry", method: str, path: str, headers: dict, body: dict | None = None):
         self.messages: queue.Queue = queue.Queue()
-        self.primed, self.done = threading.Event(), threading.Event()
+        self.primed, self.done, self.ended = threading.Event(), threading.Event(), threading.Event()
         headers = {**g.auth(), **headers}
         args = (method, g.base + path, headers, body and json.dumps(body))
         threading.Thread(target=self._read, args=args, daemon=True).start()
@@ -323,6 +323,8 @@ class StreamReader:
                         return
         except httpx2.HTTPError:
             pass  # gantry stopped
+        finally:
+            self.ended.set()
 
     def next(self, method: str, holding: str = "", timeout: float = 15) -> dict:
         """The next message of `method` whose params hold `holding`; those before it are passed over."""

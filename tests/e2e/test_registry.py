@@ -209,7 +209,8 @@ def test_a_separate_gateway_follows_the_registry_through_notifications(control_p
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 def test_an_aggregate_stream_follows_the_servers_the_registry_adds_and_removes(control_plane):
     # /mcp's lists are its servers' together: a client holding its GET stream is told when
-    # a server comes or goes, and hears what a server added after it opened sends.
+    # a server comes or goes, and hears what a server added after it opened sends. A
+    # stream on /mcp/{server} ends with its server.
     g, api = control_plane()
     admin = api.login()["access_token"]
     g.key = new_key(api, admin)  # registered servers are their tenant's: the tenant's key sees them
@@ -225,6 +226,9 @@ def test_an_aggregate_stream_follows_the_servers_the_registry_adds_and_removes(c
 
     # The added server's own messages reach the stream opened before it came.
     uri = key_call(g.base, g.key, "resources/list", path="/mcp/everything").json()["result"]["resources"][0]["uri"]
+    sid, _ = g.initialize(path="/mcp/everything")
+    alone = StreamReader(g, "GET", "/mcp/everything", {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25",
+                                                       "Accept": "text/event-stream"})
     call = lambda i, method, params: g.post({"jsonrpc": "2.0", "id": i, "method": method, "params": params}, headers=session)
     assert call(1, "resources/subscribe", {"uri": uri}).json()["result"] == {}
     assert "result" in call(2, "tools/call", {"name": "everything__toggle-subscriber-updates", "arguments": {}}).json()
@@ -233,6 +237,9 @@ def test_an_aggregate_stream_follows_the_servers_the_registry_adds_and_removes(c
     assert api.request("DELETE", f"/v1/servers/{made.json()['id']}", token=admin).status_code == 204
     stream.next("notifications/tools/list_changed")
     assert "everything__echo" not in tools(g.base, g.key)
+    # A stream on the removed server alone ends: nothing more can come on it.
+    assert alone.ended.wait(10), "the removed server's GET stream is still open"
+    assert not stream.ended.is_set()
 
 
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
