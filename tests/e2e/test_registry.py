@@ -227,8 +227,8 @@ def test_an_aggregate_stream_follows_the_servers_the_registry_adds_and_removes(c
     # The added server's own messages reach the stream opened before it came.
     uri = key_call(g.base, g.key, "resources/list", path="/mcp/everything").json()["result"]["resources"][0]["uri"]
     sid, _ = g.initialize(path="/mcp/everything")
-    alone = StreamReader(g, "GET", "/mcp/everything", {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25",
-                                                       "Accept": "text/event-stream"})
+    alone_headers = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25", "Accept": "text/event-stream"}
+    alone = StreamReader(g, "GET", "/mcp/everything", alone_headers)
     call = lambda i, method, params: g.post({"jsonrpc": "2.0", "id": i, "method": method, "params": params}, headers=session)
     assert call(1, "resources/subscribe", {"uri": uri}).json()["result"] == {}
     assert "result" in call(2, "tools/call", {"name": "everything__toggle-subscriber-updates", "arguments": {}}).json()
@@ -239,6 +239,7 @@ def test_an_aggregate_stream_follows_the_servers_the_registry_adds_and_removes(c
     assert "everything__echo" not in tools(g.base, g.key)
     # A stream on the removed server alone ends: nothing more can come on it.
     assert alone.ended.wait(10), "the removed server's GET stream is still open"
+    assert httpx2.get(g.base + "/mcp/everything", headers={**g.auth(), **alone_headers}, timeout=10).status_code == 404
     assert not stream.ended.is_set()
 
 
