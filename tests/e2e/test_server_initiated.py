@@ -155,7 +155,10 @@ def test_an_aggregate_stream_is_told_its_lists_changed_when_a_server_comes_back(
     async def use():
         async with sdk_client(g, path="/mcp", message_handler=lists_into(heard["/mcp"])), \
                 sdk_client(g, path="/mcp/everything", message_handler=lists_into(heard["/mcp/everything"])):
-            await asyncio.sleep(0.5)  # the GET streams open
+            def get_streams_open():
+                return all((g.metric("http_requests_total", method="GET", route=route, status="200") or 0) >= 1
+                           for route in ("/mcp", "/mcp/{server}"))
+            await asyncio.to_thread(wait_until, get_streams_open, what="both GET streams open")
             os.kill(children(g.proc.pid)[0], signal.SIGKILL)
             await asyncio.to_thread(wait_until, lambda: g.metric("mcp_upstream_restarts_total", server="everything") == 1
                                     and g.metric("mcp_upstream_up", server="everything") == 1,
@@ -163,7 +166,7 @@ def test_an_aggregate_stream_is_told_its_lists_changed_when_a_server_comes_back(
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not {"prompts", "resources"} <= set(heard["/mcp"]):
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # what /mcp/{server} would hear of it has come by then
     asyncio.run(use())
     # server-everything announces its tools list itself as it starts; prompts and
     # resources changes come from gantry alone.
