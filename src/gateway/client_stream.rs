@@ -253,6 +253,11 @@ impl Sender {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Ends the stream from this side: what feeds it stops as if the client had left.
+    pub fn close(&self) {
+        self.shared.gone.cancel();
+    }
+
     /// Resolves once the client's side is gone.
     pub async fn gone(&self) {
         self.shared.gone.cancelled().await;

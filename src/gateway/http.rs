@@ -649,7 +649,7 @@ async fn get(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Respons
         );
     }
     let served_at = parts.extensions.get::<ServedAt>().map(|s| s.0);
-    let access = principal.access.as_deref();
+    let admitted = streams::Admitted::new(headers.clone(), &principal);
     if let Some(last) = headers.get(LAST_EVENT_ID) {
         // Not text: no id of ours, refused as malformed.
         let last = last.to_str().unwrap_or_default().to_string();
@@ -664,9 +664,9 @@ async fn get(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Respons
             }
             // Gone with what it held: answered here as any stream this replica lacks.
         }
-        return streams::resume(gw, route, claims, access, &last, served_at);
+        return streams::resume(gw, route, claims, admitted, &last, served_at);
     }
-    streams::session_stream(gw, route, claims, access, served_at)
+    streams::session_stream(gw, route, claims, admitted, served_at)
 }
 
 pub async fn delete_aggregate(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {

@@ -4,14 +4,15 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::response::Response;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use super::auth::{AuthError, Principal};
 use super::client_stream;
 use super::era;
 use super::http::{Ctx, rpc_error};
@@ -44,6 +45,24 @@ struct Forwarding {
     aggregate: bool,
 }
 
+/// Who opened a stream, as admitted then: admitted again while the stream lasts.
+pub struct Admitted {
+    /// The request's headers, whose credentials are checked again.
+    pub credentials: HeaderMap,
+    pub principal: String,
+    pub access: Option<Access>,
+}
+
+impl Admitted {
+    pub fn new(credentials: HeaderMap, principal: &Principal) -> Self {
+        Self {
+            credentials,
+            principal: principal.id.clone(),
+            access: principal.access.as_deref().cloned(),
+        }
+    }
+}
+
 /// The aggregate endpoint's list changes a stream is told of when its servers change.
 const LISTS: [&str; 3] = [
     "notifications/tools/list_changed",
@@ -63,10 +82,11 @@ fn forward(
     out: Arc<client_stream::Sender>,
     keep: Filter,
     session: Option<Arc<SessionClaims>>,
-    access: Option<&Access>,
+    admitted: Admitted,
     mark: Option<Arc<str>>,
 ) {
     let aggregate = *route == Route::Aggregate;
+    let access = admitted.access.as_ref();
     let stream = Forwarding {
         out,
         keep,
@@ -83,14 +103,68 @@ fn forward(
             stream.clone(),
         ));
     }
+    let access = admitted.access.clone();
+    tokio::spawn(keep_admitted(
+        Arc::clone(gw),
+        Arc::downgrade(&stream.out),
+        admitted,
+        stream.session.clone(),
+    ));
     if aggregate {
         tokio::spawn(follow_the_registry(
             Arc::clone(gw),
             stream,
-            access.cloned(),
+            access,
             upstreams,
             changes,
         ));
+    }
+}
+
+/// Ends a stream once its caller would no longer be let in as it was: the key revoked,
+/// the token expired, the policy changed, the session ended or expired. Checked every
+/// `auth.api_key_cache_secs` (at least 5 s), as often as a revoked key's requests can
+/// still pass; a store that cannot be asked keeps the stream. The client may open another,
+/// under what holds now. It holds the stream weakly: a stream its feeders end (its only
+/// server removed) is not kept open by this check.
+async fn keep_admitted(
+    gw: Arc<Gateway>,
+    out: Weak<client_stream::Sender>,
+    admitted: Admitted,
+    session: Option<Arc<SessionClaims>>,
+) {
+    let every = Duration::from_secs(gw.config.auth.api_key_cache_secs.max(5));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = gw.shutdown.cancelled() => return,
+        }
+        if out.strong_count() == 0 {
+            return; // Ended: the client left, or nothing feeds it any more.
+        }
+        let why = match gw.auth.authenticate(&admitted.credentials).await {
+            Err(AuthError::Unavailable) => continue,
+            Err(_) => "its credentials are no longer accepted",
+            Ok(p)
+                if p.id != admitted.principal
+                    || p.access.as_deref() != admitted.access.as_ref() =>
+            {
+                "its access changed"
+            }
+            Ok(_)
+                if session
+                    .as_ref()
+                    .is_some_and(|claims| !gw.session_alive(claims)) =>
+            {
+                "its session ended"
+            }
+            Ok(_) => continue,
+        };
+        if let Some(out) = out.upgrade() {
+            tracing::info!(principal = %admitted.principal, why, "an open stream was ended");
+            out.close();
+        }
+        return;
     }
 }
 
@@ -264,7 +338,7 @@ pub fn session_stream(
     gw: Arc<Gateway>,
     route: Route,
     claims: Arc<SessionClaims>,
-    access: Option<&Access>,
+    admitted: Admitted,
     served_at: Option<SocketAddr>,
 ) -> Response {
     let server = route.server().unwrap_or("*");
@@ -291,7 +365,7 @@ pub fn session_stream(
         Arc::new(out),
         keep,
         Some(claims.clone()),
-        access,
+        admitted,
         mark,
     );
     take_shared_subscriptions(gw, claims);
@@ -325,7 +399,7 @@ pub fn resume(
     gw: Arc<Gateway>,
     route: Route,
     claims: Arc<SessionClaims>,
-    access: Option<&Access>,
+    admitted: Admitted,
     last_event_id: &str,
     served_at: Option<SocketAddr>,
 ) -> Response {
@@ -339,7 +413,7 @@ pub fn resume(
         Err(Refused::Unknown(StreamKind::Get)) => {
             resumption::counted("restarted");
             tracing::info!(session = %claims.sid, last_event_id, "client's GET stream could not be resumed: a new one is opened, what the old one missed is lost");
-            return session_stream(gw, route, claims, access, served_at);
+            return session_stream(gw, route, claims, admitted, served_at);
         }
         Err(refused) => refused,
     };
@@ -527,7 +601,7 @@ pub async fn listen(
         out,
         keep,
         None,
-        ctx.principal.access.as_deref(),
+        Admitted::new(listener.headers, &ctx.principal),
         None,
     );
     stream.into_response(Some(KEEP_ALIVE))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from conftest import MEMBER_PASSWORD, ADMIN_EMAIL, key_call, problem, wait_until
+from conftest import ACCEPT, MEMBER_PASSWORD, ADMIN_EMAIL, StreamReader, key_call, problem, wait_until
 
 def mcp_list(base: str, key: str) -> httpx2.Response:
     return key_call(base, key, "tools/list")
@@ -100,6 +100,36 @@ def test_api_keys_work_on_mcp_until_revoked(control_plane):
     assert refused.status_code == 401
     assert "invalid_token" in refused.headers["www-authenticate"]
     problem(api.request("DELETE", f"/v1/keys/{record['id']}", token=owner), 404)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_a_revoked_key_loses_the_streams_it_opened(control_plane):
+    # A revoked key's requests are refused within the key cache's period; the streams it
+    # opened before would otherwise go on carrying its servers' messages for as long as
+    # the client holds them. Another key's streams stay.
+    g, api = control_plane()
+    owner = api.login()["access_token"]
+
+    def streams_of(key):
+        g.key = key
+        sid, _ = g.initialize()
+        get = StreamReader(g, "GET", "/mcp", {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25",
+                                              "Accept": "text/event-stream"})
+        body, h = g.modern_request("subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+        listen = StreamReader(g, "POST", "/mcp", {**h, "Content-Type": "application/json", "Accept": ACCEPT}, body)
+        assert get.primed.wait(10) and listen.primed.wait(10), "the streams open"
+        return get, listen
+
+    revoked = api.request("POST", "/v1/keys", token=owner, json_body={"name": "lost laptop"}).json()
+    kept = api.request("POST", "/v1/keys", token=owner, json_body={"name": "desktop"}).json()
+    lost_streams, kept_streams = streams_of(revoked["key"]), streams_of(kept["key"])
+    assert api.request("DELETE", f"/v1/keys/{revoked['api_key']['id']}", token=owner).status_code == 204
+    for stream in lost_streams:
+        assert stream.ended.wait(20), "a revoked key's stream is still open"
+    assert "an open stream was ended" in g.logs()
+    # Checked as often as the revoked ones, and still open.
+    for stream in kept_streams:
+        assert not stream.ended.wait(6), "a valid key's stream was ended"
 
 
 def test_keys_are_invisible_across_tenants_and_revocable_only_by_their_owner_or_admins(control_plane):

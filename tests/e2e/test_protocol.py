@@ -238,3 +238,15 @@ def test_sessions_expire_after_their_ttl(gantry):
     assert g.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=h).status_code == 200
     wait_until(lambda: g.post({"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers=h).status_code == 404,
                timeout=10, what="session expiry")
+
+
+def test_a_get_stream_ends_with_its_session(gantry):
+    # An expired session's requests get 404; its GET stream must not outlive it either.
+    from conftest import StreamReader
+    g = gantry({"auth": {"session_ttl_secs": 3}, "upstreams": {"demo": demo_stdio()}})
+    sid, _ = g.initialize()
+    h = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    stream = StreamReader(g, "GET", "/mcp", {**h, "Accept": "text/event-stream"})
+    assert stream.primed.wait(10), "the GET stream opens while the session lives"
+    assert stream.ended.wait(20), "the GET stream outlived its session"
+    assert g.post({"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=h).status_code == 404
