@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::http::Ctx;
 use super::session_feed::SessionFeed;
 use super::{Gateway, jsonrpc, unix_now};
-use crate::upstream::{Connection, Upstream, UpstreamError};
+use crate::upstream::{Connection, Next, Upstream, UpstreamError};
 
 /// The most subscriptions one session or listen stream holds: each costs memory here and
 /// work upstream, and a client has no use for unbounded many.
@@ -393,20 +393,18 @@ async fn follow(
         // The next connection: this upstream's, or its successor's.
         conn = loop {
             let next = tokio::select! {
-                c = upstream.connection_eventually(Duration::from_secs(3600)) => Ok(c),
-                successor = upstream.stopped() => Err(successor),
+                next = upstream.next() => next,
                 () = stop.cancelled() => return,
             };
             match next {
-                Ok(Ok(next)) => break next,
-                Ok(Err(_)) => {}
-                Err(Some(successor)) => {
+                Next::Connected(conn) => break conn,
+                Next::Replaced(successor) => {
                     subscriptions.retarget(&key, &successor);
                     upstream = successor;
                     after = "the registry replaced the server";
                 }
                 // Removed from the registry, or the gateway stops: nothing to restore.
-                Err(None) => return subscriptions.stop_following(&key),
+                Next::Ended => return subscriptions.stop_following(&key),
             }
         };
         let Some(uris) = subscriptions.held_on(&key) else {

@@ -24,7 +24,7 @@ use super::task_notifications::{self, Listener, Watched};
 use super::{Gateway, Route};
 use super::{relay, resource_subscriptions, task_extension, tasks};
 use crate::policy::Access;
-use crate::upstream::{State, Upstream};
+use crate::upstream::{Next, State, Upstream};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -181,22 +181,22 @@ async fn forward_from(gw: Arc<Gateway>, mut upstream: Arc<Upstream>, stream: For
     // A connection made after the stream opened may serve other lists than the client saw.
     let mut news = !upstream.is_up();
     loop {
-        let conn = tokio::select! {
-            c = upstream.connection_eventually(Duration::from_secs(3600)) => c,
-            // Replaced by the registry (new settings or version): the stream goes
-            // on with the instance that took its place. Removed: nothing more comes.
-            successor = upstream.stopped() => match successor {
-                Some(successor) => {
-                    upstream = successor;
-                    news = true;
-                    continue;
-                }
-                None => return,
-            },
+        let next = tokio::select! {
+            next = upstream.next() => next,
             () = out.gone() => return,
             () = shutdown.cancelled() => return,
         };
-        let Ok(conn) = conn else { continue };
+        let conn = match next {
+            Next::Connected(conn) => conn,
+            // The stream goes on with the instance that took its place.
+            Next::Replaced(successor) => {
+                upstream = successor;
+                news = true;
+                continue;
+            }
+            // Removed: nothing more comes.
+            Next::Ended => return,
+        };
         if aggregate && news {
             lists_changed(&out, &keep, &upstream);
         }

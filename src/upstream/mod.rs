@@ -100,6 +100,15 @@ impl State {
     }
 }
 
+/// See `Upstream::next`.
+pub enum Next {
+    Connected(Arc<Connection>),
+    /// The registry replaced it (new settings or version) by this instance.
+    Replaced(Arc<Upstream>),
+    /// The registry removed it, or the gateway stops.
+    Ended,
+}
+
 /// Why an upstream could not serve a request.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -209,6 +218,22 @@ impl Upstream {
     /// The instance the registry replaced this one by, if it did.
     pub fn successor(&self) -> Option<Arc<Upstream>> {
         self.successor.get().cloned()
+    }
+
+    /// What comes next for whatever follows this upstream for good (a client's stream,
+    /// its subscriptions): its next live connection, however long that takes; the
+    /// instance the registry replaced it by; or its end.
+    pub async fn next(&self) -> Next {
+        loop {
+            tokio::select! {
+                conn = self.connection_eventually(Duration::from_secs(3600)) => {
+                    if let Ok(conn) = conn {
+                        return Next::Connected(conn);
+                    }
+                }
+                successor = self.stopped() => return successor.map_or(Next::Ended, Next::Replaced),
+            }
+        }
     }
 
     pub fn is_up(&self) -> bool {
