@@ -86,7 +86,6 @@ fn forward(
     mark: Option<Arc<str>>,
 ) {
     let aggregate = *route == Route::Aggregate;
-    let access = admitted.access.as_ref();
     let stream = Forwarding {
         out,
         keep,
@@ -95,7 +94,7 @@ fn forward(
         aggregate,
     };
     let changes = gw.upstreams.changes();
-    let upstreams = gw.upstreams_for(route, access);
+    let upstreams = gw.upstreams_for(route, admitted.access.as_ref());
     for upstream in &upstreams {
         tokio::spawn(forward_from(
             Arc::clone(gw),
@@ -103,22 +102,21 @@ fn forward(
             stream.clone(),
         ));
     }
-    let access = admitted.access.clone();
-    tokio::spawn(keep_admitted(
-        Arc::clone(gw),
-        Arc::downgrade(&stream.out),
-        admitted,
-        stream.session.clone(),
-    ));
     if aggregate {
         tokio::spawn(follow_the_registry(
             Arc::clone(gw),
-            stream,
-            access,
+            stream.clone(),
+            admitted.access.clone(),
             upstreams,
             changes,
         ));
     }
+    tokio::spawn(keep_admitted(
+        Arc::clone(gw),
+        Arc::downgrade(&stream.out),
+        admitted,
+        stream.session,
+    ));
 }
 
 /// Ends a stream once its caller would no longer be let in as it was: the key revoked,
