@@ -619,8 +619,10 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let upstreams = state.gateway.upstreams.all();
+    let upstreams: Vec<_> = upstreams.iter().map(|u| u.metrics_state()).collect();
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::telemetry::metrics::render(&state.metrics),
+        crate::telemetry::metrics::render(&state.metrics, &upstreams),
     )
 }

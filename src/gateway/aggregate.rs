@@ -97,11 +97,11 @@ pub async fn lists(
         match outcome {
             Ok(Ok(items)) => Some((u.name.clone(), permitted(kind, &u, items, access))),
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %u.name, error = %e, list = kind.method(), "left out of the aggregated list");
+                tracing::warn!(upstream = %u.name, tenant = u.tenant.as_deref(), error = %e, list = kind.method(), "left out of the aggregated list");
                 None
             }
             Err(_) => {
-                tracing::warn!(upstream = %u.name, list = kind.method(), "left out of the aggregated list: too slow");
+                tracing::warn!(upstream = %u.name, tenant = u.tenant.as_deref(), list = kind.method(), "left out of the aggregated list: too slow");
                 None
             }
         }

@@ -415,11 +415,11 @@ async fn follow(
             match subscribe(&upstream, &conn, uri).await {
                 Ok(()) => restored += 1,
                 Err(e) => {
-                    tracing::warn!(upstream = %upstream.name, %uri, error = %e, after, "a resource subscription could not be restored")
+                    tracing::warn!(upstream = %upstream.name, tenant = upstream.tenant.as_deref(), %uri, error = %e, after, "a resource subscription could not be restored")
                 }
             }
         }
-        tracing::info!(upstream = %upstream.name, restored, held = uris.len(), after, "resource subscriptions restored");
+        tracing::info!(upstream = %upstream.name, tenant = upstream.tenant.as_deref(), restored, held = uris.len(), after, "resource subscriptions restored");
         after = "the server reconnected";
     }
 }

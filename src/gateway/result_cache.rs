@@ -29,7 +29,16 @@ pub struct CacheKeys {
     /// This caller's own, for private results.
     private: [u8; 32],
     ttl: Duration,
-    server: String,
+    /// The server's metric labels (`server`, `tenant`).
+    labels: Vec<metrics::Label>,
+}
+
+impl CacheKeys {
+    fn count(&self, result: &'static str) {
+        let mut labels = self.labels.clone();
+        labels.push(metrics::Label::new("result", result));
+        metrics::counter!(m::TOOL_CACHE, labels).increment(1);
+    }
 }
 
 fn digest(parts: &[&str]) -> [u8; 32] {
@@ -74,7 +83,10 @@ impl ResultCache {
             shared: digest(&[&server, &tenant, tool, &arguments]),
             private: digest(&[&server, &tenant, &principal.id, tool, &arguments]),
             ttl: Duration::from_secs(upstream.config.cache_ttl_secs),
-            server: upstream.name.clone(),
+            labels: crate::telemetry::mcp_metrics::server_labels(
+                &upstream.name,
+                upstream.tenant.as_deref(),
+            ),
         })
     }
 
@@ -83,14 +95,13 @@ impl ResultCache {
         for key in [&keys.shared, &keys.private] {
             if let Some(entry) = self.entries.get(key) {
                 if entry.1.elapsed() < keys.ttl {
-                    metrics::counter!(m::TOOL_CACHE, "server" => keys.server.clone(), "result" => "hit").increment(1);
+                    keys.count("hit");
                     return Some(entry.0.clone());
                 }
                 self.entries.invalidate(key);
             }
         }
-        metrics::counter!(m::TOOL_CACHE, "server" => keys.server.clone(), "result" => "miss")
-            .increment(1);
+        keys.count("miss");
         None
     }
 

@@ -1,6 +1,8 @@
 //! One upstream's `mcp_requests_total{server,method,outcome}`,
 //! `mcp_request_duration_seconds{server,method}`, `mcp_requests_in_flight{server}` and
-//! `mcp_notifications_dropped_total{server}` and `mcp_server_requests_declined_total{server}`.
+//! `mcp_notifications_dropped_total{server}` and `mcp_server_requests_declined_total{server}`,
+//! each with a `tenant` label too for a server a tenant registered (two tenants may each
+//! have a server of one name).
 //!
 //! Handles are looked up once per label set and kept with the upstream: registering a
 //! metric on each call (building its key, hashing it, finding it in the registry) costs
@@ -10,12 +12,27 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge, Histogram, Label};
 
 use super::metrics as m;
 
+/// The labels naming a server: `server`, and `tenant` for a registered one.
+pub fn server_labels(server: &str, tenant: Option<&str>) -> Vec<Label> {
+    let mut labels = vec![Label::new("server", server.to_string())];
+    if let Some(tenant) = tenant {
+        labels.push(Label::new("tenant", tenant.to_string()));
+    }
+    labels
+}
+
+fn with(labels: &[Label], more: &[(&'static str, &'static str)]) -> Vec<Label> {
+    let mut all = labels.to_vec();
+    all.extend(more.iter().map(|&(k, v)| Label::new(k, v)));
+    all
+}
+
 pub struct CallMetrics {
-    server: String,
+    labels: Vec<Label>,
     in_flight: Gauge,
     notifications_dropped: Counter,
     server_requests_declined: Counter,
@@ -24,18 +41,13 @@ pub struct CallMetrics {
 }
 
 impl CallMetrics {
-    pub fn new(server: &str) -> Self {
+    pub fn new(server: &str, tenant: Option<&str>) -> Self {
+        let labels = server_labels(server, tenant);
         Self {
-            server: server.to_string(),
-            in_flight: metrics::gauge!(m::MCP_IN_FLIGHT, "server" => server.to_string()),
-            notifications_dropped: metrics::counter!(
-                m::NOTIFICATIONS_DROPPED,
-                "server" => server.to_string()
-            ),
-            server_requests_declined: metrics::counter!(
-                m::SERVER_REQUESTS_DECLINED,
-                "server" => server.to_string()
-            ),
+            in_flight: metrics::gauge!(m::MCP_IN_FLIGHT, labels.iter()),
+            notifications_dropped: metrics::counter!(m::NOTIFICATIONS_DROPPED, labels.iter()),
+            server_requests_declined: metrics::counter!(m::SERVER_REQUESTS_DECLINED, labels.iter()),
+            labels,
             counts: Mutex::new(Vec::new()),
             durations: Mutex::new(Vec::new()),
         }
@@ -66,7 +78,8 @@ impl CallMetrics {
             {
                 Some((_, _, c)) => c.clone(),
                 None => {
-                    let c = metrics::counter!(m::MCP_REQUESTS, "server" => self.server.clone(), "method" => method, "outcome" => outcome);
+                    let labels = with(&self.labels, &[("method", method), ("outcome", outcome)]);
+                    let c = metrics::counter!(m::MCP_REQUESTS, labels);
                     counts.push((method, outcome, c.clone()));
                     c
                 }
@@ -78,7 +91,8 @@ impl CallMetrics {
             match durations.iter().find(|(mm, _)| *mm == method) {
                 Some((_, h)) => h.clone(),
                 None => {
-                    let h = metrics::histogram!(m::MCP_DURATION, "server" => self.server.clone(), "method" => method);
+                    let labels = with(&self.labels, &[("method", method)]);
+                    let h = metrics::histogram!(m::MCP_DURATION, labels);
                     durations.push((method, h.clone()));
                     h
                 }

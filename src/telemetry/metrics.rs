@@ -4,11 +4,14 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use super::upstream_state::UpstreamState;
+
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const MCP_REQUESTS: &str = "mcp_requests_total";
 pub const MCP_DURATION: &str = "mcp_request_duration_seconds";
 pub const MCP_IN_FLIGHT: &str = "mcp_requests_in_flight";
+/// The next three are written at scrape time from the live upstreams (`upstream_state`).
 pub const UPSTREAM_UP: &str = "mcp_upstream_up";
 pub const UPSTREAM_RESTARTS: &str = "mcp_upstream_restarts_total";
 pub const UPSTREAM_CIRCUIT_OPEN: &str = "mcp_upstream_circuit_open";
@@ -85,15 +88,6 @@ pub fn install() -> PrometheusHandle {
                 MCP_IN_FLIGHT,
                 "MCP requests sent to an upstream and not yet answered"
             );
-            metrics::describe_gauge!(UPSTREAM_UP, "1 when the upstream MCP server is connected");
-            metrics::describe_gauge!(
-                UPSTREAM_CIRCUIT_OPEN,
-                "1 while calls to the upstream fail fast after repeated failures"
-            );
-            metrics::describe_counter!(
-                UPSTREAM_RESTARTS,
-                "Upstream restarts after a crash or disconnect"
-            );
             metrics::describe_counter!(
                 CONNECTIONS_TIMED_OUT,
                 "Client connections closed after waiting on their client for the read or write timeout"
@@ -132,8 +126,10 @@ pub fn install() -> PrometheusHandle {
 }
 
 /// The metrics as Prometheus text, with the counters kept outside the recorder brought
-/// up to date first.
-pub fn render(handle: &PrometheusHandle) -> String {
+/// up to date first, and the upstreams' state as it is now.
+pub fn render(handle: &PrometheusHandle, upstreams: &[UpstreamState<'_>]) -> String {
     metrics::counter!(LOG_LINES_DROPPED).absolute(super::dropped_lines());
-    handle.render()
+    let mut text = handle.render();
+    super::upstream_state::render(upstreams, &mut text);
+    text
 }

@@ -5,5 +5,6 @@ mod log_writer;
 mod logs;
 pub mod mcp_metrics;
 pub mod metrics;
+pub mod upstream_state;
 
 pub use logs::{LogGuard, dropped_lines, init};

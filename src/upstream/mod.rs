@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, TransportKind, UpstreamConfig};
 use crate::gateway::jsonrpc;
-use crate::telemetry::metrics as m;
 pub use connection::{Call, CallEvent, Connection, NoAnswer};
 pub use listing::ListKind;
 
@@ -183,7 +182,7 @@ impl Upstream {
         version: i64,
     ) -> Arc<Self> {
         Arc::new(Self {
-            metrics: crate::telemetry::mcp_metrics::CallMetrics::new(&name),
+            metrics: crate::telemetry::mcp_metrics::CallMetrics::new(&name, tenant.as_deref()),
             permits: Arc::new(Semaphore::new(config.max_concurrency)),
             name,
             tenant,
@@ -242,6 +241,17 @@ impl Upstream {
 
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// What `/metrics` shows of it now (`telemetry::upstream_state`).
+    pub fn metrics_state(&self) -> crate::telemetry::upstream_state::UpstreamState<'_> {
+        crate::telemetry::upstream_state::UpstreamState {
+            server: &self.name,
+            tenant: self.tenant.as_deref(),
+            up: self.is_up(),
+            circuit_open: self.breaker.lock().unwrap().open_until.is_some(),
+            restarts: self.restarts(),
+        }
     }
 
     /// The live connection, waiting up to `wait` while the upstream is starting or
@@ -327,9 +337,7 @@ impl Upstream {
                 if admission.trial {
                     breaker.trial_out = false;
                     breaker.open_until = None;
-                    metrics::gauge!(m::UPSTREAM_CIRCUIT_OPEN, "server" => self.name.clone())
-                        .set(0.0);
-                    tracing::info!(upstream = %self.name, "circuit closed: the trial call succeeded");
+                    tracing::info!(upstream = %self.name, tenant = self.tenant.as_deref(), "circuit closed: the trial call succeeded");
                 }
             }
             "unavailable" | "timeout" => {
@@ -340,9 +348,7 @@ impl Upstream {
                     breaker.trial_out = false;
                     let cooldown = Duration::from_secs(self.config.circuit_breaker_cooldown_secs);
                     breaker.open_until = Some(Instant::now() + cooldown);
-                    metrics::gauge!(m::UPSTREAM_CIRCUIT_OPEN, "server" => self.name.clone())
-                        .set(1.0);
-                    tracing::warn!(upstream = %self.name, failures = breaker.failures, cooldown_secs = cooldown.as_secs(), "circuit open: calls fail fast until the cooldown ends");
+                    tracing::warn!(upstream = %self.name, tenant = self.tenant.as_deref(), failures = breaker.failures, cooldown_secs = cooldown.as_secs(), "circuit open: calls fail fast until the cooldown ends");
                 }
             }
             _ if admission.trial => breaker.trial_out = false,
@@ -452,8 +458,7 @@ impl Upstream {
                 Ok((conn, shutdown)) => {
                     failures = 0;
                     self.catalog.clear();
-                    metrics::gauge!(m::UPSTREAM_UP, "server" => self.name.clone()).set(1.0);
-                    tracing::info!(upstream = %self.name, protocol = conn.init().map(|i| i.protocol_version.as_str()).unwrap_or("?"), "upstream connected");
+                    tracing::info!(upstream = %self.name, tenant = self.tenant.as_deref(), protocol = conn.init().map(|i| i.protocol_version.as_str()).unwrap_or("?"), "upstream connected");
                     self.state.send_replace(State::Up(Arc::clone(&conn)));
                     self.attempted.send_replace(true);
                     let mut events = conn.subscribe();
@@ -468,7 +473,6 @@ impl Upstream {
                     if let Some(pinger) = pinger {
                         pinger.abort();
                     }
-                    metrics::gauge!(m::UPSTREAM_UP, "server" => self.name.clone()).set(0.0);
                     if stopped {
                         // Calls still waiting learn why, rather than the child's exit signal.
                         conn.close("the gateway is shutting down".into());
@@ -480,21 +484,16 @@ impl Upstream {
                         return;
                     }
                     let reason = conn.close_reason();
-                    tracing::warn!(upstream = %self.name, %reason, "upstream went away; restarting");
+                    tracing::warn!(upstream = %self.name, tenant = self.tenant.as_deref(), %reason, "upstream went away; restarting");
                     self.restarts.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(m::UPSTREAM_RESTARTS, "server" => self.name.clone())
-                        .increment(1);
                     (reason, true)
                 }
-                Err(reason) => {
-                    metrics::gauge!(m::UPSTREAM_UP, "server" => self.name.clone()).set(0.0);
-                    (reason, false)
-                }
+                Err(reason) => (reason, false),
             };
             failures = failures.saturating_add(1);
             let delay = backoff(failures);
             if !started {
-                tracing::warn!(upstream = %self.name, %reason, failures, retry_in_ms = delay.as_millis() as u64, "upstream failed to start");
+                tracing::warn!(upstream = %self.name, tenant = self.tenant.as_deref(), %reason, failures, retry_in_ms = delay.as_millis() as u64, "upstream failed to start");
             }
             self.state
                 .send_replace(State::Down(Down::retrying(reason, failures, delay)));
@@ -522,6 +521,7 @@ impl Upstream {
         let wait = self.timeout().min(Duration::from_secs(10));
         let conn = Arc::clone(conn);
         let name = self.name.clone();
+        let tenant = self.tenant.clone();
         Some(tokio::spawn(async move {
             let mut misses = 0;
             loop {
@@ -531,7 +531,7 @@ impl Upstream {
                 let answered = call.answer().await.is_ok();
                 misses = if answered { 0 } else { misses + 1 };
                 if misses >= MISSES_ALLOWED {
-                    tracing::warn!(upstream = %name, "no answer to {MISSES_ALLOWED} pings in a row");
+                    tracing::warn!(upstream = %name, tenant = tenant.as_deref(), "no answer to {MISSES_ALLOWED} pings in a row");
                     conn.close(format!("no answer to {MISSES_ALLOWED} pings in a row"));
                     return;
                 }
@@ -623,9 +623,6 @@ pub fn scoped_key(tenant_id: &str, name: &str) -> String {
 }
 
 fn start_one(upstream: &Arc<Upstream>) {
-    metrics::gauge!(m::UPSTREAM_UP, "server" => upstream.name.clone()).set(0.0);
-    metrics::counter!(m::UPSTREAM_RESTARTS, "server" => upstream.name.clone()).absolute(0);
-    metrics::gauge!(m::UPSTREAM_CIRCUIT_OPEN, "server" => upstream.name.clone()).set(0.0);
     tokio::spawn(Arc::clone(upstream).supervise());
 }
 
@@ -723,7 +720,7 @@ impl Upstreams {
                     if let Some(old) = stop.iter().find(|old| old.key() == key) {
                         let _ = old.successor.set(Arc::clone(&upstream));
                     }
-                    tracing::info!(upstream = %key, "registered server started");
+                    tracing::info!(upstream = %r.name, tenant = %r.tenant_id, "registered server started");
                     next.insert(key, upstream);
                     started = true;
                 }
@@ -735,7 +732,7 @@ impl Upstreams {
         }
         for upstream in stop {
             let replaced = upstream.successor().is_some();
-            tracing::info!(upstream = %upstream.name, tenant = upstream.tenant.as_deref().unwrap_or(""), replaced, "registered server stopped");
+            tracing::info!(upstream = %upstream.name, tenant = upstream.tenant.as_deref(), replaced, "registered server stopped");
             upstream.stop.cancel();
         }
     }

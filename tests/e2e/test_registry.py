@@ -243,6 +243,56 @@ def test_an_aggregate_stream_follows_the_servers_the_registry_adds_and_removes(c
     assert not stream.ended.is_set()
 
 
+def series(g, name: str, **labels) -> list[str]:
+    """The lines of `name` in /metrics whose labels include `labels`."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return [line for line in g.metrics().splitlines()
+            if line.startswith(name + "{") and all(w in line.split("}")[0] for w in want)]
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_upstream_metrics_tell_tenants_apart_and_go_with_their_server(control_plane, remote_demo):
+    # Two tenants each register a server named "tools": one reachable, one not. Each has its
+    # own series, so the down one alerts and the other does not mask it; a server removed
+    # leaves no series behind (a stale `mcp_upstream_up 0` would alert for ever), and one
+    # the registry replaces shows its new instance's state alone.
+    g, api = control_plane({"registry": {"allowed_hosts": ["127.0.0.1"]}})
+    admin_login = api.login()
+    admin, acme = admin_login["access_token"], admin_login["tenant"]["tenant_id"]
+    key = new_key(api, admin)
+    api.request("POST", "/v1/users", token=admin, json_body={"email": "bo@example.com", "password": MEMBER_PASSWORD, "role": "member"})
+    api.request("POST", "/v1/tenants", token=admin, json_body={"slug": "beta", "name": "B", "owner_email": "bo@example.com"})
+    beta_login = api.login("bo@example.com", MEMBER_PASSWORD, tenant="beta")
+    beta, beta_id = beta_login["access_token"], beta_login["tenant"]["tenant_id"]
+    up = api.request("POST", "/v1/servers", token=admin, json_body={"name": "tools", "settings": remote(remote_demo)})
+    down = api.request("POST", "/v1/servers", token=beta,
+                       json_body={"name": "tools", "settings": remote(f"http://127.0.0.1:{free_port()}/mcp")})
+    assert up.status_code == 201 and down.status_code == 201, (up.text, down.text)
+    assert up.json()["tenant_id"] == acme and down.json()["tenant_id"] == beta_id
+
+    wait_until(lambda: g.metric("mcp_upstream_up", server="tools", tenant=acme) == 1.0, what="acme's server up")
+    assert g.metric("mcp_upstream_up", server="tools", tenant=beta_id) == 0.0
+    # The log says whose server failed, too.
+    wait_until(lambda: any("upstream failed to start" in line and f'"tenant":"{beta_id}"' in line
+                           for line in g.logs().splitlines()), what="the failure logged with its tenant")
+    assert g.metric("mcp_upstream_up", server="demo") == 1.0, "the configured server keeps its series"
+    r = key_call(g.base, key, "tools/call", {"name": "tools__echo", "arguments": {"message": "m"}})
+    assert r.json()["result"]["content"][0]["text"] == "m"
+    assert g.metric("mcp_requests_total", server="tools", tenant=acme, outcome="ok") >= 1
+    assert not series(g, "mcp_requests_total", server="tools", tenant=beta_id)
+
+    assert api.request("DELETE", f"/v1/servers/{down.json()['id']}", token=beta).status_code == 204
+    wait_until(lambda: not series(g, "mcp_upstream_", tenant=beta_id), what="the removed server's series gone")
+    assert g.metric("mcp_upstream_up", server="tools", tenant=acme) == 1.0
+
+    assert api.request("POST", f"/v1/servers/{up.json()['id']}/restart", token=admin).status_code == 202
+    wait_until(lambda: api.request("GET", f"/v1/servers/{up.json()['id']}/health", token=admin).json().get("version") == 2,
+               what="the restarted server")
+    wait_until(lambda: g.metric("mcp_upstream_up", server="tools", tenant=acme) == 1.0, what="the new instance up")
+    for family in ("mcp_upstream_up", "mcp_upstream_circuit_open", "mcp_upstream_restarts_total"):
+        assert len(series(g, family, server="tools", tenant=acme)) == 1, family
+
+
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 def test_a_servers_own_tool_lists_and_rate_limit_bind_every_caller(control_plane, remote_demo):
     g, api = control_plane({"registry": {"allowed_hosts": ["127.0.0.1"]}})
