@@ -32,7 +32,6 @@ use crate::gateway::{self, Gateway, aggregate};
 use crate::identity::key_auth::KeyAuthenticator;
 use crate::identity::throttle::LoginThrottle;
 use crate::identity::tokens::TokenIssuer;
-use crate::policy::limiter::RateLimiter;
 use crate::store::{Dialect, Store};
 use crate::telemetry::http_metrics::HttpMetricsLayer;
 use crate::telemetry::metrics as m;
@@ -315,10 +314,8 @@ impl Application {
             ));
         }
         let redis = redis_client.map(|(_, conn)| conn);
-        gateway.limits = crate::gateway::limits::Limits::new(RateLimiter::new(
-            redis.clone(),
-            &config.cache.key_prefix,
-        ));
+        gateway.limits =
+            crate::gateway::limits::Limits::new(redis.clone(), &config.cache.key_prefix);
         let audit_writer = match (&audit_store, role.serves_mcp()) {
             (Some(audit), true) => {
                 let (queue, writer) = crate::audit::queue::start(Arc::clone(audit), &config.audit);

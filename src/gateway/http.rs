@@ -280,16 +280,28 @@ async fn read_body(gw: &Gateway, body: axum::body::Body) -> Result<Bytes, Respon
 async fn post(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Response {
     // The request's parts, not a copy of its headers (the `HeaderMap` extractor clones).
     let (parts, body) = http.into_parts();
-    let headers = parts.headers;
-    let principal = match admit(&gw, &headers).await {
+    let principal = match admit(&gw, &parts.headers).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    // Held until the answer is ready: the caller's share of its concurrency cap.
-    let _slot = match gw.limits.admit(&principal).await {
-        Ok(slot) => slot,
+    // Held until the answer is ready: the caller's share of its concurrency caps.
+    let slots = match gw.limits.admit(&principal).await {
+        Ok(slots) => slots,
         Err(refusal) => return refusal.into_response(),
     };
+    let response = post_admitted(gw, server, principal, parts, body).await;
+    slots.release().await;
+    response
+}
+
+async fn post_admitted(
+    gw: Arc<Gateway>,
+    server: Option<String>,
+    principal: Principal,
+    parts: http::request::Parts,
+    body: axum::body::Body,
+) -> Response {
+    let headers = parts.headers;
     let route = match route_for(&gw, server, &principal) {
         Ok(r) => r,
         Err(r) => return r,

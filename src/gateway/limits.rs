@@ -2,25 +2,36 @@
 //! policy. Refusals are HTTP 429 with `Retry-After` and a JSON-RPC error body, so both
 //! HTTP-aware and JSON-RPC-only clients understand them.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::Principal;
 use super::jsonrpc;
+use crate::policy::concurrency::{ConcurrencyCaps, Slot};
 use crate::policy::limiter::{Rate, RateLimiter};
 use crate::telemetry::metrics as m;
 
 pub struct Limits {
     pub limiter: RateLimiter,
-    /// Concurrency caps by bucket, with the size they were made for (a changed policy
-    /// gets a new semaphore).
-    slots: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    caps: ConcurrencyCaps,
+}
+
+/// The caller's slots of its concurrency caps, held while its request is handled.
+#[must_use = "dropped, the slots are given back at once"]
+pub struct Slots(Vec<Slot>);
+
+impl Slots {
+    /// Gives the slots back, before the answer goes out: the caller may send its next
+    /// request as soon as it has it. (Dropped instead, a request cancelled, they are
+    /// given back in the background.)
+    pub async fn release(self) {
+        for slot in self.0 {
+            slot.release().await;
+        }
+    }
 }
 
 pub struct Refusal {
@@ -57,18 +68,19 @@ impl IntoResponse for Refusal {
 }
 
 impl Limits {
-    pub fn new(limiter: RateLimiter) -> Self {
+    /// Limits shared by every replica through `redis` when there is one, else per process.
+    pub fn new(redis: Option<redis::aio::ConnectionManager>, prefix: &str) -> Self {
         Self {
-            limiter,
-            slots: Mutex::new(HashMap::new()),
+            limiter: RateLimiter::new(redis.clone(), prefix),
+            caps: ConcurrencyCaps::new(redis, prefix),
         }
     }
 
-    /// Checks the caller's rate limits and takes its concurrency slots (released when the
-    /// returned permits drop). Callers without a policy (configuration keys) pass.
-    pub async fn admit(&self, principal: &Principal) -> Result<Vec<OwnedSemaphorePermit>, Refusal> {
+    /// Checks the caller's rate limits and takes its concurrency slots. Callers without a
+    /// policy (configuration keys) pass.
+    pub async fn admit(&self, principal: &Principal) -> Result<Slots, Refusal> {
         let Some(access) = &principal.access else {
-            return Ok(Vec::new());
+            return Ok(Slots(Vec::new()));
         };
         let buckets = [
             (
@@ -95,13 +107,13 @@ impl Limits {
                 }
             }
         }
-        let mut permits = Vec::new();
+        let mut slots = Slots(Vec::new());
         for (scope, bucket, policy) in &buckets {
             if let Some(max) = policy.max_concurrency {
-                let semaphore = self.semaphore(bucket, max);
-                match semaphore.try_acquire_owned() {
-                    Ok(permit) => permits.push(permit),
-                    Err(_) => {
+                match self.caps.acquire(bucket, max).await {
+                    Some(slot) => slots.0.push(slot),
+                    None => {
+                        slots.release().await;
                         metrics::counter!(m::RATE_LIMITED, "scope" => *scope, "kind" => "concurrency").increment(1);
                         return Err(Refusal {
                             retry_after: Duration::from_secs(1),
@@ -112,7 +124,7 @@ impl Limits {
                 }
             }
         }
-        Ok(permits)
+        Ok(slots)
     }
 
     /// The server's own limit (`rate_limit_per_minute` of its settings), all callers together.
@@ -136,17 +148,5 @@ impl Limits {
                     kind: "rate",
                 }
             })
-    }
-
-    fn semaphore(&self, bucket: &str, size: u32) -> Arc<Semaphore> {
-        let mut slots = self.slots.lock().expect("slots lock");
-        match slots.get(bucket) {
-            Some((n, s)) if *n == size => Arc::clone(s),
-            _ => {
-                let s = Arc::new(Semaphore::new(size as usize));
-                slots.insert(bucket.to_string(), (size, Arc::clone(&s)));
-                s
-            }
-        }
     }
 }

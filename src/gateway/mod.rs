@@ -138,7 +138,7 @@ impl Gateway {
             shutdown: CancellationToken::new(),
             pinned: None,
             audit: None,
-            limits: limits::Limits::new(crate::policy::limiter::RateLimiter::new(None, "")),
+            limits: limits::Limits::new(None, ""),
             registry_changed: tokio::sync::Notify::new(),
             results: result_cache::ResultCache::default(),
         }

@@ -34,7 +34,7 @@ pub struct CallRequest {
 async fn caller(
     gw: &Gateway,
     headers: &HeaderMap,
-) -> Result<(Ctx, Vec<tokio::sync::OwnedSemaphorePermit>), Response> {
+) -> Result<(Ctx, super::limits::Slots), Response> {
     let principal = gw.auth.authenticate(headers).await.map_err(|e| {
         match e {
             AuthError::Unavailable => ApiError::Unavailable(e.to_string()),
@@ -116,14 +116,16 @@ async fn run(
     responses((status = 200, description = "`{\"tools\": [...]}`, the caller's catalogue as MCP `tools/list` gives it"),
               (status = 401), (status = 429)))]
 pub async fn list(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let (ctx, _slots) = match caller(&gw, &headers).await {
+    let (ctx, slots) = match caller(&gw, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    match run(gw, ctx, "tools/list", json!({})).await {
+    let response = match run(gw, ctx, "tools/list", json!({})).await {
         Ok(result) => Json(result).into_response(),
         Err(e) => e.into_response(),
-    }
+    };
+    slots.release().await;
+    response
 }
 
 #[utoipa::path(post, path = "/api/v1/tools/{name}/call", tag = "tools", security(("api_key" = [])),
@@ -138,29 +140,27 @@ pub async fn call(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (ctx, _slots) = match caller(&gw, &headers).await {
+    let (ctx, slots) = match caller(&gw, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let request: CallRequest = if body.is_empty() {
-        CallRequest {
+    let request: Result<CallRequest, _> = if body.is_empty() {
+        Ok(CallRequest {
             arguments: Map::new(),
-        }
+        })
     } else {
-        match parse(&body) {
-            Ok(r) => r,
-            Err(e) => return e.into_response(),
-        }
+        parse(&body)
     };
-    match run(
-        gw,
-        ctx,
-        "tools/call",
-        json!({ "name": name, "arguments": request.arguments }),
-    )
-    .await
-    {
-        Ok(result) => Json(result).into_response(),
+    let response = match request {
+        Ok(request) => {
+            let params = json!({ "name": name, "arguments": request.arguments });
+            match run(gw, ctx, "tools/call", params).await {
+                Ok(result) => Json(result).into_response(),
+                Err(e) => e.into_response(),
+            }
+        }
         Err(e) => e.into_response(),
-    }
+    };
+    slots.release().await;
+    response
 }

@@ -6,15 +6,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
-use crate::telemetry::metrics as m;
-
-const REDIS_TIMEOUT: Duration = Duration::from_millis(50);
-const RETRY_REDIS_AFTER_MS: i64 = 1_000;
+use super::redis_fallback::{REDIS_TIMEOUT, RedisFallback};
 
 /// Returns `{allowed, retry_after_ms}`. Redis's own clock is used so replicas agree.
 const GCRA: &str = r#"
@@ -62,8 +58,7 @@ pub struct RateLimiter {
     script: redis::Script,
     prefix: String,
     local: Mutex<HashMap<String, i64>>,
-    /// While Redis is failing: the time (ms) before which it is not asked.
-    redis_down_until: AtomicI64,
+    fallback: RedisFallback,
 }
 
 impl RateLimiter {
@@ -73,7 +68,7 @@ impl RateLimiter {
             script: redis::Script::new(GCRA),
             prefix: prefix.to_string(),
             local: Mutex::new(HashMap::new()),
-            redis_down_until: AtomicI64::new(0),
+            fallback: RedisFallback::new("rate"),
         }
     }
 
@@ -89,7 +84,7 @@ impl RateLimiter {
     pub async fn check(&self, bucket: &str, rate: Rate) -> Result<(), Duration> {
         let now = crate::store::now_ms();
         if let Some(redis) = &self.redis
-            && self.redis_down_until.load(Ordering::Relaxed) <= now
+            && self.fallback.ask_redis(now)
         {
             let mut conn = redis.clone();
             let mut invocation = self.script.key(format!("{}rl:{bucket}", self.prefix));
@@ -107,21 +102,11 @@ impl RateLimiter {
             match call.await {
                 Ok(Ok((1, _))) => return Ok(()),
                 Ok(Ok((_, wait))) => return Err(Duration::from_millis(wait.max(1) as u64)),
-                Ok(Err(e)) => self.redis_failed(&format!("{:?}", e.kind()), now),
-                Err(_) => self.redis_failed("no answer within 50 ms", now),
+                Ok(Err(e)) => self.fallback.failed(&format!("{:?}", e.kind()), now),
+                Err(_) => self.fallback.failed("no answer within 50 ms", now),
             }
         }
         self.check_local(bucket, rate, now)
-    }
-
-    fn redis_failed(&self, reason: &str, now: i64) {
-        let previous = self
-            .redis_down_until
-            .swap(now + RETRY_REDIS_AFTER_MS, Ordering::Relaxed);
-        metrics::counter!(m::RATE_LIMIT_FALLBACK).increment(1);
-        if previous == 0 || previous + 5 * RETRY_REDIS_AFTER_MS < now {
-            tracing::warn!(%reason, "Redis unavailable for rate limits: enforcing them in-process on this replica");
-        }
     }
 
     fn check_local(&self, bucket: &str, rate: Rate, now: i64) -> Result<(), Duration> {

@@ -4,7 +4,9 @@
 //! Denied servers and tools are indistinguishable from absent ones: they are left out of
 //! lists, and calling them gets the same error as calling something that does not exist.
 
+pub mod concurrency;
 pub mod limiter;
+mod redis_fallback;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +22,7 @@ pub struct Policy {
     pub tools: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_per_minute: Option<u32>,
-    /// Requests handled at once, per process.
+    /// Requests handled at once, by every replica together (with Redis; else per process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
 }

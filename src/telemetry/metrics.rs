@@ -25,7 +25,8 @@ pub const AUDIT_STORE_UP: &str = "audit_store_up";
 pub const TOOL_CACHE: &str = "mcp_tool_cache_total";
 /// Requests refused by a rate limit or concurrency cap, by `scope` (tenant, key) and `kind`.
 pub const RATE_LIMITED: &str = "rate_limited_total";
-/// Rate-limit checks made in-process because Redis did not answer.
+/// Limit checks made in-process because Redis did not answer, by `kind` (rate,
+/// concurrency).
 pub const RATE_LIMIT_FALLBACK: &str = "rate_limit_fallback_total";
 /// Client connections closed for waiting on their client too long, by `timeout` (read:
 /// for a request; write: for the client to take its answer).

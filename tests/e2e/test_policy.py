@@ -1,10 +1,12 @@
 """Access policy on /mcp from the control plane: denied servers and tools are absent
 from lists and refused like absent ones, on the aggregate and the pass-through; a
 tenant's policy bounds its keys; rate limits (GCRA in the machine's Redis, shared by
-replicas, in-process when Redis is down) and concurrency caps answer 429."""
+replicas, in-process when Redis is down) and concurrency caps (leases in Redis, shared the
+same way) answer 429."""
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import httpx2
@@ -119,15 +121,32 @@ def test_rate_limits_hold_in_process_when_redis_is_down(control_plane):
     assert ready.status_code == 503 and ready.json()["failed"] == ["cache"]
 
 
+def slow_call(base: str, key: str, ms: int) -> tuple[threading.Thread, dict]:
+    """A `demo__sleep` call in a thread of its own; its response (or the error that ended
+    it) lands in the dict."""
+    out = {}
+
+    def run():
+        try:
+            out["r"] = key_call(base, key, "tools/call", {"name": "demo__sleep", "arguments": {"ms": ms}})
+        except httpx2.HTTPError as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
-def test_concurrency_cap_refuses_the_extra_call(control_plane):
-    g, api = control_plane()
+@pytest.mark.parametrize("cache", ["memory", "redis down"])
+def test_concurrency_cap_refuses_the_extra_call(control_plane, cache):
+    from conftest import free_port
+    # Nothing listens at the Redis address of "redis down": the cap is held in-process.
+    config = {"cache": {"url": f"redis://127.0.0.1:{free_port()}/0"}} if cache == "redis down" else {}
+    g, api = control_plane(config)
     token = api.login()["access_token"]
     key = new_key(api, token, {"max_concurrency": 1})
-    slow = {}
-    t = threading.Thread(target=lambda: slow.setdefault("r", key_call(g.base, key, "tools/call",
-                                                                   {"name": "demo__sleep", "arguments": {"ms": 1500}})))
-    t.start()
+    t, slow = slow_call(g.base, key, 1500)
     wait_until(lambda: (g.metric("mcp_requests_in_flight", server="demo") or 0) >= 1, what="the slow call in flight")
     extra = key_call(g.base, key, "ping")
     assert limited(extra)
@@ -135,3 +154,40 @@ def test_concurrency_cap_refuses_the_extra_call(control_plane):
     t.join()
     assert slow["r"].status_code == 200
     assert not limited(key_call(g.base, key, "ping"))
+    if cache == "redis down":
+        assert g.metric("rate_limit_fallback_total", kind="concurrency") >= 1
+        assert "Redis unavailable for concurrency caps" in g.logs()
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
+def test_concurrency_caps_are_shared_by_replicas_through_redis(control_plane, database, redis_prefix):
+    config = {"cache": {"url": "redis://127.0.0.1:6379/0", "key_prefix": redis_prefix}}
+    g1, api = control_plane(config)
+    token = api.login()["access_token"]
+    key = new_key(api, token, {"max_concurrency": 1})
+    g2, _ = control_plane(config, bootstrap=False)
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    held = lambda: sum(r.zcard(k) for k in r.keys(redis_prefix + "cc:*"))
+
+    # A call in flight on one replica holds the key's one slot on every replica.
+    t, slow = slow_call(g1.base, key, 1500)
+    wait_until(lambda: (g1.metric("mcp_requests_in_flight", server="demo") or 0) >= 1, what="the slow call in flight")
+    extra = key_call(g2.base, key, "ping")
+    assert limited(extra) and "concurrency" in extra.json()["error"]["message"]
+    assert held() == 1
+    t.join()
+    assert slow["r"].status_code == 200
+    # A slot is given back before its answer goes out: a client calling one request after
+    # another, whichever replica each reaches, is never refused.
+    outcomes = [limited(key_call(g.base, key, "ping")) for g in (g1, g2) * 10]
+    assert not any(outcomes), outcomes
+    assert held() == 0
+
+    # A replica that dies holding a slot does not hold it for ever: its lease lapses.
+    t, slow = slow_call(g1.base, key, 60_000)
+    wait_until(lambda: held() == 1, what="the slot taken")
+    assert limited(key_call(g2.base, key, "ping"))
+    g1.stop(signal.SIGKILL)
+    t.join()
+    wait_until(lambda: not limited(key_call(g2.base, key, "ping")), timeout=30, interval=0.5,
+               what="the dead replica's slot to lapse")
