@@ -79,6 +79,19 @@ pub fn detect(method: &str, body: &Map<String, Value>, headers: &HeaderMap) -> E
     }
 }
 
+/// Session-era methods 2026-07-28 replaced, with what replaces each. Upstreams of the
+/// session era still implement them, so passed on they would succeed: a subscription made
+/// by a request that has no session would be held on the gateway's shared upstream
+/// session with nobody to deliver its updates to, nor to end it.
+pub fn replaced_in_modern(method: &str) -> Option<&'static str> {
+    match method {
+        "resources/subscribe" | "resources/unsubscribe" => {
+            Some("subscriptions/listen with params.notifications.resourceSubscriptions replaces it")
+        }
+        _ => None,
+    }
+}
+
 /// A request refused before it reaches an upstream: HTTP 400 with this JSON-RPC error.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModernError {
@@ -360,6 +373,24 @@ mod tests {
         assert_eq!(with(Some("t-1")), Ok("2026-07-28".to_string()));
         assert_eq!(with(Some("t-2")), Err(HEADER_MISMATCH));
         assert_eq!(with(None), Err(HEADER_MISMATCH));
+    }
+
+    #[test]
+    fn the_subscribe_methods_are_not_modern_ones() {
+        for method in ["resources/subscribe", "resources/unsubscribe"] {
+            assert!(
+                replaced_in_modern(method)
+                    .is_some_and(|hint| hint.contains("subscriptions/listen"))
+            );
+        }
+        for method in [
+            "resources/read",
+            "subscriptions/listen",
+            "tools/call",
+            "ping",
+        ] {
+            assert_eq!(replaced_in_modern(method), None, "{method}");
+        }
     }
 
     #[test]

@@ -408,6 +408,20 @@ async fn request(
             if let Err(e) = era::validate_modern(&method, &body, &headers) {
                 return rpc_error(StatusCode::BAD_REQUEST, &id, e.code, &e.message, e.data);
             }
+            if let Some(replacement) = era::replaced_in_modern(&method) {
+                // 2026-07-28: a method the server does not implement is a 404 with -32601.
+                let message = format!(
+                    "Method not found: {} is not part of protocol 2026-07-28; {replacement}",
+                    jsonrpc::quoted(&method)
+                );
+                return rpc_error(
+                    StatusCode::NOT_FOUND,
+                    &id,
+                    jsonrpc::METHOD_NOT_FOUND,
+                    &message,
+                    None,
+                );
+            }
             let caps = caps_from(
                 body.get("params")
                     .and_then(|p| p.get("_meta"))

@@ -7,7 +7,7 @@ import subprocess
 import httpx2
 import pytest
 
-from conftest import ACCEPT, INSPECTOR_CLI, MODERN, demo_stdio, sdk_client, sse_messages
+from conftest import ACCEPT, INSPECTOR_CLI, MODERN, demo_stdio, everything_stdio, sdk_client, sse_messages
 
 
 @pytest.fixture
@@ -170,6 +170,25 @@ def test_unknown_method_is_404_with_method_not_found(g):
     assert r.status_code == 404 and r.json()["error"]["code"] == -32601
     r = g.modern("no/such/method", path="/mcp/demo")
     assert r.status_code == 404 and r.json()["error"]["code"] == -32601
+
+
+@pytest.mark.parametrize("path", ["/mcp", "/mcp/everything"])
+def test_the_session_eras_subscribe_methods_are_not_modern_ones(gantry, path):
+    # 2026-07-28 replaced resources/subscribe and unsubscribe by subscriptions/listen. The
+    # session-era server behind gantry still implements them: passed on, a stateless
+    # client's subscribe would succeed and leave a subscription nobody receives or ends.
+    g = gantry({"upstreams": {"everything": everything_stdio()}})
+    uri = g.modern("resources/list", path="/mcp/everything").json()["result"]["resources"][0]["uri"]
+    for method in ("resources/subscribe", "resources/unsubscribe"):
+        r = g.modern(method, {"uri": uri}, path=path)
+        assert r.status_code == 404, (method, r.text)
+        err = r.json()["error"]
+        assert err["code"] == -32601 and "subscriptions/listen" in err["message"], err
+    # The session eras keep them.
+    sid, _ = g.initialize(path=path)
+    r = g.post({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": uri}}, path=path,
+               headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+    assert r.json()["result"] == {}, r.text
 
 
 def test_modern_get_and_delete_are_405(g):
