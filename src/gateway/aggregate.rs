@@ -13,6 +13,7 @@ use super::catalog::{self, Merged};
 use super::era;
 use super::http::{Ctx, json_response};
 use super::jsonrpc;
+use super::log_levels;
 use super::relay::{self, finish};
 use super::{task_extension, tasks};
 use crate::config::PrefixMode;
@@ -338,12 +339,19 @@ pub async fn handle(
             }
         }
         "logging/setLevel" => {
+            let severity = match log_levels::requested(&body) {
+                Ok(severity) => severity,
+                Err(message) => return invalid_params(id, &message).into(),
+            };
+            log_levels::record(gw, ctx, severity);
             let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
             let sends = gw.visible(access).into_iter().map(|u| {
                 let body = body.clone();
                 async move {
                     let conn = u.connection(Duration::ZERO).await.ok()?;
-                    if !conn.init()?.has_capability("logging") {
+                    // A server is never made quieter than another session asked it to be.
+                    if !conn.init()?.has_capability("logging") || !conn.log_level.lower_to(severity)
+                    {
                         return None;
                     }
                     u.request(&conn, body, wait).await.ok()

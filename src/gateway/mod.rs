@@ -12,6 +12,7 @@ pub mod host_policy;
 pub mod http;
 pub mod jsonrpc;
 pub mod limits;
+pub mod log_levels;
 pub mod mrtr;
 pub mod per_caller;
 pub mod policy;
@@ -97,6 +98,8 @@ pub struct Gateway {
     /// Resource subscriptions on the upstreams, and the sessions and listen streams
     /// holding each: what `notifications/resources/updated` each stream gets.
     pub resource_subscriptions: Arc<resource_subscriptions::ResourceSubscriptions>,
+    /// The level each session asked for with `logging/setLevel`.
+    pub log_levels: Arc<log_levels::SessionLevels>,
     pub shutdown: CancellationToken,
     /// `gantry bridge`: `/mcp` is this one server's pass-through, not the aggregate.
     pub pinned: Option<String>,
@@ -135,6 +138,7 @@ impl Gateway {
             task_watches: per_caller::PerCaller::new(task_notifications::MAX_WATCHED_PER_CALLER),
             parked: Mutex::new(HashMap::new()),
             resource_subscriptions: Arc::default(),
+            log_levels: Arc::default(),
             shutdown: CancellationToken::new(),
             pinned: None,
             audit: None,
@@ -209,6 +213,7 @@ impl Gateway {
     fn forget_session(&self, sid: &str) {
         self.resource_subscriptions
             .release_all(&resource_subscriptions::Holder::Session(sid.to_string()));
+        self.log_levels.forget(sid);
         self.resumable.end_session(sid);
     }
 

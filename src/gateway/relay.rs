@@ -18,6 +18,7 @@ use super::client_stream;
 use super::era::{self, Era};
 use super::http::{Ctx, json_bytes_response, json_response};
 use super::jsonrpc;
+use super::log_levels::{self, LogFilter};
 use super::mrtr;
 use super::raw_response::RawResponse;
 use super::resource_subscriptions::{self, Asked};
@@ -236,6 +237,8 @@ pub struct Running {
     audited: Option<Audited>,
     /// Set when the server opted this tool in to result caching.
     cache_keys: Option<CacheKeys>,
+    /// The session's log level, for the log messages the call brings.
+    log_filter: Option<LogFilter>,
     _permit: OwnedSemaphorePermit,
     _in_flight: InFlight,
 }
@@ -275,6 +278,8 @@ impl Running {
                 None => self.call.next().await,
             };
             match (event, &self.progress_to) {
+                (Some(CallEvent::Notification(n)), _)
+                    if self.log_filter.as_ref().is_some_and(|f| !f.wants(&n)) => {}
                 (Some(CallEvent::Notification(mut n)), ProgressTo::Retry(token))
                     if is_progress(&n) =>
                 {
@@ -465,6 +470,12 @@ pub(super) async fn start(
             return Started::Answered(upstream_error_response(id, &e));
         }
     };
+    if method == "logging/setLevel"
+        && let Some((answer, outcome)) = log_levels::asked(gw, ctx, &conn, id, &body)
+    {
+        settle(upstream, admission, &method, started, outcome, audited);
+        return Started::Answered(finish(ctx, answer));
+    }
     let subscription = match resource_subscriptions::asked(gw, ctx, upstream, &method, &body) {
         Asked::Other => None,
         Asked::Subscribe(pending) => Some(Box::new(pending)),
@@ -510,6 +521,7 @@ pub(super) async fn start(
         admission,
         audited,
         cache_keys,
+        log_filter: LogFilter::of(gw, ctx),
         _permit: permit,
     };
     Started::Running(running)

@@ -355,7 +355,10 @@ pub fn session_stream(
                 .is_subscribed(&sid, uri)
                 .then_some(Cow::Borrowed(event));
         }
-        Some(Cow::Borrowed(event))
+        filter_gw
+            .log_levels
+            .wants(&sid, event)
+            .then_some(Cow::Borrowed(event))
     });
     forward(
         &gw,

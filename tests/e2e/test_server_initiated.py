@@ -7,15 +7,18 @@ import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx2
 import pytest
 from mcp import types
 
-from conftest import (ACCEPT, MODERN, StreamReader, everything_stdio, sdk_client, streamed_messages,
-                      subscribed_session, wait_until)
+from conftest import (ACCEPT, MODERN, StreamReader, everything_stdio, free_port, port_open, sdk_client, sse_messages,
+                      streamed_messages, subscribed_session, wait_until)
 from test_mrtr import two_replicas
 from test_resilience import replicas_sharing_redis
 from test_slow_clients import chatty_stdio
@@ -50,6 +53,81 @@ def test_roots_and_logging_reach_the_client_over_its_get_stream(gantry):
                 await asyncio.sleep(0.1)
             assert any("Roots updated: 1 root" in str(l) for l in logs), logs
     asyncio.run(use())
+
+
+LOG_LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
+LOGGING_UPSTREAM = Path(__file__).parent / "logging_upstream.py"
+
+
+@pytest.fixture
+def logging_servers(gantry):
+    """gantry in front of logging_upstream.py twice: `logs` over stdio, where its messages
+    belong to no call and come on GET streams, and `hlogs` over Streamable HTTP, where they
+    come in the call's own stream."""
+    port = free_port()
+    http = subprocess.Popen([sys.executable, str(LOGGING_UPSTREAM), "--http", str(port)])
+    wait_until(lambda: port_open(port), what="the logging server over HTTP")
+    yield gantry({"upstreams": {
+        "logs": {"transport": "stdio", "command": sys.executable, "args": [str(LOGGING_UPSTREAM)]},
+        "hlogs": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp"}}})
+    http.terminate()
+    http.wait(timeout=10)
+
+
+class LoggingClient:
+    """A 2025-11-25 session on `path` that asked for `level` (if given)."""
+
+    def __init__(self, g, path, level=None):
+        self.g, self.path = g, path
+        sid, _ = g.initialize(path=path)
+        self.headers = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+        if level:
+            assert self.set_level(level)["result"] == {}
+
+    def set_level(self, level):
+        body = {"jsonrpc": "2.0", "id": 1, "method": "logging/setLevel", "params": {"level": level}}
+        return self.g.post(body, path=self.path, headers=self.headers).json()
+
+    def call(self, tool, later=False) -> list[str]:
+        """Calls `tool`; the levels of the log messages its answer's stream carried."""
+        body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": {"later": later}}}
+        messages = sse_messages(self.g.post(body, path=self.path, headers=self.headers))
+        assert messages[-1]["result"]["content"][0]["text"] == "logged", messages
+        return [m["params"]["data"] for m in messages if m.get("method") == "notifications/message"]
+
+
+# The server keeps one level for its one client, gantry, whichever session asked it: one
+# session's logging/setLevel must neither silence another's messages nor flood it.
+
+@pytest.mark.parametrize("path", ["/mcp/hlogs", "/mcp"])
+def test_a_call_brings_its_session_the_log_messages_of_the_level_it_set(logging_servers, path):
+    g = logging_servers
+    tool = "log_each_level" if path == "/mcp/hlogs" else "hlogs__log_each_level"
+    verbose, quiet = LoggingClient(g, path, "debug"), LoggingClient(g, path, "error")
+    assert quiet.call(tool) == LOG_LEVELS[4:]
+    assert verbose.call(tool) == LOG_LEVELS, "another session's quieter level silenced this one's"
+    assert LoggingClient(g, path).call(tool) == LOG_LEVELS, "a session that set no level gets what the server sends"
+    assert quiet.set_level("verbose")["error"]["code"] == -32602
+
+
+@pytest.mark.parametrize("path", ["/mcp/logs", "/mcp"])
+def test_a_get_stream_brings_its_session_the_log_messages_of_the_level_it_set(logging_servers, path):
+    g = logging_servers
+    tool = "log_each_level" if path == "/mcp/logs" else "logs__log_each_level"
+    verbose, quiet = LoggingClient(g, path, "debug"), LoggingClient(g, path, "error")
+    streams = [StreamReader(g, "GET", path, {**c.headers, "Accept": "text/event-stream"}) for c in (verbose, quiet)]
+    assert all(s.primed.wait(10) for s in streams)
+    # Over stdio the messages come outside the call, whether sent before its answer or after.
+    assert verbose.call(tool, later=True) == []
+
+    def until_emergency(stream):
+        seen = []
+        while not seen or seen[-1] != "emergency":
+            seen.append(stream.next("notifications/message")["params"]["data"])
+        return seen
+
+    assert until_emergency(streams[0]) == LOG_LEVELS, "another session's quieter level silenced this one's"
+    assert until_emergency(streams[1]) == LOG_LEVELS[4:]
 
 
 def test_resource_subscription_updates_reach_a_session(gantry):
