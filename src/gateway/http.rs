@@ -289,9 +289,9 @@ async fn post(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Respon
         Ok(slots) => slots,
         Err(refusal) => return refusal.into_response(),
     };
-    let response = post_admitted(gw, server, principal, parts, body).await;
-    slots.release().await;
-    response
+    slots
+        .held_while(post_admitted(gw, server, principal, parts, body))
+        .await
 }
 
 async fn post_admitted(

@@ -24,10 +24,16 @@ pub struct Limits {
 pub struct Slots(Vec<Slot>);
 
 impl Slots {
-    /// Gives the slots back, before the answer goes out: the caller may send its next
-    /// request as soon as it has it. (Dropped instead, a request cancelled, they are
-    /// given back in the background.)
-    pub async fn release(self) {
+    /// Holds the slots while `handling` runs, and gives them back before its answer goes
+    /// out: the caller may send its next request as soon as it has the answer. (Dropped
+    /// instead, the request cancelled, they are given back in the background.)
+    pub async fn held_while<T>(self, handling: impl Future<Output = T>) -> T {
+        let answer = handling.await;
+        self.release().await;
+        answer
+    }
+
+    async fn release(self) {
         for slot in self.0 {
             slot.release().await;
         }

@@ -120,12 +120,13 @@ pub async fn list(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
         Ok(c) => c,
         Err(r) => return r,
     };
-    let response = match run(gw, ctx, "tools/list", json!({})).await {
+    match slots
+        .held_while(run(gw, ctx, "tools/list", json!({})))
+        .await
+    {
         Ok(result) => Json(result).into_response(),
         Err(e) => e.into_response(),
-    };
-    slots.release().await;
-    response
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/tools/{name}/call", tag = "tools", security(("api_key" = [])),
@@ -144,23 +145,23 @@ pub async fn call(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let request: Result<CallRequest, _> = if body.is_empty() {
-        Ok(CallRequest {
-            arguments: Map::new(),
-        })
-    } else {
-        parse(&body)
-    };
-    let response = match request {
-        Ok(request) => {
+    slots
+        .held_while(async move {
+            let request: CallRequest = if body.is_empty() {
+                CallRequest {
+                    arguments: Map::new(),
+                }
+            } else {
+                match parse(&body) {
+                    Ok(r) => r,
+                    Err(e) => return e.into_response(),
+                }
+            };
             let params = json!({ "name": name, "arguments": request.arguments });
             match run(gw, ctx, "tools/call", params).await {
                 Ok(result) => Json(result).into_response(),
                 Err(e) => e.into_response(),
             }
-        }
-        Err(e) => e.into_response(),
-    };
-    slots.release().await;
-    response
+        })
+        .await
 }
