@@ -280,85 +280,80 @@ async fn read_body(gw: &Gateway, body: axum::body::Body) -> Result<Bytes, Respon
 async fn post(gw: Arc<Gateway>, server: Option<String>, http: Request) -> Response {
     // The request's parts, not a copy of its headers (the `HeaderMap` extractor clones).
     let (parts, body) = http.into_parts();
-    let principal = match admit(&gw, &parts.headers).await {
+    let headers = parts.headers;
+    let principal = match admit(&gw, &headers).await {
         Ok(p) => p,
         Err(r) => return r,
     };
-    // Held until the answer is ready: the caller's share of its concurrency caps.
+    // Held until the answer is ready: the caller's share of its concurrency caps. Given
+    // back below, before the answer goes out. The request is handled in a labelled block,
+    // not a function of its own, which `Slots::held_while` would wrap: each future around
+    // the request's large one is one more copy of it on every request.
     let slots = match gw.limits.admit(&principal).await {
         Ok(slots) => slots,
         Err(refusal) => return refusal.into_response(),
     };
-    slots
-        .held_while(post_admitted(gw, server, principal, parts, body))
-        .await
-}
-
-async fn post_admitted(
-    gw: Arc<Gateway>,
-    server: Option<String>,
-    principal: Principal,
-    parts: http::request::Parts,
-    body: axum::body::Body,
-) -> Response {
-    let headers = parts.headers;
-    let route = match route_for(&gw, server, &principal) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let body = match read_body(&gw, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let message = match jsonrpc::parse(&body) {
-        Ok(m) => m,
-        Err(rejection) => {
-            return rpc_error(
-                StatusCode::BAD_REQUEST,
-                &rejection.id,
-                rejection.code,
-                &rejection.message,
-                None,
-            );
-        }
-    };
-    let served_at = parts.extensions.get::<ServedAt>().map(|s| s.0);
-    match message {
-        Message::Request {
-            id,
-            method,
-            body: fields,
-        } => {
-            if let Some(owner) = replica_forward::held_elsewhere(
-                &gw, &principal, &method, &fields, &headers, served_at,
-            ) {
-                return Box::pin(replica_forward::forward(
-                    owner, &parts.uri, headers, body, &id,
-                ))
-                .await;
+    let response = 'handled: {
+        let route = match route_for(&gw, server, &principal) {
+            Ok(r) => r,
+            Err(r) => break 'handled r,
+        };
+        let body = match read_body(&gw, body).await {
+            Ok(b) => b,
+            Err(r) => break 'handled r,
+        };
+        let message = match jsonrpc::parse(&body) {
+            Ok(m) => m,
+            Err(rejection) => {
+                break 'handled rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    &rejection.id,
+                    rejection.code,
+                    &rejection.message,
+                    None,
+                );
             }
-            let arrival = Arrival { headers, served_at };
-            request(gw, route, principal, arrival, id, method, fields).await
-        }
-        Message::Notification { method, body } => {
-            notification(&gw, &route, &principal, &headers, &method, body)
-        }
-        Message::Response { id, body: fields } => {
-            let key = id.as_str().unwrap_or_default();
-            let held = replica_forward::Held::ServerRequest;
-            if let Some(owner) =
-                replica_forward::marked_elsewhere(&gw, key, held, &headers, served_at)
-            {
-                let carried =
-                    replica_forward::carry(owner, Method::POST, &parts.uri, headers, body);
-                return match Box::pin(carried).await {
-                    Some(response) => response,
-                    None => bad_answer(held.unreachable()),
-                };
+        };
+        let served_at = parts.extensions.get::<ServedAt>().map(|s| s.0);
+        match message {
+            Message::Request {
+                id,
+                method,
+                body: fields,
+            } => {
+                if let Some(owner) = replica_forward::held_elsewhere(
+                    &gw, &principal, &method, &fields, &headers, served_at,
+                ) {
+                    break 'handled Box::pin(replica_forward::forward(
+                        owner, &parts.uri, headers, body, &id,
+                    ))
+                    .await;
+                }
+                let arrival = Arrival { headers, served_at };
+                request(gw, route, principal, arrival, id, method, fields).await
             }
-            client_response(&gw, &principal, &headers, &route, id, fields)
+            Message::Notification { method, body } => {
+                notification(&gw, &route, &principal, &headers, &method, body)
+            }
+            Message::Response { id, body: fields } => {
+                let key = id.as_str().unwrap_or_default();
+                let held = replica_forward::Held::ServerRequest;
+                if let Some(owner) =
+                    replica_forward::marked_elsewhere(&gw, key, held, &headers, served_at)
+                {
+                    let carried =
+                        replica_forward::carry(owner, Method::POST, &parts.uri, headers, body);
+                    break 'handled match Box::pin(carried).await {
+                        Some(response) => response,
+                        None => bad_answer(held.unreachable()),
+                    };
+                }
+                client_response(&gw, &principal, &headers, &route, id, fields)
+            }
         }
-    }
+    };
+    slots.release().await;
+    response
 }
 
 /// How a request arrived: its headers, and the address it reached this process at.

@@ -33,7 +33,8 @@ impl Slots {
         answer
     }
 
-    async fn release(self) {
+    /// Gives the slots back (see `held_while`).
+    pub async fn release(self) {
         for slot in self.0 {
             slot.release().await;
         }

@@ -81,7 +81,6 @@ impl ConcurrencyCaps {
                 acquire: redis::Script::new(ACQUIRE),
                 renew: redis::Script::new(RENEW),
                 prefix: format!("{prefix}cc:"),
-                ttl_ms: LEASE_TTL_MS,
                 held: Mutex::new(HashMap::new()),
             });
             tokio::spawn(renew_while_alive(Arc::downgrade(&leases), RENEW_EVERY));
@@ -131,7 +130,6 @@ struct Leases {
     acquire: redis::Script,
     renew: redis::Script,
     prefix: String,
-    ttl_ms: i64,
     /// The leases this process holds, by bucket key: what the renewing task renews.
     held: Mutex<HashMap<String, HashSet<String>>>,
 }
@@ -141,7 +139,7 @@ impl Leases {
         let key = format!("{}{bucket}", self.prefix);
         let id = format!("{:032x}", rand::random::<u128>());
         let mut invocation = self.acquire.key(&key);
-        invocation.arg(max).arg(self.ttl_ms).arg(&id);
+        invocation.arg(max).arg(LEASE_TTL_MS).arg(&id);
         let mut conn = self.conn.clone();
         match tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await {
             Ok(Ok(1)) => {
@@ -188,7 +186,7 @@ impl Leases {
             .collect();
         for (key, ids) in held {
             let mut invocation = self.renew.key(&key);
-            invocation.arg(self.ttl_ms).arg(&ids);
+            invocation.arg(LEASE_TTL_MS).arg(&ids);
             let mut conn = self.conn.clone();
             let renewed =
                 tokio::time::timeout(RENEW_EVERY, invocation.invoke_async::<i64>(&mut conn)).await;
