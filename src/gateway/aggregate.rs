@@ -350,8 +350,7 @@ pub async fn handle(
                 async move {
                     let conn = u.connection(Duration::ZERO).await.ok()?;
                     // A server is never made quieter than another session asked it to be.
-                    if !conn.init()?.has_capability("logging") || !conn.log_level.lower_to(severity)
-                    {
+                    if !conn.init()?.has_capability("logging") || !u.log_level.lower_to(severity) {
                         return None;
                     }
                     u.request(&conn, body, wait).await.ok()

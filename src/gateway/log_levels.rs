@@ -4,11 +4,12 @@
 //! client's streams with debug messages.
 //!
 //! So gantry keeps each session's level here and gives its client only log messages at or
-//! above it (on its calls' streams and its GET stream), and asks an upstream connection
-//! for a level only when it is more verbose than any asked of that connection before: it
-//! never makes a server quieter than some session wants it. A session that set no level
-//! gets what the server sends. The levels are this process's: a session continued on
-//! another replica gets what the server sends there until it sets its level again.
+//! above it (on its calls' streams and its GET stream), and asks a server for a level only
+//! when it is more verbose than any asked of it before: it never makes a server quieter
+//! than some session wants it. A server that reconnects (a restart) has forgotten its
+//! level: the supervisor asks it again. A session that set no level gets what the server
+//! sends. The levels are this process's: a session continued on another replica gets
+//! what the server sends there until it sets its level again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -19,7 +20,7 @@ use serde_json::{Map, Value, json};
 use super::http::Ctx;
 use super::session::SessionClaims;
 use super::{Gateway, jsonrpc, unix_now};
-use crate::upstream::Connection;
+use crate::upstream::{Connection, Upstream};
 
 /// The levels of RFC 5424 as MCP names them, least severe first.
 const LEVELS: [&str; 8] = [
@@ -38,6 +39,12 @@ const MAX_SESSIONS: usize = 100_000;
 
 fn severity(level: &str) -> Option<u8> {
     LEVELS.iter().position(|l| *l == level).map(|i| i as u8)
+}
+
+/// A `logging/setLevel` request asking for `severity`.
+pub fn set_level_request(severity: u8) -> Map<String, Value> {
+    let level = LEVELS[usize::from(severity).min(LEVELS.len() - 1)];
+    jsonrpc::request("logging/setLevel", json!({ "level": level }))
 }
 
 /// The severity a `logging/setLevel` asks for, or the error for its client.
@@ -67,6 +74,7 @@ pub fn record(gw: &Gateway, ctx: &Ctx, severity: u8) {
 pub fn asked(
     gw: &Gateway,
     ctx: &Ctx,
+    upstream: &Upstream,
     conn: &Connection,
     id: &Value,
     body: &Map<String, Value>,
@@ -85,7 +93,7 @@ pub fn asked(
         }
     };
     record(gw, ctx, severity);
-    (!conn.log_level.lower_to(severity))
+    (!upstream.log_level.lower_to(severity))
         .then(|| (jsonrpc::result_response(id, json!({})), "held_by_others"))
 }
 
@@ -108,21 +116,27 @@ impl LogFilter {
     }
 }
 
-/// The most verbose level asked of one upstream connection (`u8::MAX`: none yet).
+/// The most verbose level asked of one server (`u8::MAX`: none yet).
 #[derive(Debug)]
-pub struct ConnectionLevel(AtomicU8);
+pub struct ServerLevel(AtomicU8);
 
-impl Default for ConnectionLevel {
+impl Default for ServerLevel {
     fn default() -> Self {
         Self(AtomicU8::new(u8::MAX))
     }
 }
 
-impl ConnectionLevel {
+impl ServerLevel {
     /// Records that `severity` is wanted; true when it is more verbose than any asked
     /// before, so the server must be told.
     pub fn lower_to(&self, severity: u8) -> bool {
         self.0.fetch_min(severity, Ordering::AcqRel) > severity
+    }
+
+    /// The level to ask a new connection of the server for, if any was asked.
+    pub fn asked(&self) -> Option<u8> {
+        let severity = self.0.load(Ordering::Acquire);
+        (severity != u8::MAX).then_some(severity)
     }
 }
 
@@ -204,8 +218,9 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_is_only_ever_asked_for_more_verbose_levels() {
-        let level = ConnectionLevel::default();
+    fn a_server_is_only_ever_asked_for_more_verbose_levels() {
+        let level = ServerLevel::default();
+        assert_eq!(level.asked(), None);
         assert!(level.lower_to(severity("error").unwrap()));
         assert!(!level.lower_to(severity("error").unwrap()), "asked already");
         assert!(
@@ -213,6 +228,8 @@ mod tests {
             "quieter: not asked"
         );
         assert!(level.lower_to(severity("debug").unwrap()));
+        assert_eq!(level.asked(), severity("debug"));
+        assert_eq!(set_level_request(0)["params"], json!({ "level": "debug" }));
     }
 
     #[test]

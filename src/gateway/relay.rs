@@ -471,7 +471,7 @@ pub(super) async fn start(
         }
     };
     if method == "logging/setLevel"
-        && let Some((answer, outcome)) = log_levels::asked(gw, ctx, &conn, id, &body)
+        && let Some((answer, outcome)) = log_levels::asked(gw, ctx, upstream, &conn, id, &body)
     {
         settle(upstream, admission, &method, started, outcome, audited);
         return Started::Answered(finish(ctx, answer));

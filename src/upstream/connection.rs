@@ -118,9 +118,6 @@ pub struct Connection {
     closed: CancellationToken,
     close_reason: Mutex<Option<String>>,
     init: OnceLock<ServerInit>,
-    /// The most verbose `logging/setLevel` asked of this connection (a new connection
-    /// starts afresh: the server forgets it too).
-    pub log_level: crate::gateway::log_levels::ConnectionLevel,
 }
 
 /// A request in flight. Dropping it before the response cancels the upstream request.
@@ -212,7 +209,6 @@ impl Connection {
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
             init: OnceLock::new(),
-            log_level: Default::default(),
         });
         let inbox = Inbox::new(Arc::downgrade(&conn));
         tokio::spawn(sweep_overdue(Arc::downgrade(&conn)));

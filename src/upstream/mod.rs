@@ -161,6 +161,8 @@ pub struct Upstream {
     /// before this one stops: what follows it (a client's stream, its subscriptions) moves on.
     successor: OnceLock<Arc<Upstream>>,
     pub metrics: crate::telemetry::mcp_metrics::CallMetrics,
+    /// The most verbose `logging/setLevel` asked of the server (`gateway::log_levels`).
+    pub log_level: crate::gateway::log_levels::ServerLevel,
 }
 
 impl Upstream {
@@ -196,6 +198,7 @@ impl Upstream {
             breaker: Mutex::new(Breaker::default()),
             stop: CancellationToken::new(),
             successor: OnceLock::new(),
+            log_level: Default::default(),
         })
     }
 
@@ -448,6 +451,25 @@ impl Upstream {
         self.catalog.changed(method);
     }
 
+    /// A server that restarted has forgotten the log level its clients asked for: asked
+    /// again before the connection serves anyone.
+    async fn ask_log_level_again(&self, conn: &Arc<Connection>) {
+        let Some(severity) = self.log_level.asked() else {
+            return;
+        };
+        if !conn
+            .init()
+            .is_some_and(|init| init.has_capability("logging"))
+        {
+            return;
+        }
+        let request = crate::gateway::log_levels::set_level_request(severity);
+        let wait = self.timeout().min(Duration::from_secs(5));
+        if let Err(e) = self.request(conn, request, wait).await {
+            tracing::warn!(upstream = %self.name, tenant = self.tenant.as_deref(), error = %e, "the log level asked for could not be restored");
+        }
+    }
+
     /// Keeps the upstream connected: connect, initialize, watch, and after a failure
     /// restart with exponential backoff and jitter.
     async fn supervise(self: Arc<Self>) {
@@ -459,6 +481,7 @@ impl Upstream {
                     failures = 0;
                     self.catalog.clear();
                     tracing::info!(upstream = %self.name, tenant = self.tenant.as_deref(), protocol = conn.init().map(|i| i.protocol_version.as_str()).unwrap_or("?"), "upstream connected");
+                    self.ask_log_level_again(&conn).await;
                     self.state.send_replace(State::Up(Arc::clone(&conn)));
                     self.attempted.send_replace(true);
                     let mut events = conn.subscribe();

@@ -1,6 +1,6 @@
 """An MCP server that logs as a real one does: it declares `logging`, keeps the level its
-client last set with `logging/setLevel` (all levels until one is set) and sends only
-messages at or above it. Its `log_each_level` tool sends one message per level, least
+client last set with `logging/setLevel` (`warning` until one is set, as servers start
+quieter than `debug`) and sends only messages at or above it. Its `log_each_level` tool sends one message per level, least
 severe first (data: the level's name), then answers; with `later` it answers first, so the
 messages belong to no call.
 
@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 LEVELS = ["debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"]
 TOOL = {"name": "log_each_level", "description": "one log message per level at or above the one set",
         "inputSchema": {"type": "object", "properties": {"later": {"type": "boolean"}}}}
-level = 0
+level = LEVELS.index("warning")
 
 
 def logs() -> list[dict]:

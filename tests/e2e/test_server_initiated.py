@@ -20,7 +20,7 @@ from mcp import types
 from conftest import (ACCEPT, MODERN, StreamReader, everything_stdio, free_port, port_open, sdk_client, sse_messages,
                       streamed_messages, subscribed_session, wait_until)
 from test_mrtr import two_replicas
-from test_resilience import replicas_sharing_redis
+from test_resilience import children, replicas_sharing_redis
 from test_slow_clients import chatty_stdio
 
 
@@ -128,6 +128,23 @@ def test_a_get_stream_brings_its_session_the_log_messages_of_the_level_it_set(lo
 
     assert until_emergency(streams[0]) == LOG_LEVELS, "another session's quieter level silenced this one's"
     assert until_emergency(streams[1]) == LOG_LEVELS[4:]
+
+
+def test_a_restarted_server_is_asked_again_for_the_level_its_sessions_set(logging_servers):
+    # The server starts at `warning`, and forgets what it was asked when it restarts.
+    g = logging_servers
+    verbose = LoggingClient(g, "/mcp/logs", "debug")
+    child = next(p for p in children(g.proc.pid) if "logging_upstream" in Path(f"/proc/{p}/cmdline").read_text())
+    os.kill(child, signal.SIGKILL)
+    wait_until(lambda: g.metric("mcp_upstream_restarts_total", server="logs") == 1.0
+               and g.metric("mcp_upstream_up", server="logs") == 1.0, what="the server restarted")
+    stream = StreamReader(g, "GET", "/mcp/logs", {**verbose.headers, "Accept": "text/event-stream"})
+    assert stream.primed.wait(10)
+    assert verbose.call("log_each_level", later=True) == []
+    seen = []
+    while not seen or seen[-1] != "emergency":
+        seen.append(stream.next("notifications/message")["params"]["data"])
+    assert seen == LOG_LEVELS, "the restarted server was not asked for the session's level again"
 
 
 def test_resource_subscription_updates_reach_a_session(gantry):
