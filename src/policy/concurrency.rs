@@ -226,15 +226,19 @@ pub struct Lease {
 
 impl Lease {
     async fn give_back(mut self) {
+        self.detach().await;
+    }
+
+    /// Stops renewing the lease; what removes it from Redis. Should Redis not take that,
+    /// the lease lapses.
+    fn detach(&mut self) -> impl Future<Output = ()> + use<> {
         self.given_back = true;
         self.leases.forget(&self.key, &self.id);
-        // Should Redis not take it, the lease lapses: it is no longer renewed.
         remove(
             self.leases.conn.clone(),
             std::mem::take(&mut self.key),
             std::mem::take(&mut self.id),
         )
-        .await;
     }
 }
 
@@ -243,13 +247,9 @@ impl Drop for Lease {
         if self.given_back {
             return;
         }
-        self.leases.forget(&self.key, &self.id);
+        let removal = self.detach();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(remove(
-                self.leases.conn.clone(),
-                std::mem::take(&mut self.key),
-                std::mem::take(&mut self.id),
-            ));
+            runtime.spawn(removal);
         }
     }
 }

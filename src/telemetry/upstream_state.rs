@@ -19,21 +19,32 @@ pub struct UpstreamState<'a> {
     pub restarts: u64,
 }
 
-const FAMILIES: [(&str, &str, &str); 3] = [
+/// Each family: name, type, help, and its value for one upstream.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&UpstreamState<'_>) -> u64,
+);
+
+const FAMILIES: [Family; 3] = [
     (
         super::metrics::UPSTREAM_UP,
         "gauge",
         "1 when the upstream MCP server is connected",
+        |s| u64::from(s.up),
     ),
     (
         super::metrics::UPSTREAM_CIRCUIT_OPEN,
         "gauge",
         "1 while calls to the upstream fail fast after repeated failures",
+        |s| u64::from(s.circuit_open),
     ),
     (
         super::metrics::UPSTREAM_RESTARTS,
         "counter",
         "Upstream restarts after a crash or disconnect, since this instance of it started",
+        |s| s.restarts,
     ),
 ];
 
@@ -46,14 +57,10 @@ pub fn render(states: &[UpstreamState<'_>], out: &mut String) {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
-    for (family, (name, kind, help)) in FAMILIES.iter().enumerate() {
+    for (name, kind, help, value_of) in FAMILIES {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for state in states {
-            let value = match family {
-                0 => u64::from(state.up),
-                1 => u64::from(state.circuit_open),
-                _ => state.restarts,
-            };
+            let value = value_of(state);
             out.push_str(name);
             out.push_str("{server=\"");
             escape_into(state.server, out);
