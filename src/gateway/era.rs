@@ -21,6 +21,7 @@ pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion
 pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
+pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
 
 // Header names as `HeaderName`s: a lookup by `&str` parses and validates the name first,
 // on every request (about 400 instructions per lookup, six lookups per call).
@@ -62,15 +63,16 @@ fn meta(body: &Map<String, Value>) -> Option<&Map<String, Value>> {
     body.get("params")?.get("_meta")?.as_object()
 }
 
-/// Which era a request speaks. `initialize` always opens a legacy session; a request
-/// with modern `_meta`, or without a session and with a version header that is not a
-/// legacy one, is modern.
+/// Which era a request speaks. A request with modern `_meta` is modern, `initialize`
+/// included (2026-07-28 has none: it is refused); any other `initialize` opens a legacy
+/// session; a request without a session and with a version header that is not a legacy
+/// one is modern.
 pub fn detect(method: &str, body: &Map<String, Value>, headers: &HeaderMap) -> Era {
-    if method == "initialize" {
-        return Era::Legacy;
-    }
     if meta(body).is_some_and(|m| m.contains_key(META_PROTOCOL_VERSION)) {
         return Era::Modern;
+    }
+    if method == "initialize" {
+        return Era::Legacy;
     }
     let has_session = headers.contains_key(HEADER_SESSION_ID);
     match header_str(headers, HEADER_PROTOCOL_VERSION) {
@@ -79,12 +81,20 @@ pub fn detect(method: &str, body: &Map<String, Value>, headers: &HeaderMap) -> E
     }
 }
 
-/// Session-era methods 2026-07-28 replaced, with what replaces each. Upstreams of the
+/// Session-era methods 2026-07-28 removed, with what replaces each. Upstreams of the
 /// session era still implement them, so passed on they would succeed: a subscription made
 /// by a request that has no session would be held on the gateway's shared upstream
-/// session with nobody to deliver its updates to, nor to end it.
+/// session with nobody to deliver its updates to, nor to end it, and a level set would
+/// be the shared session's.
 pub fn replaced_in_modern(method: &str) -> Option<&'static str> {
     match method {
+        "initialize" => Some(
+            "there is no handshake: each request carries its version and capabilities in _meta, and server/discover describes the server",
+        ),
+        "ping" => Some("any request, such as server/discover, shows the server is there"),
+        "logging/setLevel" => Some(
+            "a request asks for the log messages it brings with _meta io.modelcontextprotocol/logLevel",
+        ),
         "resources/subscribe" | "resources/unsubscribe" => {
             Some("subscriptions/listen with params.notifications.resourceSubscriptions replaces it")
         }
@@ -119,21 +129,14 @@ pub fn validate_modern(
     let body_version = meta
         .and_then(|m| m.get(META_PROTOCOL_VERSION))
         .and_then(Value::as_str);
-    let requested = body_version.or(header_version).unwrap_or_default();
-    if !MODERN_VERSIONS.contains(&requested) {
-        return Err(ModernError {
-            code: UNSUPPORTED_PROTOCOL_VERSION,
-            message: "Unsupported protocol version".into(),
-            data: Some(json!({ "supported": all_versions(), "requested": requested })),
-        });
-    }
-    match (header_version, body_version) {
+    let unsupported = |requested: &str| ModernError {
+        code: UNSUPPORTED_PROTOCOL_VERSION,
+        message: "Unsupported protocol version".into(),
+        data: Some(json!({ "supported": all_versions(), "requested": requested })),
+    };
+    // The headers are checked against the body first, then the version they agree on.
+    let requested = match (header_version, body_version) {
         (None, _) => return Err(mismatch("MCP-Protocol-Version header is required".into())),
-        (Some(_), None) => {
-            return Err(mismatch(format!(
-                "_meta is missing {META_PROTOCOL_VERSION}"
-            )));
-        }
         (Some(h), Some(b)) if h != b => {
             return Err(mismatch(format!(
                 "MCP-Protocol-Version header value '{}' does not match body value '{}'",
@@ -141,7 +144,19 @@ pub fn validate_modern(
                 quoted(b)
             )));
         }
-        _ => {}
+        (Some(_), Some(b)) => b,
+        // A version this gateway does not know may well lay its request out otherwise.
+        (Some(h), None) if !MODERN_VERSIONS.contains(&h) => return Err(unsupported(h)),
+        (Some(_), None) => {
+            return Err(ModernError {
+                code: INVALID_PARAMS,
+                message: format!("Invalid params: _meta must carry {META_PROTOCOL_VERSION}"),
+                data: None,
+            });
+        }
+    };
+    if !MODERN_VERSIONS.contains(&requested) {
+        return Err(unsupported(requested));
     }
     if !meta.is_some_and(|m| {
         m.get(META_CLIENT_CAPABILITIES)
@@ -214,6 +229,7 @@ pub fn strip_modern_meta(body: &mut Map<String, Value>) {
         meta.remove(META_PROTOCOL_VERSION);
         meta.remove(META_CLIENT_CAPABILITIES);
         meta.remove(META_CLIENT_INFO);
+        meta.remove(META_LOG_LEVEL);
         if meta.is_empty() {
             if let Some(Value::Object(params)) = body.get_mut("params") {
                 params.remove("_meta");
@@ -280,7 +296,28 @@ mod tests {
     fn detects_eras() {
         let body = modern_body("tools/list", None);
         assert_eq!(detect("tools/list", &body, &HeaderMap::new()), Era::Modern);
-        assert_eq!(detect("initialize", &body, &HeaderMap::new()), Era::Legacy);
+        let handshake = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}}});
+        let handshake = handshake.as_object().unwrap();
+        assert_eq!(
+            detect("initialize", handshake, &HeaderMap::new()),
+            Era::Legacy
+        );
+        let modern_header = headers(&[("mcp-protocol-version", "2026-07-28")]);
+        assert_eq!(
+            detect("initialize", handshake, &modern_header),
+            Era::Legacy,
+            "a handshake without modern _meta opens a session"
+        );
+        assert_eq!(
+            detect(
+                "initialize",
+                &modern_body("initialize", None),
+                &modern_header
+            ),
+            Era::Modern,
+            "one with modern _meta is refused as 2026-07-28 has none"
+        );
         let plain = json!({"jsonrpc":"2.0","id":1,"method":"tools/list"})
             .as_object()
             .unwrap()
@@ -340,6 +377,46 @@ mod tests {
     }
 
     #[test]
+    fn a_request_without_its_version_in_meta_is_invalid_params() {
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ]);
+        let mut body = modern_body("tools/list", None);
+        body["params"]["_meta"]
+            .as_object_mut()
+            .unwrap()
+            .remove(META_PROTOCOL_VERSION);
+        let no_meta = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        for body in [body, no_meta.as_object().unwrap().clone()] {
+            let err = validate_modern("tools/list", &body, &h).unwrap_err();
+            assert_eq!(err.code, INVALID_PARAMS, "{err:?}");
+            assert!(err.message.contains(META_PROTOCOL_VERSION), "{err:?}");
+        }
+        // Of a version this gateway does not know, the layout is unknown too.
+        let future = headers(&[("mcp-protocol-version", "2099-01-01")]);
+        let no_meta = no_meta.as_object().unwrap();
+        assert_eq!(
+            validate_modern("tools/list", no_meta, &future)
+                .unwrap_err()
+                .code,
+            UNSUPPORTED_PROTOCOL_VERSION
+        );
+    }
+
+    #[test]
+    fn headers_disagreeing_with_the_body_are_a_mismatch_before_the_version_is_judged() {
+        let mut body = modern_body("tools/list", None);
+        body["params"]["_meta"][META_PROTOCOL_VERSION] = json!("v999.0.0");
+        let h = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ]);
+        let err = validate_modern("tools/list", &body, &h).unwrap_err();
+        assert_eq!(err.code, HEADER_MISMATCH, "{err:?}");
+    }
+
+    #[test]
     fn a_mismatch_repeats_only_the_start_of_a_long_value() {
         let long = "é".repeat(10_000);
         let body = modern_body("tools/call", Some(&long));
@@ -376,18 +453,26 @@ mod tests {
     }
 
     #[test]
-    fn the_subscribe_methods_are_not_modern_ones() {
+    fn the_methods_2026_07_28_removed_are_not_modern_ones() {
         for method in ["resources/subscribe", "resources/unsubscribe"] {
             assert!(
                 replaced_in_modern(method)
                     .is_some_and(|hint| hint.contains("subscriptions/listen"))
             );
         }
+        assert!(
+            replaced_in_modern("logging/setLevel")
+                .is_some_and(|hint| hint.contains(META_LOG_LEVEL))
+        );
+        assert!(
+            replaced_in_modern("initialize").is_some_and(|hint| hint.contains("server/discover"))
+        );
+        assert!(replaced_in_modern("ping").is_some());
         for method in [
             "resources/read",
             "subscriptions/listen",
             "tools/call",
-            "ping",
+            "server/discover",
         ] {
             assert_eq!(replaced_in_modern(method), None, "{method}");
         }

@@ -18,7 +18,7 @@ use super::era::{self, Era};
 use super::jsonrpc::{self, Message};
 use super::session::{ClientCaps, SessionClaims, new_session_id};
 use super::tasks::{self, TaskIds};
-use super::{Gateway, Route, aggregate, policy, relay, replica_forward, streams};
+use super::{Gateway, Route, aggregate, log_levels, policy, relay, replica_forward, streams};
 use super::{task_extension, task_notifications};
 use crate::gateway::auth::{AuthError, Principal};
 use crate::http_server::ServedAt;
@@ -45,6 +45,9 @@ pub struct Ctx {
     /// What becomes of task ids in the answer; `None` for the requests that neither ask
     /// for a task nor name one (boxed: the request's future stays small).
     pub tasks: Option<Box<TaskIds>>,
+    /// 2026-07-28: the level of the log messages the request asked for in its `_meta`
+    /// (`None`: it gets none). A session's level is kept in `log_levels`.
+    pub log_level: Option<u8>,
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -397,6 +400,7 @@ async fn request(
                 request_id,
                 served_at,
                 tasks: None,
+                log_level: None,
             }
         }
         Era::Modern => {
@@ -417,6 +421,18 @@ async fn request(
                     None,
                 );
             }
+            let log_level = match log_levels::of_request(&body) {
+                Ok(level) => level,
+                Err(message) => {
+                    return rpc_error(
+                        StatusCode::BAD_REQUEST,
+                        &id,
+                        jsonrpc::INVALID_PARAMS,
+                        &message,
+                        None,
+                    );
+                }
+            };
             let caps = caps_from(
                 body.get("params")
                     .and_then(|p| p.get("_meta"))
@@ -434,6 +450,7 @@ async fn request(
                 request_id,
                 served_at,
                 tasks: None,
+                log_level,
             }
         }
     };

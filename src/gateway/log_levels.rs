@@ -10,6 +10,10 @@
 //! level: the supervisor asks it again. A session that set no level gets what the server
 //! sends. The levels are this process's: a session continued on another replica gets
 //! what the server sends there until it sets its level again.
+//!
+//! 2026-07-28 has no `logging/setLevel`: each request names the level of the log messages
+//! it brings in its `_meta`, and one that names none gets none. Its level is asked of the
+//! server by the same never-quieter rule.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -17,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
 
+use super::era::{Era, META_LOG_LEVEL};
 use super::http::Ctx;
 use super::session::SessionClaims;
 use super::{Gateway, jsonrpc, unix_now};
@@ -49,15 +54,32 @@ pub fn set_level_request(severity: u8) -> Map<String, Value> {
 
 /// The severity a `logging/setLevel` asks for, or the error for its client.
 pub fn requested(body: &Map<String, Value>) -> Result<u8, String> {
-    let level = jsonrpc::params(body)
-        .and_then(|p| p.get("level"))
-        .and_then(Value::as_str);
-    level.and_then(severity).ok_or_else(|| {
-        format!(
-            "Invalid params: params.level must be one of {}",
-            LEVELS.join(", ")
-        )
-    })
+    let level = jsonrpc::params(body).and_then(|p| p.get("level"));
+    level
+        .and_then(Value::as_str)
+        .and_then(severity)
+        .ok_or_else(|| invalid("params.level"))
+}
+
+/// The severity a 2026-07-28 request asks its log messages at (`_meta` logLevel), `None`
+/// when it asks for none; or the error for its client.
+pub fn of_request(body: &Map<String, Value>) -> Result<Option<u8>, String> {
+    let meta = jsonrpc::params(body).and_then(|p| p.get("_meta"));
+    match meta.and_then(|m| m.get(META_LOG_LEVEL)) {
+        None => Ok(None),
+        Some(level) => level
+            .as_str()
+            .and_then(severity)
+            .map(Some)
+            .ok_or_else(|| invalid(&format!("_meta {META_LOG_LEVEL}"))),
+    }
+}
+
+fn invalid(field: &str) -> String {
+    format!(
+        "Invalid params: {field} must be one of {}",
+        LEVELS.join(", ")
+    )
 }
 
 /// Keeps the level a session's client asked for (a stateless request has none to keep).
@@ -97,23 +119,71 @@ pub fn asked(
         .then(|| (jsonrpc::result_response(id, json!({})), "held_by_others"))
 }
 
-/// A call's log messages for its session's client, at the level the session set.
-pub struct LogFilter {
-    levels: Arc<SessionLevels>,
-    session: Arc<SessionClaims>,
+/// Asks a server for log messages down to `severity` for a call that holds one of its
+/// slots, when it offers logging and nobody asked it for as many before.
+pub async fn ask_server(upstream: &Upstream, conn: &Arc<Connection>, severity: u8) {
+    if !conn
+        .init()
+        .is_some_and(|init| init.has_capability("logging"))
+        || !upstream.log_level.lower_to(severity)
+    {
+        return;
+    }
+    let wait = upstream.timeout().min(std::time::Duration::from_secs(5));
+    let request = set_level_request(severity);
+    if let Err(e) = upstream.request_holding_slot(conn, request, wait).await {
+        tracing::warn!(upstream = %upstream.name, tenant = upstream.tenant.as_deref(), error = %e, "the log level a request asked for could not be asked of the server");
+    }
+}
+
+/// Which of a call's log messages its client gets.
+pub enum LogFilter {
+    /// A session's: those at or above the level the session set, all if it set none.
+    Session {
+        levels: Arc<SessionLevels>,
+        session: Arc<SessionClaims>,
+    },
+    /// A 2026-07-28 request's: those at or above the level in its `_meta`, none if it
+    /// named none.
+    Request(Option<u8>),
 }
 
 impl LogFilter {
     pub fn of(gw: &Gateway, ctx: &Ctx) -> Option<Self> {
-        ctx.session.as_ref().map(|session| Self {
-            levels: Arc::clone(&gw.log_levels),
-            session: Arc::clone(session),
-        })
+        match (&ctx.era, &ctx.session) {
+            (Era::Modern, _) => Some(Self::Request(ctx.log_level)),
+            (Era::Legacy, Some(session)) => Some(Self::Session {
+                levels: Arc::clone(&gw.log_levels),
+                session: Arc::clone(session),
+            }),
+            (Era::Legacy, None) => None,
+        }
     }
 
     pub fn wants(&self, message: &Value) -> bool {
-        self.levels.wants(&self.session.sid, message)
+        let Some(level) = log_level_of(message) else {
+            return true; // Only log messages are filtered.
+        };
+        match self {
+            Self::Session { levels, session } => levels.admits(&session.sid, level),
+            Self::Request(None) => false,
+            // A level not of the spec's is the client's to judge.
+            Self::Request(Some(floor)) => severity(level).is_none_or(|s| s >= *floor),
+        }
     }
+}
+
+/// A log message's level (`""` when it names none); `None` for any other message.
+fn log_level_of(message: &Value) -> Option<&str> {
+    if message.get("method").and_then(Value::as_str) != Some("notifications/message") {
+        return None;
+    }
+    Some(
+        message
+            .pointer("/params/level")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    )
 }
 
 /// The most verbose level asked of one server (`u8::MAX`: none yet).
@@ -167,15 +237,14 @@ impl SessionLevels {
     /// Whether `sid`'s client is to get `message`: anything but a log message below the
     /// level it set.
     pub fn wants(&self, sid: &str, message: &Value) -> bool {
-        if message.get("method").and_then(Value::as_str) != Some("notifications/message") {
+        log_level_of(message).is_none_or(|level| self.admits(sid, level))
+    }
+
+    /// Whether a log message at `level` is at or above `sid`'s level. A level not of the
+    /// spec's is the client's to judge.
+    fn admits(&self, sid: &str, level: &str) -> bool {
+        let Some(severity) = severity(level) else {
             return true;
-        }
-        let Some(severity) = message
-            .pointer("/params/level")
-            .and_then(Value::as_str)
-            .and_then(severity)
-        else {
-            return true; // Not a level of the spec's: the client's to judge.
         };
         let levels = self.by_session.lock().expect("levels lock");
         levels.get(sid).is_none_or(|(floor, _)| severity >= *floor)
@@ -215,6 +284,44 @@ mod tests {
         );
         levels.forget("a");
         assert!(levels.wants("a", &log("debug")));
+    }
+
+    #[test]
+    fn a_2026_07_28_request_gets_log_messages_only_at_the_level_it_named() {
+        let silent = LogFilter::Request(None);
+        let warning = LogFilter::Request(severity("warning"));
+        for level in ["debug", "warning", "emergency", "chatty"] {
+            assert!(!silent.wants(&log(level)), "none without a level: {level}");
+        }
+        assert!(!silent.wants(&json!({"method": "notifications/message", "params": {}})));
+        assert!(!warning.wants(&log("info")));
+        assert!(warning.wants(&log("warning")));
+        assert!(warning.wants(&log("critical")));
+        let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {}});
+        assert!(silent.wants(&progress), "only log messages are filtered");
+    }
+
+    #[test]
+    fn a_request_names_its_level_in_meta() {
+        let body = |meta: Value| {
+            json!({"params": {"_meta": meta}})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(of_request(&body(json!({}))), Ok(None));
+        assert_eq!(of_request(&Map::new()), Ok(None));
+        assert_eq!(
+            of_request(&body(json!({ META_LOG_LEVEL: "error" }))),
+            Ok(severity("error"))
+        );
+        for bad in [json!("loud"), json!(4), json!(null)] {
+            let err = of_request(&body(json!({ META_LOG_LEVEL: bad }))).unwrap_err();
+            assert!(
+                err.contains(META_LOG_LEVEL) && err.contains("debug, info"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -233,6 +233,35 @@ pub fn applies(ctx: &Ctx, server_request: &Value) -> bool {
         && client_can_answer(&ctx.caps, method)
 }
 
+/// The answer for a 2026-07-28 client whose call the upstream cannot finish without a
+/// capability the client did not declare (it asked the client's model or user): -32021
+/// naming the capability. Rather than the upstream's own answer to a declined request,
+/// which tells the client nothing it can act on: declared on a retry, it gets asked.
+pub fn missing_capability(ctx: &Ctx, id: &Value, server_request: &Value) -> Option<Value> {
+    let method = server_request.get("method").and_then(Value::as_str)?;
+    if client_can_answer(&ctx.caps, method) {
+        return None;
+    }
+    let capability = match method {
+        "sampling/createMessage" => "sampling",
+        "elicitation/create" => "elicitation",
+        // A client without roots has none: the empty list the gateway answers is true.
+        _ => return None,
+    };
+    if ctx.era != Era::Modern || !METHODS.contains(&ctx.method.as_str()) {
+        return None;
+    }
+    let message = format!(
+        "Missing required client capability: the server asks the client for {capability}, which its request's _meta did not declare"
+    );
+    Some(jsonrpc::error_response(
+        id,
+        jsonrpc::MISSING_CLIENT_CAPABILITY,
+        &message,
+        Some(json!({ "requiredCapabilities": { capability: {} } })),
+    ))
+}
+
 /// Whether this request is the retry of an earlier `InputRequiredResult`.
 pub fn is_retry(ctx: &Ctx, body: &Map<String, Value>) -> bool {
     ctx.era == Era::Modern
@@ -388,6 +417,7 @@ pub async fn resume(gw: Arc<Gateway>, ctx: Ctx, id: Value, body: Map<String, Val
             .and_then(|m| m.get("progressToken"))
             .cloned(),
     );
+    run.follow_retry_log_level(&gw, &ctx);
     let mut reply = Map::new();
     reply.insert("jsonrpc".into(), json!("2.0"));
     reply.insert("result".into(), answer);

@@ -42,11 +42,12 @@ pub fn finish(ctx: &Ctx, mut response: Value) -> Response {
     let mut status = StatusCode::OK;
     if ctx.era == Era::Modern {
         era::mark_complete(&mut response, &ctx.method);
-        // 2026-07-28: an unimplemented method is an HTTP 404 carrying -32601.
-        if response.pointer("/error/code").and_then(Value::as_i64)
-            == Some(jsonrpc::METHOD_NOT_FOUND)
-        {
-            status = StatusCode::NOT_FOUND;
+        // 2026-07-28: an unimplemented method is an HTTP 404 carrying -32601, a request
+        // needing a capability its client did not declare a 400 carrying -32021.
+        match response.pointer("/error/code").and_then(Value::as_i64) {
+            Some(jsonrpc::METHOD_NOT_FOUND) => status = StatusCode::NOT_FOUND,
+            Some(jsonrpc::MISSING_CLIENT_CAPABILITY) => status = StatusCode::BAD_REQUEST,
+            _ => {}
         }
     }
     json_response(status, &response)
@@ -301,6 +302,11 @@ impl Running {
         self.progress_to = token.map_or(ProgressTo::Nobody, ProgressTo::Retry);
     }
 
+    /// Log messages, likewise, from now on at the level the retry asked for.
+    pub(super) fn follow_retry_log_level(&mut self, gw: &Gateway, retry: &Ctx) {
+        self.log_filter = LogFilter::of(gw, retry);
+    }
+
     /// The upstream's next event for the call, past any held.
     pub(super) async fn next_from_upstream(&mut self) -> Option<CallEvent> {
         self.call.next().await
@@ -476,6 +482,10 @@ pub(super) async fn start(
         settle(upstream, admission, &method, started, outcome, audited);
         return Started::Answered(finish(ctx, answer));
     }
+    if let Some(severity) = ctx.log_level {
+        // Boxed: few requests ask for log messages, and every call's future would grow.
+        Box::pin(log_levels::ask_server(upstream, &conn, severity)).await;
+    }
     let subscription = match resource_subscriptions::asked(gw, ctx, upstream, &method, &body) {
         Asked::Other => None,
         Asked::Subscribe(pending) => Some(Box::new(pending)),
@@ -583,6 +593,12 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                 if !mrtr::applies(&ctx, &msg) && !relays_to_client(&ctx, &msg) =>
             {
                 run.conn.answer_unrouted(&upstream_id, &msg);
+                if let Some(refusal) = mrtr::missing_capability(&ctx, &id, &msg) {
+                    run.settle("missing_capability");
+                    // Dropping the call tells the upstream (notifications/cancelled).
+                    drop(run);
+                    return finish(&ctx, refusal);
+                }
             }
             other => break other,
         }
@@ -669,6 +685,10 @@ pub async fn drive(gw: Arc<Gateway>, ctx: Ctx, id: Value, mut run: Running) -> R
                         );
                     } else {
                         run.conn.answer_unrouted(&upstream_id, &msg);
+                        if let Some(refusal) = mrtr::missing_capability(&ctx, &id, &msg) {
+                            out.send(&refusal);
+                            break "missing_capability";
+                        }
                     }
                 }
                 Some(CallEvent::Response(response)) => {

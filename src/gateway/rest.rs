@@ -60,6 +60,7 @@ async fn caller(
         // A REST call never parks: it declares no capability to answer input requests.
         served_at: None,
         tasks: None,
+        log_level: None,
     };
     Ok((ctx, slots))
 }

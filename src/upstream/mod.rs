@@ -422,6 +422,17 @@ impl Upstream {
         wait: Duration,
     ) -> Result<Value, UpstreamError> {
         let _permit = self.permit(wait).await?;
+        self.request_holding_slot(conn, body, wait).await
+    }
+
+    /// `request` on behalf of a call that holds a slot of the concurrency cap already (a
+    /// second slot would wait on its own call's under a cap of one).
+    pub async fn request_holding_slot(
+        &self,
+        conn: &Arc<Connection>,
+        body: Map<String, Value>,
+        wait: Duration,
+    ) -> Result<Value, UpstreamError> {
         let mut call = conn.start_call(body, wait);
         let outcome = match call.answer().await {
             Ok(response) => response,

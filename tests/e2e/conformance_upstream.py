@@ -1,9 +1,14 @@
 """A stdio MCP server with every tool, resource and prompt the official conformance suite's
 server scenarios ask for (@modelcontextprotocol/conformance 0.1.16: test_simple_text …
-test_elicitation_sep1330_enums, test://static-text …, test_simple_prompt …), written from
-the scenarios' checks. server-everything has few of them, so behind a gantry bridge this
-server lets the whole suite, sampling and elicitation included, judge what gantry relays.
-Plain JSON-RPC lines, one request at a time, like a simple real server."""
+test_elicitation_sep1330_enums, test://static-text …, test_simple_prompt …; 0.2.0's
+2026-07-28 scenarios: test_logging_tool, test_missing_capability,
+test_streaming_elicitation, the SEP-2106 schema keywords), written from the scenarios'
+checks. server-everything has few of them, so behind a gantry bridge this server lets the
+whole suite, sampling and elicitation included, judge what gantry relays. It speaks the
+session era only: a 2026-07-28 client reaches it through gantry's translation.
+Plain JSON-RPC lines, one request at a time, like a simple real server, except that
+requests keep being served while one waits for the client's answer. It sends its log
+messages whatever level it is asked for, as some servers do: only gantry filters them."""
 import json
 import sys
 
@@ -41,6 +46,19 @@ TOOLS = {
     "test_embedded_resource": no_args("Returns an embedded resource"),
     "test_multiple_content_types": no_args("Returns text, an image and a resource"),
     "test_tool_with_logging": no_args("Sends three log messages, then answers"),
+    "test_logging_tool": no_args("Sends three log messages, then answers"),
+    "test_missing_capability": no_args("Needs the client's model: asks it (sampling)"),
+    "test_streaming_elicitation": no_args("Asks the user for a name while the call is open"),
+    # 2026-07-28's input-required scenarios: each asks with session-era requests, which
+    # gantry turns into InputRequiredResult round trips for a 2026-07-28 client.
+    "test_input_required_result_elicitation": no_args("Asks the user's name"),
+    "test_input_required_result_sampling": no_args("Asks the client's model a question"),
+    "test_input_required_result_list_roots": no_args("Asks the client's roots"),
+    "test_input_required_result_request_state": no_args("Asks the user to confirm"),
+    "test_input_required_result_tampered_state": no_args("Asks the user to confirm"),
+    "test_input_required_result_multiple_inputs": no_args("Asks a name, a greeting and the roots"),
+    "test_input_required_result_multi_round": no_args("Asks a name, then a colour"),
+    "test_input_required_result_capabilities": no_args("Asks the client's model only"),
     "test_tool_with_progress": no_args("Reports progress three times, then answers"),
     "test_error_handling": no_args("Always fails, as a tool result"),
     "test_sampling": string_args("Asks the client's model", "prompt"),
@@ -50,9 +68,14 @@ TOOLS = {
     "test_reconnection": no_args("Answers; over HTTP the stream would close first"),
     "json_schema_2020_12_tool": {"description": "An input schema in JSON Schema 2020-12", "inputSchema": {
         "$schema": SCHEMA_2020_12, "type": "object",
-        "$defs": {"address": {"type": "object", "properties": {
+        "$defs": {"address": {"$anchor": "addressDef", "type": "object", "properties": {
             "street": {"type": "string"}, "city": {"type": "string"}}}},
-        "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+        "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"},
+                       "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+                       "phone": {"type": "string"}, "email": {"type": "string"}},
+        "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+        "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+        "then": {"required": ["phone"]}, "else": {"required": ["email"]},
         "additionalProperties": False}},
 }
 
@@ -87,23 +110,25 @@ PROMPTS = [
     {"name": "test_prompt_with_embedded_resource", "description": "A prompt embedding a resource",
      "arguments": [{"name": "resourceUri", "required": True}]},
     {"name": "test_prompt_with_image", "description": "A prompt with an image"},
+    {"name": "test_input_required_result_prompt", "description": "Asks the user for its context"},
 ]
 
 next_id = 0
 
 
 def ask(method, params):
-    """A request to the client; its answer, answering pings that come meanwhile."""
+    """A request to the client; its answer. Requests that come meanwhile are served, as a
+    concurrent server would: a client may leave a question unanswered for a long time (a
+    2026-07-28 client given an InputRequiredResult may never retry)."""
     global next_id
     next_id += 1
     mine = f"conformance-{next_id}"
     send({"jsonrpc": "2.0", "id": mine, "method": method, "params": params})
     while True:
         msg = json.loads(sys.stdin.readline())
-        if msg.get("method") == "ping" and "id" in msg:
-            send({"jsonrpc": "2.0", "id": msg["id"], "result": {}})
-        elif msg.get("id") == mine and "method" not in msg:
+        if msg.get("id") == mine and "method" not in msg:
             return msg
+        serve(msg)
 
 
 def call_tool(name, args, meta):
@@ -118,7 +143,7 @@ def call_tool(name, args, meta):
     if name == "test_multiple_content_types":
         return {"content": [text("Several kinds of content:"), {"type": "image", "data": PNG, "mimeType": "image/png"},
                             resource("test://mixed-content-resource", '{"test": "data"}', "application/json")]}
-    if name == "test_tool_with_logging":
+    if name in ("test_tool_with_logging", "test_logging_tool"):
         for step in ["Tool execution started", "Tool processing data", "Tool execution completed"]:
             send({"jsonrpc": "2.0", "method": "notifications/message",
                   "params": {"level": "info", "logger": "conformance", "data": step}})
@@ -132,23 +157,67 @@ def call_tool(name, args, meta):
         return {"content": [text("Progress reported.")]}
     if name == "test_error_handling":
         return {"isError": True, "content": [text("This tool intentionally returns an error for testing")]}
-    if name == "test_sampling":
+    if name in ("test_sampling", "test_missing_capability"):
         answer = ask("sampling/createMessage", {"messages": [
-            {"role": "user", "content": text(args.get("prompt", ""))}], "maxTokens": 100})
+            {"role": "user", "content": text(args.get("prompt", "Say hello"))}], "maxTokens": 100})
         said = answer.get("result", {}).get("content", {}).get("text", json.dumps(answer.get("error")))
         return {"content": [text(f"LLM response: {said}")]}
-    if name in ("test_elicitation", "test_elicitation_sep1034_defaults", "test_elicitation_sep1330_enums"):
+    if name in ("test_elicitation", "test_elicitation_sep1034_defaults", "test_elicitation_sep1330_enums",
+                "test_streaming_elicitation"):
         schema = {"test_elicitation": {"type": "object", "properties": {
             "username": {"type": "string"}, "email": {"type": "string"}}, "required": ["username", "email"]},
+            "test_streaming_elicitation": {"type": "object", "properties": {"name": {"type": "string"}}},
             "test_elicitation_sep1034_defaults": DEFAULTS_SCHEMA,
             "test_elicitation_sep1330_enums": ENUMS_SCHEMA}[name]
         answer = ask("elicitation/create", {"message": args.get("message", "Please answer"), "requestedSchema": schema})
         return {"content": [text(f"Elicitation answered: {json.dumps(answer.get('result', answer.get('error')))}")]}
+    if name.startswith("test_input_required_result_"):
+        return {"content": [text(" ".join(input_required(name)))]}
     if name == "test_reconnection":
         return {"content": [text("Reconnection test completed successfully")]}
     if name == "json_schema_2020_12_tool":
         return {"content": [text(json.dumps(args))]}
     return None
+
+
+NAME_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+def elicit(message, schema):
+    answer = ask("elicitation/create", {"message": message, "requestedSchema": schema})
+    return answer.get("result", {}).get("content") or {}
+
+
+def sample(question, max_tokens=100):
+    answer = ask("sampling/createMessage", {"messages": [
+        {"role": "user", "content": text(question)}], "maxTokens": max_tokens})
+    return answer.get("result", {}).get("content", {}).get("text", "")
+
+
+def input_required(name):
+    """What a tool of the input-required scenarios asks, as the lines of its answer."""
+    if name in ("test_input_required_result_elicitation", "test_input_required_result_tampered_state"):
+        return [f"Hello, {elicit('What is your name?', NAME_SCHEMA).get('name')}!"]
+    if name in ("test_input_required_result_sampling", "test_input_required_result_capabilities"):
+        return [f"The model said: {sample('What is the capital of France?')}"]
+    if name == "test_input_required_result_list_roots":
+        roots = ask("roots/list", {}).get("result", {}).get("roots", [])
+        return ["Roots:", *[r.get("uri", "") for r in roots]]
+    if name == "test_input_required_result_request_state":
+        confirmed = elicit("Please confirm", {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                              "required": ["ok"]})
+        return [f"state-ok, confirmed: {confirmed.get('ok')}"]
+    if name == "test_input_required_result_multiple_inputs":
+        who = elicit("What is your name?", NAME_SCHEMA).get("name")
+        greeting = sample("Generate a greeting", 50)
+        roots = ask("roots/list", {}).get("result", {}).get("roots", [])
+        return [f"{greeting}, {who}", *[r.get("uri", "") for r in roots]]
+    if name == "test_input_required_result_multi_round":
+        who = elicit("Step 1: What is your name?", NAME_SCHEMA).get("name")
+        colour = elicit("Step 2: What is your favorite color?", {"type": "object", "properties": {
+            "color": {"type": "string"}}, "required": ["color"]}).get("color")
+        return [f"{who} likes {colour}"]
+    return []
 
 
 def read_resource(uri):
@@ -172,6 +241,10 @@ def get_prompt(name, args):
         uri = args.get("resourceUri", "test://example-resource")
         return {"messages": [{"role": "user", "content": resource(uri, f"The content of {uri}.")},
                              {"role": "user", "content": text("Please process the embedded resource above.")}]}
+    if name == "test_input_required_result_prompt":
+        context = elicit("What context should the prompt use?", {"type": "object", "properties": {
+            "context": {"type": "string"}}, "required": ["context"]}).get("context")
+        return {"messages": [{"role": "user", "content": text(f"Use this context: {context}")}]}
     if name == "test_prompt_with_image":
         return {"messages": [{"role": "user", "content": {"type": "image", "data": PNG, "mimeType": "image/png"}},
                              {"role": "user", "content": text("Please analyze the image above.")}]}
@@ -209,10 +282,9 @@ def handle(msg):
     return None
 
 
-for line in sys.stdin:
-    msg = json.loads(line)
+def serve(msg):
     if "id" not in msg or "method" not in msg:
-        continue  # a notification, or an answer nobody waits for
+        return  # a notification, or an answer nobody waits for
     result = handle(msg)
     if result is None:
         known = msg["method"] in ("tools/call", "resources/read", "prompts/get")
@@ -220,3 +292,7 @@ for line in sys.stdin:
             "code": -32602 if known else -32601, "message": f"{msg['method']}: nothing by that name"}})
     else:
         send({"jsonrpc": "2.0", "id": msg["id"], "result": result})
+
+
+for line in sys.stdin:
+    serve(json.loads(line))

@@ -73,11 +73,27 @@ def test_request_state_is_bound_to_its_request_and_used_once(gantry):
     assert again["error"]["code"] == -32602, "a request state is good for one retry"
 
 
-def test_client_without_the_capability_gets_no_input_request(gantry):
-    g = gantry({"upstreams": {"everything": everything_stdio()}})
-    r = _call(g, 1, {"name": "trigger-sampling-request", "arguments": {"prompt": "p"}}, {})
-    result = r["result"]
-    assert result["resultType"] == "complete" and result["isError"] is True, "the gateway declined on the client's behalf"
+def test_client_without_the_capability_is_told_which_one_the_call_needs(gantry):
+    # 2026-07-28: a request needing a capability its client did not declare is refused with
+    # -32021 naming it (HTTP 400), rather than answered with whatever the server makes of a
+    # declined request; the call is cancelled upstream, and its slot given back.
+    g = gantry({"upstreams": {"everything": everything_stdio(max_concurrency=1)}})
+    for path, tool in [("/mcp/everything", "trigger-sampling-request"), ("/mcp", "everything__trigger-sampling-request"),
+                       ("/mcp/everything", "trigger-elicitation-request")]:
+        capability = "sampling" if "sampling" in tool else "elicitation"
+        r = g.modern("tools/call", {"name": tool, "arguments": {"prompt": "p"}}, path=path, capabilities={"roots": {}})
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["code"] == -32021, r.text
+        assert error["data"]["requiredCapabilities"] == {capability: {}}, r.text
+        r = g.modern("tools/call", {"name": "echo", "arguments": {"message": "slot is free"}}, path="/mcp/everything")
+        assert "slot is free" in str(r.json()["result"]["content"]), r.text
+    assert g.metric("mcp_requests_total", server="everything", method="tools/call", outcome="missing_capability") == 3
+    # The session era keeps its rule: the server's request is declined and the server decides.
+    sid, _ = g.initialize(path="/mcp/everything")
+    body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "trigger-sampling-request", "arguments": {"prompt": "p"}}}
+    r = g.post(body, path="/mcp/everything", headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
+    assert r.json()["result"]["isError"] is True, r.text
 
 
 def test_an_abandoned_round_trip_gives_its_slot_back(gantry):

@@ -110,6 +110,36 @@ def test_a_call_brings_its_session_the_log_messages_of_the_level_it_set(logging_
     assert quiet.set_level("verbose")["error"]["code"] == -32602
 
 
+def modern_logged(g, path, tool, level=None) -> list[str]:
+    """A 2026-07-28 call of `tool` naming `level` in its `_meta` (if given); the levels of
+    the log messages its answer's stream carried."""
+    meta = {"io.modelcontextprotocol/logLevel": level} if level else {}
+    r = g.modern("tools/call", {"name": tool, "arguments": {}, "_meta": meta}, path=path)
+    messages = sse_messages(r) if r.headers["content-type"].startswith("text/event-stream") else [r.json()]
+    assert messages[-1]["result"]["content"][0]["text"] == "logged", messages
+    return [m["params"]["data"] for m in messages if m.get("method") == "notifications/message"]
+
+
+@pytest.mark.parametrize("path", ["/mcp/hlogs", "/mcp"])
+def test_a_2026_07_28_call_brings_log_messages_only_at_the_level_it_names(logging_servers, path):
+    g = logging_servers
+    tool = "log_each_level" if path == "/mcp/hlogs" else "hlogs__log_each_level"
+    # The server sends warning and up until asked otherwise; a request naming no level gets
+    # none of them (2026-07-28: MUST NOT).
+    assert modern_logged(g, path, tool) == []
+    assert modern_logged(g, path, tool, "error") == LOG_LEVELS[4:]
+    # A more verbose level is asked of the server, and held to for the requests that follow.
+    assert modern_logged(g, path, tool, "debug") == LOG_LEVELS
+    assert modern_logged(g, path, tool, "notice") == LOG_LEVELS[2:]
+    assert modern_logged(g, path, tool) == []
+    bad = g.modern("tools/call", {"name": tool, "arguments": {}, "_meta": {"io.modelcontextprotocol/logLevel": "loud"}},
+                   path=path)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == -32602, bad.text
+    # 2026-07-28 has no logging/setLevel: it would set the level of the session every client shares.
+    removed = g.modern("logging/setLevel", {"level": "debug"}, path=path)
+    assert removed.status_code == 404 and removed.json()["error"]["code"] == -32601, removed.text
+
+
 @pytest.mark.parametrize("path", ["/mcp/logs", "/mcp"])
 def test_a_get_stream_brings_its_session_the_log_messages_of_the_level_it_set(logging_servers, path):
     g = logging_servers
