@@ -110,7 +110,7 @@ pub struct ModernError {
     pub data: Option<Value>,
 }
 
-fn mismatch(message: String) -> ModernError {
+pub(super) fn mismatch(message: String) -> ModernError {
     ModernError {
         code: HEADER_MISMATCH,
         message: format!("Header mismatch: {message}"),

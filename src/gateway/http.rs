@@ -18,7 +18,9 @@ use super::era::{self, Era};
 use super::jsonrpc::{self, Message};
 use super::session::{ClientCaps, SessionClaims, new_session_id};
 use super::tasks::{self, TaskIds};
-use super::{Gateway, Route, aggregate, log_levels, policy, relay, replica_forward, streams};
+use super::{
+    Gateway, Route, aggregate, log_levels, param_headers, policy, relay, replica_forward, streams,
+};
 use super::{task_extension, task_notifications};
 use crate::gateway::auth::{AuthError, Principal};
 use crate::http_server::ServedAt;
@@ -48,6 +50,9 @@ pub struct Ctx {
     /// 2026-07-28: the level of the log messages the request asked for in its `_meta`
     /// (`None`: it gets none). A session's level is kept in `log_levels`.
     pub log_level: Option<u8>,
+    /// 2026-07-28 over HTTP: the request's `Mcp-Param-*` headers (none, most often).
+    /// `None` where there are no such headers to send: the session eras, the REST bridge.
+    pub mirrored_params: Option<Box<HeaderMap>>,
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -401,6 +406,7 @@ async fn request(
                 served_at,
                 tasks: None,
                 log_level: None,
+                mirrored_params: None,
             }
         }
         Era::Modern => {
@@ -451,6 +457,7 @@ async fn request(
                 served_at,
                 tasks: None,
                 log_level,
+                mirrored_params: Some(param_headers::of_request(&headers)),
             }
         }
     };

@@ -14,6 +14,7 @@ pub mod jsonrpc;
 pub mod limits;
 pub mod log_levels;
 pub mod mrtr;
+pub mod param_headers;
 pub mod per_caller;
 pub mod policy;
 pub mod raw_response;

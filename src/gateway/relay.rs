@@ -20,6 +20,7 @@ use super::http::{Ctx, json_bytes_response, json_response};
 use super::jsonrpc;
 use super::log_levels::{self, LogFilter};
 use super::mrtr;
+use super::param_headers;
 use super::raw_response::RawResponse;
 use super::resource_subscriptions::{self, Asked};
 use super::result_cache::{CacheKeys, ResultCache};
@@ -411,6 +412,12 @@ pub(super) async fn start(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    if param_headers::applies(ctx, &method) {
+        // Boxed: it may fetch the server's tool list, and every call's future would grow.
+        if let Err(refusal) = Box::pin(param_headers::verify(ctx, upstream, id, &body)).await {
+            return Started::Answered(refusal);
+        }
+    }
     let audited = Audited::new(gw, ctx, &body);
     let cache_keys = ResultCache::keys(upstream, &ctx.principal, &body);
     if let Some(result) = cache_keys.as_ref().and_then(|k| gw.results.get(k)) {

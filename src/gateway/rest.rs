@@ -61,6 +61,7 @@ async fn caller(
         served_at: None,
         tasks: None,
         log_level: None,
+        mirrored_params: None,
     };
     Ok((ctx, slots))
 }

@@ -2,8 +2,8 @@
 server scenarios ask for (@modelcontextprotocol/conformance 0.1.16: test_simple_text …
 test_elicitation_sep1330_enums, test://static-text …, test_simple_prompt …; 0.2.0's
 2026-07-28 scenarios: test_logging_tool, test_missing_capability,
-test_streaming_elicitation, the SEP-2106 schema keywords), written from the scenarios'
-checks. server-everything has few of them, so behind a gantry bridge this server lets the
+test_streaming_elicitation, the SEP-2106 schema keywords, a tool with SEP-2243
+x-mcp-header arguments), written from the scenarios' checks. server-everything has few of them, so behind a gantry bridge this server lets the
 whole suite, sampling and elicitation included, judge what gantry relays. It speaks the
 session era only: a 2026-07-28 client reaches it through gantry's translation.
 Plain JSON-RPC lines, one request at a time, like a simple real server, except that
@@ -66,6 +66,11 @@ TOOLS = {
     "test_elicitation_sep1034_defaults": no_args("Asks with default values (SEP-1034)"),
     "test_elicitation_sep1330_enums": no_args("Asks with every enum form (SEP-1330)"),
     "test_reconnection": no_args("Answers; over HTTP the stream would close first"),
+    # SEP-2243: arguments a client mirrors in Mcp-Param-* headers, which gantry checks.
+    "test_param_headers": {"description": "Echoes where it would deploy", "inputSchema": {
+        "type": "object", "required": ["region"], "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"},
+            "replicas": {"type": "integer", "x-mcp-header": "Replicas"}}}},
     "json_schema_2020_12_tool": {"description": "An input schema in JSON Schema 2020-12", "inputSchema": {
         "$schema": SCHEMA_2020_12, "type": "object",
         "$defs": {"address": {"$anchor": "addressDef", "type": "object", "properties": {
@@ -173,6 +178,8 @@ def call_tool(name, args, meta):
         return {"content": [text(f"Elicitation answered: {json.dumps(answer.get('result', answer.get('error')))}")]}
     if name.startswith("test_input_required_result_"):
         return {"content": [text(" ".join(input_required(name)))]}
+    if name == "test_param_headers":
+        return {"content": [text(f"Deploying to {args.get('region')}")]}
     if name == "test_reconnection":
         return {"content": [text("Reconnection test completed successfully")]}
     if name == "json_schema_2020_12_tool":

@@ -3,6 +3,9 @@ vendored assets, and CORS limited to the configured origins."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import httpx2
 import pytest
 
@@ -41,6 +44,19 @@ def test_rest_bridge_lists_and_calls_tools_under_the_keys_policy(control_plane):
     wait_until(lambda: {"a": 2, "b": 40} in [e["arguments"] for e in api.request(
         "GET", "/v1/audit", token=token, params={"tool": "add"}).json()["items"]],
         what="the bridge call in the audit, like an MCP call's")
+
+
+def test_the_rest_bridge_needs_no_mcp_param_headers(control_plane):
+    # Mcp-Param-* headers mirror a tool's arguments on MCP's HTTP transport (2026-07-28);
+    # a REST call has none to send, and its tool is called all the same.
+    upstream = Path(__file__).parent / "conformance_upstream.py"
+    g, api = control_plane({"upstreams": {"conf": {"transport": "stdio", "command": sys.executable,
+                                                   "args": [str(upstream)]}}})
+    token = api.login()["access_token"]
+    key = api.request("POST", "/v1/keys", token=token, json_body={"name": "rest"}).json()["key"]
+    r = httpx2.post(g.base + "/api/v1/tools/conf__test_param_headers/call", headers={"Authorization": f"Bearer {key}"},
+                    json={"arguments": {"region": "eu"}}, timeout=30)
+    assert r.status_code == 200 and r.json()["content"][0]["text"] == "Deploying to eu", r.text
 
 
 def test_swagger_ui_is_served_from_vendored_assets(control_plane):

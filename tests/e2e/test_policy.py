@@ -98,7 +98,7 @@ def test_rate_limits_are_shared_by_replicas_through_redis(control_plane, gantry,
     # 60 per minute allows bursts of 6.
     key = new_key(api, token, {"rate_limit_per_minute": 60})
     g2, _ = control_plane(config, bootstrap=False)
-    outcomes = [limited(key_call(g.base, key, "ping")) for g in (g1, g2) * 5]
+    outcomes = [limited(key_call(g.base, key, "server/discover")) for g in (g1, g2) * 5]
     assert outcomes[:6] == [False] * 6 and all(outcomes[6:]), outcomes
     assert g1.metric("rate_limited_total", scope="key", kind="rate") + g2.metric("rate_limited_total", scope="key", kind="rate") == 4
     assert redis.Redis(host="127.0.0.1", port=6379).keys(prefix + "rl:key:*"), "the bucket lives in Redis"
@@ -113,7 +113,7 @@ def test_rate_limits_hold_in_process_when_redis_is_down(control_plane):
     tenant_id = api.login()["tenant"]["tenant_id"]
     api.request("PUT", f"/v1/tenants/{tenant_id}/policy", token=token, json_body={"rate_limit_per_minute": 30})
     key = new_key(api, token)
-    outcomes = [limited(key_call(g.base, key, "ping")) for _ in range(5)]
+    outcomes = [limited(key_call(g.base, key, "server/discover")) for _ in range(5)]
     assert outcomes == [False, False, False, True, True], outcomes  # 30/min: bursts of 3, tenant-wide
     assert g.metric("rate_limit_fallback_total") >= 1
     assert "Redis unavailable for rate limits" in g.logs()
@@ -148,12 +148,12 @@ def test_concurrency_cap_refuses_the_extra_call(control_plane, cache):
     key = new_key(api, token, {"max_concurrency": 1})
     t, slow = slow_call(g.base, key, 1500)
     wait_until(lambda: (g.metric("mcp_requests_in_flight", server="demo") or 0) >= 1, what="the slow call in flight")
-    extra = key_call(g.base, key, "ping")
+    extra = key_call(g.base, key, "server/discover")
     assert limited(extra)
     assert "concurrency" in extra.json()["error"]["message"]
     t.join()
     assert slow["r"].status_code == 200
-    assert not limited(key_call(g.base, key, "ping"))
+    assert not limited(key_call(g.base, key, "server/discover"))
     if cache == "redis down":
         assert g.metric("rate_limit_fallback_total", kind="concurrency") >= 1
         assert "Redis unavailable for concurrency caps" in g.logs()
@@ -172,22 +172,22 @@ def test_concurrency_caps_are_shared_by_replicas_through_redis(control_plane, da
     # A call in flight on one replica holds the key's one slot on every replica.
     t, slow = slow_call(g1.base, key, 1500)
     wait_until(lambda: (g1.metric("mcp_requests_in_flight", server="demo") or 0) >= 1, what="the slow call in flight")
-    extra = key_call(g2.base, key, "ping")
+    extra = key_call(g2.base, key, "server/discover")
     assert limited(extra) and "concurrency" in extra.json()["error"]["message"]
     assert held() == 1
     t.join()
     assert slow["r"].status_code == 200
     # A slot is given back before its answer goes out: a client calling one request after
     # another, whichever replica each reaches, is never refused.
-    outcomes = [limited(key_call(g.base, key, "ping")) for g in (g1, g2) * 10]
+    outcomes = [limited(key_call(g.base, key, "server/discover")) for g in (g1, g2) * 10]
     assert not any(outcomes), outcomes
     assert held() == 0
 
     # A replica that dies holding a slot does not hold it for ever: its lease lapses.
     t, slow = slow_call(g1.base, key, 60_000)
     wait_until(lambda: held() == 1, what="the slot taken")
-    assert limited(key_call(g2.base, key, "ping"))
+    assert limited(key_call(g2.base, key, "server/discover"))
     g1.stop(signal.SIGKILL)
     t.join()
-    wait_until(lambda: not limited(key_call(g2.base, key, "ping")), timeout=30, interval=0.5,
+    wait_until(lambda: not limited(key_call(g2.base, key, "server/discover")), timeout=30, interval=0.5,
                what="the dead replica's slot to lapse")

@@ -1,13 +1,18 @@
 """Client-facing protocol: both eras on one endpoint, each MUST of the spec for servers."""
 
 import asyncio
+import base64
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import httpx2
 import pytest
 
 from conftest import ACCEPT, INSPECTOR_CLI, MODERN, demo_stdio, everything_stdio, sdk_client, sse_messages
+
+CONFORMANCE_UPSTREAM = Path(__file__).parent / "conformance_upstream.py"
 
 
 @pytest.fixture
@@ -173,22 +178,65 @@ def test_unknown_method_is_404_with_method_not_found(g):
 
 
 @pytest.mark.parametrize("path", ["/mcp", "/mcp/everything"])
-def test_the_session_eras_subscribe_methods_are_not_modern_ones(gantry, path):
-    # 2026-07-28 replaced resources/subscribe and unsubscribe by subscriptions/listen. The
-    # session-era server behind gantry still implements them: passed on, a stateless
-    # client's subscribe would succeed and leave a subscription nobody receives or ends.
+def test_the_methods_2026_07_28_removed_are_not_modern_ones(gantry, path):
+    # 2026-07-28 removed the handshake, ping and logging/setLevel, and replaced
+    # resources/subscribe and unsubscribe by subscriptions/listen. The session-era server
+    # behind gantry still implements them: passed on, a stateless client's subscribe would
+    # leave a subscription nobody receives or ends, its setLevel set the level every
+    # client of the shared upstream session gets.
     g = gantry({"upstreams": {"everything": everything_stdio()}})
     uri = g.modern("resources/list", path="/mcp/everything").json()["result"]["resources"][0]["uri"]
-    for method in ("resources/subscribe", "resources/unsubscribe"):
-        r = g.modern(method, {"uri": uri}, path=path)
+    removed = {"resources/subscribe": ({"uri": uri}, "subscriptions/listen"),
+               "resources/unsubscribe": ({"uri": uri}, "subscriptions/listen"),
+               "logging/setLevel": ({"level": "debug"}, "io.modelcontextprotocol/logLevel"),
+               "ping": ({}, "server/discover"),
+               "initialize": ({"protocolVersion": MODERN, "capabilities": {}}, "server/discover")}
+    for method, (params, replacement) in removed.items():
+        r = g.modern(method, params, path=path)
         assert r.status_code == 404, (method, r.text)
         err = r.json()["error"]
-        assert err["code"] == -32601 and "subscriptions/listen" in err["message"], err
+        assert err["code"] == -32601 and replacement in err["message"], err
     # The session eras keep them.
     sid, _ = g.initialize(path=path)
-    r = g.post({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": uri}}, path=path,
+    session = {"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+    for method, (params, _) in removed.items():
+        if method != "initialize":
+            r = g.post({"jsonrpc": "2.0", "id": 2, "method": method, "params": params}, path=path, headers=session)
+            assert r.json()["result"] == {}, (method, r.text)
+
+
+def test_arguments_mirrored_in_headers_must_agree_with_the_body(gantry):
+    # SEP-2243: a tool may ask clients to send an argument as an Mcp-Param-* header too, for
+    # proxies to route on; whatever acts on the body checks the two agree. The session-era
+    # server never sees the headers: gantry checks them, on the aggregate under its names.
+    g = gantry({"gateway": {"prefix_mode": "always"}, "upstreams": {
+        "conf": {"transport": "stdio", "command": sys.executable, "args": [str(CONFORMANCE_UPSTREAM)]}}})
+    tool = "conf__test_param_headers"
+
+    def call(arguments, headers=None, path="/mcp", name=tool):
+        return g.modern("tools/call", {"name": name, "arguments": arguments}, path=path, headers=headers)
+
+    encoded = "=?base64?" + base64.b64encode("Zürich".encode()).decode() + "?="
+    for arguments, headers in [({"region": "eu-west"}, {"Mcp-Param-Region": "eu-west"}),
+                               ({"region": "Zürich"}, {"Mcp-Param-Region": encoded}),
+                               ({"region": "eu", "replicas": 3}, {"Mcp-Param-Region": "eu", "Mcp-Param-Replicas": "3"})]:
+        r = call(arguments, headers)
+        assert r.status_code == 200 and arguments["region"] in r.json()["result"]["content"][0]["text"], r.text
+    for arguments, headers, why in [({"region": "eu"}, {}, "required"),
+                                    ({"region": "eu"}, {"Mcp-Param-Region": "us"}, "does not match"),
+                                    ({"region": "eu", "replicas": 3}, {"Mcp-Param-Region": "eu", "Mcp-Param-Replicas": "4"},
+                                     "does not match"),
+                                    ({"region": "eu"}, {"Mcp-Param-Region": "=?base64?%%%?="}, "Base64")]:
+        r = call(arguments, headers)
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["code"] == -32020 and why in err["message"], r.text
+    r = call({"region": "eu"}, {"Mcp-Param-Region": "us"}, path="/mcp/conf", name="test_param_headers")
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32020, r.text
+    # A session-era request has no such headers to agree with.
+    sid, _ = g.initialize()
+    r = g.post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": {"region": "eu"}}},
                headers={"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"})
-    assert r.json()["result"] == {}, r.text
+    assert "Deploying to eu" in r.json()["result"]["content"][0]["text"], r.text
 
 
 def test_modern_get_and_delete_are_405(g):
