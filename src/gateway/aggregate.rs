@@ -344,16 +344,9 @@ pub async fn handle(
                 Err(message) => return invalid_params(id, &message).into(),
             };
             log_levels::record(gw, ctx, severity);
-            let wait = Duration::from_millis(gw.config.gateway.list_timeout_ms);
-            let sends = gw.visible(access).into_iter().map(|u| {
-                let body = body.clone();
-                async move {
-                    let conn = u.connection(Duration::ZERO).await.ok()?;
-                    // A server is never made quieter than another session asked it to be.
-                    if !conn.init()?.has_capability("logging") || !u.log_level.lower_to(severity) {
-                        return None;
-                    }
-                    u.request(&conn, body, wait).await.ok()
+            let sends = gw.visible(access).into_iter().map(|u| async move {
+                if let Ok(conn) = u.connection(Duration::ZERO).await {
+                    log_levels::ask_server(&u, &conn, severity).await;
                 }
             });
             futures::future::join_all(sends).await;

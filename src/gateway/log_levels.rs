@@ -119,8 +119,10 @@ pub fn asked(
         .then(|| (jsonrpc::result_response(id, json!({})), "held_by_others"))
 }
 
-/// Asks a server for log messages down to `severity` for a call that holds one of its
-/// slots, when it offers logging and nobody asked it for as many before.
+/// Asks a server for log messages down to `severity` when it offers logging and nobody
+/// asked it for as many before: a server is never made quieter than some client wants it.
+/// Outside its concurrency cap: a call asks holding its slot already (a second would wait
+/// on its own under a cap of one), and one request for a level is no load.
 pub async fn ask_server(upstream: &Upstream, conn: &Arc<Connection>, severity: u8) {
     if !conn
         .init()
@@ -132,7 +134,7 @@ pub async fn ask_server(upstream: &Upstream, conn: &Arc<Connection>, severity: u
     let wait = upstream.timeout().min(std::time::Duration::from_secs(5));
     let request = set_level_request(severity);
     if let Err(e) = upstream.request_holding_slot(conn, request, wait).await {
-        tracing::warn!(upstream = %upstream.name, tenant = upstream.tenant.as_deref(), error = %e, "the log level a request asked for could not be asked of the server");
+        tracing::warn!(upstream = %upstream.name, tenant = upstream.tenant.as_deref(), error = %e, "the log level a client asked for could not be asked of the server");
     }
 }
 

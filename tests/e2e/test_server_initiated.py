@@ -91,9 +91,14 @@ class LoggingClient:
     def call(self, tool, later=False) -> list[str]:
         """Calls `tool`; the levels of the log messages its answer's stream carried."""
         body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": {"later": later}}}
-        messages = sse_messages(self.g.post(body, path=self.path, headers=self.headers))
-        assert messages[-1]["result"]["content"][0]["text"] == "logged", messages
-        return [m["params"]["data"] for m in messages if m.get("method") == "notifications/message"]
+        return levels_logged(self.g.post(body, path=self.path, headers=self.headers))
+
+
+def levels_logged(response) -> list[str]:
+    """The levels of the log messages a `log_each_level` call's answer carried."""
+    messages = sse_messages(response)
+    assert messages[-1]["result"]["content"][0]["text"] == "logged", messages
+    return [m["params"]["data"] for m in messages if m.get("method") == "notifications/message"]
 
 
 # The server keeps one level for its one client, gantry, whichever session asked it: one
@@ -114,10 +119,7 @@ def modern_logged(g, path, tool, level=None) -> list[str]:
     """A 2026-07-28 call of `tool` naming `level` in its `_meta` (if given); the levels of
     the log messages its answer's stream carried."""
     meta = {"io.modelcontextprotocol/logLevel": level} if level else {}
-    r = g.modern("tools/call", {"name": tool, "arguments": {}, "_meta": meta}, path=path)
-    messages = sse_messages(r) if r.headers["content-type"].startswith("text/event-stream") else [r.json()]
-    assert messages[-1]["result"]["content"][0]["text"] == "logged", messages
-    return [m["params"]["data"] for m in messages if m.get("method") == "notifications/message"]
+    return levels_logged(g.modern("tools/call", {"name": tool, "arguments": {}, "_meta": meta}, path=path))
 
 
 @pytest.mark.parametrize("path", ["/mcp/hlogs", "/mcp"])
