@@ -57,12 +57,12 @@ fn declarations(input_schema: &Value) -> Vec<Declared> {
     found
 }
 
-fn walk(schema: &Value, path: &mut Vec<String>, found: &mut Vec<Declared>) {
+fn walk<'a>(schema: &'a Value, path: &mut Vec<&'a str>, found: &mut Vec<Declared>) {
     let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
         return;
     };
     for (name, property) in properties {
-        path.push(name.clone());
+        path.push(name);
         if let Some(header) = property.get("x-mcp-header").and_then(Value::as_str) {
             let primitive = matches!(
                 property.get("type").and_then(Value::as_str),
@@ -78,7 +78,7 @@ fn walk(schema: &Value, path: &mut Vec<String>, found: &mut Vec<Declared>) {
                 found.push(Declared {
                     header,
                     shown,
-                    path: path.clone(),
+                    path: path.iter().map(|p| (*p).to_string()).collect(),
                 });
             }
         } else if path.len() < MAX_DEPTH {
@@ -103,8 +103,8 @@ fn agrees(declared: &Declared, arguments: &Value, headers: &HeaderMap) -> Result
     let name = &declared.shown;
     let Some(raw) = headers.get(&declared.header) else {
         return Err(format!(
-            "{name} header is required: the tool's argument {} is sent",
-            declared.path.join(".")
+            "{name} header is required: the tool's argument '{}' is sent",
+            quoted(&declared.path.join("."))
         ));
     };
     let raw = raw
@@ -115,10 +115,7 @@ fn agrees(declared: &Declared, arguments: &Value, headers: &HeaderMap) -> Result
     let same = match value {
         Value::String(s) => *s == header,
         Value::Bool(b) => header == if *b { "true" } else { "false" },
-        Value::Number(n) => n
-            .as_f64()
-            .zip(header.parse::<f64>().ok())
-            .is_some_and(|(body, header)| body == header),
+        Value::Number(n) => same_number(n, &header),
         // Objects and arrays are not primitives: nothing a header could carry.
         _ => true,
     };
@@ -134,6 +131,21 @@ fn agrees(declared: &Declared, arguments: &Value, headers: &HeaderMap) -> Result
             quoted(&header),
             quoted(&body)
         ))
+    }
+}
+
+/// Integers exactly (past 2^53 a float would call neighbours equal), others as floats.
+fn same_number(body: &serde_json::Number, header: &str) -> bool {
+    let whole = body
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| body.as_u64().map(i128::from));
+    match (whole, header.parse::<i128>()) {
+        (Some(body), Ok(header)) => body == header,
+        _ => body
+            .as_f64()
+            .zip(header.parse::<f64>().ok())
+            .is_some_and(|(body, header)| body == header),
     }
 }
 
@@ -284,5 +296,11 @@ mod tests {
             Ok(())
         );
         assert!(check(json!({"dry": true}), &[("mcp-param-dry", "1")]).is_err());
+        let big = json!({"replicas": 9_007_199_254_740_993_u64});
+        assert!(check(big.clone(), &[("mcp-param-replicas", "9007199254740992")]).is_err());
+        assert_eq!(
+            check(big, &[("mcp-param-replicas", "9007199254740993")]),
+            Ok(())
+        );
     }
 }
