@@ -55,6 +55,15 @@ pub struct Ctx {
     pub mirrored_params: Option<Box<HeaderMap>>,
 }
 
+impl Ctx {
+    /// Whether this is a 2026-07-28 request that came over MCP's HTTP transport: its client
+    /// can declare capabilities and send `Mcp-Param-*` headers, where the REST bridge's
+    /// callers can do neither.
+    pub fn over_mcp_http(&self) -> bool {
+        self.mirrored_params.is_some()
+    }
+}
+
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
     json_bytes_response(
         status,

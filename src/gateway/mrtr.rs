@@ -236,7 +236,8 @@ pub fn applies(ctx: &Ctx, server_request: &Value) -> bool {
 /// The answer for a 2026-07-28 client whose call the upstream cannot finish without a
 /// capability the client did not declare (it asked the client's model or user): -32021
 /// naming the capability. Rather than the upstream's own answer to a declined request,
-/// which tells the client nothing it can act on: declared on a retry, it gets asked.
+/// which tells the client nothing it can act on: declared on a retry, it gets asked. A
+/// REST bridge caller can declare nothing: the server's answer is its to keep.
 pub fn missing_capability(ctx: &Ctx, id: &Value, server_request: &Value) -> Option<Value> {
     let method = server_request.get("method").and_then(Value::as_str)?;
     if client_can_answer(&ctx.caps, method) {
@@ -248,7 +249,7 @@ pub fn missing_capability(ctx: &Ctx, id: &Value, server_request: &Value) -> Opti
         // A client without roots has none: the empty list the gateway answers is true.
         _ => return None,
     };
-    if ctx.era != Era::Modern || !METHODS.contains(&ctx.method.as_str()) {
+    if !ctx.over_mcp_http() || !METHODS.contains(&ctx.method.as_str()) {
         return None;
     }
     let message = format!(

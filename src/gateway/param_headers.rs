@@ -195,7 +195,7 @@ pub async fn verify(
 /// Whether a request is one whose headers `verify` checks: a 2026-07-28 `tools/call` that
 /// came over MCP's HTTP transport.
 pub fn applies(ctx: &Ctx, method: &str) -> bool {
-    ctx.mirrored_params.is_some() && method == "tools/call"
+    ctx.over_mcp_http() && method == "tools/call"
 }
 
 #[cfg(test)]

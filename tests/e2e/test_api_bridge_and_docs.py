@@ -46,17 +46,23 @@ def test_rest_bridge_lists_and_calls_tools_under_the_keys_policy(control_plane):
         what="the bridge call in the audit, like an MCP call's")
 
 
-def test_the_rest_bridge_needs_no_mcp_param_headers(control_plane):
+def test_the_rest_bridge_is_held_to_no_rule_of_mcp_clients(control_plane):
     # Mcp-Param-* headers mirror a tool's arguments on MCP's HTTP transport (2026-07-28);
-    # a REST call has none to send, and its tool is called all the same.
+    # a REST call has none to send, and its tool is called all the same. Nor can it declare
+    # a capability: a server asking it for sampling is declined, and the server's answer
+    # is the call's, not a -32021 asking the caller to declare what it cannot.
     upstream = Path(__file__).parent / "conformance_upstream.py"
     g, api = control_plane({"upstreams": {"conf": {"transport": "stdio", "command": sys.executable,
                                                    "args": [str(upstream)]}}})
     token = api.login()["access_token"]
     key = api.request("POST", "/v1/keys", token=token, json_body={"name": "rest"}).json()["key"]
-    r = httpx2.post(g.base + "/api/v1/tools/conf__test_param_headers/call", headers={"Authorization": f"Bearer {key}"},
+    auth = {"Authorization": f"Bearer {key}"}
+    r = httpx2.post(g.base + "/api/v1/tools/conf__test_param_headers/call", headers=auth,
                     json={"arguments": {"region": "eu"}}, timeout=30)
     assert r.status_code == 200 and r.json()["content"][0]["text"] == "Deploying to eu", r.text
+    r = httpx2.post(g.base + "/api/v1/tools/conf__test_sampling/call", headers=auth,
+                    json={"arguments": {"prompt": "hi"}}, timeout=30)
+    assert r.status_code == 200 and "no client connected through the gateway can answer" in r.text, r.text
 
 
 def test_swagger_ui_is_served_from_vendored_assets(control_plane):
