@@ -345,8 +345,10 @@ pub async fn handle(
             };
             log_levels::record(gw, ctx, severity);
             let sends = gw.visible(access).into_iter().map(|u| async move {
-                if let Ok(conn) = u.connection(Duration::ZERO).await {
-                    log_levels::ask_server(&u, &conn, severity).await;
+                if let Ok(conn) = u.connection(Duration::ZERO).await
+                    && log_levels::must_ask(&u, &conn, severity)
+                {
+                    log_levels::tell(&u, &conn, severity).await;
                 }
             });
             futures::future::join_all(sends).await;

@@ -101,10 +101,7 @@ pub fn asked(
     id: &Value,
     body: &Map<String, Value>,
 ) -> Option<(Value, &'static str)> {
-    if !conn
-        .init()
-        .is_some_and(|init| init.has_capability("logging"))
-    {
+    if !offers_logging(conn) {
         return None; // The server's to refuse.
     }
     let severity = match requested(body) {
@@ -119,22 +116,27 @@ pub fn asked(
         .then(|| (jsonrpc::result_response(id, json!({})), "held_by_others"))
 }
 
-/// Asks a server for log messages down to `severity` when it offers logging and nobody
-/// asked it for as many before: a server is never made quieter than some client wants it.
-/// Outside its concurrency cap: a call asks holding its slot already (a second would wait
-/// on its own under a cap of one), and one request for a level is no load.
-pub async fn ask_server(upstream: &Upstream, conn: &Arc<Connection>, severity: u8) {
-    if !conn
-        .init()
+/// Whether `conn`'s server takes `logging/setLevel` at all.
+pub fn offers_logging(conn: &Connection) -> bool {
+    conn.init()
         .is_some_and(|init| init.has_capability("logging"))
-        || !upstream.log_level.lower_to(severity)
-    {
-        return;
-    }
+}
+
+/// Whether a server must be asked for log messages down to `severity`: it offers logging
+/// and nobody asked it for as many before (a server is never made quieter than some
+/// client wants it). Recorded as asked.
+pub fn must_ask(upstream: &Upstream, conn: &Connection, severity: u8) -> bool {
+    offers_logging(conn) && upstream.log_level.lower_to(severity)
+}
+
+/// Asks `conn`'s server for log messages down to `severity`. Outside its concurrency cap:
+/// a call asks holding its slot already (a second would wait on its own under a cap of
+/// one), and a reconnected server is asked before it serves the calls waiting with theirs.
+pub async fn tell(upstream: &Upstream, conn: &Arc<Connection>, severity: u8) {
     let wait = upstream.timeout().min(std::time::Duration::from_secs(5));
     let request = set_level_request(severity);
     if let Err(e) = upstream.request_holding_slot(conn, request, wait).await {
-        tracing::warn!(upstream = %upstream.name, tenant = upstream.tenant.as_deref(), error = %e, "the log level a client asked for could not be asked of the server");
+        tracing::warn!(upstream = %upstream.name, tenant = upstream.tenant.as_deref(), error = %e, "the server could not be asked for the log level its clients want");
     }
 }
 

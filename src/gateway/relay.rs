@@ -489,9 +489,11 @@ pub(super) async fn start(
         settle(upstream, admission, &method, started, outcome, audited);
         return Started::Answered(finish(ctx, answer));
     }
-    if let Some(severity) = ctx.log_level {
-        // Boxed: few requests ask for log messages, and every call's future would grow.
-        Box::pin(log_levels::ask_server(upstream, &conn, severity)).await;
+    if let Some(severity) = ctx.log_level
+        && log_levels::must_ask(upstream, &conn, severity)
+    {
+        // Boxed: few requests ask a server for more, and every call's future would grow.
+        Box::pin(log_levels::tell(upstream, &conn, severity)).await;
     }
     let subscription = match resource_subscriptions::asked(gw, ctx, upstream, &method, &body) {
         Asked::Other => None,

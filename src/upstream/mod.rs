@@ -425,8 +425,9 @@ impl Upstream {
         self.request_holding_slot(conn, body, wait).await
     }
 
-    /// `request` on behalf of a call that holds a slot of the concurrency cap already (a
-    /// second slot would wait on its own call's under a cap of one).
+    /// `request` outside the concurrency cap: on behalf of a call that holds a slot already
+    /// (a second would wait on its own call's under a cap of one), or before a reconnected
+    /// server serves the calls waiting for it with theirs.
     pub async fn request_holding_slot(
         &self,
         conn: &Arc<Connection>,
@@ -465,19 +466,11 @@ impl Upstream {
     /// A server that restarted has forgotten the log level its clients asked for: asked
     /// again before the connection serves anyone.
     async fn ask_log_level_again(&self, conn: &Arc<Connection>) {
-        let Some(severity) = self.log_level.asked() else {
-            return;
-        };
-        if !conn
-            .init()
-            .is_some_and(|init| init.has_capability("logging"))
+        use crate::gateway::log_levels;
+        if let Some(severity) = self.log_level.asked()
+            && log_levels::offers_logging(conn)
         {
-            return;
-        }
-        let request = crate::gateway::log_levels::set_level_request(severity);
-        let wait = self.timeout().min(Duration::from_secs(5));
-        if let Err(e) = self.request(conn, request, wait).await {
-            tracing::warn!(upstream = %self.name, tenant = self.tenant.as_deref(), error = %e, "the log level asked for could not be restored");
+            log_levels::tell(self, conn, severity).await;
         }
     }
 
